@@ -1,0 +1,171 @@
+"""The supplier's Flower ClientApp.
+
+Answers three instructions from the coordinator, each on the site's own rows only:
+
+- *profile* (legacy ``get_properties``): validate the export, return aggregate statistics
+  for federated normalisation (`models.scaler.SiteProfile`);
+- *fit*: train the global model on the site's training split;
+- *evaluate*: score the global model on the site's fixed held-out split.
+
+A bad export or an unusable task becomes an error reply naming the file, column and problem
+(`site_errors_mod`), never a crash of the node.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import Context, Error, Message
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
+from client.site import SiteConfig
+from models.datasets import holdout_split
+from models.errors import SangsaengError, SiteDataError, TaskSpecError
+from models.nets import build_model, get_weights, set_weights
+from models.scaler import FederatedScaler, SiteProfile, profile_site
+from models.schema import load_site_data
+from models.tasks import TaskSpec
+from models.training import TrainConfig, evaluate_model, prepare, train_local
+
+__all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's validated rows, split once into training and held-out parts."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    profile: SiteProfile
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int, spec_json: str, fraction: float, seed: int) -> SiteData:
+    # mtime is part of the key so a corrected export is picked up without a restart.
+    del mtime_ns
+    spec = TaskSpec.from_json(spec_json)
+    frame = load_site_data(path, spec)
+    if len(frame) < 10:
+        raise SiteDataError(path, f"only {len(frame)} valid rows; a site needs at least 10")
+    train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed)
+    return SiteData(train, test, profile_site(train, spec))
+
+
+def load_site(site: SiteConfig, spec: TaskSpec) -> SiteData:
+    """Read, validate and split the site's export (cached while the file is unchanged)."""
+    path = site.data_path
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = -1  # let the loader raise its clear "file not found"
+    return _load(str(path), mtime, spec.to_json(), site.holdout_fraction, site.holdout_seed)
+
+
+def _spec_from(config: dict) -> TaskSpec:
+    try:
+        return TaskSpec.from_json(str(config[ConfigKey.TASK]))
+    except KeyError:
+        raise TaskSpecError("the coordinator sent no task definition") from None
+
+
+def _hidden(config: dict) -> tuple[int, ...]:
+    return tuple(int(h) for h in str(config.get(ConfigKey.HIDDEN, "64,32")).split(",") if h)
+
+
+class SiteClient(NumPyClient):
+    """One supplier site's answers to the coordinator."""
+
+    def __init__(self, site: SiteConfig):
+        self.site = site
+
+    def _model(self, config: dict, parameters: Sequence[np.ndarray]) -> tuple[TaskSpec, FederatedScaler, torch.nn.Module]:
+        spec = _spec_from(config)
+        scaler = FederatedScaler.from_json(str(config[ConfigKey.SCALER]))
+        model = build_model(scaler.n_inputs, hidden=_hidden(config))
+        set_weights(model, parameters)
+        return spec, scaler, model
+
+    def get_properties(self, config):  # type: ignore[override]
+        if config.get(ConfigKey.PHASE) != PHASE_PROFILE:
+            return {ReplyKey.SITE: self.site.name}
+        data = load_site(self.site, _spec_from(config))
+        return {
+            ReplyKey.SITE: self.site.name,
+            ReplyKey.PROFILE: data.profile.to_json(),
+            ReplyKey.N_TRAIN: len(data.train),
+            ReplyKey.N_TEST: len(data.test),
+        }
+
+    def fit(self, parameters, config):  # type: ignore[override]
+        spec, scaler, model = self._model(config, parameters)
+        data = load_site(self.site, spec)
+        x, y = prepare(data.train, spec, scaler)
+        train_config = TrainConfig(
+            epochs=int(config.get(ConfigKey.EPOCHS, 1)),
+            batch_size=int(config.get(ConfigKey.BATCH_SIZE, 64)),
+            lr=float(config.get(ConfigKey.LR, 3e-3)),
+            weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, 1e-4)),
+            proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),
+            # Different but reproducible shuffles per site and round.
+            seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
+        )
+        loss = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)
+        return get_weights(model), len(x), {ReplyKey.SITE: self.site.name, ReplyKey.TRAIN_LOSS: loss}
+
+    def evaluate(self, parameters, config):  # type: ignore[override]
+        spec, scaler, model = self._model(config, parameters)
+        data = load_site(self.site, spec)
+        x, y = prepare(data.test, spec, scaler)
+        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler)
+        return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
+
+
+def site_errors_mod(sites: Sequence[SiteConfig] | None = None) -> Mod:
+    """A mod that turns a site's known problems into an error reply naming the site.
+
+    The coordinator reports the reply and leaves the site out; the node keeps running.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        try:
+            return call_next(msg, context)
+        except SangsaengError as exc:
+            try:
+                name = _site_for(context, sites).name
+            except SangsaengError:
+                name = f"node {context.node_id}"
+            code = ErrorCode.TASK_SPEC if isinstance(exc, TaskSpecError) else ErrorCode.SITE_DATA
+            return Message(Error(code=code, reason=f"site '{name}': {exc}"), reply_to=msg)
+
+    return mod
+
+
+def _site_for(context: Context, sites: Sequence[SiteConfig] | None) -> SiteConfig:
+    if sites is not None and "partition-id" in context.node_config:
+        return sites[int(context.node_config["partition-id"])]
+    return SiteConfig.from_node_config(dict(context.node_config))
+
+
+def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
+    """The ClientApp; in simulation `sites[partition-id]` gives each virtual node its site.
+
+    In deployment each SuperNode names its own site with ``--node-config``.
+    """
+
+    def client_fn(context: Context):
+        site = _site_for(context, sites)
+        torch.set_num_threads(site.torch_threads)
+        return SiteClient(site).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites)])
+
+
+app = make_client_app()

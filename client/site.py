@@ -1,0 +1,43 @@
+"""A supplier site's own settings: who it is and where its export lies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import SiteDataError
+
+__all__ = ["SiteConfig"]
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """Settings of one supplier site, read from the SuperNode's `--node-config`.
+
+    Keys: ``site`` (the site's name in the federation), ``data-path`` (its CSV/Parquet
+    export), optionally ``holdout-fraction``, ``holdout-seed`` and ``torch-threads``.
+    """
+
+    name: str
+    data_path: Path
+    holdout_fraction: float = 0.3
+    holdout_seed: int = 0
+    torch_threads: int = 1
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> SiteConfig:
+        missing = [k for k in ("site", "data-path") if k not in node_config]
+        if missing:
+            raise SiteDataError(
+                "node-config",
+                f"SuperNode is missing node-config key(s) {missing}; start it with "
+                "--node-config \"site='NAME' data-path='FILE.csv'\""
+            )
+        return cls(
+            name=str(node_config["site"]),
+            data_path=Path(str(node_config["data-path"])),
+            holdout_fraction=float(node_config.get("holdout-fraction", 0.3)),
+            holdout_seed=int(node_config.get("holdout-seed", 0)),
+            torch_threads=int(node_config.get("torch-threads", 1)),
+        )

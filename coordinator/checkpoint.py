@@ -1,0 +1,144 @@
+"""Checkpoints and the run manifest: a run can be inspected and resumed from its last round.
+
+Layout of a run directory::
+
+    manifest.json                 config, task, schema hash, sites, metrics per round, status
+    checkpoints/round_003.npz     global weights after round 3 (+ strategy state, if any)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunRecorder", "ResumePoint", "load_resume_point", "write_json", "json_safe"]
+
+MANIFEST = "manifest.json"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf become null so the JSON stays standard (other tools read it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a crash mid-write never leaves a half manifest behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(json_safe(data), handle, indent=2, ensure_ascii=False, allow_nan=False)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    round: int
+    weights: list[np.ndarray]
+    strategy_state: dict[str, list[np.ndarray]]
+    manifest: dict[str, Any]
+
+
+class RunRecorder:
+    """Writes the manifest and a checkpoint after every round."""
+
+    def __init__(self, out_dir: Path, header: dict[str, Any], previous: dict[str, Any] | None = None):
+        self.out_dir = Path(out_dir)
+        (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, Any] = previous or {
+            "run_id": uuid.uuid4().hex[:12],
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rounds": [],
+        }
+        self.manifest.update(header)
+        self.manifest["status"] = "running"
+        self.flush()
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.manifest["rounds"]
+
+    def round_record(self, server_round: int) -> dict[str, Any]:
+        for record in self.rounds:
+            if record["round"] == server_round:
+                return record
+        record = {"round": server_round}
+        self.rounds.append(record)
+        return record
+
+    def update_round(self, server_round: int, **fields: Any) -> dict[str, Any]:
+        record = self.round_record(server_round)
+        record.update(fields)
+        self.flush()
+        return record
+
+    def save_checkpoint(
+        self, server_round: int, weights: Sequence[np.ndarray], strategy_state: dict[str, Sequence[np.ndarray]] | None = None
+    ) -> Path:
+        path = self.out_dir / "checkpoints" / f"round_{server_round:03d}.npz"
+        arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)}
+        for key, values in (strategy_state or {}).items():
+            arrays.update({f"s_{key}_{i:03d}": np.asarray(v) for i, v in enumerate(values)})
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        self.update_round(server_round, checkpoint=str(path.relative_to(self.out_dir)))
+        return path
+
+    def set(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        self.flush()
+
+    def flush(self) -> None:
+        write_json(self.out_dir / MANIFEST, self.manifest)
+
+
+def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    with np.load(path) as data:
+        weights = [data[k] for k in sorted(k for k in data.files if k.startswith("w"))]
+        state: dict[str, list[np.ndarray]] = {}
+        for key in sorted(k for k in data.files if k.startswith("s_")):
+            name = key[2:].rsplit("_", 1)[0]
+            state.setdefault(name, []).append(data[key])
+    return weights, state
+
+
+def load_resume_point(out_dir: Path, *, schema_hash: str) -> ResumePoint | None:
+    """The last checkpointed round of a run directory, or None if nothing to resume.
+
+    Refuses (ValueError) to resume a run recorded for a different data schema.
+    """
+    manifest_path = Path(out_dir) / MANIFEST
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("schema_hash") != schema_hash:
+        raise ValueError(
+            f"{manifest_path}: recorded for schema {str(manifest.get('schema_hash'))[:12]}, "
+            f"not this task's {schema_hash[:12]}; use another --out directory"
+        )
+    done = [r for r in manifest.get("rounds", []) if r.get("checkpoint")]
+    if not done:
+        return None
+    last = max(done, key=lambda r: r["round"])
+    weights, state = load_checkpoint(Path(out_dir) / last["checkpoint"])
+    # Rounds after the checkpoint were not finished; forget their partial records.
+    manifest["rounds"] = [r for r in manifest["rounds"] if r["round"] <= last["round"]]
+    return ResumePoint(last["round"], weights, state, manifest)

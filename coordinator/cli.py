@@ -1,0 +1,163 @@
+"""The ``sangsaeng`` command line, with sub-commands per role.
+
+    sangsaeng demo       the whole network on the embedded sample data, on one machine
+    sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
+    sangsaeng tasks      the built-in value-chain tasks
+    sangsaeng client     a supplier's commands (validate an export before joining)
+"""
+
+from __future__ import annotations
+
+import os
+
+# Factories are air-gapped: Flower must not phone home. Set before Flower is imported.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from coordinator.config import STRATEGIES, FederationConfig  # noqa: E402
+from models.errors import SangsaengError  # noqa: E402
+from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Sangsaeng: federated learning for manufacturing supply chains.", no_args_is_help=True)
+client_app = typer.Typer(help="Supplier site commands.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+console = Console()
+
+Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
+Strategy = Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")]
+LocalEpochs = Annotated[int, typer.Option(min=1, help="Local epochs per round at each site.")]
+FractionFit = Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of sites per round.")]
+MinSites = Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")]
+Seed = Annotated[int, typer.Option(help="Seed of splits, initial weights and shuffles.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run recorded in --out from its last checkpoint.")]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: FederationConfig) -> None:
+    import pandas as pd
+
+    from coordinator.display import RichObserver
+    from coordinator.report import results_table
+    from coordinator.simulation import run_experiment, write_site_files
+    from models.schema import read_table
+
+    frame: pd.DataFrame = read_table(frame_source)
+    if split_column not in frame.columns:
+        _fail(SangsaengError(f"{frame_source}: split column '{split_column}' is not in the data"))
+    site_files, dropped = write_site_files(frame, split_column, config.out_dir, spec=spec)
+    console.print(
+        f"[bold]{spec.name}[/]: {len(site_files)} supplier sites from {frame_source.name} split by "
+        f"'{split_column}' ({', '.join(site_files)}); {config.num_rounds} rounds of {config.strategy}"
+    )
+    for name, rows in dropped.items():
+        console.print(f"[yellow]dropped[/] group '{name}': only {rows} row(s)")
+    with RichObserver(config.num_rounds, spec.primary_metric, console=console) as observer:
+        results = run_experiment(spec, site_files, config, observer=observer, dropped=dropped)
+    for site, problem in results["excluded_sites"].items():
+        console.print(f"[yellow]site {site} left out:[/] {problem}")
+    console.print(results_table(results))
+    console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
+
+
+def _config(spec: TaskSpec, out: Path, **kwargs: object) -> FederationConfig:
+    try:
+        return FederationConfig(task=spec, out_dir=out, **kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def demo(
+    task: Annotated[str, typer.Option(help="Built-in task.")] = "injection-molding-quality",
+    rounds: Rounds = 10,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("sangsaeng-demo"),
+    strategy: Strategy = "fedavg",
+    local_epochs: LocalEpochs = 2,
+    fraction_fit: FractionFit = 1.0,
+    min_sites: MinSites = 2,
+    seed: Seed = 0,
+    resume: Resume = False,
+) -> None:
+    """Train a shared model across supplier sites built from the embedded sample data."""
+    from models.datasets import SAMPLES, sample_path
+
+    try:
+        if task not in SAMPLES:
+            raise SangsaengError(f"unknown demo task '{task}' (choose from {sorted(SAMPLES)})")
+        spec = get_task(task)
+        config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
+                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume)  # fmt: skip
+        _run(spec, sample_path(task), SAMPLES[task].split_by, config)
+    except SangsaengError as exc:
+        _fail(exc)
+
+
+@app.command()
+def simulate(
+    data: Annotated[Path, typer.Option(help="CSV or Parquet file with every site's rows.")],
+    task_spec: Annotated[Path, typer.Option(help="Task-spec TOML file.")],
+    split_by: Annotated[str, typer.Option(help="Column whose values name the supplier sites.")],
+    rounds: Rounds = 10,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("sangsaeng-run"),
+    strategy: Strategy = "fedavg",
+    local_epochs: LocalEpochs = 2,
+    fraction_fit: FractionFit = 1.0,
+    min_sites: MinSites = 2,
+    seed: Seed = 0,
+    resume: Resume = False,
+) -> None:
+    """Simulate a federation on any table, one site per value of --split-by."""
+    try:
+        spec = load_task_spec(task_spec)
+        config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
+                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume)  # fmt: skip
+        _run(spec, data, split_by, config)
+    except SangsaengError as exc:
+        _fail(exc)
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the built-in value-chain tasks."""
+    for spec in builtin_tasks().values():
+        console.print(f"[bold]{spec.name}[/] ({spec.kind}, label '{spec.label}', {len(spec.features)} features): {spec.description}")
+
+
+@client_app.command("validate")
+def client_validate(
+    data: Annotated[Path, typer.Option(help="The site's CSV or Parquet export.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or task-spec TOML file.")],
+) -> None:
+    """Check a site's export against a task's schema before joining a federation."""
+    from models.schema import load_site_data
+
+    try:
+        spec = get_task(task)
+        frame = load_site_data(data, spec)
+    except SangsaengError as exc:
+        _fail(exc)
+        return
+    positives = f", {int(frame[spec.label].sum())} positive label(s)" if spec.kind == "binary" else ""
+    console.print(f"[green]ok:[/] {data}: {len(frame)} rows fit task '{spec.name}'{positives}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The coordinator's one typed settings object for a federated training run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.tasks import TaskSpec, get_task
+
+__all__ = ["FederationConfig", "STRATEGIES"]
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How a run trains: task, rounds, site sampling, aggregation and local training.
+
+    In deployment the values come from the Flower run config (kebab-case keys, see
+    ``[tool.flwr.app.config]`` in ``pyproject.toml``); `from_run_config` reads them.
+    """
+
+    task: TaskSpec
+    num_rounds: int = 10
+    strategy: str = "fedavg"
+    fraction_fit: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_sites: int = 2
+    local_epochs: int = 2
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    proximal_mu: float = 0.01  # FedProx only
+    server_lr: float = 0.01  # FedAdam only (eta)
+    seed: int = 0
+    hidden: tuple[int, ...] = (64, 32)
+    out_dir: Path = Path("sangsaeng-run")
+    resume: bool = False
+    node_wait_timeout: float = 120.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{self.strategy}' (choose from {list(STRATEGIES)})")
+        if self.num_rounds < 1:
+            raise ValueError("num_rounds must be at least 1")
+        if not 0 < self.fraction_fit <= 1 or not 0 <= self.fraction_evaluate <= 1:
+            raise ValueError("fractions of sites per round must lie in (0, 1]")
+        if self.min_sites < 1:
+            raise ValueError("min_sites must be at least 1")
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, recorded in the run manifest."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["task"] = self.task.to_dict()
+        out["hidden"] = list(self.hidden)
+        out["out_dir"] = str(self.out_dir)
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """Build from a Flower run config (``num-rounds``, ``strategy``, ``task``, ...)."""
+        task_value = str(run_config.get("task", "injection-molding-quality"))
+        task = TaskSpec.from_json(task_value) if task_value.lstrip().startswith("{") else get_task(task_value)
+        defaults = cls(task=task)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f.name.replace("_", "-")
+            if f.name in ("task", "extra") or key not in run_config:
+                continue
+            value = run_config[key]
+            current = getattr(defaults, f.name)
+            if isinstance(current, bool):
+                kwargs[f.name] = str(value).lower() in ("1", "true", "yes")
+            elif isinstance(current, tuple):
+                kwargs[f.name] = tuple(int(h) for h in str(value).split(",") if h)
+            elif isinstance(current, Path):
+                kwargs[f.name] = Path(str(value))
+            else:
+                kwargs[f.name] = type(current)(value)
+        return cls(task=task, **kwargs)

@@ -1,0 +1,65 @@
+"""A live terminal display of a run: round, sites done, loss and the primary metric."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from coordinator.progress import RunObserver
+
+__all__ = ["RichObserver"]
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+class RichObserver(RunObserver):
+    """Progress bars for rounds and for site replies within a phase.
+
+    Use as a context manager around the run.
+    """
+
+    def __init__(self, num_rounds: int, primary_metric: str, console: Console | None = None):
+        self.console = console or Console()
+        self.primary = primary_metric
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.rounds = self.progress.add_task("rounds", total=num_rounds, status="")
+        self.sites = self.progress.add_task("sites", total=1, status="waiting for sites")
+
+    def __enter__(self) -> RichObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def phase_started(self, phase: str, server_round: int, expected: int) -> None:
+        label = "profiling site data" if phase == "profile" else f"round {server_round}: {phase}"
+        self.progress.reset(self.sites, total=max(expected, 1), description=label, status="sites done")
+
+    def reply_received(self, phase: str, ok: bool) -> None:
+        self.progress.advance(self.sites)
+
+    def site_problem(self, site: str, problem: str) -> None:
+        self.progress.console.print(f"[yellow]left out:[/] {problem}")
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        metrics = record.get("metrics", {})
+        status = f"train loss {_fmt(record.get('train_loss'))}  {self.primary} {_fmt(metrics.get(self.primary))}"
+        self.progress.update(self.rounds, completed=record["round"], status=status)
+        self.progress.console.print(
+            f"round {record['round']:>3}  sites {len(record.get('sites_trained', []))}  "
+            f"train loss {_fmt(record.get('train_loss'))}  {self.primary} {_fmt(metrics.get(self.primary))}"
+        )

@@ -1,0 +1,95 @@
+"""Progress of a run as it happens: which phase, how many sites have answered, metrics per round.
+
+`ProgressGrid` wraps any Flower `Grid` and reports each reply as it arrives, so the same
+progress works for the default workflow and for Flower's secure-aggregation workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+from flwr.supercore.run import Run
+from flwr.serverapp.grid import Grid
+
+__all__ = ["RunObserver", "LoggingObserver", "ProgressGrid"]
+
+logger = logging.getLogger("sangsaeng.coordinator")
+
+
+class RunObserver:
+    """Callbacks a run calls; the default does nothing. Subclass to display progress."""
+
+    def phase_started(self, phase: str, server_round: int, expected: int) -> None:
+        """`expected` site replies are awaited for `phase` ("profile", "train", "evaluate")."""
+
+    def reply_received(self, phase: str, ok: bool) -> None:
+        """One site answered (ok=False: an error reply or a refusal)."""
+
+    def site_problem(self, site: str, problem: str) -> None:
+        """A site was left out or failed; `problem` is the site's own message."""
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        """A round's manifest record is complete (metrics, sites, failures)."""
+
+
+class LoggingObserver(RunObserver):
+    """Progress as log lines (deployment, where nobody watches a terminal)."""
+
+    def site_problem(self, site: str, problem: str) -> None:
+        logger.warning("site %s: %s", site, problem)
+
+    def round_finished(self, record: dict[str, Any]) -> None:
+        logger.info("round %s: %s", record.get("round"), record.get("metrics"))
+
+
+_PHASES = {"train": "train", "evaluate": "evaluate", "get_properties": "profile"}
+
+
+class ProgressGrid(Grid):
+    """A `Grid` that delegates everything and reports replies one by one."""
+
+    def __init__(self, inner: Grid, observer: RunObserver, *, pull_interval: float = 0.05):
+        self._inner = inner
+        self._observer = observer
+        self._pull_interval = pull_interval
+
+    # Delegation --------------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        self._inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._inner.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        return self._inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._inner.pull_messages(message_ids)
+
+    # Reporting ---------------------------------------------------------------------
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending and (deadline is None or time.monotonic() < deadline):
+            for reply in self.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+                if phase:
+                    self._observer.reply_received(phase, ok=not reply.has_error())
+            if pending:
+                time.sleep(self._pull_interval)
+        return replies

@@ -1,0 +1,185 @@
+"""The anchor's Flower ServerApp.
+
+A run has two parts:
+
+1. *Profile*: every connected site validates its export and returns aggregate statistics;
+   the coordinator combines them into the federated scaler (`models.scaler`). A site whose
+   data is broken is reported with its own message and left out of the run.
+2. *Train*: Flower's ``DefaultWorkflow`` runs the rounds with the chosen strategy wrapped in
+   `SangsaengStrategy` (instructions, records, a checkpoint per round). Swapping the fit
+   workflow for Flower's ``SecAggPlusWorkflow`` adds secure aggregation without a rewrite.
+
+The same app runs in Flower's simulation runtime (`coordinator.simulation`) and, unchanged,
+in its deployment runtime (SuperLink + SuperNodes), configured by the run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from flwr.app import Context, Message
+from flwr.common import GetPropertiesIns, MessageTypeLegacy
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+from flwr.serverapp import ServerApp
+from flwr.serverapp.grid import Grid
+
+from client.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
+from coordinator.checkpoint import RunRecorder, load_resume_point
+from coordinator.config import FederationConfig
+from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
+from coordinator.strategies import EvaluateFn, SangsaengStrategy, SiteClientManager, build_strategy
+from models.errors import SangsaengError
+from models.nets import build_model, get_weights
+from models.scaler import FederatedScaler, SiteProfile
+
+__all__ = ["FederationError", "make_server_app", "run_federation", "collect_profiles", "app"]
+
+logger = logging.getLogger("sangsaeng.coordinator")
+
+
+class FederationError(SangsaengError):
+    """The run cannot go on (too few healthy sites, nobody connected, ...)."""
+
+
+def wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
+    """Node ids once `want` SuperNodes are connected; raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) >= want:
+            return node_ids
+        if time.monotonic() > deadline:
+            raise FederationError(f"only {len(node_ids)} of {want} site(s) connected within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def collect_profiles(
+    grid: Grid, node_ids: Iterable[int], config: FederationConfig, observer: RunObserver
+) -> tuple[dict[int, tuple[str, SiteProfile, int, int]], dict[int, str]]:
+    """Ask each site for its data profile. Returns (healthy sites by node, problems by node)."""
+    node_ids = list(node_ids)
+    ins = GetPropertiesIns({ConfigKey.PHASE: PHASE_PROFILE, ConfigKey.TASK: config.task.to_json()})
+    messages = [
+        Message(
+            content=compat.getpropertiesins_to_recorddict(ins),
+            dst_node_id=node_id,
+            message_type=MessageTypeLegacy.GET_PROPERTIES,
+            group_id="profile",
+        )
+        for node_id in node_ids
+    ]
+    observer.phase_started("profile", 0, len(messages))
+    replies = grid.send_and_receive(messages, timeout=config.node_wait_timeout)
+    healthy: dict[int, tuple[str, SiteProfile, int, int]] = {}
+    problems: dict[int, str] = {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            problems[node] = str(reply.error.reason)
+            continue
+        props = compat.recorddict_to_getpropertiesres(reply.content).properties
+        healthy[node] = (
+            str(props[ReplyKey.SITE]),
+            SiteProfile.from_json(str(props[ReplyKey.PROFILE])),
+            int(props[ReplyKey.N_TRAIN]),
+            int(props[ReplyKey.N_TEST]),
+        )
+    for node in set(node_ids) - set(healthy) - set(problems):
+        problems[node] = f"node {node} did not answer the profile request within {config.node_wait_timeout:.0f} s"
+    for problem in problems.values():
+        observer.site_problem("?", problem)
+    return healthy, problems
+
+
+def run_federation(
+    grid: Grid,
+    context: Context,
+    config: FederationConfig,
+    *,
+    observer: RunObserver | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    expected_sites: int | None = None,
+) -> RunRecorder:
+    """Profile the sites, then train for `config.num_rounds` rounds. Returns the run record."""
+    observer = observer or LoggingObserver()
+    grid = ProgressGrid(grid, observer)
+    spec = config.task
+    node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
+    healthy, problems = collect_profiles(grid, node_ids, config, observer)
+    sites = {name: {"node_id": node, "n_train": n_train, "n_test": n_test} for node, (name, _, n_train, n_test) in healthy.items()}
+
+    resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
+    if resume is not None:
+        scaler = FederatedScaler.from_json(resume.manifest["scaler"])  # weights were fitted to it
+        initial, done = resume.weights, resume.round
+    else:
+        if not healthy:
+            raise FederationError("no site supplied usable data: " + "; ".join(problems.values()))
+        scaler = FederatedScaler.combine([p for _, p, _, _ in healthy.values()], spec)
+        initial, done = get_weights(build_model(scaler.n_inputs, hidden=config.hidden, seed=config.seed)), 0
+
+    recorder = RunRecorder(
+        config.out_dir,
+        header={
+            "config": config.to_dict(),
+            "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
+            "schema_hash": spec.schema_hash(),
+            "scaler": scaler.to_json(),
+            "sites": sites,
+            "excluded_sites": {str(node): problem for node, problem in problems.items()},
+        },
+        previous=resume.manifest if resume else None,
+    )
+    if len(healthy) < config.min_sites:
+        recorder.set(status="failed", error=f"{len(healthy)} healthy site(s), run needs {config.min_sites}")
+        raise FederationError(
+            f"only {len(healthy)} site(s) have usable data, the run needs {config.min_sites}: "
+            + "; ".join(problems.values())
+        )
+    if done >= config.num_rounds:
+        recorder.set(status="completed")
+        return recorder
+
+    inner = build_strategy(config, initial, evaluate_fn)
+    if resume is not None:
+        for attr, arrays in resume.strategy_state.items():
+            setattr(inner, attr, arrays)
+    strategy = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done)
+    legacy = LegacyContext(
+        context,
+        config=ServerConfig(num_rounds=config.num_rounds - done),
+        strategy=strategy,
+        client_manager=SiteClientManager(excluded=set(problems)),
+    )
+    try:
+        DefaultWorkflow()(grid, legacy)
+    except Exception as exc:
+        recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    recorder.set(status="completed", completed_rounds=config.num_rounds)
+    return recorder
+
+
+def make_server_app(
+    config: FederationConfig | None = None,
+    *,
+    observer: RunObserver | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    expected_sites: int | None = None,
+) -> ServerApp:
+    """The ServerApp. Without `config` it reads the Flower run config (deployment)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or FederationConfig.from_run_config(dict(context.run_config))
+        run_federation(grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites)
+
+    return server_app
+
+
+app = make_server_app()

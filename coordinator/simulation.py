@@ -1,0 +1,246 @@
+"""One-machine experiments: a network of supplier sites trained in Flower's simulation runtime,
+compared on the same held-out rows with centralised training and each site training alone.
+
+Used by ``sangsaeng demo`` and ``sangsaeng simulate`` and by the utility benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from client.client_app import make_client_app
+from client.site import SiteConfig
+from coordinator.checkpoint import MANIFEST, load_checkpoint, write_json
+from coordinator.config import FederationConfig
+from coordinator.progress import RunObserver
+from coordinator.server_app import make_server_app
+from models.datasets import holdout_split, split_by
+from models.errors import SiteDataError, TaskSpecError
+from models.metrics import compute_metrics, mean_of
+from models.nets import build_model, set_weights
+from models.scaler import FederatedScaler, profile_site
+from models.schema import load_site_data
+from models.tasks import TaskSpec
+from models.training import TrainConfig, evaluate_model, prepare, predict, train_local
+
+__all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
+
+logger = logging.getLogger("sangsaeng.coordinator")
+
+
+@dataclass(frozen=True)
+class SiteSplit:
+    """A site's validated rows and its fixed held-out split."""
+
+    name: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+def write_site_files(
+    frame: pd.DataFrame, column: str, out_dir: Path, *, spec: TaskSpec, min_rows: int = 20
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Split a table by `column` into one export per supplier site under `out_dir/sites/`."""
+    spec.check_columns(list(frame.columns), source="data")
+    sites, dropped = split_by(frame, column, min_rows=min_rows)
+    if not sites:
+        raise TaskSpecError(f"splitting by '{column}' gives no site with at least {min_rows} rows")
+    site_dir = Path(out_dir) / "sites"
+    site_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, part in sites.items():
+        paths[name] = site_dir / f"{name}.csv"
+        part.to_csv(paths[name], index=False)
+    return paths, dropped
+
+
+def _load_splits(
+    spec: TaskSpec, site_files: Mapping[str, Path], seed: int
+) -> tuple[list[SiteSplit], dict[str, str]]:
+    splits, problems = [], {}
+    for name, path in site_files.items():
+        try:
+            frame = load_site_data(path, spec)
+        except SiteDataError as exc:
+            problems[name] = str(exc)
+            continue
+        train, test = holdout_split(frame, spec, seed=seed)
+        splits.append(SiteSplit(name, train, test))
+    return splits, problems
+
+
+def _train_alone(spec: TaskSpec, train: pd.DataFrame, config: FederationConfig, seed_offset: int) -> tuple[Any, FederatedScaler]:
+    scaler = FederatedScaler.fit_pooled(train, spec)
+    model = build_model(scaler.n_inputs, hidden=config.hidden, seed=config.seed)
+    x, y = prepare(train, spec, scaler)
+    train_local(
+        model, x, y, spec=spec, scaler=scaler,
+        config=TrainConfig(
+            epochs=config.num_rounds * config.local_epochs, batch_size=config.batch_size,
+            lr=config.lr, weight_decay=config.weight_decay, seed=config.seed + seed_offset,
+        ),
+    )  # fmt: skip
+    return model, scaler
+
+
+def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFrame) -> dict[str, float]:
+    x, y = prepare(frame, spec, scaler)
+    return compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler))
+
+
+def evaluate_weights(
+    weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
+) -> dict[str, float]:
+    model = build_model(scaler.n_inputs, hidden=config.hidden)
+    set_weights(model, weights)
+    return _score(model, spec, scaler, frame)
+
+
+def run_experiment(
+    spec: TaskSpec,
+    site_files: Mapping[str, Path],
+    config: FederationConfig,
+    *,
+    observer: RunObserver | None = None,
+    dropped: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Centralised vs local-only vs federated on the same held-out rows; writes results.json."""
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits, problems = _load_splits(spec, site_files, config.seed)
+    if not splits:
+        raise SiteDataError(out_dir, "no site has usable data: " + "; ".join(problems.values()))
+    held_out = pd.concat([s.test for s in splits], ignore_index=True)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    pooled = pd.concat([s.train for s in splits], ignore_index=True)
+    model, scaler = _train_alone(spec, pooled, config, 0)
+    centralized = _score(model, spec, scaler, held_out)
+    timings["centralized_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    local_only = {}
+    for i, split in enumerate(splits):
+        model, scaler = _train_alone(spec, split.train, config, i + 1)
+        local_only[split.name] = _score(model, spec, scaler, held_out)
+    timings["local_only_s"] = time.perf_counter() - start
+
+    # The scaler the coordinator will build from the sites' profiles (same rows, same math).
+    fed_scaler = FederatedScaler.combine([profile_site(s.train, spec) for s in splits], spec)
+
+    x_held, y_held = prepare(held_out, spec, fed_scaler)
+
+    def evaluate_fn(_round: int, weights: list[np.ndarray]) -> tuple[float, dict[str, float]]:
+        model = build_model(fed_scaler.n_inputs, hidden=config.hidden)
+        set_weights(model, weights)
+        return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
+
+    start = time.perf_counter()
+    _run_flower_simulation(spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn)
+    timings["federated_s"] = time.perf_counter() - start
+
+    manifest = _read_manifest(out_dir)
+    last = max((r for r in manifest["rounds"] if r.get("checkpoint")), key=lambda r: r["round"])
+    weights, _ = load_checkpoint(out_dir / last["checkpoint"])
+    scaler = FederatedScaler.from_json(manifest["scaler"])
+    federated_global = evaluate_weights(weights, spec, scaler, config, held_out)
+    per_site = {s.name: evaluate_weights(weights, spec, scaler, config, s.test) for s in splits}
+
+    results: dict[str, Any] = {
+        "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
+        "sites": [s.name for s in splits],
+        "site_rows": {s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits},
+        "excluded_sites": problems,
+        "dropped_groups": dict(dropped or {}),
+        "held_out_rows": len(held_out),
+        "centralized": centralized,
+        "local_only": local_only,
+        "local_only_summary": _summary(spec, local_only),
+        "federated": {"global": federated_global, "per_site": per_site},
+        "rounds": [
+            {
+                "round": r["round"],
+                "metrics": {**{k: v for k, v in r.get("metrics", {}).items() if k != "loss"}, "train_loss": r.get("train_loss")},
+                "sites_trained": r.get("sites_trained", []),
+                "failures": r.get("failures", []),
+            }
+            for r in sorted(manifest["rounds"], key=lambda r: r["round"])
+        ],
+        "initial": {k: v for k, v in manifest.get("initial_metrics", {}).items() if k != "loss"},
+        "config": config.to_dict(),
+        "run_id": manifest["run_id"],
+        "timings": timings,
+    }
+    write_json(out_dir / "results.json", results)
+    from coordinator.report import plot_rounds  # matplotlib only when results exist
+
+    results["plot"] = str(plot_rounds(results, out_dir / "metrics.png"))
+    return results
+
+
+def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    rows = [dict(v) for v in local_only.values()]
+    key = spec.primary_metric
+    scored = [(name, m[key]) for name, m in local_only.items() if not np.isnan(m[key])]
+    worst_name = (min if spec.higher_is_better else max)(scored, key=lambda t: t[1])[0] if scored else None
+    return {"mean": mean_of(rows), "worst": {"site": worst_name, **(dict(local_only[worst_name]) if worst_name else {})}}
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any]:
+    return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _run_flower_simulation(
+    spec: TaskSpec,
+    site_files: Mapping[str, Path],
+    config: FederationConfig,
+    *,
+    observer: RunObserver | None,
+    evaluate_fn: Any,
+) -> None:
+    """Run the ServerApp and one ClientApp per site in Flower's simulation runtime."""
+    from flwr.simulation import run_simulation
+
+    sites = [SiteConfig(name=name, data_path=Path(path).resolve(), holdout_seed=config.seed) for name, path in site_files.items()]
+    server_app = make_server_app(config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites))
+    client_app = make_client_app(sites)
+    cpus = max(1, os.cpu_count() or 1)
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False},
+    }
+    with _flower_logs_to(Path(config.out_dir) / "flower.log"):
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config)
+
+
+class _flower_logs_to:
+    """Send Flower's console log to a file while a run shows its own progress display."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("flwr")
+        self.saved = list(self.logger.handlers)
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for h in self.saved:
+            self.logger.removeHandler(h)
+        self.logger.addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+        for h in self.saved:
+            self.logger.addHandler(h)

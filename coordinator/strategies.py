@@ -1,0 +1,252 @@
+"""Aggregation strategies by name, and the wrapper that adds Sangsaeng's bookkeeping.
+
+The strategies are Flower's own legacy ``flwr.server.strategy`` classes (weighted FedAvg,
+FedProx, FedAdam) driven by Flower's ``DefaultWorkflow``: the structure in which Flower's
+SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``) plugs in as the fit workflow.
+
+`SangsaengStrategy` wraps an inner strategy, as Flower's DP wrappers do: it sends the task,
+scaler and training settings with every instruction, records failures and per-site metrics,
+and checkpoints the global model after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager, SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.criterion import Criterion
+from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from client.protocol import ConfigKey, ReplyKey
+from coordinator.checkpoint import RunRecorder
+from coordinator.config import FederationConfig
+from coordinator.progress import RunObserver
+from models.scaler import FederatedScaler
+
+__all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
+
+logger = logging.getLogger("sangsaeng.coordinator")
+
+EvaluateFn = Callable[[int, list[np.ndarray]], tuple[float, dict[str, float]] | None]
+
+
+def weighted_mean(items: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Example-weighted mean of every numeric metric (NaN values are skipped)."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value):
+                continue
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0.0) + n
+    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+
+
+def _fedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    return FedAvg(**common)
+
+
+def _fedprox(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    return FedProx(proximal_mu=config.proximal_mu, **common)
+
+
+def _fedadam(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    return FedAdam(eta=config.server_lr, eta_l=config.lr, tau=1e-3, **common)
+
+
+STRATEGY_REGISTRY: dict[str, Callable[[FederationConfig, dict[str, Any]], Strategy]] = {
+    "fedavg": _fedavg,
+    "fedprox": _fedprox,
+    "fedadam": _fedadam,
+}
+
+# Server-side optimiser state worth checkpointing, per strategy attribute.
+_STATE_ATTRS = ("m_t", "v_t")
+
+
+def build_strategy(config: FederationConfig, initial: list[np.ndarray], evaluate_fn: EvaluateFn | None = None) -> Strategy:
+    """Flower's strategy named by `config.strategy`, weighted by examples per site."""
+    common: dict[str, Any] = {
+        "fraction_fit": config.fraction_fit,
+        "fraction_evaluate": config.fraction_evaluate,
+        "min_fit_clients": config.min_sites,
+        "min_evaluate_clients": config.min_sites if config.fraction_evaluate > 0 else 0,
+        "min_available_clients": config.min_sites,
+        "initial_parameters": ndarrays_to_parameters(initial),
+        "fit_metrics_aggregation_fn": weighted_mean,
+        "evaluate_metrics_aggregation_fn": weighted_mean,
+    }
+    if evaluate_fn is not None:
+        common["evaluate_fn"] = lambda rnd, weights, _cfg: evaluate_fn(rnd, weights)
+    return STRATEGY_REGISTRY[config.strategy](config, common)
+
+
+class _Excluding(Criterion):
+    def __init__(self, excluded: set[int], inner: Criterion | None):
+        self.excluded = excluded
+        self.inner = inner
+
+    def select(self, client: ClientProxy) -> bool:
+        if getattr(client, "node_id", None) in self.excluded:
+            return False
+        return self.inner.select(client) if self.inner else True
+
+
+class SiteClientManager(SimpleClientManager):
+    """Flower's client manager, minus the nodes left out of the run (bad data, refusals)."""
+
+    def __init__(self, excluded: set[int] | None = None):
+        super().__init__()
+        self.excluded: set[int] = set(excluded or ())
+
+    def num_available(self) -> int:
+        return sum(1 for c in self.clients.values() if getattr(c, "node_id", None) not in self.excluded)
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None) -> list[ClientProxy]:
+        return super().sample(num_clients, min_num_clients, _Excluding(self.excluded, criterion))
+
+
+def _failure_text(failure: tuple[ClientProxy, FitRes | EvaluateRes] | BaseException) -> str:
+    if isinstance(failure, BaseException):
+        error = failure.args[0] if failure.args else failure
+        return str(getattr(error, "reason", error))
+    proxy, res = failure
+    return f"node {proxy.cid}: {res.status.message}"
+
+
+class SangsaengStrategy(Strategy):
+    """Wraps a Flower strategy with instructions for sites, records and checkpoints."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        config: FederationConfig,
+        scaler: FederatedScaler,
+        recorder: RunRecorder,
+        observer: RunObserver | None = None,
+        round_offset: int = 0,
+    ):
+        self.inner = inner
+        self.config = config
+        self.recorder = recorder
+        self.observer = observer or RunObserver()
+        self.round_offset = round_offset
+        self.instructions: dict[str, Scalar] = {
+            ConfigKey.TASK: config.task.to_json(),
+            ConfigKey.SCALER: scaler.to_json(),
+            ConfigKey.EPOCHS: config.local_epochs,
+            ConfigKey.BATCH_SIZE: config.batch_size,
+            ConfigKey.LR: config.lr,
+            ConfigKey.WEIGHT_DECAY: config.weight_decay,
+            ConfigKey.SEED: config.seed,
+            ConfigKey.HIDDEN: ",".join(str(h) for h in config.hidden),
+        }
+
+    def __repr__(self) -> str:
+        return f"SangsaengStrategy({self.inner!r})"
+
+    def _round(self, server_round: int) -> int:
+        return server_round + self.round_offset
+
+    def _with_instructions(self, server_round: int, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        return {**config, **self.instructions, ConfigKey.ROUND: self._round(server_round)}
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        self.observer.phase_started("train", self._round(server_round), len(instructions))
+        return [(proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config))) for proxy, ins in instructions]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        rnd = self._round(server_round)
+        problems = [_failure_text(f) for f in failures]
+        for problem in problems:
+            self.observer.site_problem("?", problem)
+        trained = sorted(str(res.metrics.get(ReplyKey.SITE, proxy.cid)) for proxy, res in results)
+        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        self.recorder.update_round(
+            rnd,
+            sites_trained=trained,
+            examples=int(sum(res.num_examples for _, res in results)),
+            failures=problems,
+            train_loss=metrics.get(ReplyKey.TRAIN_LOSS),
+        )
+        if parameters is not None:
+            state = {a: list(getattr(self.inner, a)) for a in _STATE_ATTRS if getattr(self.inner, a, None) is not None}
+            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), state)
+        else:
+            logger.warning("round %s: no update aggregated (%s failure(s))", rnd, len(failures))
+        return parameters, metrics
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
+        self.observer.phase_started("evaluate", self._round(server_round), len(instructions))
+        if not instructions:
+            self._finish_round(server_round)
+        return [
+            (proxy, EvaluateIns(ins.parameters, self._with_instructions(server_round, ins.config)))
+            for proxy, ins in instructions
+        ]
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
+        per_site = {
+            str(res.metrics.get(ReplyKey.SITE, proxy.cid)): {
+                "loss": res.loss, "examples": res.num_examples,
+                **{k: v for k, v in res.metrics.items() if k != ReplyKey.SITE},
+            }  # fmt: skip
+            for proxy, res in results
+        }
+        record = self.recorder.round_record(self._round(server_round))
+        record["failures"] = record.get("failures", []) + [_failure_text(f) for f in failures]
+        self.recorder.update_round(
+            self._round(server_round),
+            federated_eval={"loss": loss, **metrics} if loss is not None else {},
+            per_site=per_site,
+        )
+        self._finish_round(server_round)
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        result = self.inner.evaluate(server_round, parameters)
+        if result is None:
+            return None
+        loss, metrics = result
+        if server_round > 0:
+            self.recorder.update_round(self._round(server_round), metrics={"loss": loss, **metrics})
+        elif self.round_offset == 0:
+            self.recorder.set(initial_metrics={"loss": loss, **metrics})
+        return result
+
+    def _finish_round(self, server_round: int) -> None:
+        self.observer.round_finished(self.recorder.round_record(self._round(server_round)))

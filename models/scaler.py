@@ -1,0 +1,192 @@
+"""Federated feature normalisation.
+
+Each site summarises its own training rows (count, mean and sum of squared deviations per
+numeric column, counts per category level, label counts); the coordinator combines the
+summaries with the pairwise update of Chan, Golub & LeVeque (1979), which gives exactly the
+pooled mean and variance without any row leaving a site.
+
+>>> import pandas as pd
+>>> from models.tasks import TaskSpec
+>>> spec = TaskSpec(name="t", kind="regression", label="y", features=("x",))
+>>> a = profile_site(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}), spec)
+>>> b = profile_site(pd.DataFrame({"x": [3.0, 4.0, 5.0], "y": [1.0, 1.0, 1.0]}), spec)
+>>> FederatedScaler.combine([a, b], spec).mean["x"]
+3.0
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.errors import TaskSpecError
+from models.tasks import TaskSpec
+
+__all__ = ["ColumnMoments", "SiteProfile", "FederatedScaler", "profile_site"]
+
+
+@dataclass(frozen=True)
+class ColumnMoments:
+    """Count, mean and M2 (sum of squared deviations from the mean) of one column."""
+
+    count: int
+    mean: float
+    m2: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ColumnMoments:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            return cls(0, 0.0, 0.0)
+        mean = float(values.mean())
+        return cls(int(values.size), mean, float(((values - mean) ** 2).sum()))
+
+    def merge(self, other: ColumnMoments) -> ColumnMoments:
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.count / n
+        m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
+        return ColumnMoments(n, mean, m2)
+
+    @property
+    def variance(self) -> float:
+        """Population variance (ddof=0), the convention of standard scaling."""
+        return self.m2 / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """What a site shares about its data: aggregates only, never rows."""
+
+    count: int
+    numeric: dict[str, ColumnMoments]
+    categories: dict[str, dict[str, int]]
+    label: ColumnMoments
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "count": self.count,
+                "numeric": {k: [v.count, v.mean, v.m2] for k, v in self.numeric.items()},
+                "categories": self.categories,
+                "label": [self.label.count, self.label.mean, self.label.m2],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SiteProfile:
+        raw = json.loads(text)
+        return cls(
+            count=int(raw["count"]),
+            numeric={k: ColumnMoments(int(c), float(m), float(s)) for k, (c, m, s) in raw["numeric"].items()},
+            categories={k: {str(lv): int(n) for lv, n in v.items()} for k, v in raw["categories"].items()},
+            label=ColumnMoments(*raw["label"]),
+        )
+
+
+def profile_site(frame: pd.DataFrame, spec: TaskSpec) -> SiteProfile:
+    """Summarise a validated frame (see `models.schema.validate_frame`)."""
+    numeric = {c: ColumnMoments.of(frame[c].to_numpy()) for c in spec.numeric_features}
+    categories = {
+        c: {str(k): int(v) for k, v in frame[c].value_counts().sort_index().items()}
+        for c in spec.categorical_features
+    }
+    return SiteProfile(len(frame), numeric, categories, ColumnMoments.of(frame[spec.label].to_numpy()))
+
+
+@dataclass(frozen=True)
+class FederatedScaler:
+    """Standard scaling and one-hot encoding fitted from combined site profiles."""
+
+    spec_name: str
+    numeric: tuple[str, ...]
+    mean: dict[str, float]
+    std: dict[str, float]
+    levels: dict[str, tuple[str, ...]]
+    label_mean: float
+    label_std: float
+    count: int
+    positives: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def combine(cls, profiles: list[SiteProfile], spec: TaskSpec) -> FederatedScaler:
+        if not profiles:
+            raise TaskSpecError("cannot fit a scaler: no site supplied a data profile")
+        moments = {c: ColumnMoments(0, 0.0, 0.0) for c in spec.numeric_features}
+        label = ColumnMoments(0, 0.0, 0.0)
+        counts: dict[str, dict[str, int]] = {c: {} for c in spec.categorical_features}
+        for profile in profiles:
+            for c in spec.numeric_features:
+                moments[c] = moments[c].merge(profile.numeric[c])
+            label = label.merge(profile.label)
+            for c in spec.categorical_features:
+                for level, n in profile.categories.get(c, {}).items():
+                    counts[c][level] = counts[c].get(level, 0) + n
+        levels = {
+            c: tuple(spec.levels[c]) if c in spec.levels else tuple(sorted(counts[c]))
+            for c in spec.categorical_features
+        }
+        std = {c: float(np.sqrt(m.variance)) for c, m in moments.items()}
+        return cls(
+            spec_name=spec.name,
+            numeric=spec.numeric_features,
+            mean={c: m.mean for c, m in moments.items()},
+            # A constant column scales by 1 rather than dividing by zero.
+            std={c: (s if s > 1e-12 else 1.0) for c, s in std.items()},
+            levels=levels,
+            label_mean=label.mean,
+            label_std=float(np.sqrt(label.variance)) or 1.0,
+            count=label.count,
+            positives=int(round(label.mean * label.count)) if spec.kind == "binary" else 0,
+        )
+
+    @classmethod
+    def fit_pooled(cls, frame: pd.DataFrame, spec: TaskSpec) -> FederatedScaler:
+        """The same scaler fitted on one table (centralised reference and local-only sites)."""
+        return cls.combine([profile_site(frame, spec)], spec)
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.numeric) + sum(len(v) for v in self.levels.values())
+
+    @property
+    def pos_weight(self) -> float:
+        """Negatives per positive, to weight the rare defect class in the loss."""
+        negatives = self.count - self.positives
+        return float(negatives / self.positives) if self.positives else 1.0
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        parts = [
+            ((frame[c].to_numpy(dtype=np.float64) - self.mean[c]) / self.std[c])[:, None]
+            for c in self.numeric
+        ]
+        for c, levels in self.levels.items():
+            values = frame[c].astype(str).to_numpy()
+            parts.append(np.stack([values == lv for lv in levels], axis=1).astype(np.float64))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "spec_name": self.spec_name, "numeric": list(self.numeric), "mean": self.mean,
+                "std": self.std, "levels": {k: list(v) for k, v in self.levels.items()},
+                "label_mean": self.label_mean, "label_std": self.label_std,
+                "count": self.count, "positives": self.positives,
+            }  # fmt: skip
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FederatedScaler:
+        raw = json.loads(text)
+        raw["numeric"] = tuple(raw["numeric"])
+        raw["levels"] = {k: tuple(v) for k, v in raw["levels"].items()}
+        return cls(**raw)

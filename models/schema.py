@@ -1,0 +1,131 @@
+"""Reading a site's export and checking it against its task's schema.
+
+Every problem becomes one `SiteDataError` naming the file, the column and what is wrong, so
+a supplier can fix its export without reading a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.errors import SiteDataError
+from models.tasks import TaskSpec
+
+__all__ = ["read_table", "validate_frame", "load_site_data"]
+
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+_CSV_SUFFIXES = {".csv", ".txt"}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet export. Raises `SiteDataError` for missing/empty/unreadable files."""
+    path = Path(path)
+    if not path.exists():
+        raise SiteDataError(path, "file not found")
+    if not path.is_file():
+        raise SiteDataError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise SiteDataError(path, "file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _PARQUET_SUFFIXES:
+            frame = pd.read_parquet(path)
+        elif suffix in _CSV_SUFFIXES:
+            frame = pd.read_csv(path, low_memory=False)
+        else:
+            raise SiteDataError(path, f"unsupported file type '{suffix}' (use .csv or .parquet)")
+    except SiteDataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise SiteDataError(path, "file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        kind = "Parquet" if suffix in _PARQUET_SUFFIXES else "CSV"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SiteDataError(path, f"cannot be read as {kind}: {first_line}") from None
+    except Exception as exc:  # pyarrow raises its own tree; translate at this boundary
+        raise SiteDataError(path, f"cannot be read: {type(exc).__name__}: {exc}") from None
+    if frame.empty:
+        raise SiteDataError(path, "file has a header but no data rows")
+    return frame
+
+
+def _first_bad(mask: np.ndarray, values: pd.Series) -> str:
+    idx = int(np.flatnonzero(mask)[0])
+    return f"{int(mask.sum())} row(s), first at data row {idx + 1}: {values.iloc[idx]!r}"
+
+
+def _numeric(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
+    raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.astype(float)
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.astype(float)
+    converted = pd.to_numeric(raw, errors="coerce")
+    bad = (converted.isna() & raw.notna()).to_numpy()
+    if bad.any():
+        raise SiteDataError(source, f"expected numbers, found text in {_first_bad(bad, raw)}", column=column)
+    return converted.astype(float)
+
+
+def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -> pd.DataFrame:
+    """Return the task's columns, typed and checked; raise `SiteDataError` on the first problem."""
+    source = str(source)
+    missing = [c for c in spec.required_columns if c not in frame.columns]
+    if missing:
+        role = "label column" if missing == [spec.label] else "missing column(s)"
+        raise SiteDataError(source, f"{role} {missing} not found (columns present: {list(frame.columns)[:12]}...)")
+    if len(frame) == 0:
+        raise SiteDataError(source, "no data rows")
+
+    out = pd.DataFrame(index=frame.index)
+    for column in spec.numeric_features:
+        values = _numeric(frame, column, source)
+        arr = values.to_numpy()
+        nonfinite = ~np.isfinite(arr)
+        if nonfinite.any():
+            raise SiteDataError(source, f"missing or non-finite values in {_first_bad(nonfinite, frame[column])}", column=column)
+        if column in spec.ranges:
+            lo, hi = spec.ranges[column]
+            outside = (arr < lo) | (arr > hi)
+            if outside.any():
+                raise SiteDataError(
+                    source,
+                    f"values outside the plausible range [{lo:g}, {hi:g}] in {_first_bad(outside, values)}",
+                    column=column,
+                )
+        out[column] = arr
+    for column in spec.categorical_features:
+        raw = frame[column]
+        if raw.isna().any():
+            raise SiteDataError(source, f"missing values in {_first_bad(raw.isna().to_numpy(), raw)}", column=column)
+        values = raw.astype(str)
+        if column in spec.levels:
+            unknown = ~values.isin(spec.levels[column]).to_numpy()
+            if unknown.any():
+                raise SiteDataError(
+                    source,
+                    f"unknown level (allowed: {list(spec.levels[column])}) in {_first_bad(unknown, values)}",
+                    column=column,
+                )
+        out[column] = values
+
+    label = _numeric(frame, spec.label, source)
+    arr = label.to_numpy()
+    if spec.kind == "binary":
+        bad = ~np.isin(arr, (0.0, 1.0))
+        if bad.any():
+            raise SiteDataError(source, f"binary label must be 0 or 1, found other values in {_first_bad(bad, frame[spec.label])}", column=spec.label)
+    else:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise SiteDataError(source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label)
+    out[spec.label] = arr
+    return out.reset_index(drop=True)
+
+
+def load_site_data(path: str | Path, spec: TaskSpec) -> pd.DataFrame:
+    """Read and validate one site's export."""
+    return validate_frame(read_table(path), spec, source=path)

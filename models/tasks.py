@@ -1,0 +1,285 @@
+"""Tasks: what a value-chain model learns, from which columns, judged by which metric.
+
+A task is a data schema (features with plausible ranges, categorical levels, label, columns
+that are never features) plus the choices that follow from it (loss, metrics). Built-in
+tasks are registered by name; any other task comes from a TOML file::
+
+    [task]
+    name = "spindle-temperature"
+    kind = "regression"            # or "binary"
+    label = "Process temperature [K]"
+    features = ["Air temperature [K]", "Rotational speed [rpm]", "Type"]
+    categorical = ["Type"]         # optional; categorical features
+    id_columns = ["UDI"]           # optional; never features
+    leak_columns = ["TWF"]         # optional; must never be features
+
+    [task.ranges]                  # optional plausible [min, max] per numeric feature
+    "Air temperature [K]" = [250, 350]
+
+    [task.levels]                  # optional allowed levels per categorical feature
+    Type = ["L", "M", "H"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from models.errors import TaskSpecError
+
+__all__ = ["KINDS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
+
+Kind = Literal["binary", "regression"]
+KINDS: tuple[str, ...] = ("binary", "regression")
+_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "pr_auc", "f1"),
+    "regression": ("rmse", "mae"),
+}
+_PRIMARY = {"binary": "roc_auc", "regression": "rmse"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The schema and learning problem of one value-chain model."""
+
+    name: str
+    kind: Kind
+    label: str
+    features: tuple[str, ...]
+    categorical: tuple[str, ...] = ()
+    id_columns: tuple[str, ...] = ()
+    leak_columns: tuple[str, ...] = ()
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived views -------------------------------------------------------------
+    @property
+    def numeric_features(self) -> tuple[str, ...]:
+        return tuple(f for f in self.features if f not in self.categorical)
+
+    @property
+    def categorical_features(self) -> tuple[str, ...]:
+        return tuple(f for f in self.features if f in self.categorical)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return _METRICS[self.kind]
+
+    @property
+    def primary_metric(self) -> str:
+        return _PRIMARY[self.kind]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind == "binary"
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return (*self.features, self.label)
+
+    def schema_hash(self) -> str:
+        """SHA-256 of the canonical JSON form: two runs with equal hashes share a schema."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    # -- (de)serialisation ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ranges"] = {k: list(v) for k, v in sorted(self.ranges.items())}
+        data["levels"] = {k: list(v) for k, v in sorted(self.levels.items())}
+        for key in ("features", "categorical", "id_columns", "leak_columns"):
+            data[key] = list(data[key])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "task spec") -> TaskSpec:
+        known = {
+            "name", "kind", "label", "features", "categorical", "id_columns",
+            "leak_columns", "ranges", "levels", "description",
+        }  # fmt: skip
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TaskSpecError(f"{source}: unknown key(s) {unknown} in [task]")
+        for key in ("name", "kind", "label", "features"):
+            if key not in data:
+                raise TaskSpecError(f"{source}: [task] needs '{key}'")
+        try:
+            ranges = {str(k): _as_range(v) for k, v in dict(data.get("ranges", {})).items()}
+        except (TypeError, ValueError) as exc:
+            raise TaskSpecError(f"{source}: [task.ranges] must map columns to [min, max]") from exc
+        categorical = tuple(str(c) for c in data.get("categorical", ()))
+        features = tuple(str(f) for f in data["features"])
+        # A categorical column named only under `categorical` is still a feature.
+        features += tuple(c for c in categorical if c not in features)
+        try:
+            return cls(
+                name=str(data["name"]),
+                kind=data["kind"],
+                label=str(data["label"]),
+                features=features,
+                categorical=categorical,
+                id_columns=tuple(str(c) for c in data.get("id_columns", ())),
+                leak_columns=tuple(str(c) for c in data.get("leak_columns", ())),
+                ranges=ranges,
+                levels={str(k): tuple(str(x) for x in v) for k, v in dict(data.get("levels", {})).items()},
+                description=str(data.get("description", "")),
+            )
+        except TaskSpecError as exc:
+            raise TaskSpecError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> TaskSpec:
+        return cls.from_dict(json.loads(text))
+
+    # -- checks --------------------------------------------------------------------
+    def validate(self) -> None:
+        """Refuse a spec that cannot train safely. Raises `TaskSpecError`."""
+        if self.kind not in KINDS:
+            raise TaskSpecError(f"unknown kind '{self.kind}' (expected one of {list(KINDS)})")
+        if not self.name.strip():
+            raise TaskSpecError("task name is empty")
+        if not self.features:
+            raise TaskSpecError("task has no features")
+        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        if dupes:
+            raise TaskSpecError(f"feature(s) listed twice: {dupes}")
+        if self.label in self.features:
+            raise TaskSpecError(f"label '{self.label}' is also listed as a feature")
+        for kind, columns in (("leak", self.leak_columns), ("id", self.id_columns)):
+            bad = [c for c in columns if c in self.features]
+            if bad:
+                raise TaskSpecError(
+                    f"{kind} column(s) {bad} must never be features: remove them from 'features'"
+                )
+        if self.label in self.leak_columns or self.label in self.id_columns:
+            raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
+        for col, (lo, hi) in self.ranges.items():
+            if col not in self.numeric_features:
+                raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
+            if not lo < hi:
+                raise TaskSpecError(f"range for '{col}' is empty: [{lo}, {hi}]")
+        for col, levels in self.levels.items():
+            if col not in self.categorical_features:
+                raise TaskSpecError(f"levels given for '{col}', which is not a categorical feature")
+            if not levels:
+                raise TaskSpecError(f"no levels given for '{col}'")
+
+    def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
+        """Refuse a spec whose label or features are not in a data file's header."""
+        present = set(columns)
+        if self.label not in present:
+            raise TaskSpecError(f"{source}: label column '{self.label}' is not in the data")
+        missing = [f for f in self.features if f not in present]
+        if missing:
+            raise TaskSpecError(f"{source}: feature column(s) {missing} are not in the data")
+
+
+def _as_range(value: Any) -> tuple[float, float]:
+    lo, hi = value
+    return float(lo), float(hi)
+
+
+# -- registry ------------------------------------------------------------------------
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task to the built-in registry (name must be new)."""
+    if spec.name in _REGISTRY:
+        raise TaskSpecError(f"task '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def builtin_tasks() -> dict[str, TaskSpec]:
+    return dict(_REGISTRY)
+
+
+def load_task_spec(path: str | Path) -> TaskSpec:
+    """Read a task-spec TOML file. Raises `TaskSpecError` naming the file and problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskSpecError(f"{path}: task spec file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TaskSpecError(f"{path}: not valid TOML: {exc}") from None
+    if not isinstance(raw.get("task"), dict):
+        raise TaskSpecError(f"{path}: needs a [task] table")
+    return TaskSpec.from_dict(raw["task"], source=str(path))
+
+
+def get_task(name_or_path: str | Path) -> TaskSpec:
+    """A built-in task by name, or a task loaded from a TOML file path."""
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    if key.endswith(".toml") or Path(key).is_file():
+        return load_task_spec(key)
+    raise TaskSpecError(f"unknown task '{key}' (built-in tasks: {sorted(_REGISTRY)})")
+
+
+_KAMP_FEATURES: dict[str, tuple[float, float]] = {
+    # Plausible physical ranges for a moulding machine; far wider than the data so only
+    # broken exports (wrong unit, wrong column, sensor garbage) are refused.
+    "Injection_Time": (0, 120), "Filling_Time": (0, 120), "Plasticizing_Time": (0, 120),
+    "Cycle_Time": (0, 600), "Clamp_Close_Time": (0, 120),
+    "Cushion_Position": (0, 2000), "Switch_Over_Position": (0, 2000),
+    "Plasticizing_Position": (0, 2000), "Clamp_Open_Position": (0, 2000),
+    "Max_Injection_Speed": (0, 1000), "Max_Screw_RPM": (0, 2000), "Average_Screw_RPM": (0, 2000),
+    "Max_Injection_Pressure": (0, 1000), "Max_Switch_Over_Pressure": (0, 1000),
+    "Max_Back_Pressure": (0, 1000), "Average_Back_Pressure": (0, 1000),
+    **{f"Barrel_Temperature_{i}": (0, 500) for i in range(1, 8)},
+    "Hopper_Temperature": (0, 500), "Mold_Temperature_3": (0, 500), "Mold_Temperature_4": (0, 500),
+}  # fmt: skip
+
+INJECTION_MOLDING_QUALITY = register_task(
+    TaskSpec(
+        name="injection-molding-quality",
+        kind="binary",
+        label="PassOrFail",
+        features=tuple(_KAMP_FEATURES),
+        id_columns=(
+            "_id", "TimeStamp", "PART_FACT_PLAN_DATE", "PART_FACT_SERIAL",
+            "PART_NAME", "EQUIP_CD", "EQUIP_NAME",
+        ),  # fmt: skip
+        leak_columns=("Reason",),
+        ranges=_KAMP_FEATURES,
+        description="Defective injection-moulded part (KAMP), from 26 process readings.",
+    )
+)
+
+PREDICTIVE_MAINTENANCE = register_task(
+    TaskSpec(
+        name="predictive-maintenance",
+        kind="binary",
+        label="Machine failure",
+        features=(
+            "Type", "Air temperature [K]", "Process temperature [K]",
+            "Rotational speed [rpm]", "Torque [Nm]", "Tool wear [min]",
+        ),  # fmt: skip
+        categorical=("Type",),
+        id_columns=("UDI", "Product ID"),
+        leak_columns=("TWF", "HDF", "PWF", "OSF", "RNF"),
+        ranges={
+            "Air temperature [K]": (250, 350),
+            "Process temperature [K]": (250, 360),
+            "Rotational speed [rpm]": (0, 5000),
+            "Torque [Nm]": (0, 150),
+            "Tool wear [min]": (0, 500),
+        },
+        levels={"Type": ("L", "M", "H")},
+        description="Milling machine failure within the next operation (AI4I 2020).",
+    )
+)

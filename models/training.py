@@ -1,0 +1,108 @@
+"""Local training and evaluation in plain PyTorch (no Flower), shared by every role."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from models.metrics import compute_metrics
+from models.scaler import FederatedScaler
+from models.tasks import TaskSpec
+
+__all__ = ["TrainConfig", "prepare", "train_local", "predict", "evaluate_model", "loss_fn"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one stretch of local training."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    proximal_mu: float = 0.0  # FedProx: pull towards the round's global weights
+    seed: int = 0
+
+
+def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and raw targets of a validated frame."""
+    return scaler.transform(frame), frame[spec.label].to_numpy(dtype=np.float32)
+
+
+def loss_fn(spec: TaskSpec, scaler: FederatedScaler) -> nn.Module:
+    """Class-weighted BCE for rare defects; MSE on the scaled target for regression."""
+    if spec.kind == "binary":
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(scaler.pos_weight, dtype=torch.float32))
+    return nn.MSELoss()
+
+
+def _targets(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.Tensor:
+    if spec.kind == "regression":
+        y = (y - scaler.label_mean) / scaler.label_std
+    return torch.as_tensor(y, dtype=torch.float32)
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    spec: TaskSpec,
+    scaler: FederatedScaler,
+    config: TrainConfig,
+) -> float:
+    """Train in place for `config.epochs` epochs; return the mean training loss of the last epoch."""
+    if len(x) == 0:
+        raise ValueError("no training rows")
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs = torch.as_tensor(x, dtype=torch.float32)
+    targets = _targets(y, spec, scaler)
+    criterion = loss_fn(spec, scaler)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    anchor: Sequence[torch.Tensor] = []
+    if config.proximal_mu > 0:
+        anchor = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    last = 0.0
+    for _ in range(config.epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            optimiser.zero_grad()
+            loss = criterion(model(inputs[idx]), targets[idx])
+            if anchor:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                loss = loss + 0.5 * config.proximal_mu * prox
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        last = total / seen
+    return last
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, *, spec: TaskSpec, scaler: FederatedScaler) -> np.ndarray:
+    """Defect/failure probabilities for binary tasks; values in the label's unit for regression."""
+    model.eval()
+    out = model(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
+    if spec.kind == "binary":
+        return 1.0 / (1.0 + np.exp(-out))
+    return out * scaler.label_std + scaler.label_mean
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, spec: TaskSpec, scaler: FederatedScaler
+) -> tuple[float, dict[str, float]]:
+    """(loss, metrics) on held-out rows."""
+    model.eval()
+    logits = model(torch.as_tensor(x, dtype=torch.float32))
+    loss = float(loss_fn(spec, scaler)(logits, _targets(y, spec, scaler)))
+    return loss, compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler))
