@@ -54,7 +54,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def _first_bad(mask: np.ndarray, values: pd.Series) -> str:
     idx = int(np.flatnonzero(mask)[0])
-    return f"{int(mask.sum())} row(s), first at data row {idx + 1}: {values.iloc[idx]!r}"
+    value = values.iloc[idx]
+    shown = repr(value) if isinstance(value, str) else str(value.item() if isinstance(value, np.generic) else value)
+    return f"{int(mask.sum())} row(s), first at data row {idx + 1}: {shown}"
 
 
 def _numeric(frame: pd.DataFrame, column: str, source: str) -> pd.Series:

@@ -1,0 +1,95 @@
+"""Aggregation: weighted FedAvg equals the hand-computed weighted mean; failures are recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+
+from coordinator.checkpoint import RunRecorder, load_resume_point
+from coordinator.config import FederationConfig
+from coordinator.strategies import SangsaengStrategy, SiteClientManager, build_strategy, weighted_mean
+from models.scaler import FederatedScaler
+from models.tasks import get_task
+
+PM = get_task("predictive-maintenance")
+
+
+def proxy(node_id: int) -> GridClientProxy:
+    return GridClientProxy(node_id=node_id, grid=None, run_id=1)  # type: ignore[arg-type]
+
+
+def fit_res(arrays, n, site, loss):
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {"site": site, "train_loss": loss})
+
+
+@pytest.fixture
+def strategy(tmp_path):
+    def make(name="fedavg"):
+        config = FederationConfig(task=PM, strategy=name, out_dir=tmp_path)
+        initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+        recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+        scaler = FederatedScaler(PM.name, PM.numeric_features, {}, {}, {}, 0.0, 1.0, 10, 1)
+        return SangsaengStrategy(build_strategy(config, initial), config=config, scaler=scaler, recorder=recorder)
+
+    return make
+
+
+def test_weighted_fedavg_equals_hand_computed_mean(strategy, tmp_path):
+    rng = np.random.default_rng(0)
+    updates = {site: [rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for site in "abc"}
+    counts = {"a": 600, "b": 300, "c": 100}
+    results = [(proxy(i), fit_res(updates[s], counts[s], s, float(i))) for i, s in enumerate("abc")]
+
+    params, metrics = strategy().aggregate_fit(1, results, [])
+
+    total = sum(counts.values())
+    expected = [sum(counts[s] * updates[s][k] for s in "abc") / total for k in range(2)]
+    for got, want in zip(parameters_to_ndarrays(params), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # Hand-computed: (600*0 + 300*1 + 100*2) / 1000
+    assert metrics["train_loss"] == pytest.approx(0.5)
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    record = manifest["rounds"][0]
+    assert record["sites_trained"] == ["a", "b", "c"] and record["examples"] == 1000
+    assert record["checkpoint"] == "checkpoints/round_001.npz"
+
+
+def test_failures_are_recorded_and_the_round_goes_on(strategy, tmp_path):
+    from flwr.app import Error
+
+    good = [(proxy(1), fit_res([np.ones((2, 3), np.float32), np.ones(3, np.float32)], 10, "a", 0.3))]
+    failure = Exception(Error(code=1001, reason="site 'b': b.csv: column 'Torque [Nm]': non-finite"))
+    params, _ = strategy().aggregate_fit(1, good, [failure])
+    assert params is not None
+    record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][0]
+    assert record["failures"] == ["site 'b': b.csv: column 'Torque [Nm]': non-finite"]
+    assert record["sites_trained"] == ["a"]
+
+
+def test_checkpoint_resume_point_restores_weights(strategy, tmp_path):
+    weights = [np.full((2, 3), 2.0, np.float32), np.full(3, 3.0, np.float32)]
+    s = strategy("fedadam")
+    s.aggregate_fit(1, [(proxy(1), fit_res(weights, 5, "a", 0.1))], [])
+    point = load_resume_point(tmp_path, schema_hash=PM.schema_hash())
+    assert point is not None and point.round == 1
+    assert set(point.strategy_state) == {"m_t", "v_t"}  # FedAdam's moments survive a restart
+    with pytest.raises(ValueError, match="recorded for schema"):
+        load_resume_point(tmp_path, schema_hash="0" * 64)
+
+
+def test_client_manager_never_samples_excluded_nodes():
+    manager = SiteClientManager(excluded={2})
+    for i in (1, 2, 3):
+        manager.register(proxy(i))
+    assert manager.num_available() == 2
+    for _ in range(20):
+        assert {c.node_id for c in manager.sample(2)} == {1, 3}
+
+
+def test_weighted_mean_skips_nan_and_text():
+    assert weighted_mean([(1, {"x": 1.0, "site": "a"}), (3, {"x": float("nan")}), (1, {"x": 3.0})]) == {"x": 2.0}
