@@ -86,7 +86,9 @@ class SiteClient(NumPyClient):
     def __init__(self, site: SiteConfig):
         self.site = site
 
-    def _model(self, config: dict, parameters: Sequence[np.ndarray]) -> tuple[TaskSpec, FederatedScaler, torch.nn.Module]:
+    def _model(
+        self, config: dict, parameters: Sequence[np.ndarray]
+    ) -> tuple[TaskSpec, FederatedScaler, torch.nn.Module]:
         spec = _spec_from(config)
         scaler = FederatedScaler.from_json(str(config[ConfigKey.SCALER]))
         model = build_model(scaler.n_inputs, hidden=_hidden(config))

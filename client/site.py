@@ -32,7 +32,7 @@ class SiteConfig:
             raise SiteDataError(
                 "node-config",
                 f"SuperNode is missing node-config key(s) {missing}; start it with "
-                "--node-config \"site='NAME' data-path='FILE.csv'\""
+                "--node-config \"site='NAME' data-path='FILE.csv'\"",
             )
         return cls(
             name=str(node_config["site"]),

@@ -90,7 +90,10 @@ class RunRecorder:
         return record
 
     def save_checkpoint(
-        self, server_round: int, weights: Sequence[np.ndarray], strategy_state: dict[str, Sequence[np.ndarray]] | None = None
+        self,
+        server_round: int,
+        weights: Sequence[np.ndarray],
+        strategy_state: dict[str, Sequence[np.ndarray]] | None = None,
     ) -> Path:
         path = self.out_dir / "checkpoints" / f"round_{server_round:03d}.npz"
         arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)}

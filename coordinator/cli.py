@@ -1,9 +1,9 @@
 """The ``sangsaeng`` command line, with sub-commands per role.
 
-    sangsaeng demo       the whole network on the embedded sample data, on one machine
-    sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
-    sangsaeng tasks      the built-in value-chain tasks
-    sangsaeng client     a supplier's commands (validate an export before joining)
+sangsaeng demo       the whole network on the embedded sample data, on one machine
+sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
+sangsaeng tasks      the built-in value-chain tasks
+sangsaeng client     a supplier's commands (validate an export before joining)
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def simulate(
 def list_tasks() -> None:
     """List the built-in value-chain tasks."""
     for spec in builtin_tasks().values():
-        console.print(f"[bold]{spec.name}[/] ({spec.kind}, label '{spec.label}', {len(spec.features)} features): {spec.description}")
+        summary = f"{spec.kind}, label '{spec.label}', {len(spec.features)} features"
+        console.print(f"[bold]{spec.name}[/] ({summary}): {spec.description}")
 
 
 @client_app.command("validate")

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message
-from flwr.supercore.run import Run
 from flwr.serverapp.grid import Grid
+from flwr.supercore.run import Run
 
 __all__ = ["RunObserver", "LoggingObserver", "ProgressGrid"]
 

@@ -32,10 +32,14 @@ def results_table(results: dict[str, Any]) -> Table:
     summary = results["local_only_summary"]
     table.add_row("local-only, mean of sites", *[_fmt(summary["mean"].get(m)) for m in metrics])
     if summary["worst"].get("site"):
-        table.add_row(f"local-only, worst site ({summary['worst']['site']})", *[_fmt(summary["worst"].get(m)) for m in metrics])
+        table.add_row(
+            f"local-only, worst site ({summary['worst']['site']})", *[_fmt(summary["worst"].get(m)) for m in metrics]
+        )
     for site, values in results["local_only"].items():
         table.add_row(f"  local-only: {site}", *[_fmt(values.get(m)) for m in metrics], style="dim")
-    table.add_row("federated (global model)", *[_fmt(results["federated"]["global"][m]) for m in metrics], style="green")
+    table.add_row(
+        "federated (global model)", *[_fmt(results["federated"]["global"][m]) for m in metrics], style="green"
+    )
     return table
 
 

@@ -110,7 +110,10 @@ def run_federation(
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
     healthy, problems = collect_profiles(grid, node_ids, config, observer)
-    sites = {name: {"node_id": node, "n_train": n_train, "n_test": n_test} for node, (name, _, n_train, n_test) in healthy.items()}
+    sites = {
+        name: {"node_id": node, "n_train": n_train, "n_test": n_test}
+        for node, (name, _, n_train, n_test) in healthy.items()
+    }
 
     resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
     if resume is not None:
@@ -148,7 +151,9 @@ def run_federation(
     if resume is not None:
         for attr, arrays in resume.strategy_state.items():
             setattr(inner, attr, arrays)
-    strategy = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done)
+    strategy = SangsaengStrategy(
+        inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done
+    )
     legacy = LegacyContext(
         context,
         config=ServerConfig(num_rounds=config.num_rounds - done),
@@ -177,7 +182,9 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(dict(context.run_config))
-        run_federation(grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites)
+        run_federation(
+            grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites
+        )
 
     return server_app
 

@@ -31,7 +31,7 @@ from models.nets import build_model, set_weights
 from models.scaler import FederatedScaler, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, prepare, predict, train_local
+from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
 
 __all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
 
@@ -64,9 +64,7 @@ def write_site_files(
     return paths, dropped
 
 
-def _load_splits(
-    spec: TaskSpec, site_files: Mapping[str, Path], seed: int
-) -> tuple[list[SiteSplit], dict[str, str]]:
+def _load_splits(spec: TaskSpec, site_files: Mapping[str, Path], seed: int) -> tuple[list[SiteSplit], dict[str, str]]:
     splits, problems = [], {}
     for name, path in site_files.items():
         try:
@@ -79,7 +77,9 @@ def _load_splits(
     return splits, problems
 
 
-def _train_alone(spec: TaskSpec, train: pd.DataFrame, config: FederationConfig, seed_offset: int) -> tuple[Any, FederatedScaler]:
+def _train_alone(
+    spec: TaskSpec, train: pd.DataFrame, config: FederationConfig, seed_offset: int
+) -> tuple[Any, FederatedScaler]:
     scaler = FederatedScaler.fit_pooled(train, spec)
     model = build_model(scaler.n_inputs, hidden=config.hidden, seed=config.seed)
     x, y = prepare(train, spec, scaler)
@@ -171,7 +171,10 @@ def run_experiment(
         "rounds": [
             {
                 "round": r["round"],
-                "metrics": {**{k: v for k, v in r.get("metrics", {}).items() if k != "loss"}, "train_loss": r.get("train_loss")},
+                "metrics": {
+                    **{k: v for k, v in r.get("metrics", {}).items() if k != "loss"},
+                    "train_loss": r.get("train_loss"),
+                },
                 "sites_trained": r.get("sites_trained", []),
                 "failures": r.get("failures", []),
             }
@@ -194,7 +197,10 @@ def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> d
     key = spec.primary_metric
     scored = [(name, m[key]) for name, m in local_only.items() if not np.isnan(m[key])]
     worst_name = (min if spec.higher_is_better else max)(scored, key=lambda t: t[1])[0] if scored else None
-    return {"mean": mean_of(rows), "worst": {"site": worst_name, **(dict(local_only[worst_name]) if worst_name else {})}}
+    return {
+        "mean": mean_of(rows),
+        "worst": {"site": worst_name, **(dict(local_only[worst_name]) if worst_name else {})},
+    }
 
 
 def _read_manifest(out_dir: Path) -> dict[str, Any]:
@@ -212,7 +218,10 @@ def _run_flower_simulation(
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime."""
     from flwr.simulation import run_simulation
 
-    sites = [SiteConfig(name=name, data_path=Path(path).resolve(), holdout_seed=config.seed) for name, path in site_files.items()]
+    sites = [
+        SiteConfig(name=name, data_path=Path(path).resolve(), holdout_seed=config.seed)
+        for name, path in site_files.items()
+    ]
     server_app = make_server_app(config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites))
     client_app = make_client_app(sites)
     cpus = max(1, os.cpu_count() or 1)
@@ -221,7 +230,9 @@ def _run_flower_simulation(
         "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False},
     }
     with _flower_logs_to(Path(config.out_dir) / "flower.log"):
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config)
+        run_simulation(
+            server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config
+        )
 
 
 class _flower_logs_to:

@@ -79,7 +79,9 @@ STRATEGY_REGISTRY: dict[str, Callable[[FederationConfig, dict[str, Any]], Strate
 _STATE_ATTRS = ("m_t", "v_t")
 
 
-def build_strategy(config: FederationConfig, initial: list[np.ndarray], evaluate_fn: EvaluateFn | None = None) -> Strategy:
+def build_strategy(
+    config: FederationConfig, initial: list[np.ndarray], evaluate_fn: EvaluateFn | None = None
+) -> Strategy:
     """Flower's strategy named by `config.strategy`, weighted by examples per site."""
     common: dict[str, Any] = {
         "fraction_fit": config.fraction_fit,
@@ -117,7 +119,9 @@ class SiteClientManager(SimpleClientManager):
     def num_available(self) -> int:
         return sum(1 for c in self.clients.values() if getattr(c, "node_id", None) not in self.excluded)
 
-    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None) -> list[ClientProxy]:
+    def sample(
+        self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None
+    ) -> list[ClientProxy]:
         return super().sample(num_clients, min_num_clients, _Excluding(self.excluded, criterion))
 
 
@@ -170,10 +174,15 @@ class SangsaengStrategy(Strategy):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         self.observer.phase_started("train", self._round(server_round), len(instructions))
-        return [(proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config))) for proxy, ins in instructions]
+        return [
+            (proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config)))
+            for proxy, ins in instructions
+        ]
 
     def aggregate_fit(
         self,
@@ -222,7 +231,8 @@ class SangsaengStrategy(Strategy):
         loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
         per_site = {
             str(res.metrics.get(ReplyKey.SITE, proxy.cid)): {
-                "loss": res.loss, "examples": res.num_examples,
+                "loss": res.loss,
+                "examples": res.num_examples,
                 **{k: v for k, v in res.metrics.items() if k != ReplyKey.SITE},
             }  # fmt: skip
             for proxy, res in results

@@ -96,8 +96,7 @@ def profile_site(frame: pd.DataFrame, spec: TaskSpec) -> SiteProfile:
     """Summarise a validated frame (see `models.schema.validate_frame`)."""
     numeric = {c: ColumnMoments.of(frame[c].to_numpy()) for c in spec.numeric_features}
     categories = {
-        c: {str(k): int(v) for k, v in frame[c].value_counts().sort_index().items()}
-        for c in spec.categorical_features
+        c: {str(k): int(v) for k, v in frame[c].value_counts().sort_index().items()} for c in spec.categorical_features
     }
     return SiteProfile(len(frame), numeric, categories, ColumnMoments.of(frame[spec.label].to_numpy()))
 
@@ -165,10 +164,7 @@ class FederatedScaler:
         return float(negatives / self.positives) if self.positives else 1.0
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        parts = [
-            ((frame[c].to_numpy(dtype=np.float64) - self.mean[c]) / self.std[c])[:, None]
-            for c in self.numeric
-        ]
+        parts = [((frame[c].to_numpy(dtype=np.float64) - self.mean[c]) / self.std[c])[:, None] for c in self.numeric]
         for c, levels in self.levels.items():
             values = frame[c].astype(str).to_numpy()
             parts.append(np.stack([values == lv for lv in levels], axis=1).astype(np.float64))
@@ -177,10 +173,15 @@ class FederatedScaler:
     def to_json(self) -> str:
         return json.dumps(
             {
-                "spec_name": self.spec_name, "numeric": list(self.numeric), "mean": self.mean,
-                "std": self.std, "levels": {k: list(v) for k, v in self.levels.items()},
-                "label_mean": self.label_mean, "label_std": self.label_std,
-                "count": self.count, "positives": self.positives,
+                "spec_name": self.spec_name,
+                "numeric": list(self.numeric),
+                "mean": self.mean,
+                "std": self.std,
+                "levels": {k: list(v) for k, v in self.levels.items()},
+                "label_mean": self.label_mean,
+                "label_std": self.label_std,
+                "count": self.count,
+                "positives": self.positives,
             }  # fmt: skip
         )
 

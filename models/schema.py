@@ -88,7 +88,9 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
         arr = values.to_numpy()
         nonfinite = ~np.isfinite(arr)
         if nonfinite.any():
-            raise SiteDataError(source, f"missing or non-finite values in {_first_bad(nonfinite, frame[column])}", column=column)
+            raise SiteDataError(
+                source, f"missing or non-finite values in {_first_bad(nonfinite, frame[column])}", column=column
+            )
         if column in spec.ranges:
             lo, hi = spec.ranges[column]
             outside = (arr < lo) | (arr > hi)
@@ -119,11 +121,17 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
     if spec.kind == "binary":
         bad = ~np.isin(arr, (0.0, 1.0))
         if bad.any():
-            raise SiteDataError(source, f"binary label must be 0 or 1, found other values in {_first_bad(bad, frame[spec.label])}", column=spec.label)
+            raise SiteDataError(
+                source,
+                f"binary label must be 0 or 1, found other values in {_first_bad(bad, frame[spec.label])}",
+                column=spec.label,
+            )
     else:
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise SiteDataError(source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label)
+            raise SiteDataError(
+                source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
+            )
     out[spec.label] = arr
     return out.reset_index(drop=True)
 

@@ -159,9 +159,7 @@ class TaskSpec:
         for kind, columns in (("leak", self.leak_columns), ("id", self.id_columns)):
             bad = [c for c in columns if c in self.features]
             if bad:
-                raise TaskSpecError(
-                    f"{kind} column(s) {bad} must never be features: remove them from 'features'"
-                )
+                raise TaskSpecError(f"{kind} column(s) {bad} must never be features: remove them from 'features'")
         if self.label in self.leak_columns or self.label in self.id_columns:
             raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
         for col, (lo, hi) in self.ranges.items():
@@ -251,8 +249,13 @@ INJECTION_MOLDING_QUALITY = register_task(
         label="PassOrFail",
         features=tuple(_KAMP_FEATURES),
         id_columns=(
-            "_id", "TimeStamp", "PART_FACT_PLAN_DATE", "PART_FACT_SERIAL",
-            "PART_NAME", "EQUIP_CD", "EQUIP_NAME",
+            "_id",
+            "TimeStamp",
+            "PART_FACT_PLAN_DATE",
+            "PART_FACT_SERIAL",
+            "PART_NAME",
+            "EQUIP_CD",
+            "EQUIP_NAME",
         ),  # fmt: skip
         leak_columns=("Reason",),
         ranges=_KAMP_FEATURES,
@@ -266,8 +269,12 @@ PREDICTIVE_MAINTENANCE = register_task(
         kind="binary",
         label="Machine failure",
         features=(
-            "Type", "Air temperature [K]", "Process temperature [K]",
-            "Rotational speed [rpm]", "Torque [Nm]", "Tool wear [min]",
+            "Type",
+            "Air temperature [K]",
+            "Process temperature [K]",
+            "Rotational speed [rpm]",
+            "Torque [Nm]",
+            "Tool wear [min]",
         ),  # fmt: skip
         categorical=("Type",),
         id_columns=("UDI", "Product ID"),

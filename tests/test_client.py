@@ -34,7 +34,9 @@ def context(site: SiteConfig) -> Context:
 
 def profile_message() -> Message:
     ins = GetPropertiesIns({ConfigKey.PHASE: PHASE_PROFILE, ConfigKey.TASK: PM.to_json()})
-    return Message(compat.getpropertiesins_to_recorddict(ins), dst_node_id=7, message_type=MessageTypeLegacy.GET_PROPERTIES)
+    return Message(
+        compat.getpropertiesins_to_recorddict(ins), dst_node_id=7, message_type=MessageTypeLegacy.GET_PROPERTIES
+    )
 
 
 def test_profile_then_fit_on_the_sites_own_rows(ai4i, tmp_path):
@@ -52,7 +54,11 @@ def test_profile_then_fit_on_the_sites_own_rows(ai4i, tmp_path):
     scaler = FederatedScaler.combine([profile], PM)
     initial = get_weights(build_model(scaler.n_inputs))
     config = {ConfigKey.TASK: PM.to_json(), ConfigKey.SCALER: scaler.to_json(), ConfigKey.EPOCHS: 1, ConfigKey.ROUND: 1}
-    fit = Message(compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(initial), config), True), dst_node_id=7, message_type="train")
+    fit = Message(
+        compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(initial), config), True),
+        dst_node_id=7,
+        message_type="train",
+    )
     res = compat.recorddict_to_fitres(app(fit, context(site)).content, False)
     assert res.num_examples == 280 and res.metrics["site"] == "plant-l"
     updated = parameters_to_ndarrays(res.parameters)

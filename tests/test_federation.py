@@ -108,9 +108,7 @@ leak_columns = ["TWF", "HDF", "PWF", "OSF", "RNF"]
 
 
 def _sangsaeng(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_simulate_runs_a_regression_task_from_a_spec_file(tmp_path):

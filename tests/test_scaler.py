@@ -28,7 +28,9 @@ def test_federated_scaler_equals_pooled_statistics_on_real_sites(ai4i):
     assert federated.levels == {"Type": ("L", "M", "H")}
     assert federated.count == len(pooled)
     assert federated.positives == int(pooled["Machine failure"].sum()) == 339
-    np.testing.assert_allclose(federated.transform(pooled), FederatedScaler.fit_pooled(pooled, PM).transform(pooled), atol=1e-6)
+    np.testing.assert_allclose(
+        federated.transform(pooled), FederatedScaler.fit_pooled(pooled, PM).transform(pooled), atol=1e-6
+    )
 
     # Standardised pooled data has mean 0 and std 1 in every numeric column.
     x = federated.transform(pooled)[:, : len(PM.numeric_features)]
@@ -52,7 +54,8 @@ def test_moment_merge_matches_numpy_for_any_split(seed):
 def test_scaler_round_trips_and_handles_constant_columns():
     spec = get_task("predictive-maintenance")
     frame = pd.DataFrame(
-        {c: [300.0] * 4 for c in spec.numeric_features} | {"Type": ["L", "L", "M", "H"], "Machine failure": [0, 1, 0, 0]}
+        {c: [300.0] * 4 for c in spec.numeric_features}
+        | {"Type": ["L", "L", "M", "H"], "Machine failure": [0, 1, 0, 0]}
     )
     scaler = FederatedScaler.fit_pooled(frame, spec)
     assert all(s == 1.0 for s in scaler.std.values())

@@ -40,7 +40,9 @@ def strategy(tmp_path):
 
 def test_weighted_fedavg_equals_hand_computed_mean(strategy, tmp_path):
     rng = np.random.default_rng(0)
-    updates = {site: [rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for site in "abc"}
+    updates = {
+        site: [rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for site in "abc"
+    }
     counts = {"a": 600, "b": 300, "c": 100}
     results = [(proxy(i), fit_res(updates[s], counts[s], s, float(i))) for i, s in enumerate("abc")]
 
