@@ -14,6 +14,7 @@ A bad export or an unusable task becomes an error reply naming the file, column 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from flwr.app import Context, Error, Message
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import Scalar
 
 from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 from client.site import SiteConfig
@@ -34,6 +36,10 @@ from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
 from models.training import TrainConfig, evaluate_model, prepare, train_local
+from privacy.dp_sgd import train_private
+from privacy.errors import BudgetExhausted, PolicyError
+from privacy.ledger import PrivacyLedger
+from privacy.policy import DpRequest
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -74,6 +80,16 @@ def _spec_from(config: dict) -> TaskSpec:
         return TaskSpec.from_json(str(config[ConfigKey.TASK]))
     except KeyError:
         raise TaskSpecError("the coordinator sent no task definition") from None
+
+
+def _dp_request(config: dict) -> DpRequest:
+    target = float(config.get(ConfigKey.DP_EPSILON, 0.0) or 0.0)
+    return DpRequest(
+        run_id=str(config.get(ConfigKey.RUN_ID, "unnamed-run")),
+        target_epsilon=target if target > 0 else None,
+        max_grad_norm=float(config.get(ConfigKey.DP_MAX_GRAD_NORM, 1.0)),
+        num_rounds=int(config.get(ConfigKey.NUM_ROUNDS, 1)),
+    )
 
 
 def _hidden(config: dict) -> tuple[int, ...]:
@@ -119,8 +135,40 @@ class SiteClient(NumPyClient):
             # Different but reproducible shuffles per site and round.
             seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
         )
-        loss = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)
-        return get_weights(model), len(x), {ReplyKey.SITE: self.site.name, ReplyKey.TRAIN_LOSS: loss}
+        plan = PrivacyLedger(self.site.ledger_file, self.site.name).plan_round(
+            self.site.privacy,
+            _dp_request(config),
+            records=len(x),
+            batch_size=train_config.batch_size,
+            epochs=train_config.epochs,
+        )
+        metrics: dict[str, Scalar] = {ReplyKey.SITE: self.site.name}
+        if plan is None:
+            metrics[ReplyKey.TRAIN_LOSS] = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)
+        else:
+            loss, steps = train_private(
+                model, x, y, spec=spec, scaler=scaler, config=train_config,
+                noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+            )  # fmt: skip
+            epsilon = PrivacyLedger(self.site.ledger_file, self.site.name).record_round(
+                plan, server_round=int(config.get(ConfigKey.ROUND, 0)), steps=steps
+            )
+            metrics.update(
+                {
+                    ReplyKey.TRAIN_LOSS: loss,
+                    ReplyKey.DP_EPSILON: epsilon,
+                    ReplyKey.DP_NOISE: plan.noise_multiplier,
+                    ReplyKey.DP_SAMPLE_RATE: plan.sample_rate,
+                    ReplyKey.DP_STEPS: steps,
+                    ReplyKey.DP_DELTA: plan.delta,
+                    ReplyKey.DP_MAX_GRAD_NORM: plan.max_grad_norm,
+                    ReplyKey.DP_BUDGET: plan.budget_epsilon,
+                    ReplyKey.DP_ACCOUNTANT: plan.accountant,
+                    ReplyKey.DP_RECORDS: len(x),
+                    ReplyKey.DP_PRIOR: json.dumps([list(p) for p in plan.prior]),
+                }
+            )
+        return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters, config):  # type: ignore[override]
         spec, scaler, model = self._model(config, parameters)
@@ -128,6 +176,13 @@ class SiteClient(NumPyClient):
         x, y = prepare(data.test, spec, scaler)
         loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler)
         return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
+
+
+_ERROR_CODES = {
+    TaskSpecError: ErrorCode.TASK_SPEC,
+    BudgetExhausted: ErrorCode.BUDGET_EXHAUSTED,
+    PolicyError: ErrorCode.PRIVACY_POLICY,
+}
 
 
 def site_errors_mod(sites: Sequence[SiteConfig] | None = None) -> Mod:
@@ -144,7 +199,7 @@ def site_errors_mod(sites: Sequence[SiteConfig] | None = None) -> Mod:
                 name = _site_for(context, sites).name
             except SangsaengError:
                 name = f"node {context.node_id}"
-            code = ErrorCode.TASK_SPEC if isinstance(exc, TaskSpecError) else ErrorCode.SITE_DATA
+            code = _ERROR_CODES.get(type(exc), ErrorCode.SITE_DATA)
             return Message(Error(code=code, reason=f"site '{name}': {exc}"), reply_to=msg)
 
     return mod

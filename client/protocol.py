@@ -21,6 +21,10 @@ class ConfigKey:
     SEED = "sangsaeng.seed"
     HIDDEN = "sangsaeng.hidden"  # comma-separated layer widths
     PROXIMAL_MU = "proximal_mu"  # set by Flower's FedProx strategy
+    RUN_ID = "sangsaeng.run_id"
+    NUM_ROUNDS = "sangsaeng.num_rounds"  # planned rounds: DP noise is calibrated for the whole run
+    DP_EPSILON = "sangsaeng.dp.target_epsilon"  # 0 or absent: no DP requested
+    DP_MAX_GRAD_NORM = "sangsaeng.dp.max_grad_norm"
 
 
 class ReplyKey:
@@ -31,6 +35,17 @@ class ReplyKey:
     N_TRAIN = "n_train"
     N_TEST = "n_test"
     TRAIN_LOSS = "train_loss"
+    # Record-level DP of the round, as the site accounted it (see privacy.ledger).
+    DP_EPSILON = "dp_epsilon"  # cumulative after this round
+    DP_NOISE = "dp_noise_multiplier"
+    DP_SAMPLE_RATE = "dp_sample_rate"
+    DP_STEPS = "dp_steps"
+    DP_DELTA = "dp_delta"
+    DP_MAX_GRAD_NORM = "dp_max_grad_norm"
+    DP_BUDGET = "dp_budget_epsilon"
+    DP_ACCOUNTANT = "dp_accountant"
+    DP_RECORDS = "dp_records"
+    DP_PRIOR = "dp_prior_history"  # JSON list of earlier (noise, rate, steps) on the same data
 
 
 class ErrorCode:
@@ -38,3 +53,5 @@ class ErrorCode:
 
     SITE_DATA = 1001  # the site's export does not fit the task schema
     TASK_SPEC = 1002  # the task the coordinator sent cannot be used
+    BUDGET_EXHAUSTED = 1003  # the round would take the site over its own privacy budget
+    PRIVACY_POLICY = 1004  # the site's privacy policy cannot be honoured

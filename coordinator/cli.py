@@ -25,12 +25,14 @@ from rich.console import Console  # noqa: E402
 from coordinator.config import STRATEGIES, FederationConfig  # noqa: E402
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
+from privacy import cli as privacy_cli  # noqa: E402
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(help="Sangsaeng: federated learning for manufacturing supply chains.", no_args_is_help=True)
 client_app = typer.Typer(help="Supplier site commands.", no_args_is_help=True)
 app.add_typer(client_app, name="client")
+app.add_typer(privacy_cli.app, name="privacy")
 console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
@@ -40,6 +42,17 @@ FractionFit = Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of
 MinSites = Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")]
 Seed = Annotated[int, typer.Option(help="Seed of splits, initial weights and shuffles.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run recorded in --out from its last checkpoint.")]
+DpEpsilon = Annotated[
+    float | None,
+    typer.Option(min=0.01, help="Record-level DP-SGD at every site; the per-site epsilon of the whole run."),
+]
+DpClip = Annotated[float, typer.Option(min=1e-6, help="Per-sample gradient clipping norm of DP-SGD.")]
+CentralNoise = Annotated[
+    float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
+]
+CentralClip = Annotated[float, typer.Option(min=1e-6, help="Supplier-level DP: clipping norm of each site's update.")]
+KeyDir = Annotated[Path, typer.Option(help="The coordinator's signing key directory (created on first use).")]
+_DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
 
 
 def _fail(exc: Exception) -> None:
@@ -51,7 +64,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     import pandas as pd
 
     from coordinator.display import RichObserver
-    from coordinator.report import results_table
+    from coordinator.report import privacy_table, results_table
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
 
@@ -71,6 +84,9 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
         console.print(f"[yellow]site {site} left out:[/] {problem}")
     console.print(results_table(results))
     console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
+    if results.get("privacy"):
+        console.print(privacy_table(results["privacy"]))
+        console.print(f"privacy report: {config.out_dir / 'privacy' / 'report.json'} (signed; report.html for people)")
 
 
 def _config(spec: TaskSpec, out: Path, **kwargs: object) -> FederationConfig:
@@ -91,6 +107,11 @@ def demo(
     min_sites: MinSites = 2,
     seed: Seed = 0,
     resume: Resume = False,
+    dp_epsilon: DpEpsilon = None,
+    dp_max_grad_norm: DpClip = 1.0,
+    central_dp_noise: CentralNoise = None,
+    central_dp_clip: CentralClip = 1.0,
+    key_dir: KeyDir = _DEFAULT_KEY_DIR,
 ) -> None:
     """Train a shared model across supplier sites built from the embedded sample data."""
     from models.datasets import SAMPLES, sample_path
@@ -100,7 +121,9 @@ def demo(
             raise SangsaengError(f"unknown demo task '{task}' (choose from {sorted(SAMPLES)})")
         spec = get_task(task)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
-                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume)  # fmt: skip
+                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
+                         dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
+                         central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, sample_path(task), SAMPLES[task].split_by, config)
     except SangsaengError as exc:
         _fail(exc)
@@ -119,12 +142,19 @@ def simulate(
     min_sites: MinSites = 2,
     seed: Seed = 0,
     resume: Resume = False,
+    dp_epsilon: DpEpsilon = None,
+    dp_max_grad_norm: DpClip = 1.0,
+    central_dp_noise: CentralNoise = None,
+    central_dp_clip: CentralClip = 1.0,
+    key_dir: KeyDir = _DEFAULT_KEY_DIR,
 ) -> None:
     """Simulate a federation on any table, one site per value of --split-by."""
     try:
         spec = load_task_spec(task_spec)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
-                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume)  # fmt: skip
+                         fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
+                         dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
+                         central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, data, split_by, config)
     except SangsaengError as exc:
         _fail(exc)

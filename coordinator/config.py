@@ -39,6 +39,14 @@ class FederationConfig:
     out_dir: Path = Path("sangsaeng-run")
     resume: bool = False
     node_wait_timeout: float = 120.0
+    # Record-level DP-SGD at every site: the per-site epsilon the whole run may spend.
+    dp_epsilon: float | None = None
+    dp_max_grad_norm: float = 1.0
+    # Supplier-level DP at the coordinator (clip each site's update, add Gaussian noise).
+    central_dp_noise: float | None = None
+    central_dp_clip: float = 1.0
+    central_dp_delta: float = 1e-3
+    key_dir: Path = field(default_factory=lambda: Path.home() / ".sangsaeng" / "coordinator")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -50,6 +58,14 @@ class FederationConfig:
             raise ValueError("fractions of sites per round must lie in (0, 1]")
         if self.min_sites < 1:
             raise ValueError("min_sites must be at least 1")
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ValueError("dp_epsilon must be positive")
+        if self.central_dp_noise is not None and self.central_dp_noise <= 0:
+            raise ValueError("central_dp_noise must be positive")
+
+    @property
+    def uses_dp(self) -> bool:
+        return self.dp_epsilon is not None or self.central_dp_noise is not None
 
     def replace(self, **changes: Any) -> FederationConfig:
         return dataclasses.replace(self, **changes)
@@ -60,6 +76,7 @@ class FederationConfig:
         out["task"] = self.task.to_dict()
         out["hidden"] = list(self.hidden)
         out["out_dir"] = str(self.out_dir)
+        out["key_dir"] = str(self.key_dir)
         return out
 
     @classmethod
@@ -75,7 +92,9 @@ class FederationConfig:
                 continue
             value = run_config[key]
             current = getattr(defaults, f.name)
-            if isinstance(current, bool):
+            if current is None:
+                kwargs[f.name] = float(value) if str(value) not in ("", "none", "None") else None
+            elif isinstance(current, bool):
                 kwargs[f.name] = str(value).lower() in ("1", "true", "yes")
             elif isinstance(current, tuple):
                 kwargs[f.name] = tuple(int(h) for h in str(value).split(",") if h)

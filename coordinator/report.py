@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-__all__ = ["plot_rounds", "results_table"]
+__all__ = ["plot_rounds", "results_table", "privacy_table"]
 
 
 def _fmt(value: Any) -> str:
@@ -72,3 +72,24 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def privacy_table(privacy: dict[str, Any]) -> Table:
+    """Cumulative epsilon per site after each round, against each site's budget."""
+    rounds = sorted({int(r) for s in privacy["sites"].values() for r in s["epsilon_by_round"]})
+    table = Table(title="privacy spent (cumulative epsilon per site)")
+    table.add_column("site")
+    for r in rounds:
+        table.add_column(f"r{r}", justify="right")
+    table.add_column("budget", justify="right")
+    table.add_column("delta", justify="right")
+    for site, entry in sorted(privacy["sites"].items()):
+        by_round = entry["epsilon_by_round"]
+        table.add_row(
+            site, *[_fmt(by_round.get(str(r))) if str(r) in by_round else "-" for r in rounds],
+            f"{entry['budget_epsilon']:g}", f"{entry['delta']:.2g}",
+        )  # fmt: skip
+    if privacy.get("central_dp"):
+        c = privacy["central_dp"]
+        table.caption = f"supplier-level DP: epsilon {c['epsilon']:.3f} at delta {c['delta']:g}"
+    return table

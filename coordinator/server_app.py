@@ -15,6 +15,7 @@ in its deployment runtime (SuperLink + SuperNodes), configured by the run config
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -35,6 +36,10 @@ from coordinator.strategies import EvaluateFn, SangsaengStrategy, SiteClientMana
 from models.errors import SangsaengError
 from models.nets import build_model, get_weights
 from models.scaler import FederatedScaler, SiteProfile
+from privacy.audit import AuditLog
+from privacy.central import CentralDP
+from privacy.keys import load_signing_key
+from privacy.report import build_report, write_signed_report
 
 __all__ = ["FederationError", "make_server_app", "run_federation", "collect_profiles", "app"]
 
@@ -106,6 +111,8 @@ def run_federation(
 ) -> RunRecorder:
     """Profile the sites, then train for `config.num_rounds` rounds. Returns the run record."""
     observer = observer or LoggingObserver()
+    # A lost signing key must stop the run before anyone spends privacy budget on it.
+    signing_key = load_signing_key(config.key_dir, create=True) if config.uses_dp else None
     grid = ProgressGrid(grid, observer)
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
@@ -147,13 +154,21 @@ def run_federation(
         recorder.set(status="completed")
         return recorder
 
-    inner = build_strategy(config, initial, evaluate_fn)
+    inner = build_strategy(config, initial, evaluate_fn, sites=len(healthy))
     if resume is not None:
         for attr, arrays in resume.strategy_state.items():
             setattr(inner, attr, arrays)
+    audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
+    central = None
+    if config.central_dp_noise is not None:
+        central = CentralDP(config.central_dp_noise, config.central_dp_clip, config.central_dp_delta, len(healthy))
+        for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
+            if record.get("central_dp"):
+                central.history.append((config.central_dp_noise, record["central_dp"]["sample_rate"], 1))
     strategy = SangsaengStrategy(
-        inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done
-    )
+        inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
+        central_dp=central, audit=audit,
+    )  # fmt: skip
     legacy = LegacyContext(
         context,
         config=ServerConfig(num_rounds=config.num_rounds - done),
@@ -166,6 +181,11 @@ def run_federation(
         recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     recorder.set(status="completed", completed_rounds=config.num_rounds)
+    if signing_key is not None and audit is not None:
+        report = build_report(recorder.manifest, audit_head=audit.head())
+        path = write_signed_report(report, config.out_dir / "privacy", signing_key)
+        audit.append("report issued", run_id=report["run_id"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+        recorder.set(privacy_report=str(path.relative_to(config.out_dir)))
     return recorder
 
 

@@ -32,6 +32,7 @@ from models.scaler import FederatedScaler, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
 from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
+from privacy.policy import SitePrivacyPolicy
 
 __all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
 
@@ -113,6 +114,7 @@ def run_experiment(
     *,
     observer: RunObserver | None = None,
     dropped: Mapping[str, int] | None = None,
+    site_policies: Mapping[str, SitePrivacyPolicy] | None = None,
 ) -> dict[str, Any]:
     """Centralised vs local-only vs federated on the same held-out rows; writes results.json."""
     out_dir = Path(config.out_dir)
@@ -147,7 +149,9 @@ def run_experiment(
         return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
 
     start = time.perf_counter()
-    _run_flower_simulation(spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn)
+    _run_flower_simulation(
+        spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn, site_policies=site_policies or {}
+    )
     timings["federated_s"] = time.perf_counter() - start
 
     manifest = _read_manifest(out_dir)
@@ -181,6 +185,7 @@ def run_experiment(
             for r in sorted(manifest["rounds"], key=lambda r: r["round"])
         ],
         "initial": {k: v for k, v in manifest.get("initial_metrics", {}).items() if k != "loss"},
+        "privacy": _privacy_summary(out_dir, manifest),
         "config": config.to_dict(),
         "run_id": manifest["run_id"],
         "timings": timings,
@@ -203,6 +208,29 @@ def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> d
     }
 
 
+def _privacy_summary(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Epsilon per site over rounds, from the signed report (None for a run without DP)."""
+    if not manifest.get("privacy_report"):
+        return None
+    report = json.loads((out_dir / manifest["privacy_report"]).read_text(encoding="utf-8"))
+    return {
+        "report": manifest["privacy_report"],
+        "sites": {
+            site: {
+                "epsilon": entry["epsilon"],
+                "budget_epsilon": entry["budget_epsilon"],
+                "delta": entry["delta"],
+                "epsilon_by_round": {str(r["round"]): r["epsilon"] for r in entry["rounds"]},
+            }
+            for site, entry in report["sites"].items()
+        },  # fmt: skip
+        "central_dp": {"epsilon": report["central_dp"]["epsilon"], "delta": report["central_dp"]["delta"]}
+        if report.get("central_dp")
+        else None,
+        "refusals": report["refusals"],
+    }
+
+
 def _read_manifest(out_dir: Path) -> dict[str, Any]:
     return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
 
@@ -214,12 +242,18 @@ def _run_flower_simulation(
     *,
     observer: RunObserver | None,
     evaluate_fn: Any,
+    site_policies: Mapping[str, SitePrivacyPolicy],
 ) -> None:
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime."""
     from flwr.simulation import run_simulation
 
     sites = [
-        SiteConfig(name=name, data_path=Path(path).resolve(), holdout_seed=config.seed)
+        SiteConfig(
+            name=name,
+            data_path=Path(path).resolve(),
+            holdout_seed=config.seed,
+            privacy=site_policies.get(name, SitePrivacyPolicy()),
+        )
         for name, path in site_files.items()
     ]
     server_app = make_server_app(config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites))
@@ -244,6 +278,8 @@ class _flower_logs_to:
     def __enter__(self) -> None:
         self.logger = logging.getLogger("flwr")
         self.saved = list(self.logger.handlers)
+        self.propagate = self.logger.propagate
+        self.logger.propagate = False  # some libraries configure the root logger on import
         self.handler = logging.FileHandler(self.path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         for h in self.saved:
@@ -252,6 +288,7 @@ class _flower_logs_to:
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self.handler)
+        self.logger.propagate = self.propagate
         self.handler.close()
         for h in self.saved:
             self.logger.addHandler(h)

@@ -11,6 +11,7 @@ and checkpoints the global model after every round.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,8 @@ from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from models.scaler import FederatedScaler
+from privacy.audit import AuditLog
+from privacy.central import CentralDP, wrap_central_dp
 
 __all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
 
@@ -80,9 +83,12 @@ _STATE_ATTRS = ("m_t", "v_t")
 
 
 def build_strategy(
-    config: FederationConfig, initial: list[np.ndarray], evaluate_fn: EvaluateFn | None = None
+    config: FederationConfig, initial: list[np.ndarray], evaluate_fn: EvaluateFn | None = None, *, sites: int = 1
 ) -> Strategy:
-    """Flower's strategy named by `config.strategy`, weighted by examples per site."""
+    """Flower's strategy named by `config.strategy`, weighted by examples per site.
+
+    With supplier-level DP configured it comes wrapped in Flower's server-side DP wrapper.
+    """
     common: dict[str, Any] = {
         "fraction_fit": config.fraction_fit,
         "fraction_evaluate": config.fraction_evaluate,
@@ -95,7 +101,12 @@ def build_strategy(
     }
     if evaluate_fn is not None:
         common["evaluate_fn"] = lambda rnd, weights, _cfg: evaluate_fn(rnd, weights)
-    return STRATEGY_REGISTRY[config.strategy](config, common)
+    strategy = STRATEGY_REGISTRY[config.strategy](config, common)
+    if config.central_dp_noise is not None:
+        strategy = wrap_central_dp(
+            strategy, noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip, sites=sites
+        )
+    return strategy
 
 
 class _Excluding(Criterion):
@@ -133,6 +144,22 @@ def _failure_text(failure: tuple[ClientProxy, FitRes | EvaluateRes] | BaseExcept
     return f"node {proxy.cid}: {res.status.message}"
 
 
+_DP_KEYS = {
+    "epsilon": ReplyKey.DP_EPSILON, "noise_multiplier": ReplyKey.DP_NOISE, "sample_rate": ReplyKey.DP_SAMPLE_RATE,
+    "steps": ReplyKey.DP_STEPS, "delta": ReplyKey.DP_DELTA, "max_grad_norm": ReplyKey.DP_MAX_GRAD_NORM,
+    "budget_epsilon": ReplyKey.DP_BUDGET, "accountant": ReplyKey.DP_ACCOUNTANT, "records": ReplyKey.DP_RECORDS,
+}  # fmt: skip
+
+
+def _dp_record(metrics: dict[str, Scalar]) -> dict[str, Any]:
+    """The DP accounting a site reported with its update (empty when it trained without DP)."""
+    if ReplyKey.DP_EPSILON not in metrics:
+        return {}
+    record = {name: metrics[key] for name, key in _DP_KEYS.items()}
+    record["prior_history"] = json.loads(str(metrics.get(ReplyKey.DP_PRIOR, "[]")))
+    return record
+
+
 class SangsaengStrategy(Strategy):
     """Wraps a Flower strategy with instructions for sites, records and checkpoints."""
 
@@ -145,8 +172,13 @@ class SangsaengStrategy(Strategy):
         recorder: RunRecorder,
         observer: RunObserver | None = None,
         round_offset: int = 0,
+        central_dp: CentralDP | None = None,
+        audit: AuditLog | None = None,
     ):
         self.inner = inner
+        self.central_dp = central_dp
+        self.audit = audit
+        self._available = 0
         self.config = config
         self.recorder = recorder
         self.observer = observer or RunObserver()
@@ -160,6 +192,10 @@ class SangsaengStrategy(Strategy):
             ConfigKey.WEIGHT_DECAY: config.weight_decay,
             ConfigKey.SEED: config.seed,
             ConfigKey.HIDDEN: ",".join(str(h) for h in config.hidden),
+            ConfigKey.RUN_ID: str(recorder.manifest["run_id"]),
+            ConfigKey.NUM_ROUNDS: config.num_rounds,
+            ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),
+            ConfigKey.DP_MAX_GRAD_NORM: config.dp_max_grad_norm,
         }
 
     def __repr__(self) -> str:
@@ -178,6 +214,7 @@ class SangsaengStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        self._available = client_manager.num_available()
         self.observer.phase_started("train", self._round(server_round), len(instructions))
         return [
             (proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config)))
@@ -194,7 +231,23 @@ class SangsaengStrategy(Strategy):
         problems = [_failure_text(f) for f in failures]
         for problem in problems:
             self.observer.site_problem("?", problem)
+            if self.audit is not None and "budget exhausted" in problem:
+                self.audit.append("refusal", round=rnd, reason=problem)
         trained = sorted(str(res.metrics.get(ReplyKey.SITE, proxy.cid)) for proxy, res in results)
+        dp = {str(res.metrics.get(ReplyKey.SITE, proxy.cid)): _dp_record(res.metrics) for proxy, res in results}
+        dp = {site: record for site, record in dp.items() if record}
+        for site, record in dp.items():
+            if self.audit is not None:
+                self.audit.append("round trained", site=site, round=rnd, epsilon=record["epsilon"])
+        extra: dict[str, Any] = {"dp": dp} if dp else {}
+        if self.central_dp is not None and results:
+            # Noise is calibrated to an unweighted mean of the updates that arrived.
+            results = [(p, FitRes(r.status, r.parameters, 1, r.metrics)) for p, r in results]
+            self.inner.num_sampled_clients = len(results)  # type: ignore[attr-defined]
+            extra["central_dp"] = self.central_dp.account_round(len(results))
+            if self.audit is not None:
+                self.audit.append("central dp round", round=rnd, **extra["central_dp"])
+            failures = []  # Flower's DP wrapper drops the whole round on any failure; they are recorded above
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
         self.recorder.update_round(
             rnd,
@@ -202,6 +255,7 @@ class SangsaengStrategy(Strategy):
             examples=int(sum(res.num_examples for _, res in results)),
             failures=problems,
             train_loss=metrics.get(ReplyKey.TRAIN_LOSS),
+            **extra,
         )
         if parameters is not None:
             state = {a: list(getattr(self.inner, a)) for a in _STATE_ATTRS if getattr(self.inner, a, None) is not None}

@@ -14,7 +14,7 @@ from models.metrics import compute_metrics
 from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
 
-__all__ = ["TrainConfig", "prepare", "train_local", "predict", "evaluate_model", "loss_fn"]
+__all__ = ["TrainConfig", "prepare", "train_local", "predict", "evaluate_model", "loss_fn", "targets_of"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def loss_fn(spec: TaskSpec, scaler: FederatedScaler) -> nn.Module:
     return nn.MSELoss()
 
 
-def _targets(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.Tensor:
+def targets_of(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.Tensor:
     if spec.kind == "regression":
         y = (y - scaler.label_mean) / scaler.label_std
     return torch.as_tensor(y, dtype=torch.float32)
@@ -61,7 +61,7 @@ def train_local(
         raise ValueError("no training rows")
     generator = torch.Generator().manual_seed(config.seed)
     inputs = torch.as_tensor(x, dtype=torch.float32)
-    targets = _targets(y, spec, scaler)
+    targets = targets_of(y, spec, scaler)
     criterion = loss_fn(spec, scaler)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     anchor: Sequence[torch.Tensor] = []
@@ -104,5 +104,5 @@ def evaluate_model(
     """(loss, metrics) on held-out rows."""
     model.eval()
     logits = model(torch.as_tensor(x, dtype=torch.float32))
-    loss = float(loss_fn(spec, scaler)(logits, _targets(y, spec, scaler)))
+    loss = float(loss_fn(spec, scaler)(logits, targets_of(y, spec, scaler)))
     return loss, compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler))

@@ -1,0 +1,186 @@
+"""A site's own privacy ledger: every stretch of DP-SGD on its data, kept on-site across restarts.
+
+The ledger is the persisted state of the site's one accountant: the history of
+``(noise_multiplier, sample_rate, steps)``. Before a round the site asks the ledger what
+the round would cost (`plan_round`) and refuses if that exceeds its budget; after the round
+it records what it spent (`record_round`). Each change is also written to the site's
+hash-chained audit log next to the ledger.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy.accounting import Step, calibrate_noise, epsilon_of
+from privacy.audit import AuditLog
+from privacy.errors import BudgetExhausted, PolicyError
+from privacy.policy import DpRequest, SitePrivacyPolicy
+
+__all__ = ["PrivacyLedger", "RoundPlan", "MIN_REMAINING"]
+
+# A run needs at least this fraction of its target left; less buys only noise.
+MIN_REMAINING = 0.02
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How the next round runs under DP, and what it will cost."""
+
+    run_id: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    max_grad_norm: float
+    accountant: str
+    budget_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    prior: list[Step]  # history before this run (earlier runs on the same data)
+
+
+class PrivacyLedger:
+    """The persisted accountant state of one site (a JSON file, written atomically)."""
+
+    def __init__(self, path: str | Path, site: str):
+        self.path = Path(path)
+        self.site = site
+        self.audit = AuditLog(self.path.with_suffix(".audit.jsonl"))
+
+    # -- storage -------------------------------------------------------------------
+    def _empty(self) -> dict[str, Any]:
+        return {"site": self.site, "policy": None, "runs": {}, "entries": []}
+
+    def load(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return self._empty()
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            # Never start from zero silently: that would forget spent budget.
+            raise PolicyError(f"privacy ledger {self.path} is corrupt ({exc}); restore it from backup") from None
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.load()
+            yield state
+            self._save(state)
+
+    # -- queries -------------------------------------------------------------------
+    def history(self, state: dict[str, Any] | None = None) -> list[Step]:
+        state = state or self.load()
+        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]]
+
+    def spent(self, *, delta: float, accountant: str = "rdp") -> float:
+        return epsilon_of(self.history(), delta=delta, accountant=accountant)
+
+    # -- the two steps of a DP round ----------------------------------------------------
+    def plan_round(
+        self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int, batch_size: int, epochs: int
+    ) -> RoundPlan | None:
+        """Decide how this round trains under the site's policy; None means no DP asked or required.
+
+        Raises `BudgetExhausted` when the round would take the site over its budget.
+        """
+        if request.target_epsilon is None and not policy.dp_required:
+            return None
+        budgets = [e for e in (policy.max_epsilon, request.target_epsilon) if e is not None]
+        budget = policy.max_epsilon if policy.max_epsilon is not None else float(request.target_epsilon)  # type: ignore[arg-type]
+        target = min(budgets)
+        delta = policy.delta_for(records)
+        accountant = policy.accountant
+        clip = policy.max_grad_norm or request.max_grad_norm
+        # Opacus' Poisson loader samples each record with rate 1 / (batches per epoch).
+        batches = max(1, math.ceil(records / batch_size))
+        sample_rate, steps = 1.0 / batches, epochs * batches
+        with self._locked() as state:
+            self._note_policy(state, policy)
+            run = state["runs"].get(request.run_id)
+            prior = [tuple(s) for s in run["prior"]] if run else self.history(state)
+            if run is None:
+                spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                if spent >= (1 - MIN_REMAINING) * target:
+                    self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
+                    raise BudgetExhausted(
+                        f"budget exhausted: epsilon {spent:.3f} already spent of {target:.3f}; "
+                        "nothing useful is left to train with"
+                    )
+                try:
+                    noise = calibrate_noise(
+                        target_epsilon=target, delta=delta, sample_rate=sample_rate,
+                        steps=steps * request.num_rounds, accountant=accountant, prior=prior,
+                    )  # fmt: skip
+                except PolicyError as exc:
+                    spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                    self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
+                    raise BudgetExhausted(
+                        f"budget exhausted: epsilon {spent:.3f} already spent of {budget:.3f} ({exc})"
+                    ) from None
+                run = {"noise_multiplier": noise, "target_epsilon": target, "sample_rate": sample_rate,
+                       "planned_steps": steps * request.num_rounds, "prior": [list(p) for p in prior]}  # fmt: skip
+                state["runs"][request.run_id] = run
+            history = self.history(state)
+            before = epsilon_of(history, delta=delta, accountant=accountant)
+            after = epsilon_of(
+                [*history, (run["noise_multiplier"], sample_rate, steps)], delta=delta, accountant=accountant
+            )
+        if after > budget * (1 + 1e-9):
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget
+            )
+            raise BudgetExhausted(
+                f"budget exhausted: this round would bring epsilon from {before:.3f} to {after:.3f}, "
+                f"over the site's budget of {budget:.3f}"
+            )
+        return RoundPlan(request.run_id, run["noise_multiplier"], sample_rate, steps, delta, clip, accountant,
+                         budget, before, after, [tuple(p) for p in run["prior"]])  # fmt: skip
+
+    def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
+        """Add the round's steps to the history; return the cumulative epsilon."""
+        with self._locked() as state:
+            state["entries"].append(
+                {
+                    "run_id": plan.run_id,
+                    "round": server_round,
+                    "noise_multiplier": plan.noise_multiplier,
+                    "sample_rate": plan.sample_rate,
+                    "steps": steps,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }  # fmt: skip
+            )
+            epsilon = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+            state["entries"][-1]["epsilon"] = epsilon
+        self.audit.append(
+            "round trained", site=self.site, run_id=plan.run_id, round=server_round, steps=steps,
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, epsilon=epsilon,
+        )  # fmt: skip
+        return epsilon
+
+    def _note_policy(self, state: dict[str, Any], policy: SitePrivacyPolicy) -> None:
+        current = {"max_epsilon": policy.max_epsilon, "delta": policy.delta, "dp_required": policy.dp_required,
+                   "accountant": policy.accountant}  # fmt: skip
+        if state.get("policy") != current:
+            self.audit.append("budget change", site=self.site, old=state.get("policy"), new=current)
+            state["policy"] = current

@@ -1,0 +1,262 @@
+"""Signed privacy reports an auditor can check without trusting Sangsaeng.
+
+Files in ``OUT/privacy/``::
+
+    report.json           the report (keys below)
+    report.json.sig       raw 64-byte Ed25519 signature over the exact bytes of report.json
+    coordinator.pub.pem   the coordinator's public key (SubjectPublicKeyInfo PEM)
+    report.html           the same for people, with epsilon over rounds per site
+    audit.jsonl           the coordinator's hash-chained audit log
+
+Check with OpenSSL alone::
+
+    openssl pkeyutl -verify -pubin -inkey coordinator.pub.pem -rawin -in report.json -sigfile report.json.sig
+
+`verify_report` also recomputes every epsilon from the recorded (noise_multiplier,
+sample_rate, steps) with the named accountant, and checks each site against its budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.accounting import epsilon_of
+from privacy.errors import ReportInvalid
+from privacy.keys import PUBLIC_NAME, load_public_key, public_pem
+
+__all__ = ["build_report", "write_signed_report", "verify_report", "REL_TOLERANCE"]
+
+REL_TOLERANCE = 1e-6
+MECHANISM = (
+    "record-level DP-SGD at each site (Opacus: per-sample clipping to max_grad_norm, Gaussian noise, "
+    "Poisson sampling), accounted per site across rounds by one persisted accountant; noise drawn from "
+    "PyTorch's generator (Opacus secure_mode off: no cryptographically secure RNG)"
+)
+NOT_COVERED = (
+    "Not covered by these epsilons: the aggregate statistics each site shares once for feature "
+    "normalisation (counts, means, variances, category counts) and the metrics sites report on their "
+    "held-out rows."
+)
+
+
+def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> dict[str, Any]:
+    """The report of one run, from the per-round DP records in its manifest."""
+    sites: dict[str, Any] = {}
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        for site, dp in sorted(record.get("dp", {}).items()):
+            entry = sites.setdefault(
+                site,
+                {
+                    "accountant": dp["accountant"],
+                    "delta": dp["delta"],
+                    "epsilon": 0.0,
+                    "budget_epsilon": dp["budget_epsilon"],
+                    "max_grad_norm": dp["max_grad_norm"],
+                    "records": dp["records"],
+                    "prior_history": dp.get("prior_history", []),
+                    "rounds": [],
+                },
+            )
+            entry["rounds"].append(
+                {
+                    "round": record["round"],
+                    "noise_multiplier": dp["noise_multiplier"],
+                    "sample_rate": dp["sample_rate"],
+                    "steps": dp["steps"],
+                    "epsilon": dp["epsilon"],
+                }
+            )
+            entry["epsilon"] = dp["epsilon"]
+    refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
+    config = manifest.get("config", {})
+    return {
+        "run_id": manifest["run_id"],
+        "task": manifest.get("task", {}),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "mechanism": MECHANISM if sites else "none at record level",
+        "requested_epsilon": config.get("dp_epsilon"),
+        "sites": sites,
+        "central_dp": _central(manifest),
+        "refusals": refusals,
+        "not_covered": NOT_COVERED,
+        "audit_log_head": audit_head,
+    }
+
+
+def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    rounds = [r for r in sorted(manifest.get("rounds", []), key=lambda r: r["round"]) if r.get("central_dp")]
+    if not rounds:
+        return None
+    first = rounds[0]["central_dp"]
+    return {
+        "mechanism": "supplier-level Gaussian mechanism: each site's model update clipped to clipping_norm "
+        "(Flower DifferentialPrivacyServerSideFixedClipping), unweighted mean, noise std = "
+        "noise_multiplier * clipping_norm / sites in the round",
+        "accountant": "rdp",
+        "delta": first["delta"],
+        "noise_multiplier": first["noise_multiplier"],
+        "clipping_norm": first["clipping_norm"],
+        "suppliers": first["suppliers"],
+        "rounds": [
+            {
+                "round": r["round"],
+                "sample_rate": r["central_dp"]["sample_rate"],
+                "steps": 1,
+                "noise_multiplier": r["central_dp"]["noise_multiplier"],
+                "epsilon": r["central_dp"]["epsilon"],
+            }
+            for r in rounds
+        ],  # fmt: skip
+        "epsilon": rounds[-1]["central_dp"]["epsilon"],
+        "note": (
+            f"Protects whole suppliers, of whom there are {first['suppliers']}: with this few, the epsilon is "
+            "weak and stated as computed. Accounting assumes Poisson sampling of suppliers; Flower samples a "
+            "fixed number per round."
+        ),
+    }
+
+
+def write_signed_report(report: dict[str, Any], out_dir: Path, key: Ed25519PrivateKey) -> Path:
+    """Write report.json, its raw signature, the public key and the HTML view."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = (json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    path = out_dir / "report.json"
+    path.write_bytes(body)
+    (out_dir / "report.json.sig").write_bytes(key.sign(body))
+    (out_dir / PUBLIC_NAME).write_bytes(public_pem(key.public_key()))
+    (out_dir / "report.html").write_text(_html(report), encoding="utf-8")
+    return path
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL_TOLERANCE, abs_tol=1e-9)
+
+
+def verify_report(
+    report_path: str | Path, public_key: str | Path, signature: str | Path | None = None
+) -> dict[str, Any]:
+    """Check signature, recompute every epsilon, check budgets. Raises `ReportInvalid` naming the problem."""
+    report_path = Path(report_path)
+    sig_path = Path(signature) if signature else report_path.with_name(report_path.name + ".sig")
+    try:
+        body, sig = report_path.read_bytes(), sig_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ReportInvalid(f"{exc.filename} not found") from None
+    try:
+        load_public_key(public_key).verify(sig, body)
+    except InvalidSignature:
+        raise ReportInvalid(f"bad signature: {sig_path} does not sign {report_path} under {public_key}") from None
+    try:
+        report = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ReportInvalid(f"{report_path} is not JSON: {exc}") from None
+
+    for site, entry in report.get("sites", {}).items():
+        history = [tuple(h) for h in entry.get("prior_history", [])]
+        for rnd in entry["rounds"]:
+            history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
+            expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
+            if not _close(expected, rnd["epsilon"]):
+                raise ReportInvalid(
+                    f"site '{site}' round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the "
+                    f"{entry['accountant']} accountant gives {expected:.6f}"
+                )
+        final = entry["rounds"][-1]["epsilon"] if entry["rounds"] else 0.0
+        if not _close(final, entry["epsilon"]):
+            raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
+        if not _within(entry):
+            raise ReportInvalid(
+                f"site '{site}' is over budget: epsilon {entry['epsilon']:.4f} > budget {entry['budget_epsilon']:.4f}"
+            )
+    central = report.get("central_dp")
+    if central:
+        history = []
+        for rnd in central["rounds"]:
+            history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
+            expected = epsilon_of(history, delta=central["delta"], accountant=central["accountant"])
+            if not _close(expected, rnd["epsilon"]):
+                raise ReportInvalid(
+                    f"central DP round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the accountant "
+                    f"gives {expected:.6f}"
+                )
+    return report
+
+
+def _plot_png(report: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for site, entry in sorted(report["sites"].items()):
+        line = ax.plot([r["round"] for r in entry["rounds"]], [r["epsilon"] for r in entry["rounds"]], marker="o",
+                       label=f"{site} (budget {entry['budget_epsilon']:g})")  # fmt: skip
+        ax.axhline(entry["budget_epsilon"], color=line[0].get_color(), linestyle=":", alpha=0.6)
+    if report.get("central_dp"):
+        c = report["central_dp"]
+        ax.plot([r["round"] for r in c["rounds"]], [r["epsilon"] for r in c["rounds"]], "k--", label="supplier-level")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative epsilon")
+    ax.set_title("Privacy spent per site")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _within(site: dict[str, Any]) -> bool:
+    return site["epsilon"] <= site["budget_epsilon"] * (1 + REL_TOLERANCE)
+
+
+def _html(report: dict[str, Any]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(site)}</td><td>{s['epsilon']:.4f}</td><td>{s['budget_epsilon']:g}</td><td>{s['delta']:.3g}</td>"
+        f"<td>{e(s['accountant'])}</td><td>{s['max_grad_norm']:g}</td><td>{s['records']}</td><td>{len(s['rounds'])}</td>"
+        f"<td>{'within budget' if _within(s) else 'OVER BUDGET'}</td></tr>"
+        for site, s in sorted(report["sites"].items())
+    )
+    central = report.get("central_dp")
+    central_html = (
+        f"<h2>Supplier-level DP</h2><p>epsilon {central['epsilon']:.3f} at delta {central['delta']:g}; "
+        f"noise multiplier {central['noise_multiplier']:g}, clipping norm {central['clipping_norm']:g}.</p>"
+        f"<p>{e(central['note'])}</p>"
+        if central
+        else ""
+    )
+    refusals = "".join(f"<li>{e(r)}</li>" for r in report.get("refusals", [])) or "<li>none</li>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Privacy report {e(report["run_id"])}</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}td:first-child{{text-align:left}}</style></head>
+<body><h1>Privacy report</h1>
+<p>Run <code>{e(report["run_id"])}</code>, task <b>{e(str(report["task"].get("name", "")))}</b>,
+issued {e(report["created_at"])}.</p>
+<p>Mechanism: {e(report["mechanism"])}.</p>
+<h2>Record-level DP per site</h2>
+<table><tr><th>site</th><th>epsilon</th><th>budget</th><th>delta</th><th>accountant</th><th>clip</th>
+<th>records</th><th>rounds</th><th>status</th></tr>{rows}</table>
+<img alt="epsilon over rounds per site" src="data:image/png;base64,{_plot_png(report)}">
+{central_html}
+<h2>Refusals</h2><ul>{refusals}</ul>
+<p><small>{e(report["not_covered"])}</small></p>
+<p>Verify: <code>openssl pkeyutl -verify -pubin -inkey coordinator.pub.pem -rawin -in report.json
+-sigfile report.json.sig</code> and
+<code>sangsaeng privacy verify report.json --public-key coordinator.pub.pem</code>.</p>
+</body></html>
+"""
