@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 from torch import nn
 
 from models.metrics import compute_metrics
@@ -93,7 +94,7 @@ def predict(model: nn.Module, x: np.ndarray, *, spec: TaskSpec, scaler: Federate
     model.eval()
     out = model(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
     if spec.kind == "binary":
-        return 1.0 / (1.0 + np.exp(-out))
+        return expit(out)
     return out * scaler.label_std + scaler.label_mean
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
@@ -83,3 +85,36 @@ def test_supernode_without_site_config_gets_a_clear_reply():
     ctx = Context(run_id=1, node_id=9, node_config={}, state=RecordDict(), run_config={})
     reply = make_client_app()(profile_message(), ctx)
     assert reply.has_error() and "missing node-config key(s) ['site', 'data-path']" in reply.error.reason
+
+
+def test_a_restarted_client_keeps_its_spent_budget(ai4i, tmp_path):
+    """The ledger lives on-site: a new process (a new app) continues from what was spent."""
+    path = tmp_path / "h.csv"
+    ai4i[ai4i["Type"] == "H"].to_csv(path, index=False)
+    site = SiteConfig("plant-h", path)
+
+    def dp_round(run_id: str, server_round: int, epsilon: float) -> dict:
+        app = make_client_app()  # a fresh app each time, as after a restart
+        props = compat.recorddict_to_getpropertiesres(app(profile_message(), context(site)).content).properties
+        scaler = FederatedScaler.combine([SiteProfile.from_json(props["profile"])], PM)
+        config = {
+            ConfigKey.TASK: PM.to_json(), ConfigKey.SCALER: scaler.to_json(), ConfigKey.EPOCHS: 1,
+            ConfigKey.BATCH_SIZE: 128, ConfigKey.ROUND: server_round, ConfigKey.RUN_ID: run_id,
+            ConfigKey.NUM_ROUNDS: 2, ConfigKey.DP_EPSILON: epsilon, ConfigKey.DP_MAX_GRAD_NORM: 1.0,
+        }  # fmt: skip
+        initial = get_weights(build_model(scaler.n_inputs))
+        ins = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(initial), config), True)
+        reply = app(Message(ins, dst_node_id=7, message_type="train"), context(site))
+        assert not reply.has_error(), reply.error
+        return compat.recorddict_to_fitres(reply.content, False).metrics
+
+    first = [dp_round("run-1", r, 1.0) for r in (1, 2)]
+    assert 0.95 < first[-1]["dp_epsilon"] <= 1.0
+    second = dp_round("run-2", 1, 3.0)  # a later run, after a restart
+    assert (
+        json.loads(second["dp_prior_history"])
+        == [[first[0]["dp_noise_multiplier"], first[0]["dp_sample_rate"], first[0]["dp_steps"]]] * 2
+    )
+    assert second["dp_epsilon"] > first[-1]["dp_epsilon"]
+    ledger = json.loads(site.ledger_file.read_text())
+    assert [e["run_id"] for e in ledger["entries"]] == ["run-1", "run-1", "run-2"]

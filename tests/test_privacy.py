@@ -141,13 +141,15 @@ def test_noise_is_present_and_scaled_to_sigma_times_clip():
 
 
 # -- signing and reports ---------------------------------------------------------------------
-def _manifest(epsilon_shift: float = 0.0) -> dict:
+def _manifest() -> dict:
     rounds, history = [], []
     for r in (1, 2, 3):
         history.append((1.2, 0.05, 40))
-        eps = epsilon_of(history, delta=1e-5) + (epsilon_shift if r == 3 else 0.0)
-        dp = {"epsilon": eps, "noise_multiplier": 1.2, "sample_rate": 0.05, "steps": 40, "delta": 1e-5,
-              "max_grad_norm": 1.0, "budget_epsilon": 4.0, "accountant": "rdp", "records": 2000, "prior_history": []}  # fmt: skip
+        dp = {
+            "epsilon": epsilon_of(history, delta=1e-5), "noise_multiplier": 1.2, "sample_rate": 0.05, "steps": 40,
+            "delta": 1e-5, "max_grad_norm": 1.0, "budget_epsilon": 4.0, "accountant": "rdp", "records": 2000,
+            "prior_history": [],
+        }  # fmt: skip
         rounds.append({"round": r, "dp": {"plant-a": dp}, "failures": []})
     return {
         "run_id": "abc123",

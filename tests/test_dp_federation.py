@@ -1,0 +1,87 @@
+"""DP end to end in Flower's simulation runtime: per-site DP-SGD, a site that refuses, supplier-level
+DP, and the signed report an auditor checks with OpenSSL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from coordinator.config import FederationConfig
+from coordinator.simulation import run_experiment, write_site_files
+from models.tasks import get_task
+from privacy.audit import AuditLog
+from privacy.ledger import PrivacyLedger
+from privacy.policy import DpRequest, SitePrivacyPolicy
+from privacy.report import verify_report
+
+pytestmark = pytest.mark.slow
+PM = get_task("predictive-maintenance")
+
+
+@pytest.fixture(scope="module")
+def dp_run(ai4i, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp-run")
+    site_files, _ = write_site_files(ai4i, "Type", out, spec=PM)
+    # Site h already spent its whole budget of 1.0 in an earlier run (its ledger is on-site).
+    policies = {"h": SitePrivacyPolicy(max_epsilon=1.0)}
+    ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / "h.ledger.json", "h")
+    earlier = DpRequest(run_id="earlier", target_epsilon=1.0, max_grad_norm=1.0, num_rounds=1)
+    plan = ledger.plan_round(policies["h"], earlier, records=700, batch_size=256, epochs=2)
+    ledger.record_round(plan, server_round=1, steps=plan.steps)
+
+    config = FederationConfig(
+        task=PM, num_rounds=2, local_epochs=1, batch_size=256, lr=0.03, out_dir=out, min_sites=2,
+        dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, key_dir=out / "keys",
+    )  # fmt: skip
+    results = run_experiment(PM, site_files, config, site_policies=policies)
+    return out, results
+
+
+def test_a_site_at_its_budget_refuses_and_the_run_finishes_with_the_others(dp_run):
+    out, results = dp_run
+    assert all(r["sites_trained"] == ["l", "m"] for r in results["rounds"])
+    assert len(results["privacy"]["refusals"]) == 2
+    assert all("site 'h': budget exhausted" in r for r in results["privacy"]["refusals"])
+    assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
+    assert results["federated"]["global"]["roc_auc"] > 0.6
+
+
+def test_every_site_stays_within_its_budget_and_the_report_verifies(dp_run):
+    out, results = dp_run
+    report = verify_report(out / "privacy" / "report.json", out / "privacy" / "coordinator.pub.pem")
+    assert set(report["sites"]) == {"l", "m"}
+    for entry in report["sites"].values():
+        assert [r["round"] for r in entry["rounds"]] == [1, 2]
+        assert 2.9 < entry["epsilon"] <= 3.0  # noise calibrated for the whole run, ending at the target
+        assert entry["delta"] < 1 / entry["records"]
+    assert report["central_dp"]["suppliers"] == 3 and report["central_dp"]["epsilon"] > 1
+    assert results["rounds"][0]["metrics"]["roc_auc"] is not None
+    assert "epsilon over rounds per site" in (out / "privacy" / "report.html").read_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
+def test_openssl_verifies_the_runs_report(dp_run):
+    out, _ = dp_run
+    privacy = out / "privacy"
+    done = subprocess.run(
+        ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(privacy / "coordinator.pub.pem"), "-rawin",
+         "-in", str(privacy / "report.json"), "-sigfile", str(privacy / "report.json.sig")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_audit_logs_record_rounds_refusals_and_the_report(dp_run):
+    out, _ = dp_run
+    report = json.loads((out / "privacy" / "report.json").read_text())
+    coordinator = AuditLog(out / "privacy" / "audit.jsonl")
+    coordinator.verify()
+    events = [e["event"] for e in coordinator.entries()]
+    assert events.count("round trained") == 4 and events.count("refusal") == 2
+    assert events.count("central dp round") == 2 and events[-1] == "report issued"
+    assert report["audit_log_head"] in {e["hash"] for e in coordinator.entries()}
+    site = AuditLog(out / "sites" / ".sangsaeng-privacy" / "h.ledger.audit.jsonl")
+    assert site.verify() >= 3 and site.entries()[-1]["event"] == "refusal"
