@@ -132,6 +132,7 @@ class SiteClient(NumPyClient):
             lr=float(config.get(ConfigKey.LR, 3e-3)),
             weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, 1e-4)),
             proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),
+            class_weight=str(config.get(ConfigKey.CLASS_WEIGHT, "balanced")),
             # Different but reproducible shuffles per site and round.
             seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
         )

@@ -20,6 +20,7 @@ class ConfigKey:
     WEIGHT_DECAY = "sangsaeng.weight_decay"
     SEED = "sangsaeng.seed"
     HIDDEN = "sangsaeng.hidden"  # comma-separated layer widths
+    CLASS_WEIGHT = "sangsaeng.class_weight"
     PROXIMAL_MU = "proximal_mu"  # set by Flower's FedProx strategy
     RUN_ID = "sangsaeng.run_id"
     NUM_ROUNDS = "sangsaeng.num_rounds"  # planned rounds: DP noise is calibrated for the whole run

@@ -37,7 +37,13 @@ console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
 Strategy = Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")]
-LocalEpochs = Annotated[int, typer.Option(min=1, help="Local epochs per round at each site.")]
+LocalEpochs = Annotated[
+    int | None, typer.Option(min=1, help="Local epochs per round at each site (default 2; 3 with DP-SGD).")
+]
+BatchSize = Annotated[int | None, typer.Option(min=1, help="Local batch size (default 64; 512 with DP-SGD).")]
+LearningRate = Annotated[
+    float | None, typer.Option(min=1e-6, help="Local learning rate (default 0.003; 0.03 with DP-SGD).")
+]
 FractionFit = Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of sites per round.")]
 MinSites = Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")]
 Seed = Annotated[int, typer.Option(help="Seed of splits, initial weights and shuffles.")]
@@ -91,7 +97,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
 
 def _config(spec: TaskSpec, out: Path, **kwargs: object) -> FederationConfig:
     try:
-        return FederationConfig(task=spec, out_dir=out, **kwargs)  # type: ignore[arg-type]
+        return FederationConfig.with_defaults(task=spec, out_dir=out, **kwargs)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -102,7 +108,9 @@ def demo(
     rounds: Rounds = 10,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("sangsaeng-demo"),
     strategy: Strategy = "fedavg",
-    local_epochs: LocalEpochs = 2,
+    local_epochs: LocalEpochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
     fraction_fit: FractionFit = 1.0,
     min_sites: MinSites = 2,
     seed: Seed = 0,
@@ -122,6 +130,7 @@ def demo(
         spec = get_task(task)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
+                         batch_size=batch_size, lr=lr,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
                          central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, sample_path(task), SAMPLES[task].split_by, config)
@@ -137,7 +146,9 @@ def simulate(
     rounds: Rounds = 10,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("sangsaeng-run"),
     strategy: Strategy = "fedavg",
-    local_epochs: LocalEpochs = 2,
+    local_epochs: LocalEpochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
     fraction_fit: FractionFit = 1.0,
     min_sites: MinSites = 2,
     seed: Seed = 0,
@@ -153,6 +164,7 @@ def simulate(
         spec = load_task_spec(task_spec)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
+                         batch_size=batch_size, lr=lr,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
                          central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, data, split_by, config)

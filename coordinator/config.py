@@ -9,9 +9,12 @@ from typing import Any
 
 from models.tasks import TaskSpec, get_task
 
-__all__ = ["FederationConfig", "STRATEGIES"]
+__all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS"]
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+# Local training that suits DP-SGD (measured by bench/privacy.py): larger Poisson batches carry
+# more signal per unit of noise, so fewer, bigger, faster steps.
+DP_TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 512, "lr": 0.03, "local_epochs": 3}
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class FederationConfig:
     server_lr: float = 0.01  # FedAdam only (eta)
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
+    class_weight: str = "auto"  # "auto": "balanced" without DP-SGD, "sqrt" with it
     out_dir: Path = Path("sangsaeng-run")
     resume: bool = False
     node_wait_timeout: float = 120.0
@@ -64,8 +68,22 @@ class FederationConfig:
             raise ValueError("central_dp_noise must be positive")
 
     @property
+    def effective_class_weight(self) -> str:
+        if self.class_weight != "auto":
+            return self.class_weight
+        return "sqrt" if self.dp_epsilon is not None else "balanced"
+
+    @property
     def uses_dp(self) -> bool:
         return self.dp_epsilon is not None or self.central_dp_noise is not None
+
+    @classmethod
+    def with_defaults(cls, **kwargs: Any) -> FederationConfig:
+        """Build from options where None means "the default", which differs under DP-SGD."""
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        if given.get("dp_epsilon") is not None:
+            given = {**DP_TRAINING_DEFAULTS, **given}
+        return cls(**given)
 
     def replace(self, **changes: Any) -> FederationConfig:
         return dataclasses.replace(self, **changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,16 @@ from models.metrics import compute_metrics
 from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
 
-__all__ = ["TrainConfig", "prepare", "train_local", "predict", "evaluate_model", "loss_fn", "targets_of"]
+__all__ = [
+    "TrainConfig",
+    "prepare",
+    "train_local",
+    "predict",
+    "evaluate_model",
+    "loss_fn",
+    "targets_of",
+    "CLASS_WEIGHTS",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     proximal_mu: float = 0.0  # FedProx: pull towards the round's global weights
     seed: int = 0
+    class_weight: str = "balanced"  # see CLASS_WEIGHTS
 
 
 def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tuple[np.ndarray, np.ndarray]:
@@ -35,10 +46,21 @@ def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tup
     return scaler.transform(frame), frame[spec.label].to_numpy(dtype=np.float32)
 
 
-def loss_fn(spec: TaskSpec, scaler: FederatedScaler) -> nn.Module:
+CLASS_WEIGHTS = {
+    # Weight of a positive (defect) relative to a negative, from the federation's label counts.
+    "balanced": lambda ratio: ratio,  # negatives per positive: both classes weigh the same in total
+    "sqrt": math.sqrt,  # milder: under DP-SGD clipping already caps how much one rare example can pull
+    "none": lambda ratio: 1.0,
+}
+
+
+def loss_fn(spec: TaskSpec, scaler: FederatedScaler, class_weight: str = "balanced") -> nn.Module:
     """Class-weighted BCE for rare defects; MSE on the scaled target for regression."""
     if spec.kind == "binary":
-        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(scaler.pos_weight, dtype=torch.float32))
+        if class_weight not in CLASS_WEIGHTS:
+            raise ValueError(f"unknown class weighting '{class_weight}' (choose from {sorted(CLASS_WEIGHTS)})")
+        weight = CLASS_WEIGHTS[class_weight](scaler.pos_weight)
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, dtype=torch.float32))
     return nn.MSELoss()
 
 
@@ -63,7 +85,7 @@ def train_local(
     generator = torch.Generator().manual_seed(config.seed)
     inputs = torch.as_tensor(x, dtype=torch.float32)
     targets = targets_of(y, spec, scaler)
-    criterion = loss_fn(spec, scaler)
+    criterion = loss_fn(spec, scaler, config.class_weight)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     anchor: Sequence[torch.Tensor] = []
     if config.proximal_mu > 0:

@@ -70,7 +70,7 @@ def train_private(
         model, x, y, spec=spec, scaler=scaler, config=config,
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
     )  # fmt: skip
-    criterion = loss_fn(spec, scaler)
+    criterion = loss_fn(spec, scaler, config.class_weight)
     private_model.train()
     steps, last = 0, 0.0
     for _ in range(config.epochs):
