@@ -54,7 +54,9 @@ def utility(args: argparse.Namespace) -> list[dict]:
         spec, frame = get_task(task), _data(task)
         key_dir = args.out / "keys"
 
-        def run(name: str, frame: pd.DataFrame = frame, spec=spec, task: str = task, **overrides) -> dict:
+        def run(
+            name: str, frame: pd.DataFrame = frame, spec=spec, task: str = task, key_dir=key_dir, **overrides
+        ) -> dict:
             out = args.out / f"{task}-{name}"
             site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)
             config = FederationConfig.with_defaults(

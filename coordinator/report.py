@@ -49,6 +49,7 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     primary = results["task"]["primary_metric"]
     rounds = [r["round"] for r in results["rounds"]]
@@ -62,6 +63,7 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
     local_mean = results["local_only_summary"]["mean"].get(primary)
     if local_mean is not None and not math.isnan(local_mean):
         ax.axhline(local_mean, color="tab:red", linestyle=":", label="local-only (mean of sites)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(primary)
     ax.set_title(f"{results['task']['name']}: {primary} on {results['held_out_rows']} held-out rows")

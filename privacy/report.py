@@ -197,6 +197,7 @@ def _plot_png(report: dict[str, Any]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for site, entry in sorted(report["sites"].items()):
@@ -206,6 +207,7 @@ def _plot_png(report: dict[str, Any]) -> str:
     if report.get("central_dp"):
         c = report["central_dp"]
         ax.plot([r["round"] for r in c["rounds"]], [r["epsilon"] for r in c["rounds"]], "k--", label="supplier-level")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative epsilon")
     ax.set_title("Privacy spent per site")
