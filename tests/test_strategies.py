@@ -95,3 +95,66 @@ def test_client_manager_never_samples_excluded_nodes():
 
 def test_weighted_mean_skips_nan_and_text():
     assert weighted_mean([(1, {"x": 1.0, "site": "a"}), (3, {"x": float("nan")}), (1, {"x": 3.0})]) == {"x": 2.0}
+
+
+@pytest.mark.parametrize(("name", "cls"), [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])
+def test_strategy_registry_builds_flowers_own_strategies(tmp_path, name, cls):
+    config = FederationConfig(task=PM, strategy=name, out_dir=tmp_path, fraction_fit=0.5, min_sites=3)
+    strategy = build_strategy(config, [np.zeros(2, np.float32)])
+    assert type(strategy).__name__ == cls
+    assert strategy.fraction_fit == 0.5 and strategy.min_fit_clients == 3
+
+
+def test_fedprox_sends_mu_and_the_proximal_term_changes_local_training():
+    import torch
+
+    from models.nets import build_model
+    from models.training import TrainConfig, train_local
+
+    manager = SiteClientManager()
+    for i in (1, 2):
+        manager.register(proxy(i))
+    config = FederationConfig(task=PM, strategy="fedprox", proximal_mu=0.5)
+    fedprox = build_strategy(config, [np.zeros(2, np.float32)])
+    (_, ins), *_ = fedprox.configure_fit(1, fedprox.initial_parameters, manager)
+    assert ins.config["proximal_mu"] == 0.5
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 8)).astype(np.float32), (rng.random(200) < 0.2).astype(np.float32)
+    scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 200, 40)
+    start = build_model(8, seed=1)
+    drift = {}
+    for mu in (0.0, 5.0):
+        model = build_model(8, seed=1)
+        train_local(model, x, y, spec=PM, scaler=scaler, config=TrainConfig(epochs=3, proximal_mu=mu, lr=1e-2))
+        drift[mu] = sum(
+            float(((p - q) ** 2).sum()) for p, q in zip(model.parameters(), start.parameters(), strict=True)
+        )
+    assert drift[5.0] < drift[0.0]  # the proximal term keeps local weights near the global ones
+    assert isinstance(start, torch.nn.Module)
+
+
+def test_central_dp_aggregate_is_unweighted_clipped_and_noised(tmp_path):
+    from coordinator.config import FederationConfig as Config
+    from privacy.central import CentralDP
+
+    config = Config(task=PM, out_dir=tmp_path, central_dp_noise=1e-9, central_dp_clip=1.0)
+    initial = [np.zeros(4, np.float32)]
+    recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+    scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
+    inner = build_strategy(config, initial, sites=2)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
+                                central_dp=CentralDP(1e-9, 1.0, 1e-3, suppliers=2))  # fmt: skip
+    manager = SiteClientManager()
+    for i in (1, 2):
+        manager.register(proxy(i))
+    wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+    big = [np.array([30.0, 40.0, 0.0, 0.0], np.float32)]  # norm 50: clipped to 1
+    small = [np.array([0.0, 0.0, 0.6, 0.8], np.float32)]  # norm 1: kept
+    results = [(proxy(1), fit_res(big, 10_000, "a", 0.0)), (proxy(2), fit_res(small, 1, "b", 0.0))]
+    params, _ = wrapped.aggregate_fit(1, results, [])
+    got = parameters_to_ndarrays(params)[0]
+    # Unweighted mean of the clipped updates, despite 10,000 vs 1 examples.
+    np.testing.assert_allclose(got, [0.3, 0.4, 0.3, 0.4], atol=1e-5)
+    record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][0]["central_dp"]
+    assert record["sample_rate"] == 1.0 and record["epsilon"] > 0
