@@ -136,39 +136,33 @@ class SiteClient(NumPyClient):
             # Different but reproducible shuffles per site and round.
             seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
         )
-        plan = PrivacyLedger(self.site.ledger_file, self.site.name).plan_round(
-            self.site.privacy,
-            _dp_request(config),
-            records=len(x),
-            batch_size=train_config.batch_size,
-            epochs=train_config.epochs,
-        )
-        metrics: dict[str, Scalar] = {ReplyKey.SITE: self.site.name}
+        ledger = PrivacyLedger(self.site.ledger_file, self.site.name)
+        plan = ledger.plan_round(
+            self.site.privacy, _dp_request(config), records=len(x),
+            batch_size=train_config.batch_size, epochs=train_config.epochs,
+        )  # fmt: skip
         if plan is None:
-            metrics[ReplyKey.TRAIN_LOSS] = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)
-        else:
-            loss, steps = train_private(
-                model, x, y, spec=spec, scaler=scaler, config=train_config,
-                noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-            )  # fmt: skip
-            epsilon = PrivacyLedger(self.site.ledger_file, self.site.name).record_round(
-                plan, server_round=int(config.get(ConfigKey.ROUND, 0)), steps=steps
-            )
-            metrics.update(
-                {
-                    ReplyKey.TRAIN_LOSS: loss,
-                    ReplyKey.DP_EPSILON: epsilon,
-                    ReplyKey.DP_NOISE: plan.noise_multiplier,
-                    ReplyKey.DP_SAMPLE_RATE: plan.sample_rate,
-                    ReplyKey.DP_STEPS: steps,
-                    ReplyKey.DP_DELTA: plan.delta,
-                    ReplyKey.DP_MAX_GRAD_NORM: plan.max_grad_norm,
-                    ReplyKey.DP_BUDGET: plan.budget_epsilon,
-                    ReplyKey.DP_ACCOUNTANT: plan.accountant,
-                    ReplyKey.DP_RECORDS: len(x),
-                    ReplyKey.DP_PRIOR: json.dumps([list(p) for p in plan.prior]),
-                }
-            )
+            loss = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)
+            return get_weights(model), len(x), {ReplyKey.SITE: self.site.name, ReplyKey.TRAIN_LOSS: loss}
+        loss, steps = train_private(
+            model, x, y, spec=spec, scaler=scaler, config=train_config,
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        )  # fmt: skip
+        epsilon = ledger.record_round(plan, server_round=int(config.get(ConfigKey.ROUND, 0)), steps=steps)
+        metrics: dict[str, Scalar] = {
+            ReplyKey.SITE: self.site.name,
+            ReplyKey.TRAIN_LOSS: loss,
+            ReplyKey.DP_EPSILON: epsilon,
+            ReplyKey.DP_NOISE: plan.noise_multiplier,
+            ReplyKey.DP_SAMPLE_RATE: plan.sample_rate,
+            ReplyKey.DP_STEPS: steps,
+            ReplyKey.DP_DELTA: plan.delta,
+            ReplyKey.DP_MAX_GRAD_NORM: plan.max_grad_norm,
+            ReplyKey.DP_BUDGET: plan.budget_epsilon,
+            ReplyKey.DP_ACCOUNTANT: plan.accountant,
+            ReplyKey.DP_RECORDS: len(x),
+            ReplyKey.DP_PRIOR: json.dumps([list(p) for p in plan.prior]),
+        }
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters, config):  # type: ignore[override]
