@@ -23,16 +23,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench._common import dataset  # noqa: E402  (sets up the environment first)
 from bench._report import write_section  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig  # noqa: E402
 from coordinator.simulation import run_experiment, write_site_files  # noqa: E402
-from models.datasets import SAMPLES, holdout_split, sample_path  # noqa: E402
+from models.datasets import SAMPLES, holdout_split  # noqa: E402
 from models.nets import build_model  # noqa: E402
 from models.scaler import FederatedScaler  # noqa: E402
 from models.schema import validate_frame  # noqa: E402
@@ -40,18 +36,11 @@ from models.tasks import get_task  # noqa: E402
 from models.training import TrainConfig, prepare, train_local  # noqa: E402
 from privacy.dp_sgd import train_private  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def _data(task: str) -> pd.DataFrame:
-    shared = SHARED / SAMPLES[task].filename
-    return pd.read_csv(shared if shared.exists() else sample_path(task))
-
 
 def utility(args: argparse.Namespace) -> list[dict]:
     rows = []
     for task in ("predictive-maintenance", "injection-molding-quality"):
-        spec, frame = get_task(task), _data(task)
+        spec, frame = get_task(task), dataset(task)
         key_dir = args.out / "keys"
 
         def run(
@@ -88,7 +77,7 @@ def timing(reps: int = 7) -> dict[str, float]:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     spec = get_task("predictive-maintenance")
-    frame = _data("predictive-maintenance")
+    frame = dataset("predictive-maintenance")
     site = validate_frame(frame[frame["Type"] == "L"], spec, source="L")
     train, _ = holdout_split(site, spec)
     scaler = FederatedScaler.fit_pooled(train, spec)

@@ -19,24 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from bench._common import dataset  # noqa: E402  (sets up the environment first)
 from bench._report import write_section  # noqa: E402
 from coordinator.config import FederationConfig  # noqa: E402
 from coordinator.simulation import run_experiment, write_site_files  # noqa: E402
-from models.datasets import SAMPLES, sample_path  # noqa: E402
+from models.datasets import SAMPLES  # noqa: E402
 from models.tasks import get_task  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def _data(task: str) -> Path:
-    shared = SHARED / SAMPLES[task].filename
-    return shared if shared.exists() else sample_path(task)
 
 
 def main() -> int:
@@ -50,7 +39,7 @@ def main() -> int:
     rows = []
     for task in ("predictive-maintenance", "injection-molding-quality"):
         spec = get_task(task)
-        frame = pd.read_csv(_data(task))
+        frame = dataset(task)
         for seed in args.seeds:
             out = args.out / f"{task}-seed{seed}"
             site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)

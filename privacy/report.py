@@ -142,6 +142,19 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOLERANCE, abs_tol=1e-9)
 
 
+def _recompute(label: str, entry: dict[str, Any], *, prior: list[Any]) -> None:
+    """Feed the accountant rounds 1..r and compare with each round's recorded epsilon."""
+    history = [tuple(h) for h in prior]
+    for rnd in entry["rounds"]:
+        history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
+        expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
+        if not _close(expected, rnd["epsilon"]):
+            raise ReportInvalid(
+                f"{label} round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the "
+                f"{entry['accountant']} accountant gives {expected:.6f}"
+            )
+
+
 def verify_report(
     report_path: str | Path, public_key: str | Path, signature: str | Path | None = None
 ) -> dict[str, Any]:
@@ -162,15 +175,7 @@ def verify_report(
         raise ReportInvalid(f"{report_path} is not JSON: {exc}") from None
 
     for site, entry in report.get("sites", {}).items():
-        history = [tuple(h) for h in entry.get("prior_history", [])]
-        for rnd in entry["rounds"]:
-            history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
-            expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
-            if not _close(expected, rnd["epsilon"]):
-                raise ReportInvalid(
-                    f"site '{site}' round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the "
-                    f"{entry['accountant']} accountant gives {expected:.6f}"
-                )
+        _recompute(f"site '{site}'", entry, prior=entry.get("prior_history", []))
         final = entry["rounds"][-1]["epsilon"] if entry["rounds"] else 0.0
         if not _close(final, entry["epsilon"]):
             raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
@@ -178,17 +183,8 @@ def verify_report(
             raise ReportInvalid(
                 f"site '{site}' is over budget: epsilon {entry['epsilon']:.4f} > budget {entry['budget_epsilon']:.4f}"
             )
-    central = report.get("central_dp")
-    if central:
-        history = []
-        for rnd in central["rounds"]:
-            history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
-            expected = epsilon_of(history, delta=central["delta"], accountant=central["accountant"])
-            if not _close(expected, rnd["epsilon"]):
-                raise ReportInvalid(
-                    f"central DP round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the accountant "
-                    f"gives {expected:.6f}"
-                )
+    if report.get("central_dp"):
+        _recompute("central DP", report["central_dp"], prior=[])
     return report
 
 
