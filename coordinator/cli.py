@@ -37,9 +37,7 @@ console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
 Strategy = Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")]
-LocalEpochs = Annotated[
-    int | None, typer.Option(min=1, help="Local epochs per round at each site (default 2; 3 with DP-SGD).")
-]
+LocalEpochs = Annotated[int | None, typer.Option(min=1, help="Local epochs per round at each site (default 2).")]
 BatchSize = Annotated[int | None, typer.Option(min=1, help="Local batch size (default 64; 512 with DP-SGD).")]
 LearningRate = Annotated[
     float | None, typer.Option(min=1e-6, help="Local learning rate (default 0.003; 0.03 with DP-SGD).")
@@ -52,7 +50,9 @@ DpEpsilon = Annotated[
     float | None,
     typer.Option(min=0.01, help="Record-level DP-SGD at every site; the per-site epsilon of the whole run."),
 ]
-DpClip = Annotated[float, typer.Option(min=1e-6, help="Per-sample gradient clipping norm of DP-SGD.")]
+DpClip = Annotated[
+    float | None, typer.Option(min=1e-6, help="Per-sample gradient clipping norm of DP-SGD (default 20).")
+]
 CentralNoise = Annotated[
     float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
 ]
@@ -116,7 +116,7 @@ def demo(
     seed: Seed = 0,
     resume: Resume = False,
     dp_epsilon: DpEpsilon = None,
-    dp_max_grad_norm: DpClip = 1.0,
+    dp_max_grad_norm: DpClip = None,
     central_dp_noise: CentralNoise = None,
     central_dp_clip: CentralClip = 1.0,
     key_dir: KeyDir = _DEFAULT_KEY_DIR,
@@ -154,7 +154,7 @@ def simulate(
     seed: Seed = 0,
     resume: Resume = False,
     dp_epsilon: DpEpsilon = None,
-    dp_max_grad_norm: DpClip = 1.0,
+    dp_max_grad_norm: DpClip = None,
     central_dp_noise: CentralNoise = None,
     central_dp_clip: CentralClip = 1.0,
     key_dir: KeyDir = _DEFAULT_KEY_DIR,

@@ -14,7 +14,9 @@ __all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS"]
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Local training that suits DP-SGD (measured by bench/privacy.py): larger Poisson batches carry
 # more signal per unit of noise, so fewer, bigger, faster steps.
-DP_TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 512, "lr": 0.03, "local_epochs": 3}
+# Per-sample clipping at a high norm keeps the class weighting of rare defects effective (at a
+# low norm every example is clipped to the same length and the weighting vanishes).
+DP_TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 512, "lr": 0.03, "local_epochs": 2, "dp_max_grad_norm": 20.0}
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class FederationConfig:
     server_lr: float = 0.01  # FedAdam only (eta)
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
-    class_weight: str = "auto"  # "auto": "balanced" without DP-SGD, "sqrt" with it
+    class_weight: str = "balanced"  # see models.training.CLASS_WEIGHTS
     out_dir: Path = Path("sangsaeng-run")
     resume: bool = False
     node_wait_timeout: float = 120.0
@@ -66,12 +68,6 @@ class FederationConfig:
             raise ValueError("dp_epsilon must be positive")
         if self.central_dp_noise is not None and self.central_dp_noise <= 0:
             raise ValueError("central_dp_noise must be positive")
-
-    @property
-    def effective_class_weight(self) -> str:
-        if self.class_weight != "auto":
-            return self.class_weight
-        return "sqrt" if self.dp_epsilon is not None else "balanced"
 
     @property
     def uses_dp(self) -> bool:

@@ -89,8 +89,7 @@ def _train_alone(
         config=TrainConfig(
             epochs=config.num_rounds * config.local_epochs, batch_size=config.batch_size,
             lr=config.lr, weight_decay=config.weight_decay, seed=config.seed + seed_offset,
-            # Baselines train without DP-SGD, so they weigh classes as non-private training does.
-            class_weight="balanced" if config.class_weight == "auto" else config.class_weight,
+            class_weight=config.class_weight,
         ),
     )  # fmt: skip
     return model, scaler

@@ -192,7 +192,7 @@ class SangsaengStrategy(Strategy):
             ConfigKey.WEIGHT_DECAY: config.weight_decay,
             ConfigKey.SEED: config.seed,
             ConfigKey.HIDDEN: ",".join(str(h) for h in config.hidden),
-            ConfigKey.CLASS_WEIGHT: config.effective_class_weight,
+            ConfigKey.CLASS_WEIGHT: config.class_weight,
             ConfigKey.RUN_ID: str(recorder.manifest["run_id"]),
             ConfigKey.NUM_ROUNDS: config.num_rounds,
             ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),

@@ -49,7 +49,7 @@ def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tup
 CLASS_WEIGHTS = {
     # Weight of a positive (defect) relative to a negative, from the federation's label counts.
     "balanced": lambda ratio: ratio,  # negatives per positive: both classes weigh the same in total
-    "sqrt": math.sqrt,  # milder: under DP-SGD clipping already caps how much one rare example can pull
+    "sqrt": math.sqrt,  # milder
     "none": lambda ratio: 1.0,
 }
 
