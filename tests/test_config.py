@@ -1,0 +1,37 @@
+"""The coordinator's settings, as read from a Flower run config in deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig
+
+
+def test_run_config_keys_map_onto_typed_settings():
+    config = FederationConfig.from_run_config(
+        {"task": "predictive-maintenance", "num-rounds": 3, "strategy": "fedprox", "dp-epsilon": 2.5,
+         "hidden": "32,16", "resume": "true", "out-dir": "/tmp/x", "fraction-fit": 0.5}  # fmt: skip
+    )
+    assert config.task.name == "predictive-maintenance"
+    assert (config.num_rounds, config.strategy, config.dp_epsilon) == (3, "fedprox", 2.5)
+    assert config.hidden == (32, 16) and config.resume is True and config.out_dir == Path("/tmp/x")
+    assert config.central_dp_noise is None and config.uses_dp
+
+
+def test_dp_runs_get_dp_training_defaults_unless_set():
+    plain = FederationConfig.with_defaults(task=FederationConfig.from_run_config({}).task, batch_size=None)
+    assert plain.batch_size == 64 and not plain.uses_dp
+    dp = FederationConfig.with_defaults(task=plain.task, dp_epsilon=3.0, lr=0.01)
+    assert dp.batch_size == DP_TRAINING_DEFAULTS["batch_size"] and dp.lr == 0.01
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"strategy": "krum"}, "unknown strategy"), ({"num_rounds": 0}, "at least 1"), ({"dp_epsilon": -1.0}, "positive")],
+)
+def test_bad_settings_are_refused(changes, message):
+    base = FederationConfig.from_run_config({})
+    with pytest.raises(ValueError, match=message):
+        base.replace(**changes)
