@@ -71,19 +71,27 @@ def train_private(
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
     )  # fmt: skip
     criterion = loss_fn(spec, scaler, config.class_weight)
+    inputs = torch.as_tensor(x, dtype=torch.float32)
+    targets = targets_of(y, spec, scaler)
+    # Poisson sampling exactly as Opacus' DPDataLoader draws it (each record joins a batch
+    # independently with probability `sample_rate`, `len(loader)` batches per epoch), but on
+    # the tensors directly: the per-record DataLoader fetch cost more than the clipping.
+    sample_rate, batches = loader.sample_rate, len(loader)
+    generator = torch.Generator().manual_seed(config.seed + 1)
     private_model.train()
     steps, last = 0, 0.0
     for _ in range(config.epochs):
         total, seen = 0.0, 0
-        for xb, yb in loader:
+        for _ in range(batches):
             steps += 1  # an empty Poisson batch is still a step of the mechanism
+            mask = torch.rand(len(inputs), generator=generator) < sample_rate
             optimiser.zero_grad()
-            if len(xb) == 0:
+            if not mask.any():
                 continue
-            loss = criterion(private_model(xb), yb)
+            loss = criterion(private_model(inputs[mask]), targets[mask])
             loss.backward()
             optimiser.step()
-            total += float(loss.detach()) * len(xb)
-            seen += len(xb)
+            total += float(loss.detach()) * int(mask.sum())
+            seen += int(mask.sum())
         last = total / max(seen, 1)
     return last, steps
