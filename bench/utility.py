@@ -102,7 +102,8 @@ def main() -> int:
             f"{group['fed_pr_auc'].mean():.3f} / {group['cen_pr_auc'].mean():.3f} | {group['seconds'].mean():.0f} |"
         )
         above_local = bool((group["federated"] > group["local_mean"]).all())
-        verdicts.append(f"- {task}: federated above local-only mean in every seed: **{'yes' if above_local else 'NO'}**")
+        verdict = "yes" if above_local else "NO"
+        verdicts.append(f"- {task}: federated above local-only mean in every seed: **{verdict}**")
         if task == "predictive-maintenance":
             verdicts.append(f"- {task}: federated / centralised = {ratio:.3f} (target >= 0.95): "
                             f"**{'met' if ratio >= 0.95 else 'MISSED'}**")  # fmt: skip
