@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from portal import audit, crud
-from portal.access import Principal, federation_view, own_sites, require
+from portal.access import READ_ONLY, Principal, federation_view, own_sites, require
 from portal.artifact import read_artifact
 from portal.core.config import Settings
 from portal.core.errors import (
@@ -326,7 +326,7 @@ def get_membership(session: Session, principal: Principal, membership_id: int) -
         raise missing
     _, role = federation_view(session, principal, membership.federation_id)
     if role == "auditor":
-        raise Forbidden("auditors do not see membership details")
+        raise Forbidden(f"{READ_ONLY}; they do not see membership details")
     sites = own_sites(session, principal, membership.federation_id)
     if sites is not None and membership.site_name not in sites:
         raise missing
@@ -381,7 +381,7 @@ def transition_membership(
 def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
     _, role = federation_view(session, principal, federation_id)
     if role == "auditor":
-        raise Forbidden("auditors do not see membership details")
+        raise Forbidden(f"{READ_ONLY}; they do not see membership details")
     query = select(Membership).where(Membership.federation_id == federation_id)
     if role == "supplier":
         query = query.where(Membership.organisation_id == principal.org.id)  # type: ignore[union-attr]

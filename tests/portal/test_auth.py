@@ -79,13 +79,23 @@ def test_default_secret_refused_outside_development(tmp_path):
 
 def test_users_me_update_and_anchor_creates_users(portal, client):
     anchor = portal.anchor()
-    auditor_org = client.post(f"{API}/organisations", headers=anchor.headers, json={"name": "Audit KR", "kind": "auditor"})
+    auditor_org = client.post(
+        f"{API}/organisations", headers=anchor.headers, json={"name": "Audit KR", "kind": "auditor"}
+    )
     assert auditor_org.status_code == 201
-    created = client.post(f"{API}/users", headers=anchor.headers,
-                          json={"email": "Eve@Audit.kr", "password": "long enough pw", "organisation_id": auditor_org.json()["id"]})  # fmt: skip
-    assert created.status_code == 201 and created.json()["email"] == "eve@audit.kr" and created.json()["role"] == "auditor"
-    duplicate = client.post(f"{API}/users", headers=anchor.headers,
-                            json={"email": "eve@audit.kr", "password": "long enough pw", "organisation_id": auditor_org.json()["id"]})  # fmt: skip
+    created = client.post(
+        f"{API}/users",
+        headers=anchor.headers,
+        json={"email": "Eve@Audit.kr", "password": "long enough pw", "organisation_id": auditor_org.json()["id"]},
+    )
+    assert (
+        created.status_code == 201 and created.json()["email"] == "eve@audit.kr" and created.json()["role"] == "auditor"
+    )
+    duplicate = client.post(
+        f"{API}/users",
+        headers=anchor.headers,
+        json={"email": "eve@audit.kr", "password": "long enough pw", "organisation_id": auditor_org.json()["id"]},
+    )
     assert duplicate.status_code == 409
     assert login(client, "eve@audit.kr", "long enough pw").status_code == 200
     renamed = client.patch(f"{API}/users/me", headers=anchor.headers, json={"full_name": "Kim Anchor"})

@@ -106,8 +106,11 @@ def test_second_enrolment_with_the_same_key_is_refused(portal, client):
     assert client.post(f"{API}/sites/enrol", json=body).status_code == 201
     second = portal.invite(anchor, fid, "Twin Co", "twin-2")
     key = serialization.load_ssh_private_key((site_dir / "site_key").read_bytes(), None)
-    same = {"invite_token": second["token"], "public_key": body["public_key"],
-            "proof": sign_enrolment(key, second["token"], body["public_key"])}  # fmt: skip
+    same = {
+        "invite_token": second["token"],
+        "public_key": body["public_key"],
+        "proof": sign_enrolment(key, second["token"], body["public_key"]),
+    }
     response = client.post(f"{API}/sites/enrol", json=same)
     assert response.status_code == 409 and "already registered" in response.json()["detail"]
     with portal.session() as session:
@@ -174,14 +177,23 @@ def test_reject_and_duplicate_site_names(portal, client):
     anchor = portal.anchor()
     fid = portal.federation(anchor)["id"]
     site = portal.site(anchor, fid, "Reject Co", "rj-1", approve=False)
-    assert client.post(f"{API}/memberships/{site.membership_id}/reject", headers=anchor.headers).json()["status"] == "rejected"
+    assert (
+        client.post(f"{API}/memberships/{site.membership_id}/reject", headers=anchor.headers).json()["status"]
+        == "rejected"
+    )
     assert client.get(f"{API}/sites/me", headers=site.headers).status_code == 401
-    dup = client.post(f"{API}/federations/{fid}/invites", headers=anchor.headers,
-                      json={"organisation_name": "Other Co", "site_name": "rj-1"})  # fmt: skip
+    dup = client.post(
+        f"{API}/federations/{fid}/invites",
+        headers=anchor.headers,
+        json={"organisation_name": "Other Co", "site_name": "rj-1"},
+    )
     assert dup.status_code == 409 and "already used" in dup.json()["detail"]
     auditor = portal.person("auditor")
-    not_supplier = client.post(f"{API}/federations/{fid}/invites", headers=anchor.headers,
-                               json={"organisation_name": auditor.org_name, "site_name": "x-1"})  # fmt: skip
+    not_supplier = client.post(
+        f"{API}/federations/{fid}/invites",
+        headers=anchor.headers,
+        json={"organisation_name": auditor.org_name, "site_name": "x-1"},
+    )
     assert not_supplier.status_code == 400 and "not a supplier" in not_supplier.json()["detail"]
 
 
@@ -189,7 +201,9 @@ def test_enrolment_can_create_the_supplier_admin(portal, client):
     anchor = portal.anchor()
     fid = portal.federation(anchor)["id"]
     portal.site(anchor, fid, "Admin Co", "ad-1", admin_email="boss@admin.co")
-    login = client.post(f"{API}/login/access-token", data={"username": "boss@admin.co", "password": "correct horse battery"})
+    login = client.post(
+        f"{API}/login/access-token", data={"username": "boss@admin.co", "password": "correct horse battery"}
+    )
     assert login.status_code == 200
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
     assert client.get(f"{API}/users/me", headers=headers).json()["role"] == "supplier"
