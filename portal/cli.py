@@ -98,13 +98,14 @@ def create_admin(
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
                                           envvar="SANGSAENG_PORTAL_ADMIN_PASSWORD")],
 ) -> None:  # fmt: skip
-    """Create an anchor admin account directly in the database (first start)."""
+    """Create an anchor admin account directly in the database (migrating it first)."""
     from pydantic import ValidationError
     from sqlmodel import Session
 
     from portal import audit, crud
     from portal.core.config import Settings
     from portal.core.db import make_engine
+    from portal.core.db import migrate as run_migrations
     from portal.models import OrgKind, UserCreate
 
     settings = Settings()
@@ -112,6 +113,7 @@ def create_admin(
         UserCreate(email=email, password=password, organisation_id=1)
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    run_migrations(settings.sqlalchemy_url)
     engine = make_engine(settings.sqlalchemy_url)
     with Session(engine) as session:
         organisation = crud.get_org_by_name(session, org)
