@@ -111,15 +111,32 @@ def current_credential(session: Session, membership_id: int) -> SiteCredential |
     ).first()
 
 
+def latest_fingerprints(session: Session, membership_ids: list[int]) -> dict[int, str]:
+    """The current key fingerprint of each membership, in one query."""
+    rows = session.exec(
+        select(SiteCredential.membership_id, SiteCredential.fingerprint)
+        .where(col(SiteCredential.membership_id).in_(membership_ids))
+        .order_by(col(SiteCredential.id))
+    ).all()
+    return dict(rows)  # later credentials overwrite earlier ones
+
+
 def membership_public(
-    session: Session, membership: Membership, org_names: dict[int, str] | None = None
+    session: Session,
+    membership: Membership,
+    org_names: dict[int, str] | None = None,
+    fingerprints: dict[int, str] | None = None,
 ) -> MembershipPublic:
     if org_names is not None and membership.organisation_id in org_names:
         org_name = org_names[membership.organisation_id]
     else:
         org = session.get(Organisation, membership.organisation_id)
         org_name = org.name if org else "?"
-    credential = current_credential(session, membership.id)  # type: ignore[arg-type]
+    if fingerprints is not None:
+        fingerprint = fingerprints.get(membership.id)  # type: ignore[arg-type]
+    else:
+        credential = current_credential(session, membership.id)  # type: ignore[arg-type]
+        fingerprint = credential.fingerprint if credential else None
     return MembershipPublic(
         id=membership.id,  # type: ignore[arg-type]
         federation_id=membership.federation_id,
@@ -127,7 +144,7 @@ def membership_public(
         organisation_name=org_name,
         site_name=membership.site_name,
         status=membership.status,
-        key_fingerprint=credential.fingerprint if credential else None,
+        key_fingerprint=fingerprint,
         created_at=membership.created_at,
         updated_at=membership.updated_at,
     )

@@ -569,20 +569,22 @@ def privacy_entries(session: Session, principal: Principal, federation_id: int) 
     _, role = federation_view(session, principal, federation_id)
     require(role, ("anchor", "auditor", "supplier", "client"), "see privacy spend")
     sites = own_sites(session, principal, federation_id)
-    runs = session.exec(
-        select(TrainingRun).where(TrainingRun.federation_id == federation_id).order_by(col(TrainingRun.id))
+    runs = session.exec(  # only the columns needed: the per-round records can be large
+        select(TrainingRun.id, TrainingRun.run_ref, TrainingRun.privacy)
+        .where(TrainingRun.federation_id == federation_id, col(TrainingRun.privacy).is_not(None))
+        .order_by(col(TrainingRun.id))
     ).all()
     out = []
-    for run in runs:
-        for site, entry in sorted((run.privacy or {}).items()):
+    for run_id, run_ref, privacy in runs:
+        for site, entry in sorted((privacy or {}).items()):
             if sites is not None and site not in sites:
                 continue
             out.append(
                 PrivacyEntry(
-                    run_id=run.id,
-                    run_ref=run.run_ref,
+                    run_id=run_id,
+                    run_ref=run_ref,
                     site=site,
-                    epsilon=entry["epsilon"],  # type: ignore[arg-type]
+                    epsilon=entry["epsilon"],
                     budget_epsilon=entry["budget_epsilon"],
                     within_budget=entry["epsilon"] <= entry["budget_epsilon"],
                     epsilon_by_round=entry.get("epsilon_by_round", []),

@@ -68,7 +68,8 @@ def list_memberships(session: SessionDep, principal: CurrentPrincipal, federatio
     memberships = services.memberships_of(session, principal, federation_id)
     ids = {m.organisation_id for m in memberships}
     names = dict(session.exec(select(Organisation.id, Organisation.name).where(col(Organisation.id).in_(ids))).all())
-    return [crud.membership_public(session, m, names) for m in memberships]  # type: ignore[arg-type]
+    fingerprints = crud.latest_fingerprints(session, [m.id for m in memberships])  # type: ignore[misc]
+    return [crud.membership_public(session, m, names, fingerprints) for m in memberships]  # type: ignore[arg-type]
 
 
 @router.get("/{federation_id}/site-keys", response_model=list[SiteKeyPublic])
