@@ -3,7 +3,8 @@
 sangsaeng demo       the whole network on the embedded sample data, on one machine
 sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
 sangsaeng tasks      the built-in value-chain tasks
-sangsaeng client     a supplier's commands (validate an export before joining)
+sangsaeng client     a supplier's commands (validate an export, enroll, pull-model, predict)
+sangsaeng portal     the membership and release portal (serve, create-admin, invite, approve, release...)
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Annotated  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from client import portal_commands  # noqa: E402
 from coordinator.config import STRATEGIES, FederationConfig  # noqa: E402
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
+from portal import cli as portal_cli  # noqa: E402
 from privacy import cli as privacy_cli  # noqa: E402
 
 __all__ = ["app", "main"]
@@ -33,6 +36,10 @@ app = typer.Typer(help="Sangsaeng: federated learning for manufacturing supply c
 client_app = typer.Typer(help="Supplier site commands.", no_args_is_help=True)
 app.add_typer(client_app, name="client")
 app.add_typer(privacy_cli.app, name="privacy")
+app.add_typer(portal_cli.app, name="portal")
+client_app.command("enroll")(portal_commands.enroll_command)
+client_app.command("pull-model")(portal_commands.pull_model_command)
+client_app.command("predict")(portal_commands.predict_command)
 console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]

@@ -1,0 +1,338 @@
+"""Portal read-route benchmark: requests/s and p50/p99 latency at 50 concurrent clients.
+
+One run measures both databases: for SQLite (a file in a temp dir) and PostgreSQL (a fresh
+database on 127.0.0.1:5432) it starts the portal as a real server process
+(``sangsaeng portal serve`` = uvicorn on 127.0.0.1), seeds it through its own API and the
+site client (real enrolments, runs, a signed release), then drives each main read route with
+a load tool in a second process: ``wrk`` when installed, else a Python asyncio load generator
+(``python bench/portal.py --loadgen``). Writes the "portal" section of BENCHMARKS.md.
+
+    python bench/portal.py [--seconds 10] [--connections 50] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._report import write_section  # noqa: E402
+
+PG_ADMIN = os.environ.get("SANGSAENG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PASSWORD = "bench-password-123"
+TARGET_P99_MS = 50.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "coordinator.cli",
+        "portal",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/keys/release-signing", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"portal did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+
+
+def seed(base: str, env: dict[str, str], tmp: Path, runs: int = 20, sites: int = 6) -> dict[str, str]:
+    """A realistic federation through the portal's own API; returns the routes to load and a token."""
+    import httpx
+
+    from client import portal_commands as pc
+    from tests.portal.factories import model_artifact  # a real MLP artifact for the task
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli",
+            "portal",
+            "create-admin",
+            "--email",
+            "bench@anchor.kr",
+            "--org",
+            "Bench Anchor",
+            "--password",
+            PASSWORD,
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    token = httpx.post(
+        f"{base}/api/v1/login/access-token", data={"username": "bench@anchor.kr", "password": PASSWORD}
+    ).json()
+    anchor = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
+    fid = anchor.post(
+        "/api/v1/federations", json={"name": "Bench", "task_name": "predictive-maintenance", "threshold": 0.5}
+    ).json()["id"]
+    names = [f"site-{i:02d}" for i in range(sites)]
+    for name in names:
+        invite = anchor.post(
+            f"/api/v1/federations/{fid}/invites", json={"organisation_name": f"Supplier {name}", "site_name": name}
+        ).json()
+        record = pc.enroll(base, invite["token"], tmp / name)
+        anchor.post(f"/api/v1/memberships/{record['membership_id']}/approve")
+    coordinator = anchor.post(f"/api/v1/federations/{fid}/tokens", json={"name": "bench"}).json()["token"]
+    coord = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {coordinator}"}, timeout=30)
+    import base64
+    import hashlib
+
+    artifact = model_artifact()
+    run_id = 0
+    for r in range(runs):
+        privacy = {
+            n: {"epsilon": 1.0 + r * 0.1, "budget_epsilon": 8.0, "epsilon_by_round": [0.1 * k for k in range(1, 11)]}
+            for n in names
+        }
+        body = {
+            "run_ref": f"run-{r:03d}",
+            "sites": names,
+            "privacy": privacy,
+            "rounds": [
+                {
+                    "round": k,
+                    "metrics": {"roc_auc": 0.8 + 0.01 * k, "loss": 1 / k},
+                    "per_site": {n: {"roc_auc": 0.8} for n in names},
+                }
+                for k in range(1, 11)
+            ],
+        }
+        run_id = coord.post(f"/api/v1/federations/{fid}/runs", json=body).json()["id"]
+        if r % 4 == 3:
+            rel = coord.post(
+                f"/api/v1/federations/{fid}/releases",
+                json={
+                    "run_id": run_id,
+                    "version": f"1.{r}.0",
+                    "artifact_sha256": hashlib.sha256(artifact).hexdigest(),
+                    "artifact_b64": base64.b64encode(artifact).decode(),
+                },
+            ).json()
+            anchor.post(f"/api/v1/releases/{rel['id']}/approve")
+            anchor.post(f"/api/v1/releases/{rel['id']}/publish")
+    return {
+        "token": token["access_token"],
+        "GET /federations": "/api/v1/federations",
+        "GET /federations/{id}/memberships": f"/api/v1/federations/{fid}/memberships",
+        "GET /federations/{id}/site-keys": f"/api/v1/federations/{fid}/site-keys",
+        "GET /federations/{id}/releases": f"/api/v1/federations/{fid}/releases",
+        "GET /federations/{id}/privacy": f"/api/v1/federations/{fid}/privacy",
+        "GET /runs/{id}": f"/api/v1/runs/{run_id}",
+    }
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def run_wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-H",
+            f"Authorization: Bearer {token}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * _UNITS[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+async def _loadgen(url: str, token: str, seconds: float, connections: int) -> dict[str, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            response = await client.get(url)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            errors += response.status_code >= 300
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(connections)))
+        elapsed = time.perf_counter() - start
+    qs = statistics.quantiles(latencies, n=100)
+    return {"rps": len(latencies) / elapsed, "p50": qs[49], "p99": qs[98], "errors": float(errors)}
+
+
+def run_python_loadgen(url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--loadgen",
+            url,
+            "--token",
+            token,
+            "--seconds",
+            str(seconds),
+            "--connections",
+            str(connections),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) -> tuple[list[tuple[str, dict]], str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SANGSAENG_PORTAL_ENVIRONMENT": "production",
+        "SANGSAENG_PORTAL_SECRET_KEY": uuid.uuid4().hex,
+        "SANGSAENG_PORTAL_DATA_DIR": str(tmp / name),
+        "SANGSAENG_PORTAL_DB_POOL_SIZE": "10",
+    }
+    port = free_port()
+    server = start_server(env, port, args.workers)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        routes = seed(base, env, tmp / f"{name}-sites")
+        token = routes.pop("token")
+        tool = "wrk" if shutil.which("wrk") else "python asyncio/httpx load generator"
+        results = []
+        for label, path in routes.items():
+            load = run_wrk if shutil.which("wrk") else run_python_loadgen
+            load(base + path, token, 2, args.connections)  # warm-up
+            stats = load(base + path, token, args.seconds, args.connections)
+            print(
+                f"{name:10s} {label:38s} {stats['rps']:8.0f} req/s  p50 {stats['p50']:6.1f} ms  "
+                f"p99 {stats['p99']:6.1f} ms  non-2xx {stats['errors']:.0f}",
+                flush=True,
+            )
+            results.append((label, stats))
+        return results, tool
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        print(json.dumps(asyncio.run(_loadgen(args.loadgen, args.token, args.seconds, args.connections))))
+        return
+
+    from sqlalchemy import create_engine, text
+
+    from portal.core.db import migrate
+
+    rows: list[str] = []
+    tools = set()
+    with tempfile.TemporaryDirectory(prefix="portal-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        backends = [("SQLite", f"sqlite:///{tmp / 'bench.db'}")]
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        pg_name = f"sangsaeng_portal_bench_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{pg_name}"'))
+        backends.append(("PostgreSQL", admin.url.set(database=pg_name).render_as_string(hide_password=False)))
+        try:
+            for name, url in backends:
+                migrate(url)
+                results, tool = measure_backend(name, url, args, tmp)
+                tools.add(tool)
+                for label, s in results:
+                    met = "yes" if s["p99"] < TARGET_P99_MS and s["errors"] == 0 else "**no**"
+                    rows.append(f"| {name} | `{label}` | {s['rps']:.0f} | {s['p50']:.1f} | {s['p99']:.1f} | {met} |")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+    p99_ok = all(r.endswith("| yes |") for r in rows)
+    body = "\n".join(
+        [
+            "## Portal: read routes at 50 concurrent clients (`bench/portal.py`)",
+            "",
+            f"Measured in one run on {platform.node()} ({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}: "
+            f"the portal served by `sangsaeng portal serve --workers {args.workers}` (uvicorn, 127.0.0.1) with a "
+            "seeded federation (6 approved sites, 20 DP runs of 10 rounds, 5 signed releases), loaded by "
+            f"{' and '.join(sorted(tools))} in a second process: {args.connections} connections, {args.seconds} s "
+            "per route after a 2 s warm-up, as the anchor admin (bearer token; every request authenticates and "
+            "checks access in the database). Load tool and server share the same cores.",
+            "",
+            "| database | route | requests/s | p50 ms | p99 ms | p99 < 50 ms |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Target p99 under {TARGET_P99_MS:.0f} ms for every read route on both databases: "
+            f"**{'met' if p99_ok else 'MISSED'}**",
+        ]
+    )
+    print(f"wrote {write_section('portal', body)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""A supplier site's portal commands: enrol, pull a published model, score local data.
+
+    sangsaeng client enroll --portal URL --invite TOKEN [--site-dir DIR]
+    sangsaeng client pull-model [--site-dir DIR] [--version X.Y.Z]
+    sangsaeng client predict MODEL.zip DATA.csv [--out scores.csv]
+
+The site directory (default ``./sangsaeng-site``) holds what enrolment creates on-site:
+
+    site_key        the site's ECDSA P-384 private key, OpenSSH format, mode 0600 (never sent;
+                    also usable as Flower's ``--auth-supernode-private-key``)
+    site_key.pub    its public key (registered with the portal)
+    token           the site's client API token, mode 0600
+    site.json       portal URL, membership, federation and the portal's pinned release-signing key
+    models/         pulled releases: <federation>-<version>.zip and .release.json
+
+Heavy imports (httpx, cryptography, torch, pandas) happen inside the functions so the CLI
+starts fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from models.errors import SangsaengError
+
+__all__ = [
+    "PortalClientError", "generate_site_key", "enroll", "pull_model", "predict",
+    "enroll_command", "pull_model_command", "predict_command", "DEFAULT_SITE_DIR",
+]  # fmt: skip
+
+DEFAULT_SITE_DIR = Path("sangsaeng-site")
+
+
+class PortalClientError(SangsaengError):
+    """A portal operation the site refused or the portal refused, with the reason."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Create `path` with mode 0600 from the start (never world-readable, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def generate_site_key(site_dir: Path) -> tuple[Any, str]:
+    """Create the site's key pair on-site; returns (private key, OpenSSH public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())  # fmt: skip
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    _write_private(site_dir / "site_key", private)
+    (site_dir / "site_key.pub").write_text(public + "\n", encoding="utf-8")
+    return key, public
+
+
+def sign_enrolment(private_key: Any, invite_token: str, public_openssh: str) -> str:
+    """Proof of possession: the ECDSA-SHA256 signature of the enrolment message, base64."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from portal.protocol import enrolment_message
+
+    signature = private_key.sign(enrolment_message(invite_token, public_openssh), ec.ECDSA(hashes.SHA256()))
+    return base64.b64encode(signature).decode()
+
+
+def _client(portal: str, token: str | None = None, http: Any = None) -> Any:
+    import httpx
+
+    if http is not None:
+        if token:
+            http.headers["Authorization"] = f"Bearer {token}"
+        return http
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=portal.rstrip("/"), headers=headers, timeout=60.0)
+
+
+def _check(response: Any, what: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise PortalClientError(f"{what}: portal answered {response.status_code}: {detail}")
+    return response
+
+
+def enroll(
+    portal: str,
+    invite: str,
+    site_dir: Path = DEFAULT_SITE_DIR,
+    *,
+    admin_email: str | None = None,
+    admin_password: str | None = None,
+    http: Any = None,
+) -> dict[str, Any]:
+    """Generate the site's key pair here, register the public key with the invite, store the answers."""
+    import httpx
+
+    from portal.protocol import API_PREFIX
+
+    site_dir = Path(site_dir)
+    if (site_dir / "site.json").exists():
+        raise PortalClientError(f"{site_dir} already holds an enrolled site; use another --site-dir")
+    key, public = generate_site_key(site_dir)
+    body: dict[str, Any] = {"invite_token": invite, "public_key": public, "proof": sign_enrolment(key, invite, public)}
+    if admin_email:
+        body |= {"admin_email": admin_email, "admin_password": admin_password}
+    client = _client(portal, http=http)
+    try:
+        answer = _check(client.post(f"{API_PREFIX}/sites/enrol", json=body), "enrolment").json()
+    except httpx.HTTPError as exc:
+        raise PortalClientError(f"cannot reach the portal at {portal}: {exc}") from None
+    _write_private(site_dir / "token", answer["client_token"].encode())
+    record = {
+        "portal": portal.rstrip("/"),
+        "membership_id": answer["membership"]["id"],
+        "federation_id": answer["membership"]["federation_id"],
+        "site_name": answer["membership"]["site_name"],
+        "key_fingerprint": answer["membership"]["key_fingerprint"],
+        "portal_signing_key": answer["portal_signing_key"],
+        "portal_signing_key_fingerprint": answer["portal_signing_key_fingerprint"],
+    }
+    (site_dir / "site.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+def _load_site(site_dir: Path) -> tuple[dict[str, Any], str]:
+    try:
+        record = json.loads((site_dir / "site.json").read_text(encoding="utf-8"))
+        token = (site_dir / "token").read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise PortalClientError(f"{site_dir} holds no enrolled site: run `sangsaeng client enroll` first") from None
+    return record, token
+
+
+def verify_release(release: dict[str, Any], artifact: bytes, signing_key_pem: str) -> None:
+    """Refuse anything but a published release whose artifact hash and signature check out."""
+    from portal.protocol import signing_payload
+
+    name = f"release {release.get('version')}"
+    if release.get("status") != "published":
+        raise PortalClientError(f"{name} is {release.get('status')}, not published: refused")
+    card = release.get("model_card") or {}
+    digest = hashlib.sha256(artifact).hexdigest()
+    if digest != release.get("artifact_sha256") or digest != card.get("artifact", {}).get("sha256"):
+        raise PortalClientError(f"{name}: artifact hash {digest} does not match the signed model card: refused")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(signing_key_pem.encode())
+    try:
+        key.verify(base64.b64decode(release.get("signature") or ""), signing_payload(card))  # type: ignore[call-arg,union-attr]
+    except (InvalidSignature, ValueError, TypeError):
+        raise PortalClientError(
+            f"{name}: signature does not verify with the portal key pinned at enrolment: refused"
+        ) from None
+
+
+def pull_model(site_dir: Path = DEFAULT_SITE_DIR, *, version: str | None = None, http: Any = None) -> Path:
+    """Download a published release (the newest, or `version`), verify it, and store it in site_dir/models."""
+    from portal.protocol import API_PREFIX
+
+    site_dir = Path(site_dir)
+    record, token = _load_site(site_dir)
+    client = _client(record["portal"], token, http=http)
+    fed = record["federation_id"]
+    releases = _check(client.get(f"{API_PREFIX}/federations/{fed}/releases"), "listing releases").json()
+    published = [r for r in releases if r["status"] == "published"]
+    if version is not None:
+        chosen = [r for r in releases if r["version"] == version]
+        if not chosen:
+            raise PortalClientError(f"no release {version} in federation {fed}")
+        release = chosen[0]
+    elif published:
+        release = published[0]
+    else:
+        raise PortalClientError(f"federation {fed} has no published release yet")
+    artifact = _check(
+        client.get(f"{API_PREFIX}/releases/{release['id']}/artifact"), f"downloading {release['version']}"
+    )
+    verify_release(release, artifact.content, record["portal_signing_key"])
+    out_dir = site_dir / "models"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"federation-{fed}-{release['version']}.zip"
+    target.write_bytes(artifact.content)
+    target.with_suffix(".release.json").write_text(json.dumps(release, indent=2), encoding="utf-8")
+    return target
+
+
+def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dict[str, float]]:
+    """Score a local CSV with a pulled model; returns the scores file and, if labels are present, metrics."""
+    import pandas as pd
+
+    from models.metrics import compute_metrics
+    from models.nets import build_model, set_weights
+    from models.scaler import FederatedScaler
+    from models.schema import load_site_data, read_table
+    from models.tasks import TaskSpec
+    from models.training import predict as predict_scores
+    from portal.artifact import read_artifact
+    from portal.core.errors import ArtifactError
+
+    model, data = Path(model), Path(data)
+    if not model.exists():
+        raise PortalClientError(f"{model}: model file not found")
+    blob = model.read_bytes()
+    sidecar = model.with_suffix(".release.json")
+    if sidecar.exists():
+        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("artifact_sha256")
+        if hashlib.sha256(blob).hexdigest() != expected:
+            raise PortalClientError(f"{model}: content does not match the hash of its release record: refused")
+    try:
+        content = read_artifact(blob)
+    except ArtifactError as exc:
+        raise PortalClientError(f"{model}: {exc}") from None
+    spec = TaskSpec.from_dict(content.task, source=str(model))
+    scaler = FederatedScaler.from_json(content.scaler_json)
+    raw = read_table(data)
+    has_label = spec.label in raw.columns
+    if has_label:
+        frame = load_site_data(data, spec)
+    else:
+        # Scoring new parts: no label yet. Validate the features with a placeholder label.
+        from models.schema import validate_frame
+
+        frame = validate_frame(raw.assign(**{spec.label: 0}), spec, source=data)
+    net = build_model(scaler.n_inputs, hidden=content.hidden)
+    set_weights(net, content.weights)
+    scores = predict_scores(net, scaler.transform(frame), spec=spec, scaler=scaler)
+    column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"
+    keep = [c for c in spec.id_columns if c in raw.columns]
+    result = raw[keep].reset_index(drop=True).copy() if keep else pd.DataFrame(index=range(len(frame)))
+    result[column] = scores
+    out = Path(out) if out else data.with_name(f"{data.stem}.scores.csv")
+    result.to_csv(out, index=False)
+    metrics = compute_metrics(spec.kind, frame[spec.label].to_numpy(), scores) if has_label else {}
+    return out, metrics
+
+
+# -- typer commands (registered on `sangsaeng client` in coordinator/cli.py) -------------------------------
+SiteDir = Annotated[Path, typer.Option(help="The site's directory (keys, token, pulled models).")]
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def enroll_command(
+    portal: Annotated[str, typer.Option(help="Portal URL, e.g. https://portal.example.com")],
+    invite: Annotated[str, typer.Option(help="The invite token the anchor sent you (single use).")],
+    site_dir: SiteDir = DEFAULT_SITE_DIR,
+    admin_email: Annotated[str | None, typer.Option(help="Also create your supplier admin login.")] = None,
+) -> None:
+    """Enrol this site: create its key pair here (the private key never leaves) and register the public key."""
+    password = (
+        typer.prompt("Password for the portal login", hide_input=True, confirmation_prompt=True)
+        if admin_email
+        else None
+    )
+    try:
+        record = enroll(portal, invite, site_dir, admin_email=admin_email, admin_password=password)
+    except SangsaengError as exc:
+        _fail(exc)
+        return
+    typer.echo(
+        f"enrolled site '{record['site_name']}' (membership {record['membership_id']}); key {record['key_fingerprint']}"
+    )
+    typer.echo(f"private key: {Path(site_dir) / 'site_key'} (mode 0600). Waiting for the anchor's approval.")
+
+
+def pull_model_command(
+    site_dir: SiteDir = DEFAULT_SITE_DIR,
+    version: Annotated[str | None, typer.Option(help="Release version (default: newest published).")] = None,
+) -> None:
+    """Download the newest published model, verify its signature and hash, and store it locally."""
+    try:
+        path = pull_model(site_dir, version=version)
+    except SangsaengError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"verified and saved: {path}")
+
+
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A pulled model (.zip).")],
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the scores (CSV).")] = None,
+) -> None:
+    """Score a local file with a pulled model; the data stays here."""
+    try:
+        path, metrics = predict(model, data, out)
+    except SangsaengError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"scores: {path}")
+    for name, value in metrics.items():
+        typer.echo(f"{name}: {value:.4f}")

@@ -1,0 +1,60 @@
+"""Dependencies shared by the routes: settings, database session, the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from portal.access import Principal, authenticate
+from portal.core.config import Settings
+from portal.core.errors import Forbidden
+from portal.core.security import ReleaseSigner
+from portal.models import TokenKind
+
+__all__ = ["SessionDep", "SettingsDep", "SignerDep", "CurrentPrincipal", "CurrentUser", "SESSION_COOKIE"]
+
+SESSION_COOKIE = "sangsaeng_session"
+_bearer = HTTPBearer(auto_error=False, description="A session, coordinator or client token")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+def get_signer(request: Request) -> ReleaseSigner:
+    return request.app.state.signer
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SignerDep = Annotated[ReleaseSigner, Depends(get_signer)]
+
+
+def get_principal(
+    request: Request, session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The caller, from ``Authorization: Bearer`` (or the web session cookie)."""
+    token = credentials.credentials if credentials is not None else request.cookies.get(SESSION_COOKIE)
+    return authenticate(session, token)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def get_current_user(principal: CurrentPrincipal) -> Principal:
+    """A signed-in person (not a machine token)."""
+    if principal.token.kind != TokenKind.session:
+        raise Forbidden("this route is for signed-in users, not machine tokens")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(get_current_user)]

@@ -1,0 +1,50 @@
+"""Site enrolment with an invite token, and a site's view of itself."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from portal import crud, services
+from portal.api.deps import CurrentPrincipal, SessionDep, SettingsDep, SignerDep
+from portal.core.errors import Forbidden
+from portal.models import EnrolRequest, EnrolResponse, Federation, FederationPublic, SiteStatus
+
+router = APIRouter(prefix="/sites", tags=["sites"])
+
+
+@router.post("/enrol", response_model=EnrolResponse, status_code=201)
+def enrol(session: SessionDep, settings: SettingsDep, signer: SignerDep, data: EnrolRequest) -> EnrolResponse:
+    """Register the public key a site generated on-site (single-use invite, proof of possession).
+
+    Optionally creates the supplier admin's portal account. Returns the site's client token
+    and the portal's release-signing public key, which the site pins to verify releases.
+    """
+    membership, plain, token = services.enrol_site(
+        session,
+        settings,
+        invite_token=data.invite_token,
+        public_key=data.public_key,
+        proof=data.proof,
+        admin_email=data.admin_email,
+        admin_password=data.admin_password,
+        admin_name=data.admin_name,
+    )
+    return EnrolResponse(
+        membership=crud.membership_public(session, membership),
+        client_token=plain,
+        client_token_expires_at=token.expires_at,
+        portal_signing_key=signer.public_pem,
+        portal_signing_key_fingerprint=signer.fingerprint,
+    )
+
+
+@router.get("/me", response_model=SiteStatus)
+def read_site(session: SessionDep, principal: CurrentPrincipal) -> SiteStatus:
+    """The calling site's membership and federation (client tokens)."""
+    if principal.membership is None:
+        raise Forbidden("this route is for site client tokens")
+    federation = session.get(Federation, principal.membership.federation_id)
+    return SiteStatus(
+        membership=crud.membership_public(session, principal.membership),
+        federation=FederationPublic.model_validate(federation, from_attributes=True),
+    )

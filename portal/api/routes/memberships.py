@@ -1,0 +1,41 @@
+"""One membership (site) and its lifecycle: approve, reject, suspend, reinstate, revoke."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import Field
+from sqlmodel import SQLModel
+
+from portal import crud, services
+from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep
+from portal.api.params import MembershipId
+from portal.models import MembershipPublic
+
+router = APIRouter(prefix="/memberships", tags=["memberships"])
+
+Action = Literal["approve", "reject", "suspend", "reinstate", "revoke"]
+
+
+class TransitionRequest(SQLModel):
+    reason: str = Field(default="", max_length=500)
+
+
+@router.get("/{membership_id}", response_model=MembershipPublic)
+def read_membership(session: SessionDep, principal: CurrentPrincipal, membership_id: MembershipId) -> MembershipPublic:
+    membership, _ = services.get_membership(session, principal, membership_id)
+    return crud.membership_public(session, membership)
+
+
+@router.post("/{membership_id}/{action}", response_model=MembershipPublic)
+def change_membership(
+    session: SessionDep,
+    principal: CurrentUser,
+    membership_id: MembershipId,
+    action: Action,
+    data: TransitionRequest | None = None,
+) -> MembershipPublic:
+    """Move a site through its lifecycle (anchor admin only). Revoking removes its key at once."""
+    membership = services.transition_membership(session, principal, membership_id, action, data.reason if data else "")
+    return crud.membership_public(session, membership)

@@ -1,0 +1,79 @@
+"""Model releases: candidate upload, approval, signed publication, withdrawal, download."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from portal import services
+from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, SignerDep
+from portal.api.params import FederationId, ReleaseId
+from portal.models import ReleaseCreate, ReleasePublic, WithdrawRequest
+
+router = APIRouter(prefix="/federations/{federation_id}/releases", tags=["releases"])
+release_router = APIRouter(prefix="/releases", tags=["releases"])
+
+
+@router.post("", response_model=ReleasePublic, status_code=201)
+def upload_candidate(
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+    federation_id: FederationId,
+    data: ReleaseCreate,
+) -> ReleasePublic:
+    """The coordinator uploads a run's candidate model (a draft release); its SHA-256 must match."""
+    release = services.create_release(session, settings, principal, federation_id, data)
+    return services.release_public(session, principal, release)
+
+
+@router.get("", response_model=list[ReleasePublic])
+def list_releases(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+    """Every release for the anchor, coordinator and auditors; published and withdrawn ones for sites."""
+    return services.releases_of(session, principal, federation_id)
+
+
+@release_router.get("/{release_id}", response_model=ReleasePublic)
+def read_release(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> ReleasePublic:
+    return services.get_release_public(session, principal, release_id)
+
+
+@release_router.post("/{release_id}/approve", response_model=ReleasePublic)
+def approve_release(session: SessionDep, principal: CurrentUser, release_id: ReleaseId) -> ReleasePublic:
+    """Approve a draft; refused when a site broke its privacy budget or the metric misses the threshold."""
+    return services.release_public(session, principal, services.approve_release(session, principal, release_id))
+
+
+@release_router.post("/{release_id}/publish", response_model=ReleasePublic)
+def publish_release(
+    session: SessionDep, principal: CurrentUser, signer: SignerDep, release_id: ReleaseId
+) -> ReleasePublic:
+    """Publish an approved release: the gate is checked again, and the model card is signed (Ed25519)."""
+    release = services.publish_release(session, principal, signer, release_id)
+    return services.release_public(session, principal, release)
+
+
+@release_router.post("/{release_id}/withdraw", response_model=ReleasePublic)
+def withdraw_release(
+    session: SessionDep, principal: CurrentUser, release_id: ReleaseId, data: WithdrawRequest
+) -> ReleasePublic:
+    release = services.withdraw_release(session, principal, release_id, data.reason)
+    return services.release_public(session, principal, release)
+
+
+@release_router.get(
+    "/{release_id}/artifact",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "the model artifact"}},
+)
+def download_artifact(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> Response:
+    """The artifact bytes; sites get published releases only. ``X-Artifact-SHA256`` carries the hash."""
+    release, content = services.release_artifact(session, principal, release_id)
+    return Response(
+        content,
+        media_type="application/zip",
+        headers={
+            "X-Artifact-SHA256": release.artifact_sha256,
+            "Content-Disposition": f'attachment; filename="model-{release.version}.zip"',
+        },
+    )

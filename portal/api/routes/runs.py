@@ -1,0 +1,38 @@
+"""Training runs reported by the coordinator, and the privacy spend they record."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from portal import services
+from portal.api.deps import CurrentPrincipal, SessionDep
+from portal.api.params import FederationId, RunId
+from portal.models import PrivacyEntry, RunPublic, RunReport
+
+router = APIRouter(prefix="/federations/{federation_id}", tags=["runs"])
+run_router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("/runs", response_model=RunPublic, status_code=201)
+def report_run(
+    session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId, data: RunReport
+) -> object:
+    """The coordinator reports a run (coordinator token of this federation)."""
+    return services.report_run(session, principal, federation_id, data)
+
+
+@router.get("/runs", response_model=list[RunPublic])
+def list_runs(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+    """All runs for the anchor; for a supplier the runs it took part in, showing only its own sites."""
+    return services.runs_of(session, principal, federation_id)
+
+
+@router.get("/privacy", response_model=list[PrivacyEntry])
+def list_privacy(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+    """Privacy spend per site and run: every site for the anchor and auditors, its own for a supplier."""
+    return services.privacy_entries(session, principal, federation_id)
+
+
+@run_router.get("/{run_id}", response_model=RunPublic)
+def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
+    return services.run_public(session, principal, run_id)

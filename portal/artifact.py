@@ -1,0 +1,172 @@
+"""The model artifact: one deterministic zip a supplier can score its own data with.
+
+Layout::
+
+    artifact.json        {"format": "sangsaeng-model/1", "task": {...TaskSpec...},
+                          "scaler": "<FederatedScaler JSON>", "model": "mlp", "hidden": [64, 32],
+                          "weights": ["w000", ...], "source": {"run_ref": ..., "round": ...}}
+    weights/w000.npy     the global model's arrays, in `models.nets.get_weights` order
+
+Entries carry a fixed timestamp, so the same weights always give the same bytes (and hash).
+Arrays are read with ``allow_pickle=False``. Nothing here imports torch or FastAPI.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from portal.core.errors import ArtifactError
+
+__all__ = ["FORMAT", "ModelArtifactContent", "build_artifact", "read_artifact", "artifact_from_run"]
+
+FORMAT = "sangsaeng-model/1"
+_MANIFEST = "artifact.json"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+_MAX_ENTRIES = 256
+
+
+@dataclass(frozen=True)
+class ModelArtifactContent:
+    """A parsed artifact: its manifest and weight arrays."""
+
+    manifest: dict[str, Any]
+    weights: list[np.ndarray]
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.manifest["task"]
+
+    @property
+    def scaler_json(self) -> str:
+        return self.manifest["scaler"]
+
+    @property
+    def hidden(self) -> list[int]:
+        return [int(h) for h in self.manifest["hidden"]]
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def build_artifact(
+    weights: list[np.ndarray], *, task: dict[str, Any], scaler_json: str, hidden: list[int], source: dict[str, Any]
+) -> bytes:
+    """The artifact's bytes (deterministic for equal inputs)."""
+    names = [f"w{i:03d}" for i in range(len(weights))]
+    manifest = {
+        "format": FORMAT,
+        "task": task,
+        "scaler": scaler_json,
+        "model": "mlp",
+        "hidden": [int(h) for h in hidden],
+        "weights": names,
+        "source": source,
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(_entry(_MANIFEST), json.dumps(manifest, sort_keys=True, indent=1))
+        for name, array in zip(names, weights, strict=True):
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(_entry(f"weights/{name}.npy"), npy.getvalue())
+    return buffer.getvalue()
+
+
+def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> ModelArtifactContent:
+    """Parse and check an artifact; raises `ArtifactError` naming the problem."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ArtifactError("artifact is not a zip archive") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > _MAX_ENTRIES:
+            raise ArtifactError(f"artifact has {len(infos)} entries (at most {_MAX_ENTRIES})")
+        if sum(i.file_size for i in infos) > max_unpacked:
+            raise ArtifactError(f"artifact unpacks to more than {max_unpacked} bytes")
+        try:
+            manifest = json.loads(archive.read(_MANIFEST))
+        except KeyError:
+            raise ArtifactError(f"artifact has no {_MANIFEST}") from None
+        except (ValueError, zipfile.BadZipFile, OSError) as exc:
+            raise ArtifactError(f"artifact's {_MANIFEST} cannot be read: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ArtifactError(f"artifact format must be '{FORMAT}'")
+        for key, kind in (("task", dict), ("scaler", str), ("hidden", list), ("weights", list)):
+            if not isinstance(manifest.get(key), kind):
+                raise ArtifactError(f"artifact's {_MANIFEST} needs '{key}' ({kind.__name__})")
+        weights = []
+        for name in manifest["weights"]:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ArtifactError(f"bad weight name {name!r}")
+            try:
+                with archive.open(f"weights/{name}.npy") as handle:
+                    array = np.lib.format.read_array(handle, allow_pickle=False)
+            except KeyError:
+                raise ArtifactError(f"artifact is missing weights/{name}.npy") from None
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise ArtifactError(f"weights/{name}.npy cannot be read: {exc}") from None
+            if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
+                raise ArtifactError(f"weights/{name}.npy must hold finite floating-point numbers")
+            weights.append(array)
+    content = ModelArtifactContent(manifest, weights)
+    _check_consistency(content)
+    return content
+
+
+def _check_consistency(content: ModelArtifactContent) -> None:
+    """The task parses, the scaler fits it and the first layer takes the scaler's inputs."""
+    from models.errors import SangsaengError
+    from models.scaler import FederatedScaler
+    from models.tasks import TaskSpec
+
+    try:
+        spec = TaskSpec.from_dict(content.task, source="artifact task")
+        scaler = FederatedScaler.from_json(content.scaler_json)
+    except (SangsaengError, ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"artifact's task or scaler is invalid: {exc}") from None
+    if scaler.spec_name != spec.name:
+        raise ArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
+    hidden = content.hidden
+    expected = 2 * (len(hidden) + 1)
+    if len(content.weights) != expected:
+        raise ArtifactError(f"artifact has {len(content.weights)} weight arrays; an MLP {hidden} needs {expected}")
+    first = content.weights[0]
+    if first.ndim != 2 or first.shape[1] != scaler.n_inputs:
+        raise ArtifactError(f"first layer has shape {first.shape}; the scaler produces {scaler.n_inputs} inputs")
+
+
+def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """The candidate artifact of a finished coordinator run (its last checkpoint) and its source."""
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise ArtifactError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
+    run = json.loads(manifest_path.read_text(encoding="utf-8"))
+    done = [r for r in run.get("rounds", []) if r.get("checkpoint") and (run_dir / r["checkpoint"]).exists()]
+    if not done:
+        raise ArtifactError(f"{run_dir}: no checkpoint found; the run has no model to upload")
+    last = max(done, key=lambda r: r["round"])
+    with np.load(run_dir / last["checkpoint"], allow_pickle=False) as npz:
+        weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
+    config = run.get("config", {})
+    source = {"run_ref": str(run.get("run_id", run_dir.name)), "round": int(last["round"])}
+    data = build_artifact(
+        weights,
+        task=config["task"],
+        scaler_json=run["scaler"],
+        hidden=list(config.get("hidden", [64, 32])),
+        source=source,
+    )
+    return data, source

@@ -1,0 +1,278 @@
+"""``sangsaeng portal``: run the portal, and script the anchor's flows against it.
+
+Local (on the portal host, using DATABASE_URL / SANGSAENG_PORTAL_* settings):
+    serve, migrate, create-admin
+Remote (any machine; --portal URL and a token from `login` or SANGSAENG_PORTAL_TOKEN):
+    login, create-federation, invite, approve / reject / suspend / reinstate / revoke,
+    coordinator-token, site-keys, upload-run (coordinator token), release approve|publish|withdraw
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(help="The membership and release portal (server and anchor scripting).", no_args_is_help=True)
+
+TOKEN_FILE = Path(os.environ.get("SANGSAENG_PORTAL_TOKEN_FILE", Path.home() / ".sangsaeng" / "portal-token"))
+PortalUrl = Annotated[str, typer.Option("--portal", envvar="SANGSAENG_PORTAL_URL", help="Portal base URL.")]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="SANGSAENG_PORTAL_TOKEN", help="API token (default: from `login`).")
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _http(portal: str, token: str | None) -> Any:
+    import httpx
+
+    if token is None and TOKEN_FILE.exists():
+        token = TOKEN_FILE.read_text(encoding="utf-8").strip()
+    if not token:
+        _fail("no token: run `sangsaeng portal login` or set SANGSAENG_PORTAL_TOKEN")
+    return httpx.Client(base_url=portal.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
+
+
+def _call(portal: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    from portal.protocol import API_PREFIX
+
+    try:
+        with _http(portal, token) as http:
+            response = http.request(method, f"{API_PREFIX}{path}", **kwargs)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the portal at {portal}: {exc}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"portal answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def _show(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- local ------------------------------------------------------------------------------------
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the portal database (DATABASE_URL; default SQLite in the data directory)."""
+    from portal.core.config import Settings
+    from portal.core.db import migrate as run_migrations
+
+    settings = Settings()
+    run_migrations(settings.sqlalchemy_url)
+    typer.echo(f"database is at the latest schema: {settings.sqlalchemy_url.split('@')[-1]}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Migrate the database, then serve the portal (API under /api/v1, web pages under /)."""
+    import uvicorn
+
+    migrate()
+    uvicorn.run("portal.main:app", host=host, port=port, workers=workers, log_level="info", proxy_headers=False)
+
+
+@app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(help="The admin's e-mail (login).")],
+    org: Annotated[str, typer.Option(help="The anchor organisation (created if new).")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
+                                          envvar="SANGSAENG_PORTAL_ADMIN_PASSWORD")],
+) -> None:  # fmt: skip
+    """Create an anchor admin account directly in the database (migrating it first)."""
+    from pydantic import ValidationError
+    from sqlmodel import Session
+
+    from portal import audit, crud
+    from portal.core.config import Settings
+    from portal.core.db import make_engine
+    from portal.core.db import migrate as run_migrations
+    from portal.models import OrgKind, UserCreate
+
+    settings = Settings()
+    try:
+        UserCreate(email=email, password=password, organisation_id=1)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    run_migrations(settings.sqlalchemy_url)
+    engine = make_engine(settings.sqlalchemy_url)
+    with Session(engine) as session:
+        organisation = crud.get_org_by_name(session, org)
+        if organisation is None:
+            organisation = crud.create_org(session, org, OrgKind.anchor)
+        elif organisation.kind != OrgKind.anchor:
+            _fail(f"organisation '{org}' is a {organisation.kind}, not an anchor")
+        if crud.get_user_by_email(session, email) is not None:
+            _fail(f"a user with e-mail '{email}' already exists")
+        user = crud.create_user(session, email=email, password=password, organisation_id=organisation.id)  # type: ignore[arg-type]
+        audit.record(session, actor="sangsaeng portal create-admin", action="user.created", target=f"user {user.id}",
+                     detail={"email": user.email, "organisation": organisation.name, "kind": "anchor"})  # fmt: skip
+        session.commit()
+    typer.echo(f"anchor admin {email} created in '{org}'")
+
+
+# -- remote -----------------------------------------------------------------------------------
+@app.command()
+def login(
+    email: Annotated[str, typer.Option(help="Your e-mail.")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, envvar="SANGSAENG_PORTAL_PASSWORD")],
+    portal: PortalUrl = DEFAULT_URL,
+) -> None:
+    """Sign in; the session token is stored (mode 0600) for the other commands."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{portal.rstrip('/')}/api/v1/login/access-token",
+                              data={"username": email, "password": password}, timeout=60)  # fmt: skip
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the portal at {portal}: {exc}")
+    if response.status_code != 200:
+        _fail(f"login refused ({response.status_code}): {response.json().get('detail')}")
+    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(response.json()["access_token"])
+    typer.echo(f"signed in; token stored in {TOKEN_FILE}")
+
+
+@app.command("create-federation")
+def create_federation(
+    name: Annotated[str, typer.Option(help="Federation name.")],
+    task: Annotated[str, typer.Option(help="Built-in task.")],
+    threshold: Annotated[float, typer.Option(help="Release threshold on the metric.")],
+    metric: Annotated[str | None, typer.Option(help="Metric (default: the task's primary).")] = None,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Create a federation (anchor admin)."""
+    _show(_call(portal, token, "POST", "/federations",
+                json={"name": name, "task_name": task, "threshold": threshold, "metric": metric}))  # fmt: skip
+
+
+@app.command()
+def invite(
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    org: Annotated[str, typer.Option(help="Supplier organisation (created if new).")],
+    site: Annotated[str, typer.Option(help="Site name in the federation.")],
+    hours: Annotated[int, typer.Option(help="Hours until the invite expires.")] = 72,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Invite a supplier site; prints the single-use invite token to send to the supplier."""
+    answer = _call(portal, token, "POST", f"/federations/{federation}/invites",
+                   json={"organisation_name": org, "site_name": site, "expires_hours": hours})  # fmt: skip
+    typer.echo(f"membership {answer['membership']['id']} invited; token (single use, expires {answer['expires_at']}):")
+    typer.echo(answer["token"])
+
+
+def _transition(action: str):  # type: ignore[no-untyped-def]
+    def command(
+        membership: Annotated[int, typer.Argument(help="Membership id.")],
+        reason: Annotated[str, typer.Option(help="Reason, recorded in the audit trail.")] = "",
+        portal: PortalUrl = DEFAULT_URL,
+        token: Token = None,
+    ) -> None:
+        answer = _call(portal, token, "POST", f"/memberships/{membership}/{action}", json={"reason": reason})
+        typer.echo(f"site '{answer['site_name']}' (membership {answer['id']}) is now {answer['status']}")
+
+    command.__doc__ = f"{action.capitalize()} a site (anchor admin)."
+    return command
+
+
+for _action in ("approve", "reject", "suspend", "reinstate", "revoke"):
+    app.command(_action)(_transition(_action))
+
+
+@app.command("coordinator-token")
+def coordinator_token(
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    name: Annotated[str, typer.Option(help="Token name.")] = "coordinator",
+    days: Annotated[int, typer.Option(help="Validity in days.")] = 90,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Issue a coordinator API token for a federation (printed once)."""
+    answer = _call(portal, token, "POST", f"/federations/{federation}/tokens", json={"name": name, "days": days})
+    typer.echo(answer["token"])
+
+
+@app.command("site-keys")
+def site_keys(
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    out: Annotated[Path | None, typer.Option(help="Write one OpenSSH public key file per site here.")] = None,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The admitted sites' public keys (for `flwr supernode register`)."""
+    keys = _call(portal, token, "GET", f"/federations/{federation}/site-keys")
+    if out is None:
+        _show(keys)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        (out / f"{key['site_name']}.pub").write_text(key["public_key"] + "\n", encoding="utf-8")
+    typer.echo(f"{len(keys)} key(s) written to {out}")
+
+
+@app.command("upload-run")
+def upload_run(
+    run_dir: Annotated[Path, typer.Argument(help="The coordinator's run directory (manifest.json, checkpoints/).")],
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    version: Annotated[str, typer.Option(help="Semantic version of the candidate release.")],
+    privacy: Annotated[Path | None, typer.Option(help="Privacy report (default RUN_DIR/privacy/report.json).")] = None,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Report a finished run and upload its model as a draft release (coordinator token)."""
+    import httpx
+
+    from portal.core.errors import ArtifactError
+    from portal.uploader import UploadError
+    from portal.uploader import upload_run as do_upload
+
+    try:
+        with _http(portal, token) as http:
+            run, release = do_upload(http, federation, run_dir, version=version, privacy_path=privacy)
+    except (UploadError, ArtifactError) as exc:
+        _fail(str(exc))
+        return
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the portal at {portal}: {exc}")
+        return
+    typer.echo(f"run {run['id']} ({run['run_ref']}) reported; release {release['version']} (id {release['id']}) "
+               f"uploaded as draft, sha256 {release['artifact_sha256']}")  # fmt: skip
+
+
+@app.command()
+def release(
+    action: Annotated[str, typer.Argument(help="approve, publish or withdraw")],
+    release_id: Annotated[int, typer.Argument(help="Release id.")],
+    reason: Annotated[str, typer.Option(help="Reason (withdraw).")] = "",
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Approve, publish (signs it) or withdraw a release (anchor admin)."""
+    if action not in ("approve", "publish", "withdraw"):
+        _fail(f"unknown action '{action}' (approve, publish or withdraw)")
+    body = {"reason": reason or "withdrawn by the anchor"} if action == "withdraw" else None
+    answer = _call(portal, token, "POST", f"/releases/{release_id}/{action}", json=body)
+    typer.echo(f"release {answer['version']} is now {answer['status']}")

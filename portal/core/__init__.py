@@ -1,0 +1,1 @@
+"""Configuration, database, errors and security primitives of the portal."""

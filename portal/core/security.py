@@ -1,0 +1,177 @@
+"""Security primitives, all from vetted libraries (argon2-cffi, cryptography, hashlib/hmac/secrets).
+
+- passwords: argon2id (`hash_password`, `verify_password`; a dummy hash is compared when the
+  user does not exist, so a login takes as long for unknown and known e-mails);
+- API tokens (sessions, coordinator and client tokens, invites): random opaque strings from
+  `secrets`, stored only as their SHA-256 digest;
+- site keys: ECDSA P-384 public keys in OpenSSH format, the key type Flower's SuperNode
+  authentication uses (``--auth-supernode-private-key``), with proof of possession;
+- release signing: the portal's Ed25519 key signs each published artifact and model card.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from portal.core.errors import InvalidKey
+from portal.protocol import canonical_json, enrolment_message
+
+__all__ = [
+    "hash_password",
+    "verify_password",
+    "dummy_verify",
+    "new_token",
+    "token_digest",
+    "csrf_token",
+    "SitePublicKey",
+    "parse_site_public_key",
+    "enrolment_message",
+    "ReleaseSigner",
+    "canonical_json",
+    "verify_release_signature",
+    "sha256_hex",
+]
+
+_hasher = PasswordHasher()
+_DUMMY_HASH = _hasher.hash("sangsaeng-dummy-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        return _hasher.verify(hashed, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def dummy_verify(password: str) -> None:
+    """Spend the time of a real verification when the user does not exist."""
+    verify_password(password, _DUMMY_HASH)
+
+
+def new_token(prefix: str) -> str:
+    """A fresh opaque token, e.g. ``ssk_<43 random URL-safe characters>``."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def token_digest(token: str) -> str:
+    """What is stored for a token: its SHA-256 (tokens have 256 random bits; no salt needed)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def csrf_token(secret_key: str, session_token: str) -> str:
+    """The web form token bound to one session (HMAC-SHA256 of the session token)."""
+    return hmac.new(secret_key.encode(), session_token.encode(), hashlib.sha256).hexdigest()
+
+
+# -- site keys -------------------------------------------------------------------------------
+SITE_KEY_CURVE = ec.SECP384R1
+
+
+@dataclass(frozen=True)
+class SitePublicKey:
+    """A validated site public key."""
+
+    key: ec.EllipticCurvePublicKey
+    openssh: str
+    fingerprint: str  # SHA256:<base64>, as `ssh-keygen -lf` prints it
+    algorithm: str = "ecdsa-sha2-nistp384"
+
+    def verify(self, signature_b64: str, message: bytes) -> bool:
+        try:
+            signature = base64.b64decode(signature_b64, validate=True)
+            self.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            return True
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+
+
+def parse_site_public_key(text: str) -> SitePublicKey:
+    """Parse an OpenSSH (``ecdsa-sha2-nistp384 AAAA...``) or PEM public key; refuse anything else."""
+    raw = text.strip().encode("utf-8", "replace")
+    if not raw:
+        raise InvalidKey("public key is empty")
+    try:
+        if raw.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(raw)
+        else:
+            key = serialization.load_ssh_public_key(raw)
+    except (ValueError, UnsupportedAlgorithm, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidKey(f"public key is malformed: {first[:200]}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        kind = type(key).__name__.replace("_", "").replace("PublicKey", "") or "unknown"
+        raise InvalidKey(f"public key must be ECDSA P-384 (Flower SuperNode key), got {kind}")
+    if not isinstance(key.curve, SITE_KEY_CURVE):
+        raise InvalidKey(f"public key must use curve secp384r1 (P-384), got {key.curve.name}")
+    openssh = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    blob = base64.b64decode(openssh.split()[1])
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return SitePublicKey(key=key, openssh=openssh, fingerprint=fingerprint)
+
+
+# -- release signing ---------------------------------------------------------------------------
+class ReleaseSigner:
+    """The portal's Ed25519 release-signing key, created on first use (file mode 0600)."""
+
+    def __init__(self, private_key: ed25519.Ed25519PrivateKey):
+        self._key = private_key
+        public = private_key.public_key()
+        self.public_pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.fingerprint = hashlib.sha256(raw).hexdigest()
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> ReleaseSigner:
+        path = Path(path)
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, ed25519.Ed25519PrivateKey):
+                raise ValueError(f"{path}: release signing key must be Ed25519")
+            return cls(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        return cls(key)
+
+    def sign(self, payload: bytes) -> str:
+        return base64.b64encode(self._key.sign(payload)).decode()
+
+
+def verify_release_signature(public_pem: str, payload: bytes, signature_b64: str) -> bool:
+    """True when `signature_b64` is the Ed25519 signature of `payload` by the PEM public key."""
+    try:
+        key = serialization.load_pem_public_key(public_pem.encode())
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            return False
+        key.verify(base64.b64decode(signature_b64, validate=True), payload)
+        return True
+    except (InvalidSignature, ValueError, binascii.Error, UnsupportedAlgorithm):
+        return False

@@ -1,0 +1,91 @@
+"""The FastAPI application: REST API under /api/v1 (OpenAPI at /api/v1/openapi.json) and web pages.
+
+``uvicorn portal.main:app`` serves the portal configured from the environment;
+`create_app` builds one for given settings (tests, ``sangsaeng portal serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, IntegrityError
+
+from portal.api.main import api_router
+from portal.core.config import Settings
+from portal.core.db import make_engine
+from portal.core.errors import PortalError
+from portal.core.limits import BodySizeLimit
+from portal.core.ratelimit import LoginLimiter
+from portal.core.security import ReleaseSigner
+
+__all__ = ["create_app", "API_PREFIX"]
+
+API_PREFIX = "/api/v1"
+logger = logging.getLogger("sangsaeng.portal")
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """A portal application; the database must already be migrated (``sangsaeng portal migrate``)."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Sangsaeng portal",
+        version="1.0.0",
+        description="Membership of the supply-chain federation, roles, model releases and auditor access.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+    app.state.signer = ReleaseSigner.load_or_create(settings.resolved_signing_key_path)
+    app.state.login_limiter = LoginLimiter(
+        max_failures=settings.login_max_failures,
+        ip_max_failures=settings.login_ip_max_failures,
+        window_seconds=settings.login_window_seconds,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    app.include_router(api_router, prefix=API_PREFIX)
+    _install_error_handlers(app)
+
+    from portal.web.routes import install_web
+
+    install_web(app)
+    return app
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIX)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PortalError)
+    async def portal_error(request: Request, exc: PortalError) -> Response:
+        if not _is_api(request):
+            from portal.web.routes import render_error
+
+            return render_error(request, exc.status, exc.reason, headers=exc.headers)
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(request: Request, exc: IntegrityError) -> Response:
+        logger.warning("integrity error on %s: %s", request.url.path, exc.orig)
+        return JSONResponse({"detail": "conflicts with existing data"}, status_code=409)
+
+    @app.exception_handler(DataError)
+    async def data_error(request: Request, exc: DataError) -> Response:
+        logger.warning("data error on %s: %s", request.url.path, exc.orig)
+        return JSONResponse(
+            {"detail": "a value cannot be stored (out of range or invalid characters)"}, status_code=422
+        )
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``portal.main:app`` for uvicorn, built from the environment on first access."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

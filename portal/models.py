@@ -1,0 +1,588 @@
+"""Tables and API schemas, in the full-stack template's families: Base -> Create/Update -> table -> Public.
+
+Table names are explicit (``user`` is reserved in PostgreSQL). Enumerations are stored as
+short strings so SQLite and PostgreSQL share one schema. Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, StringConstraints, field_validator
+from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _tz() -> Any:
+    return Column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+def _tz_null() -> Any:
+    return Column(DateTime(timezone=True), nullable=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_printable)
+]
+Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(lambda v: _printable(v) if v else v)]
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+SemVer = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})(-[0-9A-Za-z-]{1,20}(\.[0-9A-Za-z-]{1,20}){0,4})?$"
+    ),
+]
+Sha256Hex = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
+MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,39}$")]
+
+
+class OrgKind(StrEnum):
+    anchor = "anchor"
+    supplier = "supplier"
+    auditor = "auditor"
+
+
+class MembershipStatus(StrEnum):
+    invited = "invited"
+    enrolled = "enrolled"
+    approved = "approved"
+    active = "active"
+    suspended = "suspended"
+    revoked = "revoked"
+    rejected = "rejected"
+
+
+class ReleaseStatus(StrEnum):
+    draft = "draft"
+    approved = "approved"
+    published = "published"
+    withdrawn = "withdrawn"
+
+
+class TokenKind(StrEnum):
+    session = "session"
+    coordinator = "coordinator"
+    client = "client"
+
+
+class RunStatus(StrEnum):
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+# -- organisations ---------------------------------------------------------------------------
+class OrganisationBase(SQLModel):
+    name: Name = Field(sa_column=Column(String(100), unique=True, nullable=False))
+    kind: OrgKind = Field(sa_column=Column(String(20), nullable=False))
+
+
+class OrganisationCreate(OrganisationBase):
+    pass
+
+
+class Organisation(OrganisationBase, table=True):
+    __tablename__ = "organisation"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class OrganisationPublic(OrganisationBase):
+    id: int
+    created_at: datetime
+
+
+# -- users -----------------------------------------------------------------------------------
+class UserBase(SQLModel):
+    email: Email = Field(sa_column=Column(String(254), unique=True, index=True, nullable=False))
+    full_name: str = Field(default="", max_length=100)
+
+
+class UserCreate(UserBase):
+    password: Password
+    organisation_id: int
+
+
+class UserUpdate(SQLModel):
+    full_name: Name | None = None
+    password: Password | None = None
+
+
+class User(UserBase, table=True):
+    __tablename__ = "user_account"
+    id: int | None = Field(default=None, primary_key=True)
+    hashed_password: str = Field(max_length=200)
+    organisation_id: int = Field(foreign_key="organisation.id", index=True)
+    is_active: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class UserPublic(UserBase):
+    id: int
+    organisation_id: int
+    role: OrgKind
+    is_active: bool
+
+
+# -- API tokens --------------------------------------------------------------------------------
+class ApiToken(SQLModel, table=True):
+    """A bearer credential. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: TokenKind = Field(sa_column=Column(String(20), nullable=False))
+    name: str = Field(default="", max_length=100)
+    token_hash: str = Field(sa_column=Column(String(64), unique=True, index=True, nullable=False))
+    prefix: str = Field(max_length=12)
+    user_id: int | None = Field(default=None, foreign_key="user_account.id", index=True)
+    federation_id: int | None = Field(default=None, foreign_key="federation.id", index=True)
+    membership_id: int | None = Field(default=None, foreign_key="membership.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=_tz_null())
+
+
+class TokenCreate(SQLModel):
+    name: Name = "coordinator"
+    days: int = Field(default=90, ge=1, le=730)
+
+
+class TokenPublic(SQLModel):
+    id: int
+    kind: TokenKind
+    name: str
+    prefix: str
+    federation_id: int | None
+    membership_id: int | None
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenIssued(TokenPublic):
+    token: str  # shown once
+
+
+class AccessToken(SQLModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: datetime
+
+
+# -- federations -------------------------------------------------------------------------------
+class FederationBase(SQLModel):
+    name: Name = Field(sa_column=Column(String(100), unique=True, nullable=False))
+    task_name: Name = Field(max_length=100)
+    description: Text = Field(default="", max_length=1000)
+
+
+class FederationCreate(FederationBase):
+    metric: MetricName | None = None  # default: the task's primary metric
+    threshold: float = 0.0
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        return value
+
+
+class Federation(FederationBase, table=True):
+    __tablename__ = "federation"
+    id: int | None = Field(default=None, primary_key=True)
+    anchor_org_id: int = Field(foreign_key="organisation.id", index=True)
+    metric: str = Field(max_length=40)
+    threshold: float
+    higher_is_better: bool = True
+    task_spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class FederationPublic(FederationBase):
+    id: int
+    anchor_org_id: int
+    metric: str
+    threshold: float
+    higher_is_better: bool
+    created_at: datetime
+
+
+class AuditorAssignment(SQLModel, table=True):
+    __tablename__ = "auditor_assignment"
+    __table_args__ = (UniqueConstraint("federation_id", "organisation_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    organisation_id: int = Field(foreign_key="organisation.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class AuditorAssign(SQLModel):
+    organisation_id: int
+
+
+# -- memberships and enrolment ------------------------------------------------------------------
+class Membership(SQLModel, table=True):
+    __tablename__ = "membership"
+    __table_args__ = (UniqueConstraint("federation_id", "site_name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    organisation_id: int = Field(foreign_key="organisation.id", index=True)
+    site_name: str = Field(max_length=100)
+    status: MembershipStatus = Field(sa_column=Column(String(20), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class MembershipPublic(SQLModel):
+    id: int
+    federation_id: int
+    organisation_id: int
+    organisation_name: str
+    site_name: str
+    status: MembershipStatus
+    key_fingerprint: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Invite(SQLModel, table=True):
+    __tablename__ = "invite"
+    id: int | None = Field(default=None, primary_key=True)
+    membership_id: int = Field(foreign_key="membership.id", index=True)
+    token_hash: str = Field(sa_column=Column(String(64), unique=True, index=True, nullable=False))
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    created_by_id: int | None = Field(default=None, foreign_key="user_account.id")
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class InviteCreate(SQLModel):
+    organisation_name: Name
+    site_name: Name
+    expires_hours: int = Field(default=72, ge=1, le=24 * 30)
+
+
+class InviteIssued(SQLModel):
+    membership: MembershipPublic
+    token: str  # shown once; single use
+    expires_at: datetime
+
+
+class SiteCredential(SQLModel, table=True):
+    __tablename__ = "site_credential"
+    id: int | None = Field(default=None, primary_key=True)
+    membership_id: int = Field(foreign_key="membership.id", index=True)
+    algorithm: str = Field(max_length=40)
+    public_key: str = Field(max_length=2000)
+    fingerprint: str = Field(sa_column=Column(String(80), unique=True, index=True, nullable=False))
+    not_before: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    not_after: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class SiteKeyPublic(SQLModel):
+    membership_id: int
+    site_name: str
+    algorithm: str
+    public_key: str
+    fingerprint: str
+    not_after: datetime
+
+
+class EnrolRequest(SQLModel):
+    invite_token: str = Field(min_length=1, max_length=200)
+    public_key: str = Field(min_length=1, max_length=4000)
+    proof: str = Field(
+        min_length=1, max_length=400, description="base64 ECDSA-SHA256 signature of the enrolment message"
+    )
+    admin_email: Email | None = None
+    admin_password: Password | None = None
+    admin_name: str = Field(default="", max_length=100)
+
+
+class EnrolResponse(SQLModel):
+    membership: MembershipPublic
+    client_token: str
+    client_token_expires_at: datetime
+    portal_signing_key: str
+    portal_signing_key_fingerprint: str
+
+
+class SiteStatus(SQLModel):
+    membership: MembershipPublic
+    federation: FederationPublic
+
+
+# -- runs --------------------------------------------------------------------------------------
+def _finite_or_none(values: dict[str, float | None]) -> dict[str, float | None]:
+    for key, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"metric '{key}' must be a finite number or null")
+    return values
+
+
+Metrics = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=40)], float | None], AfterValidator(_finite_or_none)
+]
+
+
+class RoundReport(SQLModel):
+    round: int = Field(ge=1, le=100000)
+    metrics: Metrics = Field(default_factory=dict)
+    per_site: dict[Annotated[str, StringConstraints(max_length=100)], Metrics] = Field(default_factory=dict)
+
+
+class SitePrivacy(SQLModel):
+    epsilon: float = Field(ge=0)
+    budget_epsilon: float = Field(gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    epsilon_by_round: list[float] = Field(default_factory=list, max_length=100000)
+
+    @field_validator("epsilon", "budget_epsilon")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("epsilon_by_round")
+    @classmethod
+    def _finite_list(cls, values: list[float]) -> list[float]:
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError("epsilon_by_round must hold finite non-negative numbers")
+        return values
+
+
+class RunReport(SQLModel):
+    run_ref: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+    status: RunStatus = RunStatus.completed
+    sites: list[Name] = Field(min_length=1, max_length=10000)
+    rounds: list[RoundReport] = Field(default_factory=list, max_length=100000)
+    privacy: dict[Name, SitePrivacy] | None = None
+
+
+class TrainingRun(SQLModel, table=True):
+    __tablename__ = "training_run"
+    __table_args__ = (UniqueConstraint("federation_id", "run_ref"),)
+    id: int | None = Field(default=None, primary_key=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    run_ref: str = Field(max_length=64)
+    status: RunStatus = Field(sa_column=Column(String(20), nullable=False))
+    sites: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    rounds: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    final_metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    privacy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class RunPublic(SQLModel):
+    id: int
+    federation_id: int
+    run_ref: str
+    status: RunStatus
+    sites: list[str]
+    rounds: list[dict[str, Any]]
+    final_metrics: dict[str, Any]
+    privacy: dict[str, Any] | None
+    created_at: datetime
+
+
+class PrivacyEntry(SQLModel):
+    run_id: int
+    run_ref: str
+    site: str
+    epsilon: float
+    budget_epsilon: float
+    within_budget: bool
+    epsilon_by_round: list[float]
+
+
+# -- releases ----------------------------------------------------------------------------------
+class ModelArtifact(SQLModel, table=True):
+    __tablename__ = "model_artifact"
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class ReleaseCreate(SQLModel):
+    run_id: int
+    version: SemVer
+    artifact_sha256: Sha256Hex
+    artifact_b64: str = Field(min_length=4, description="the model artifact (zip), base64")
+
+
+class ModelRelease(SQLModel, table=True):
+    __tablename__ = "model_release"
+    __table_args__ = (UniqueConstraint("federation_id", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    run_id: int = Field(foreign_key="training_run.id", index=True)
+    artifact_id: int = Field(foreign_key="model_artifact.id")
+    version: str = Field(max_length=64)
+    status: ReleaseStatus = Field(sa_column=Column(String(20), nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    privacy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    artifact_sha256: str = Field(max_length=64)
+    artifact_size: int
+    model_card: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    signature: str | None = Field(default=None, max_length=200)
+    signing_key_fingerprint: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    approved_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    published_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    withdrawn_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    withdrawn_reason: str | None = Field(default=None, max_length=500)
+
+
+class ReleasePublic(SQLModel):
+    id: int
+    federation_id: int
+    run_id: int
+    version: str
+    status: ReleaseStatus
+    metrics: dict[str, Any]
+    privacy: dict[str, Any] | None
+    artifact_sha256: str
+    artifact_size: int
+    model_card: dict[str, Any] | None
+    signature: str | None
+    signing_key_fingerprint: str | None
+    created_at: datetime
+    published_at: datetime | None
+    withdrawn_at: datetime | None
+    withdrawn_reason: str | None
+
+
+class WithdrawRequest(SQLModel):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class SigningKeyPublic(SQLModel):
+    algorithm: str = "Ed25519"
+    public_key: str
+    fingerprint: str
+
+
+# -- audit trail ---------------------------------------------------------------------------------
+class AuditEvent(SQLModel, table=True):
+    """One state change. Append-only (database triggers refuse UPDATE and DELETE); hash-chained."""
+
+    __tablename__ = "audit_event"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    actor: str = Field(max_length=300)
+    federation_id: int | None = Field(default=None, foreign_key="federation.id", index=True)
+    action: str = Field(max_length=60)
+    target: str = Field(max_length=200)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditEventPublic(SQLModel):
+    id: int
+    at: datetime
+    actor: str
+    federation_id: int | None
+    action: str
+    target: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditTrail(SQLModel):
+    events: list[AuditEventPublic]
+    chain_intact: bool
+    first_broken_id: int | None = None
+
+
+class Message(SQLModel):
+    message: str
+
+
+__all__ = [
+    "utcnow",
+    "as_utc",
+    "OrgKind",
+    "MembershipStatus",
+    "ReleaseStatus",
+    "TokenKind",
+    "RunStatus",
+    "Organisation",
+    "OrganisationCreate",
+    "OrganisationPublic",
+    "User",
+    "UserCreate",
+    "UserUpdate",
+    "UserPublic",
+    "ApiToken",
+    "TokenCreate",
+    "TokenPublic",
+    "TokenIssued",
+    "AccessToken",
+    "Federation",
+    "FederationCreate",
+    "FederationPublic",
+    "AuditorAssignment",
+    "AuditorAssign",
+    "Membership",
+    "MembershipPublic",
+    "Invite",
+    "InviteCreate",
+    "InviteIssued",
+    "SiteCredential",
+    "SiteKeyPublic",
+    "EnrolRequest",
+    "EnrolResponse",
+    "SiteStatus",
+    "RoundReport",
+    "SitePrivacy",
+    "RunReport",
+    "TrainingRun",
+    "RunPublic",
+    "PrivacyEntry",
+    "ModelArtifact",
+    "ReleaseCreate",
+    "ModelRelease",
+    "ReleasePublic",
+    "WithdrawRequest",
+    "SigningKeyPublic",
+    "AuditEvent",
+    "AuditEventPublic",
+    "AuditTrail",
+    "Message",
+]

@@ -1,0 +1,111 @@
+"""The coordinator's side of the portal: report a finished run and upload its candidate model.
+
+Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.npz`` and,
+for DP runs, ``privacy/report.json``) and talks to the portal with a coordinator token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from models.errors import SangsaengError
+from portal.artifact import artifact_from_run
+from portal.protocol import API_PREFIX
+
+__all__ = ["UploadError", "run_report", "privacy_summary", "upload_run"]
+
+
+class UploadError(SangsaengError):
+    """A run directory that cannot be reported, or a portal that refused it."""
+
+
+def _numbers(values: dict[str, Any] | None) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, value in (values or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float | type(None)):
+            continue
+        out[str(key)[:40]] = None if value is None or not math.isfinite(float(value)) else float(value)
+    return out
+
+
+def privacy_summary(path: Path) -> dict[str, dict[str, Any]] | None:
+    """Per-site ``{"epsilon", "budget_epsilon", "epsilon_by_round"}`` from a privacy report, if any.
+
+    Accepts ``{"sites": {site: {...}}}`` or ``{site: {...}}``; a site entry needs ``epsilon``
+    and ``budget_epsilon`` and may list ``epsilon_by_round`` or ``rounds: [{"epsilon": ...}]``.
+    """
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UploadError(f"{path}: not valid JSON ({exc})") from None
+    sites = raw.get("sites", raw) if isinstance(raw, dict) else None
+    if not isinstance(sites, dict):
+        raise UploadError(f"{path}: expected a mapping of sites to their privacy spend")
+    out = {}
+    for site, entry in sites.items():
+        if not isinstance(entry, dict):
+            continue
+        try:
+            epsilon, budget = float(entry["epsilon"]), float(entry["budget_epsilon"])
+        except (KeyError, TypeError, ValueError):
+            raise UploadError(f"{path}: site '{site}' needs numeric 'epsilon' and 'budget_epsilon'") from None
+        by_round = entry.get("epsilon_by_round")
+        if by_round is None and isinstance(entry.get("rounds"), list):
+            by_round = [
+                r.get("epsilon") for r in entry["rounds"] if isinstance(r, dict) and r.get("epsilon") is not None
+            ]
+        out[str(site)] = {"epsilon": epsilon, "budget_epsilon": budget,
+                          "epsilon_by_round": [float(e) for e in by_round or []]}  # fmt: skip
+    return out
+
+
+def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any]:
+    """The portal's RunReport for a coordinator run directory."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UploadError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)") from None
+    rounds = []
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        metrics = record.get("metrics") or record.get("federated_eval") or {}
+        per_site = {str(site): _numbers(values) for site, values in (record.get("per_site") or {}).items()}
+        rounds.append({"round": int(record["round"]), "metrics": _numbers(metrics), "per_site": per_site})
+    status = manifest.get("status", "completed")
+    return {
+        "run_ref": str(manifest.get("run_id", run_dir.name)),
+        "status": status if status in ("running", "completed", "failed") else "failed",
+        "sites": sorted(manifest.get("sites", {})),
+        "rounds": rounds,
+        "privacy": privacy_summary(privacy_path or run_dir / "privacy" / "report.json"),
+    }
+
+
+def _check(response: Any, what: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise UploadError(f"{what}: portal answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def upload_run(
+    http: Any, federation_id: int, run_dir: Path, *, version: str, privacy_path: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Report the run, then upload its last checkpoint as a draft release. Returns (run, release)."""
+    report = run_report(run_dir, privacy_path)
+    data, _ = artifact_from_run(Path(run_dir))
+    run = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/runs", json=report), "reporting the run")
+    body = {"run_id": run["id"], "version": version, "artifact_sha256": hashlib.sha256(data).hexdigest(),
+            "artifact_b64": base64.b64encode(data).decode()}  # fmt: skip
+    release = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/releases", json=body), "uploading the model")
+    return run, release

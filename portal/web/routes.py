@@ -1,0 +1,315 @@
+"""Server-rendered pages (Jinja2). Same access rules and flows as the API (`portal.services`).
+
+Sign-in sets an HttpOnly, SameSite=Strict session cookie; every form carries a CSRF token
+bound to the session. No JavaScript is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlmodel import col, select
+
+from portal import crud, services
+from portal.access import Principal, authenticate, federation_view, visible_federations
+from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
+from portal.api.routes.login import login as do_login
+from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
+from portal.core.security import csrf_token
+from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
+from portal.web.charts import line_chart
+
+__all__ = ["install_web", "render_error"]
+
+ROOT = Path(__file__).resolve().parents[1]
+templates = Jinja2Templates(directory=str(ROOT / "templates"))
+router = APIRouter(tags=["web"], include_in_schema=False)
+
+
+def install_web(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.include_router(router)
+
+
+def render_error(request: Request, status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    if status == 401 and request.url.path != "/login":
+        return RedirectResponse("/login", status_code=303)
+    return templates.TemplateResponse(
+        request, "error.html", {"status": status, "reason": reason, "me": None}, status_code=status, headers=headers
+    )
+
+
+def web_principal(request: Request, session: SessionDep) -> Principal:
+    principal = authenticate(session, request.cookies.get(SESSION_COOKIE))
+    if principal.user is None:
+        raise Forbidden("sign in as a person to use the web pages")
+    return principal
+
+
+Me = Annotated[Principal, Depends(web_principal)]
+
+
+def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> None:
+    expected = csrf_token(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""))
+    if csrf != expected:
+        raise Forbidden("the form expired or did not come from this portal (CSRF check failed); reload the page")
+
+
+Csrf = Depends(check_csrf)
+
+
+def page(request: Request, name: str, me: Principal, **context: Any) -> HTMLResponse:
+    settings = request.app.state.settings
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return templates.TemplateResponse(
+        request, name, {"me": me, "role": me.kind, "csrf": csrf_token(settings.secret_key, token), **context}
+    )
+
+
+def _form_error(exc: ValidationError) -> UnprocessableContent:
+    return UnprocessableContent("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+
+# -- sign-in -------------------------------------------------------------------------------------
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> HTMLResponse:
+    return templates.TemplateResponse(request, "login.html", {"me": None, "error": None})
+
+
+@router.post("/login")
+def login_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=128)],
+) -> Response:
+    try:
+        token, _ = do_login(session, settings, request, email, password)
+    except PortalError as exc:
+        return templates.TemplateResponse(
+            request, "login.html", {"me": None, "error": exc.reason}, status_code=exc.status, headers=exc.headers
+        )
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        max_age=settings.session_minutes * 60,
+    )
+    return response
+
+
+@router.post("/logout", dependencies=[Csrf])
+def logout(session: SessionDep, me: Me) -> Response:
+    from portal.models import utcnow
+
+    me.token.revoked_at = utcnow()
+    session.add(me.token)
+    session.commit()
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+# -- dashboard and federation -----------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, session: SessionDep, me: Me) -> HTMLResponse:
+    from models.tasks import builtin_tasks
+
+    return page(
+        request, "dashboard.html", me, federations=visible_federations(session, me), tasks=sorted(builtin_tasks())
+    )
+
+
+@router.post("/federations", dependencies=[Csrf])
+def create_federation(
+    session: SessionDep,
+    me: Me,
+    name: Annotated[str, Form()],
+    task_name: Annotated[str, Form()],
+    threshold: Annotated[float, Form()],
+    description: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        data = FederationCreate(name=name, task_name=task_name, threshold=threshold, description=description)
+    except ValidationError as exc:
+        raise _form_error(exc) from None
+    federation = services.create_federation(session, me, data)
+    return RedirectResponse(f"/federations/{federation.id}", status_code=303)
+
+
+def _fid(federation_id: int) -> int:
+    if not 1 <= federation_id <= 2_147_483_647:
+        raise BadRequest("no such id")
+    return federation_id
+
+
+@router.get("/federations/{federation_id}", response_class=HTMLResponse)
+def federation_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    federation, role = federation_view(session, me, _fid(federation_id))
+    if role == "auditor":  # auditors do not see membership details
+        return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)  # type: ignore[return-value]
+    members = services.memberships_of(session, me, federation.id)  # type: ignore[arg-type]
+    names = dict(session.exec(select(Organisation.id, Organisation.name)).all())
+    auditors = []
+    if role == "anchor":
+        auditors = list(
+            session.exec(select(Organisation).where(Organisation.kind == "auditor").order_by(col(Organisation.id)))
+        )
+    return page(
+        request,
+        "federation.html",
+        me,
+        federation=federation,
+        role=role,
+        members=[crud.membership_public(session, m, names) for m in members],
+        auditors=auditors,  # type: ignore[arg-type]
+        tab="members",
+    )
+
+
+@router.post("/federations/{federation_id}/invite", response_class=HTMLResponse, dependencies=[Csrf])
+def invite(
+    request: Request,
+    session: SessionDep,
+    me: Me,
+    federation_id: int,
+    organisation_name: Annotated[str, Form()],
+    site_name: Annotated[str, Form()],
+    expires_hours: Annotated[int, Form()] = 72,
+) -> HTMLResponse:
+    try:
+        data = InviteCreate(organisation_name=organisation_name, site_name=site_name, expires_hours=expires_hours)
+    except ValidationError as exc:
+        raise _form_error(exc) from None
+    token, membership = services.invite_site(session, me, _fid(federation_id), data)
+    federation, _ = federation_view(session, me, federation_id)
+    return page(
+        request,
+        "invite_done.html",
+        me,
+        federation=federation,
+        token=token,
+        membership=membership,
+        portal_url=str(request.base_url).rstrip("/"),
+        expires_at=services.invite_expiry(session, membership.id),
+    )
+
+
+@router.post("/federations/{federation_id}/auditors", dependencies=[Csrf])
+def assign_auditor(
+    session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[int, Form()]
+) -> Response:
+    services.assign_auditor(session, me, _fid(federation_id), organisation_id)
+    return RedirectResponse(f"/federations/{federation_id}", status_code=303)
+
+
+@router.post("/memberships/{membership_id}/{action}", dependencies=[Csrf])
+def change_membership(
+    session: SessionDep, me: Me, membership_id: int, action: str, reason: Annotated[str, Form(max_length=500)] = ""
+) -> Response:
+    membership = services.transition_membership(session, me, _fid(membership_id), action, reason)
+    return RedirectResponse(f"/federations/{membership.federation_id}", status_code=303)
+
+
+# -- runs and privacy -------------------------------------------------------------------------------
+@router.get("/federations/{federation_id}/runs", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    federation, role = federation_view(session, me, _fid(federation_id))
+    runs = services.runs_of(session, me, federation.id)  # type: ignore[arg-type]
+    return page(request, "runs.html", me, federation=federation, role=role, runs=runs, tab="runs")
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTMLResponse:
+    run = services.run_public(session, me, _fid(run_id))
+    federation, role = federation_view(session, me, run.federation_id)
+    metric = federation.metric
+    global_series = {metric: [(r["round"], r["metrics"].get(metric)) for r in run.rounds]}
+    sites = sorted({s for r in run.rounds for s in r.get("per_site", {})})
+    site_series = {s: [(r["round"], r["per_site"].get(s, {}).get(metric)) for r in run.rounds] for s in sites}
+    charts = [
+        line_chart(
+            global_series,
+            title=f"Global {metric} over rounds",
+            y_label=metric,
+            hline=(f"threshold {federation.threshold:g}", federation.threshold),
+        ),
+        line_chart(site_series, title=f"{metric} per site over rounds", y_label=metric),
+    ]
+    return page(request, "run.html", me, federation=federation, role=role, run=run, charts=charts, tab="runs")
+
+
+@router.get("/federations/{federation_id}/privacy", response_class=HTMLResponse)
+def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    federation, role = federation_view(session, me, _fid(federation_id))
+    entries = services.privacy_entries(session, me, federation.id)  # type: ignore[arg-type]
+    series: dict[str, list[tuple[float, float]]] = {}
+    offset: dict[str, int] = {}
+    for entry in entries:  # runs in order: a site's rounds continue across runs
+        rounds = entry.epsilon_by_round or [entry.epsilon]
+        start = offset.get(entry.site, 0)
+        series.setdefault(entry.site, []).extend((start + i + 1, e) for i, e in enumerate(rounds))
+        offset[entry.site] = start + len(rounds)
+    budget = max((e.budget_epsilon for e in entries), default=None)
+    chart = line_chart(
+        series,
+        title="Privacy spend (epsilon) per site over rounds",
+        y_label="epsilon",
+        hline=(f"budget {budget:g}", budget) if budget else None,
+    )
+    return page(
+        request, "privacy.html", me, federation=federation, role=role, entries=entries, chart=chart, tab="privacy"
+    )
+
+
+# -- releases and audit ------------------------------------------------------------------------------
+@router.get("/federations/{federation_id}/releases", response_class=HTMLResponse)
+def releases_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    federation, role = federation_view(session, me, _fid(federation_id))
+    releases = services.releases_of(session, me, federation.id)  # type: ignore[arg-type]
+    runs = {
+        r.id: r.run_ref for r in session.exec(select(TrainingRun).where(TrainingRun.federation_id == federation.id))
+    }
+    return page(
+        request, "releases.html", me, federation=federation, role=role, releases=releases, runs=runs, tab="releases"
+    )
+
+
+@router.post("/releases/{release_id}/{action}", dependencies=[Csrf])
+def release_action(
+    session: SessionDep,
+    me: Me,
+    signer: SignerDep,
+    release_id: int,
+    action: str,
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    release_id = _fid(release_id)
+    if action == "approve":
+        release = services.approve_release(session, me, release_id)
+    elif action == "publish":
+        release = services.publish_release(session, me, signer, release_id)
+    elif action == "withdraw":
+        if not reason.strip():
+            raise UnprocessableContent("give a reason for withdrawing the release")
+        release = services.withdraw_release(session, me, release_id, reason.strip())
+    else:
+        raise BadRequest(f"unknown action '{action}' (approve, publish or withdraw)")
+    return RedirectResponse(f"/federations/{release.federation_id}/releases", status_code=303)
+
+
+@router.get("/federations/{federation_id}/audit", response_class=HTMLResponse)
+def audit_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    federation, role = federation_view(session, me, _fid(federation_id))
+    events, broken = services.audit_trail(session, me, federation.id, limit=1000)  # type: ignore[arg-type]
+    return page(request, "audit.html", me, federation=federation, role=role, events=events, broken=broken, tab="audit")

@@ -1,0 +1,120 @@
+"""Browser tests in headless Chromium: the anchor invites, approves and publishes; a supplier sees only its own.
+
+Screenshots go to test-output/screenshots/<test>/ (or $SANGSAENG_TEST_OUTPUT).
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from client import portal_commands as pc
+from portal.uploader import upload_run
+from tests.portal.factories import API, PASSWORD, bearer
+from tests.portal.test_site_client import make_run_dir
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+DP = {"north-press": {"epsilon": 2.5, "budget_epsilon": 8.0, "epsilon_by_round": [1.0, 2.0]},
+      "south-mould": {"epsilon": 3.5, "budget_epsilon": 8.0, "epsilon_by_round": [1.5, 3.5]}}  # fmt: skip
+
+
+def sign_in(page, base: str, email: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def test_anchor_invites_approves_publishes_and_supplier_sees_only_its_own(
+    portal, live_server, browser, screenshots, tmp_path
+):
+    base = live_server
+    anchor = portal.anchor()
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+
+    # 1. The anchor admin signs in and creates a federation.
+    sign_in(page, base, anchor.email)
+    page.fill("input[name=name]", "Hyundai Tier-2 Maintenance")
+    page.select_option("select[name=task_name]", "predictive-maintenance")
+    page.fill("input[name=threshold]", "0.6")
+    page.click("text=Create federation")
+    page.wait_for_selector("text=Invite a supplier site")
+    fid = int(page.url.rstrip("/").split("/")[-1])
+
+    # 2. Invites two supplier sites; each token is shown once.
+    tokens = {}
+    for org, site in (("North Press Co", "north-press"), ("South Mould Ltd", "south-mould")):
+        page.fill("input[name=organisation_name]", org)
+        page.fill("input[name=site_name]", site)
+        page.click("text=Create invitation")
+        tokens[site] = page.inner_text("[data-testid=invite-token]").strip()
+        assert tokens[site].startswith("ssi_")
+        if site == "north-press":
+            page.screenshot(path=str(screenshots / "01-invite-token.png"), full_page=True)
+        page.click("text=Back to members")
+
+    # 3. Each supplier enrols from its site PC (key pair made on-site), creating its admin login.
+    for site, email in (("north-press", "admin@northpress.kr"), ("south-mould", "admin@southmould.kr")):
+        pc.enroll(base, tokens[site], tmp_path / site, admin_email=email, admin_password=PASSWORD)
+    page.reload()
+    assert page.inner_text("tr[data-site=north-press] .state") == "enrolled"
+
+    # 4. The anchor approves both sites in the browser.
+    for site in ("north-press", "south-mould"):
+        page.click(f"[data-action=approve-{site}]")
+        page.wait_for_selector(f"tr[data-site={site}] .state.approved")
+    page.screenshot(path=str(screenshots / "02-members-approved.png"), full_page=True)
+
+    # 5. The coordinator reports a DP run and uploads the candidate model.
+    with httpx.Client(base_url=base, headers=anchor.headers) as http:
+        token = http.post(f"{API}/federations/{fid}/tokens", json={"name": "coordinator"}).json()["token"]
+    run_dir, frame = make_run_dir(tmp_path, sites=("north-press", "south-mould"), auc=0.9, privacy=DP)
+    with httpx.Client(base_url=base, headers=bearer(token)) as http:
+        run, _ = upload_run(http, fid, run_dir, version="1.0.0")
+
+    # 6. The anchor approves and publishes (signs) the release.
+    page.goto(f"{base}/federations/{fid}/releases")
+    page.click("[data-action=approve-1\\.0\\.0]")
+    page.click("[data-action=publish-1\\.0\\.0]")
+    page.wait_for_selector("article[data-version='1.0.0'] .state.published")
+    assert "Ed25519" in page.inner_text("article[data-version='1.0.0']")
+    page.screenshot(path=str(screenshots / "03-release-published.png"), full_page=True)
+    page.goto(f"{base}/runs/{run['id']}")
+    assert page.locator("svg.chart").count() == 2
+    page.screenshot(path=str(screenshots / "04-run-charts.png"), full_page=True)
+    page.goto(f"{base}/federations/{fid}/audit")
+    assert "hash chain intact" in page.inner_text("[data-testid=chain]")
+    page.screenshot(path=str(screenshots / "05-audit-trail.png"), full_page=True)
+    context.close()
+
+    # 7. The north supplier signs in: its own membership, privacy spend and the published release only.
+    supplier = browser.new_context(viewport={"width": 1200, "height": 900})
+    spage = supplier.new_page()
+    sign_in(spage, base, "admin@northpress.kr")
+    assert "supplier" in spage.inner_text("[data-testid=who]")
+    spage.click("text=Hyundai Tier-2 Maintenance")
+    members = spage.inner_text("[data-testid=members]")
+    assert "north-press" in members and "south-mould" not in members and "South Mould" not in members
+    assert spage.locator("[data-action^=approve]").count() == 0
+    spage.screenshot(path=str(screenshots / "06-supplier-members.png"), full_page=True)
+    spage.goto(f"{base}/federations/{fid}/privacy")
+    privacy = spage.inner_text("main")
+    assert "north-press" in privacy and "south-mould" not in privacy
+    spage.screenshot(path=str(screenshots / "07-supplier-privacy.png"), full_page=True)
+    spage.goto(f"{base}/federations/{fid}/releases")
+    release = spage.inner_text("article[data-version='1.0.0']")
+    assert "published" in release and "south-mould" not in release
+    spage.screenshot(path=str(screenshots / "08-supplier-releases.png"), full_page=True)
+    response = spage.goto(f"{base}/federations/{fid}/audit")
+    assert response.status == 403
+    supplier.close()
+
+    # 8. The site pulls the release (signature and hash verified) and scores its own data.
+    model = pc.pull_model(tmp_path / "north-press")
+    data = tmp_path / "north.csv"
+    frame.head(100).to_csv(data, index=False)
+    scores, metrics = pc.predict(model, data)
+    assert scores.exists() and "roc_auc" in metrics

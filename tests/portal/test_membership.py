@@ -1,0 +1,211 @@
+"""Invitations, enrolment and the membership lifecycle, with every bad input from the issue."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from sqlmodel import select
+
+from client.portal_commands import sign_enrolment
+from portal.models import Invite, Membership, SiteCredential, utcnow
+from tests.portal.factories import API
+
+
+def _keys(client, fid, headers):
+    response = client.get(f"{API}/federations/{fid}/site-keys", headers=headers)
+    assert response.status_code == 200, response.text
+    return {k["site_name"]: k for k in response.json()}
+
+
+def test_full_lifecycle_and_admitted_keys(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    coordinator = portal.coordinator(anchor, fid)
+    invite = portal.invite(anchor, fid, "Daehan Precision", "daehan-1")
+    assert invite["membership"]["status"] == "invited" and invite["token"].startswith("ssi_")
+    body, site_dir = portal.enrol_body(invite["token"])
+    enrolled = client.post(f"{API}/sites/enrol", json=body)
+    assert enrolled.status_code == 201, enrolled.text
+    answer = enrolled.json()
+    mid = answer["membership"]["id"]
+    assert answer["membership"]["status"] == "enrolled"
+    assert answer["membership"]["key_fingerprint"].startswith("SHA256:")
+    assert "BEGIN PUBLIC KEY" in answer["portal_signing_key"]
+    assert _keys(client, fid, coordinator) == {}  # enrolled is not admitted yet
+
+    site = {"Authorization": f"Bearer {answer['client_token']}"}
+    assert client.get(f"{API}/sites/me", headers=site).json()["membership"]["status"] == "enrolled"
+    assert client.post(f"{API}/memberships/{mid}/approve", headers=anchor.headers).json()["status"] == "approved"
+    assert set(_keys(client, fid, coordinator)) == {"daehan-1"}
+    assert _keys(client, fid, coordinator)["daehan-1"]["public_key"] == body["public_key"]
+    # The site's first contact after approval makes it active.
+    assert client.get(f"{API}/sites/me", headers=site).json()["membership"]["status"] == "active"
+
+    assert client.post(f"{API}/memberships/{mid}/suspend", headers=anchor.headers).json()["status"] == "suspended"
+    assert _keys(client, fid, coordinator) == {}
+    assert client.post(f"{API}/memberships/{mid}/reinstate", headers=anchor.headers).json()["status"] == "active"
+    assert set(_keys(client, fid, anchor.headers)) == {"daehan-1"}
+    revoked = client.post(f"{API}/memberships/{mid}/revoke", headers=anchor.headers, json={"reason": "left"})
+    assert revoked.json()["status"] == "revoked"
+    assert _keys(client, fid, coordinator) == {}  # removed at once
+    gone = client.get(f"{API}/sites/me", headers=site)
+    assert gone.status_code == 401  # the site's token died with it
+    again = client.post(f"{API}/memberships/{mid}/approve", headers=anchor.headers)
+    assert again.status_code == 409 and "revoked" in again.json()["detail"]
+
+
+def test_private_key_and_token_files_are_0600(portal, tmp_path):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    site = portal.site(anchor, fid, "Mode Test", "m-1")
+    assert stat.S_IMODE((site.site_dir / "site_key").stat().st_mode) == 0o600
+    private = (site.site_dir / "site_key").read_bytes()
+    assert b"OPENSSH PRIVATE KEY" in private
+    with portal.session() as session:
+        stored = session.exec(select(SiteCredential)).all()
+    assert all("PRIVATE" not in c.public_key for c in stored)
+
+
+def test_expired_reused_forged_invites(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    invite = portal.invite(anchor, fid, "Reuse Co", "r-1")
+    body, _ = portal.enrol_body(invite["token"])
+    assert client.post(f"{API}/sites/enrol", json=body).status_code == 201
+    second, _ = portal.enrol_body(invite["token"])
+    reused = client.post(f"{API}/sites/enrol", json=second)
+    assert reused.status_code == 409 and "already been used" in reused.json()["detail"]
+
+    forged, _ = portal.enrol_body("ssi_" + "A" * 43)
+    response = client.post(f"{API}/sites/enrol", json=forged)
+    assert response.status_code == 401 and "not valid" in response.json()["detail"]
+
+    late = portal.invite(anchor, fid, "Late Co", "late-1")
+    with portal.session() as session:
+        row = session.exec(select(Invite).where(Invite.membership_id == late["membership"]["id"])).one()
+        row.expires_at = utcnow() - timedelta(minutes=1)
+        session.add(row)
+        session.commit()
+    body, _ = portal.enrol_body(late["token"])
+    expired = client.post(f"{API}/sites/enrol", json=body)
+    assert expired.status_code == 410 and "expired" in expired.json()["detail"]
+    with portal.session() as session:
+        assert session.get(Membership, late["membership"]["id"]).status == "invited"  # nothing changed
+
+
+def test_second_enrolment_with_the_same_key_is_refused(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    first = portal.invite(anchor, fid, "Twin Co", "twin-1")
+    body, site_dir = portal.enrol_body(first["token"])
+    assert client.post(f"{API}/sites/enrol", json=body).status_code == 201
+    second = portal.invite(anchor, fid, "Twin Co", "twin-2")
+    key = serialization.load_ssh_private_key((site_dir / "site_key").read_bytes(), None)
+    same = {
+        "invite_token": second["token"],
+        "public_key": body["public_key"],
+        "proof": sign_enrolment(key, second["token"], body["public_key"]),
+    }
+    response = client.post(f"{API}/sites/enrol", json=same)
+    assert response.status_code == 409 and "already registered" in response.json()["detail"]
+    with portal.session() as session:
+        assert session.get(Membership, second["membership"]["id"]).status == "invited"
+
+
+def _openssh(public_key) -> str:
+    return public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+@pytest.mark.parametrize(
+    ("make_key", "reason"),
+    [
+        (lambda: "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABgQ== broken", "malformed"),
+        (lambda: "not a key at all", "malformed"),
+        (lambda: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "malformed"),
+        (lambda: _openssh(ed25519.Ed25519PrivateKey.generate().public_key()), "got Ed25519"),
+        (lambda: _openssh(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()), "got RSA"),
+        (lambda: _openssh(ec.generate_private_key(ec.SECP256R1()).public_key()), "secp256r1"),
+    ],
+)
+def test_malformed_or_wrong_type_keys_get_422(portal, client, make_key, reason):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    invite = portal.invite(anchor, fid, "Key Co", "k-1")
+    body = {"invite_token": invite["token"], "public_key": make_key(), "proof": base64.b64encode(b"x").decode()}
+    response = client.post(f"{API}/sites/enrol", json=body)
+    assert response.status_code == 422, response.text
+    assert reason in response.json()["detail"]
+    with portal.session() as session:
+        assert session.get(Membership, invite["membership"]["id"]).status == "invited"
+        assert session.exec(select(Invite)).one().used_at is None  # the invite is still usable
+
+
+def test_proof_of_possession_is_required(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    invite = portal.invite(anchor, fid, "Proof Co", "p-1")
+    body, _ = portal.enrol_body(invite["token"])
+    other = ec.generate_private_key(ec.SECP384R1())
+    body["proof"] = sign_enrolment(other, invite["token"], body["public_key"])
+    response = client.post(f"{API}/sites/enrol", json=body)
+    assert response.status_code == 400 and "proof of possession" in response.json()["detail"]
+
+
+def test_approve_twice_and_invalid_transitions(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    invite = portal.invite(anchor, fid, "Twice Co", "t-1")
+    mid = invite["membership"]["id"]
+    early = client.post(f"{API}/memberships/{mid}/approve", headers=anchor.headers)
+    assert early.status_code == 409 and "not enrolled yet" in early.json()["detail"]
+    body, _ = portal.enrol_body(invite["token"])
+    client.post(f"{API}/sites/enrol", json=body)
+    assert client.post(f"{API}/memberships/{mid}/approve", headers=anchor.headers).status_code == 200
+    twice = client.post(f"{API}/memberships/{mid}/approve", headers=anchor.headers)
+    assert twice.status_code == 409 and "already approved" in twice.json()["detail"]
+    assert client.post(f"{API}/memberships/{mid}/reinstate", headers=anchor.headers).status_code == 409
+    assert client.post(f"{API}/memberships/{mid}/explode", headers=anchor.headers).status_code == 422
+    assert client.post(f"{API}/memberships/99999/approve", headers=anchor.headers).status_code == 404
+
+
+def test_reject_and_duplicate_site_names(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    site = portal.site(anchor, fid, "Reject Co", "rj-1", approve=False)
+    assert (
+        client.post(f"{API}/memberships/{site.membership_id}/reject", headers=anchor.headers).json()["status"]
+        == "rejected"
+    )
+    assert client.get(f"{API}/sites/me", headers=site.headers).status_code == 401
+    dup = client.post(
+        f"{API}/federations/{fid}/invites",
+        headers=anchor.headers,
+        json={"organisation_name": "Other Co", "site_name": "rj-1"},
+    )
+    assert dup.status_code == 409 and "already used" in dup.json()["detail"]
+    auditor = portal.person("auditor")
+    not_supplier = client.post(
+        f"{API}/federations/{fid}/invites",
+        headers=anchor.headers,
+        json={"organisation_name": auditor.org_name, "site_name": "x-1"},
+    )
+    assert not_supplier.status_code == 400 and "not a supplier" in not_supplier.json()["detail"]
+
+
+def test_enrolment_can_create_the_supplier_admin(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    portal.site(anchor, fid, "Admin Co", "ad-1", admin_email="boss@admin.co")
+    login = client.post(
+        f"{API}/login/access-token", data={"username": "boss@admin.co", "password": "correct horse battery"}
+    )
+    assert login.status_code == 200
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    assert client.get(f"{API}/users/me", headers=headers).json()["role"] == "supplier"
+    mine = client.get(f"{API}/federations/{fid}/memberships", headers=headers).json()
+    assert [m["site_name"] for m in mine] == ["ad-1"]
