@@ -52,7 +52,7 @@ class RichObserver(RunObserver):
     def reply_received(self, phase: str, ok: bool) -> None:
         self.progress.advance(self.sites)
 
-    def site_problem(self, site: str, problem: str) -> None:
+    def site_problem(self, problem: str) -> None:
         self.progress.console.print(f"[yellow]left out:[/] {problem}")
 
     def round_finished(self, record: dict[str, Any]) -> None:

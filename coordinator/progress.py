@@ -29,8 +29,8 @@ class RunObserver:
     def reply_received(self, phase: str, ok: bool) -> None:
         """One site answered (ok=False: an error reply or a refusal)."""
 
-    def site_problem(self, site: str, problem: str) -> None:
-        """A site was left out or failed; `problem` is the site's own message."""
+    def site_problem(self, problem: str) -> None:
+        """A site was left out or failed; `problem` is its own message, naming the site."""
 
     def round_finished(self, record: dict[str, Any]) -> None:
         """A round's manifest record is complete (metrics, sites, failures)."""
@@ -39,8 +39,8 @@ class RunObserver:
 class LoggingObserver(RunObserver):
     """Progress as log lines (deployment, where nobody watches a terminal)."""
 
-    def site_problem(self, site: str, problem: str) -> None:
-        logger.warning("site %s: %s", site, problem)
+    def site_problem(self, problem: str) -> None:
+        logger.warning("%s", problem)
 
     def round_finished(self, record: dict[str, Any]) -> None:
         logger.info("round %s: %s", record.get("round"), record.get("metrics"))

@@ -96,7 +96,7 @@ def collect_profiles(
     for node in set(node_ids) - set(healthy) - set(problems):
         problems[node] = f"node {node} did not answer the profile request within {config.node_wait_timeout:.0f} s"
     for problem in problems.values():
-        observer.site_problem("?", problem)
+        observer.site_problem(problem)
     return healthy, problems
 
 

@@ -231,7 +231,7 @@ class SangsaengStrategy(Strategy):
         rnd = self._round(server_round)
         problems = [_failure_text(f) for f in failures]
         for problem in problems:
-            self.observer.site_problem("?", problem)
+            self.observer.site_problem(problem)
             if self.audit is not None and "budget exhausted" in problem:
                 self.audit.append("refusal", round=rnd, reason=problem)
         trained = sorted(str(res.metrics.get(ReplyKey.SITE, proxy.cid)) for proxy, res in results)
