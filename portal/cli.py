@@ -4,7 +4,8 @@ Local (on the portal host, using DATABASE_URL / SANGSAENG_PORTAL_* settings):
     serve, migrate, create-admin
 Remote (any machine; --portal URL and a token from `login` or SANGSAENG_PORTAL_TOKEN):
     login, create-federation, invite, approve / reject / suspend / reinstate / revoke,
-    coordinator-token, site-keys, upload-run (coordinator token), release approve|publish|withdraw
+    coordinator-token, site-keys, upload-run (coordinator token), release approve|publish|withdraw,
+    privacy-report (auditor or anchor: a run's signed privacy report, checked and written byte-exact)
 """
 
 from __future__ import annotations
@@ -260,6 +261,45 @@ def upload_run(
         return
     typer.echo(f"run {run['id']} ({run['run_ref']}) reported; release {release['version']} (id {release['id']}) "
                f"uploaded as draft, sha256 {release['artifact_sha256']}")  # fmt: skip
+    if "privacy_report" in run:
+        typer.echo(f"signed privacy report stored (signature verified by the portal), "
+                   f"sha256 {run['privacy_report']['sha256']}")  # fmt: skip
+
+
+@app.command("privacy-report")
+def privacy_report(
+    run_id: Annotated[int, typer.Argument(help="Training run id.")],
+    out: Annotated[Path, typer.Option(help="Directory for report.json, report.json.sig, coordinator.pub.pem.")],
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Download a run's signed privacy report (auditor or anchor admin), check it and write it byte-exact."""
+    import base64
+    import hashlib
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    answer = _call(portal, token, "GET", f"/runs/{run_id}/privacy-report")
+    body = base64.b64decode(answer["report_b64"])
+    signature = base64.b64decode(answer["signature_b64"])
+    pem = answer["public_key_pem"].encode("ascii")
+    if hashlib.sha256(body).hexdigest() != answer["sha256"]:
+        _fail(f"the report received does not have the sha256 the portal states ({answer['sha256']})")
+    key = serialization.load_pem_public_key(pem)
+    try:
+        if not isinstance(key, Ed25519PublicKey):
+            raise InvalidSignature
+        key.verify(signature, body)
+    except InvalidSignature:
+        _fail("the signature does not verify over the report under the coordinator key received")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_bytes(body)
+    (out / "report.json.sig").write_bytes(signature)
+    (out / "coordinator.pub.pem").write_bytes(pem)
+    typer.echo(f"run {answer['run_id']} ({answer['run_ref']}): signed privacy report written to {out}; "
+               f"signature verifies; sha256 {answer['sha256']}; key {answer['public_key_fingerprint']}")  # fmt: skip
 
 
 @app.command()

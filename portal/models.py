@@ -427,6 +427,43 @@ class PrivacyEntry(SQLModel):
     epsilon_by_round: list[float]
 
 
+class PrivacyReport(SQLModel, table=True):
+    """A run's privacy report exactly as the coordinator signed it (Ed25519 over the report bytes)."""
+
+    __tablename__ = "privacy_report"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="training_run.id", unique=True, index=True)
+    report: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    signature: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    public_key_pem: str = Field(max_length=2000)
+    sha256: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class PrivacyReportUpload(SQLModel):
+    report_b64: str = Field(min_length=4, description="report.json, base64 (the exact signed bytes)")
+    signature_b64: str = Field(
+        min_length=4, max_length=200, description="report.json.sig: raw Ed25519 signature, base64"
+    )
+    public_key_pem: str = Field(min_length=1, max_length=2000, description="coordinator.pub.pem (SubjectPublicKeyInfo)")
+
+
+class PrivacyReportSummary(SQLModel):
+    run_id: int
+    run_ref: str
+    sha256: str
+    size: int
+    public_key_fingerprint: str
+    signature_verified_at_upload: bool = True
+    created_at: datetime
+
+
+class PrivacyReportPublic(PrivacyReportSummary):
+    report_b64: str
+    signature_b64: str
+    public_key_pem: str
+
+
 # -- releases ----------------------------------------------------------------------------------
 class ModelArtifact(SQLModel, table=True):
     __tablename__ = "model_artifact"
@@ -575,6 +612,10 @@ __all__ = [
     "TrainingRun",
     "RunPublic",
     "PrivacyEntry",
+    "PrivacyReport",
+    "PrivacyReportUpload",
+    "PrivacyReportSummary",
+    "PrivacyReportPublic",
     "ModelArtifact",
     "ReleaseCreate",
     "ModelRelease",

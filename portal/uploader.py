@@ -1,7 +1,8 @@
-"""The coordinator's side of the portal: report a finished run and upload its candidate model.
+"""The coordinator's side of the portal: report a finished run, its signed privacy report and its model.
 
 Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.npz`` and,
-for DP runs, ``privacy/report.json``) and talks to the portal with a coordinator token.
+for DP runs, ``privacy/report.json`` with ``report.json.sig`` and ``coordinator.pub.pem``)
+and talks to the portal with a coordinator token.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from models.errors import SangsaengError
 from portal.artifact import artifact_from_run
 from portal.protocol import API_PREFIX
 
-__all__ = ["UploadError", "run_report", "privacy_summary", "upload_run"]
+__all__ = ["UploadError", "run_report", "privacy_summary", "signed_report", "upload_run"]
+
+PUBLIC_KEY_NAME = "coordinator.pub.pem"
 
 
 class UploadError(SangsaengError):
@@ -88,6 +91,31 @@ def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any
     }
 
 
+def signed_report(report_path: Path) -> dict[str, str] | None:
+    """The upload body for a signed privacy report (exact bytes, base64), or None without a report.
+
+    The signature (``report.json.sig``) and the coordinator's public key (``coordinator.pub.pem``)
+    must lie beside the report, as the coordinator writes them.
+    """
+    report_path = Path(report_path)
+    if not report_path.exists():
+        return None
+    signature = report_path.with_name(report_path.name + ".sig")
+    public_key = report_path.with_name(PUBLIC_KEY_NAME)
+    missing = [str(p) for p in (signature, public_key) if not p.exists()]
+    if missing:
+        raise UploadError(f"{report_path} is not signed: {' and '.join(missing)} missing beside it")
+    try:
+        pem = public_key.read_text(encoding="ascii")
+    except UnicodeDecodeError:
+        raise UploadError(f"{public_key}: not a PEM file") from None
+    return {
+        "report_b64": base64.b64encode(report_path.read_bytes()).decode(),
+        "signature_b64": base64.b64encode(signature.read_bytes()).decode(),
+        "public_key_pem": pem,
+    }
+
+
 def _check(response: Any, what: str) -> Any:
     if response.status_code >= 400:
         try:
@@ -101,10 +129,20 @@ def _check(response: Any, what: str) -> Any:
 def upload_run(
     http: Any, federation_id: int, run_dir: Path, *, version: str, privacy_path: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Report the run, then upload its last checkpoint as a draft release. Returns (run, release)."""
+    """Report the run, store its signed privacy report (if any), then upload its last checkpoint as a draft.
+
+    Returns (run, release); for a run with a privacy report, ``run["privacy_report"]`` holds the
+    portal's summary of the stored signed report.
+    """
     report = run_report(run_dir, privacy_path)
+    signed = signed_report(privacy_path or Path(run_dir) / "privacy" / "report.json")
     data, _ = artifact_from_run(Path(run_dir))
     run = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/runs", json=report), "reporting the run")
+    if signed is not None:
+        run["privacy_report"] = _check(
+            http.post(f"{API_PREFIX}/runs/{run['id']}/privacy-report", json=signed),
+            "uploading the signed privacy report",
+        )
     body = {"run_id": run["id"], "version": version, "artifact_sha256": hashlib.sha256(data).hexdigest(),
             "artifact_b64": base64.b64encode(data).decode()}  # fmt: skip
     release = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/releases", json=body), "uploading the model")

@@ -267,8 +267,17 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
         y_label="epsilon",
         hline=(f"budget {budget:g}", budget) if budget else None,
     )
+    signed = services.privacy_reports_of(session, me, federation.id) if role in ("anchor", "auditor") else []  # type: ignore[arg-type]
     return page(
-        request, "privacy.html", me, federation=federation, role=role, entries=entries, chart=chart, tab="privacy"
+        request,
+        "privacy.html",
+        me,
+        federation=federation,
+        role=role,
+        entries=entries,
+        chart=chart,
+        signed=signed,
+        tab="privacy",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 
@@ -42,9 +43,16 @@ def make_run_dir(tmp_path, sites=("alpha-line-1", "beta-line-1"), auc=0.9, priva
             per_site={s: {"roc_auc": auc, "examples": 5} for s in sites},
         )
     recorder.set(status="completed")
-    if privacy is not None:
+    if privacy is not None:  # signed as the coordinator signs it: Ed25519 over the exact bytes
+        from privacy.keys import PUBLIC_NAME, load_signing_key, public_pem
+
+        key = load_signing_key(tmp_path / "coordinator-key", create=True)
+        run_id = json.loads((out / "manifest.json").read_text())["run_id"]
+        body = json.dumps({"run_id": run_id, "sites": privacy}).encode()
         (out / "privacy").mkdir()
-        (out / "privacy" / "report.json").write_text(json.dumps({"sites": privacy}))
+        (out / "privacy" / "report.json").write_bytes(body)
+        (out / "privacy" / "report.json.sig").write_bytes(key.sign(body))
+        (out / "privacy" / PUBLIC_NAME).write_bytes(public_pem(key.public_key()))
     return out, frame
 
 
@@ -125,8 +133,12 @@ def test_upload_run_reads_privacy_report_and_gate_refuses(portal, client, tmp_pa
     report = run_report(run_dir)
     assert report["privacy"]["alpha-line-1"]["epsilon_by_round"] == [6.0, 12.0]
     client.headers.update(net.coordinator)
-    _, release = upload_run(client, net.fid, run_dir, version="2.0.0")
+    run, release = upload_run(client, net.fid, run_dir, version="2.0.0")
     client.headers.pop("Authorization")
+    stored = client.get(f"{API}/runs/{run['id']}/privacy-report", headers=net.auditor.headers)
+    assert stored.status_code == 200, stored.text
+    assert base64.b64decode(stored.json()["report_b64"]) == (run_dir / "privacy" / "report.json").read_bytes()
+    assert run["privacy_report"]["sha256"] == stored.json()["sha256"]
     refused = client.post(f"{API}/releases/{release['id']}/approve", headers=net.anchor.headers)
     assert refused.status_code == 409 and "epsilon 12 over its budget 8" in refused.json()["detail"]
     with pytest.raises(UploadError, match="no manifest"):

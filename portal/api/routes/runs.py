@@ -5,9 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from portal import services
-from portal.api.deps import CurrentPrincipal, SessionDep
+from portal.api.deps import CurrentPrincipal, SessionDep, SettingsDep
 from portal.api.params import FederationId, RunId
-from portal.models import PrivacyEntry, RunPublic, RunReport
+from portal.models import (
+    PrivacyEntry,
+    PrivacyReportPublic,
+    PrivacyReportSummary,
+    PrivacyReportUpload,
+    RunPublic,
+    RunReport,
+)
 
 router = APIRouter(prefix="/federations/{federation_id}", tags=["runs"])
 run_router = APIRouter(prefix="/runs", tags=["runs"])
@@ -36,3 +43,20 @@ def list_privacy(session: SessionDep, principal: CurrentPrincipal, federation_id
 @run_router.get("/{run_id}", response_model=RunPublic)
 def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
     return services.run_public(session, principal, run_id)
+
+
+@run_router.post("/{run_id}/privacy-report", response_model=PrivacyReportSummary, status_code=201)
+def upload_privacy_report(
+    session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, run_id: RunId, data: PrivacyReportUpload
+) -> object:
+    """The coordinator stores the run's signed privacy report (report.json, its Ed25519 signature, the key).
+
+    Refused unless the signature verifies over the exact report bytes and the report's run_id is this run's.
+    """
+    return services.upload_privacy_report(session, settings, principal, run_id, data)
+
+
+@run_router.get("/{run_id}/privacy-report", response_model=PrivacyReportPublic)
+def read_privacy_report(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
+    """The run's signed privacy report, byte-exact, for the anchor and the federation's auditors."""
+    return services.privacy_report_of(session, principal, run_id)
