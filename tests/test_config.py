@@ -11,8 +11,16 @@ from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig
 
 def test_run_config_keys_map_onto_typed_settings():
     config = FederationConfig.from_run_config(
-        {"task": "predictive-maintenance", "num-rounds": 3, "strategy": "fedprox", "dp-epsilon": 2.5,
-         "hidden": "32,16", "resume": "true", "out-dir": "/tmp/x", "fraction-fit": 0.5}  # fmt: skip
+        {
+            "task": "predictive-maintenance",
+            "num-rounds": 3,
+            "strategy": "fedprox",
+            "dp-epsilon": 2.5,
+            "hidden": "32,16",
+            "resume": "true",
+            "out-dir": "/tmp/x",
+            "fraction-fit": 0.5,
+        }  # fmt: skip
     )
     assert config.task.name == "predictive-maintenance"
     assert (config.num_rounds, config.strategy, config.dp_epsilon) == (3, "fedprox", 2.5)

@@ -27,6 +27,7 @@ from privacy.keys import PRIVATE_NAME, PUBLIC_NAME, init_signing_key, load_signi
 from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest, SitePrivacyPolicy
 from privacy.report import build_report, verify_report, write_signed_report
+from tests.factories import dp_manifest
 
 PM = get_task("predictive-maintenance")
 
@@ -141,28 +142,10 @@ def test_noise_is_present_and_scaled_to_sigma_times_clip():
 
 
 # -- signing and reports ---------------------------------------------------------------------
-def _manifest() -> dict:
-    rounds, history = [], []
-    for r in (1, 2, 3):
-        history.append((1.2, 0.05, 40))
-        dp = {
-            "epsilon": epsilon_of(history, delta=1e-5), "noise_multiplier": 1.2, "sample_rate": 0.05, "steps": 40,
-            "delta": 1e-5, "max_grad_norm": 1.0, "budget_epsilon": 4.0, "accountant": "rdp", "records": 2000,
-            "prior_history": [],
-        }  # fmt: skip
-        rounds.append({"round": r, "dp": {"plant-a": dp}, "failures": []})
-    return {
-        "run_id": "abc123",
-        "task": {"name": "predictive-maintenance"},
-        "config": {"dp_epsilon": 3.0},
-        "rounds": rounds,
-    }
-
-
 @pytest.fixture
 def signed(tmp_path):
     key = load_signing_key(tmp_path / "keys", create=True)
-    report = build_report(_manifest())
+    report = build_report(dp_manifest())
     path = write_signed_report(report, tmp_path / "privacy", key)
     return path, tmp_path / "privacy" / PUBLIC_NAME, tmp_path
 
@@ -219,7 +202,7 @@ def test_privacy_verify_catches_a_changed_epsilon_even_when_resigned(signed, tmp
 
 
 def test_privacy_verify_flags_a_site_over_budget(tmp_path):
-    manifest = _manifest()
+    manifest = dp_manifest()
     for record in manifest["rounds"]:
         record["dp"]["plant-a"]["budget_epsilon"] = 0.5
     key = load_signing_key(tmp_path / "k", create=True)

@@ -11,33 +11,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from privacy.accounting import epsilon_of
 from privacy.keys import PUBLIC_NAME, load_signing_key, public_pem
 from privacy.report import build_report, verify_report, write_signed_report
+from tests.factories import dp_manifest
 from tests.portal.factories import API, network
-
-
-def _manifest(run_id: str) -> dict:
-    rounds, history = [], []
-    for r in (1, 2, 3):
-        history.append((1.2, 0.05, 40))
-        dp = {
-            "epsilon": epsilon_of(history, delta=1e-5), "noise_multiplier": 1.2, "sample_rate": 0.05, "steps": 40,
-            "delta": 1e-5, "max_grad_norm": 1.0, "budget_epsilon": 4.0, "accountant": "rdp", "records": 2000,
-            "prior_history": [],
-        }  # fmt: skip
-        rounds.append({"round": r, "dp": {"alpha-line-1": dp, "beta-line-1": dp}, "failures": []})
-    return {
-        "run_id": run_id,
-        "task": {"name": "predictive-maintenance"},
-        "config": {"dp_epsilon": 3.0},
-        "rounds": rounds,
-    }
 
 
 def _signed(tmp_path, run_ref: str) -> tuple[dict[str, str], bytes]:
     key = load_signing_key(tmp_path / "coordinator-key", create=True)
-    path = write_signed_report(build_report(_manifest(run_ref)), tmp_path / "privacy", key)
+    path = write_signed_report(
+        build_report(dp_manifest(run_ref, sites=("alpha-line-1", "beta-line-1"))), tmp_path / "privacy", key
+    )
     body = path.read_bytes()
     upload = {
         "report_b64": base64.b64encode(body).decode(),
