@@ -9,13 +9,9 @@ sangsaeng portal     the membership and release portal (serve, create-admin, inv
 
 from __future__ import annotations
 
-import os
+from coordinator import airgap
 
-# Factories are air-gapped: Flower must not phone home. Set before Flower is imported.
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+airgap.apply()  # before Flower is imported
 
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402

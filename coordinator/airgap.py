@@ -1,0 +1,20 @@
+"""Factories are air-gapped: Flower and Ray must not phone home. Apply before importing Flower."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["AIRGAP_ENV", "apply"]
+
+AIRGAP_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences a Ray warning about GPUs we never use
+}
+
+
+def apply() -> None:
+    """Set the air-gap defaults in this process (and so in the Ray workers it starts)."""
+    for key, value in AIRGAP_ENV.items():
+        os.environ.setdefault(key, value)
