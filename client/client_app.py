@@ -24,6 +24,7 @@ import torch
 from flwr.app import Context, Error, Message
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
 
@@ -200,6 +201,16 @@ def site_errors_mod(sites: Sequence[SiteConfig] | None = None) -> Mod:
     return mod
 
 
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's `secaggplus_mod` for SecAgg+ rounds; other messages go straight through.
+
+    (`secaggplus_mod` itself expects SecAgg+ settings in every training message.)
+    """
+    if "secaggplus_configs" in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def _site_for(context: Context, sites: Sequence[SiteConfig] | None) -> SiteConfig:
     if sites is not None and "partition-id" in context.node_config:
         return sites[int(context.node_config["partition-id"])]
@@ -209,7 +220,9 @@ def _site_for(context: Context, sites: Sequence[SiteConfig] | None) -> SiteConfi
 def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
     """The ClientApp; in simulation `sites[partition-id]` gives each virtual node its site.
 
-    In deployment each SuperNode names its own site with ``--node-config``.
+    In deployment each SuperNode names its own site with ``--node-config``. Flower's
+    `secaggplus_mod` takes part in secure aggregation when the coordinator runs SecAgg+ and
+    passes every other message through untouched.
     """
 
     def client_fn(context: Context):
@@ -217,7 +230,7 @@ def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
         torch.set_num_threads(site.torch_threads)
         return SiteClient(site).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites)])
+    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites), secure_aggregation_mod])
 
 
 app = make_client_app()

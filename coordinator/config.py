@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.tasks import TaskSpec, get_task
+from models.tasks import TaskSpec, builtin_tasks, get_task
 
 __all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS"]
 
@@ -52,6 +52,11 @@ class FederationConfig:
     central_dp_noise: float | None = None
     central_dp_clip: float = 1.0
     central_dp_delta: float = 1e-3
+    # Secure aggregation (Flower's SecAgg+): the coordinator sees only the sum of the updates.
+    secagg: bool = False
+    secagg_shares: int = 3
+    secagg_threshold: int = 2
+    secagg_clip: float = 8.0  # every parameter must lie in [-clip, clip] to be summed exactly
     key_dir: Path = field(default_factory=lambda: Path.home() / ".sangsaeng" / "coordinator")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +73,13 @@ class FederationConfig:
             raise ValueError("dp_epsilon must be positive")
         if self.central_dp_noise is not None and self.central_dp_noise <= 0:
             raise ValueError("central_dp_noise must be positive")
+        if self.secagg and self.central_dp_noise is not None:
+            raise ValueError(
+                "secure aggregation hides each site's update, so the coordinator cannot clip it: "
+                "use per-site DP-SGD (dp_epsilon) with secagg, not central DP"
+            )
+        if self.secagg and not 2 <= self.secagg_threshold <= self.secagg_shares:
+            raise ValueError("secagg needs 2 <= secagg_threshold <= secagg_shares")
 
     @property
     def uses_dp(self) -> bool:
@@ -91,6 +103,23 @@ class FederationConfig:
         out["hidden"] = list(self.hidden)
         out["out_dir"] = str(self.out_dir)
         out["key_dir"] = str(self.key_dir)
+        return out
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The Flower run config that `from_run_config` reads back (kebab-case, TOML-ready values)."""
+        builtin = builtin_tasks().get(self.task.name)
+        out: dict[str, Any] = {"task": self.task.name if builtin == self.task else self.task.to_json()}
+        for f in dataclasses.fields(self):
+            if f.name in ("task", "extra"):
+                continue
+            value = getattr(self, f.name)
+            if value is None:
+                value = "none"
+            elif isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name.replace("_", "-")] = value
         return out
 
     @classmethod

@@ -24,7 +24,7 @@ from flwr.app import Context, Message
 from flwr.common import GetPropertiesIns, MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
-from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 from flwr.serverapp.grid import Grid
 
@@ -176,7 +176,7 @@ def run_federation(
         client_manager=SiteClientManager(excluded=set(problems)),
     )
     try:
-        DefaultWorkflow()(grid, legacy)
+        workflow_for(config, max_weight=max(site["n_train"] for site in sites.values()))(grid, legacy)
     except Exception as exc:
         recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -187,6 +187,25 @@ def run_federation(
         audit.append("report issued", run_id=report["run_id"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         recorder.set(privacy_report=str(path.relative_to(config.out_dir)))
     return recorder
+
+
+def workflow_for(config: FederationConfig, *, max_weight: float) -> DefaultWorkflow:
+    """Flower's default round loop; with ``secagg`` its fit step is Flower's SecAgg+ protocol.
+
+    `max_weight` is the largest site's training-row count: SecAgg+ scales each update by
+    ``num_examples / max_weight`` before quantising, so with this value the securely summed
+    average equals FedAvg's weighted average up to quantisation error.
+    """
+    if not config.secagg:
+        return DefaultWorkflow()
+    return DefaultWorkflow(
+        fit_workflow=SecAggPlusWorkflow(
+            num_shares=config.secagg_shares,
+            reconstruction_threshold=config.secagg_threshold,
+            max_weight=float(max_weight),
+            clipping_range=config.secagg_clip,
+        )
+    )
 
 
 def make_server_app(

@@ -1,0 +1,212 @@
+"""A supplier site on the network: Flower's SuperNode plus a warm worker that runs our ClientApp.
+
+    sangsaeng client start --superlink HOST:PORT --ca-cert ca.pem --data export.csv \\
+        [--site-dir ./sangsaeng-site] [--site NAME] [--max-epsilon 3] [--dp-required]
+
+`client start` launches a stock ``flower-supernode`` (TLS against the network CA, SuperNode
+authentication with the site key created at enrolment) in Flower's ``process`` isolation
+mode, and then serves that SuperNode's tasks itself, in one long-lived process:
+
+* **Code the supplier trusts.** The ClientApp that runs is the one in the Sangsaeng version
+  the supplier installed (`client.client_app.app`). The bundle a run brings is never installed
+  or imported; it must name exactly that app and version, or the task is answered with an
+  error reply that says what was refused and why (the run goes on with the other sites).
+* **No start-up cost per round.** Flower's default launches a fresh ``flwr-clientapp`` process
+  (re-importing torch) for every message; the worker imports everything once and takes each
+  task from the SuperNode's Runtime API with Flower's own client calls.
+
+A stock ``flower-supernode`` in its default subprocess mode also works with our bundle (the
+bundle holds no code, so it too runs the installed ClientApp); `client start` adds the checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.errors import SangsaengError
+
+__all__ = ["NodeError", "NodeSettings", "start_supernode", "serve_tasks", "check_bundle", "check_private_key"]
+
+log = logging.getLogger("sangsaeng.client")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
+
+CODE_REFUSED = 1100  # error-reply code: the run's bundle is not the code this site approved
+
+
+class NodeError(SangsaengError):
+    """A site node that cannot start: key, certificate, data or SuperNode problems."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything `client start` needs (the site's one settings object for deployment)."""
+
+    superlink: str
+    ca_cert: Path
+    private_key: Path
+    node_config: dict[str, Any]
+    runtime_port: int = 9094
+    log_file: Path | None = None
+
+    def node_config_arg(self) -> str:
+        parts = []
+        for key, value in self.node_config.items():
+            if isinstance(value, bool):
+                parts.append(f"{key}={'true' if value else 'false'}")
+            elif isinstance(value, int | float):
+                parts.append(f"{key}={value}")
+            else:
+                parts.append(f'{key}="{value}"')
+        return " ".join(parts)
+
+
+def check_private_key(path: Path) -> None:
+    """The site key must exist and be readable by its owner only (it never leaves the site)."""
+    if not path.exists():
+        raise NodeError(f"site key {path} not found: enrol first with `sangsaeng client enroll`")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise NodeError(f"site key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
+
+
+def installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sangsaeng")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | None:
+    """Why this site refuses a run's bundle, or None when it names exactly the installed app."""
+    import io
+    import tomllib
+    import zipfile
+
+    from coordinator.deploy import APP_ID, CLIENTAPP_REF
+
+    want_id, want_version = f"{APP_ID}/{APP_ID}", installed_version()
+    if fab_id != want_id or fab_version != want_version:
+        return (f"this site runs only the client code it installed ({want_id} {want_version}); "
+                f"the run asks for {fab_id} {fab_version}: refused (install that version to approve it)")  # fmt: skip
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab_content)) as bundle:
+            names = bundle.namelist()
+            project = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return f"the run's bundle is unreadable ({exc}): refused"
+    code = [name for name in names if not name.endswith((".toml", ".md", ".txt", "/")) and "/." not in name]
+    code = [name for name in code if not name.startswith(".info/") and name != "LICENSE"]
+    if code:
+        return f"the run's bundle carries code this site did not approve ({', '.join(code[:5])}): refused"
+    clientapp = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {}).get("clientapp")
+    if clientapp != CLIENTAPP_REF:
+        return f"the run's bundle names ClientApp {clientapp!r}, this site runs only {CLIENTAPP_REF!r}: refused"
+    return None
+
+
+def start_supernode(settings: NodeSettings) -> subprocess.Popen:
+    """Start a stock flower-supernode in process-isolation mode (we serve its tasks)."""
+    import shutil
+
+    from coordinator import airgap
+
+    check_private_key(settings.private_key)
+    if not settings.ca_cert.exists():
+        raise NodeError(f"network CA certificate {settings.ca_cert} not found (the anchor hands it out)")
+    exe = shutil.which("flower-supernode") or str(Path(sys.executable).parent / "flower-supernode")
+    command = [
+        exe,
+        "--superlink", settings.superlink,
+        "--root-certificates", str(settings.ca_cert),
+        "--auth-supernode-private-key", str(settings.private_key),
+        "--node-config", settings.node_config_arg(),
+        "--isolation", "process",
+        "--port", str(settings.runtime_port),
+        "--max-retries", "20",
+    ]  # fmt: skip
+    out = settings.log_file.open("ab") if settings.log_file else None
+    env = {**os.environ, **airgap.AIRGAP_ENV}
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, env=env,
+                            start_new_session=True)  # fmt: skip
+
+
+def _run_one_task(runtime_address: str, token: str, client_app: Any) -> str:
+    """Run one task in this process with Flower's Runtime API calls; returns a status line."""
+    from flwr.app import Error, Message
+    from flwr.common.constant import SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=runtime_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )  # fmt: skip
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context, status, details = None, SubStatus.FAILED, "task failed"
+    try:
+        message, context, run, fab = pull_task_input(client)
+        refusal = check_bundle(run.fab_id, run.fab_version, fab.content)
+        if refusal is not None:
+            log.error("run %s refused: %s", run.run_id, refusal)
+            reply = Message(Error(code=CODE_REFUSED, reason=refusal), reply_to=message)
+            details = refusal
+        else:
+            reply = client_app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        push_message(client, reply, context)
+        return f"run {run.run_id}: {message.metadata.message_type} {'done' if not refusal else 'refused'}"
+    finally:
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        heartbeat.stop()
+        client.close()
+
+
+def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float = 0.1) -> None:
+    """Take the SuperNode's ClientApp tasks one after another, in this process."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    from client.client_app import app as client_app  # the installed code, imported once
+
+    executor = RuntimeHttpClient.from_server_address(
+        server_address=runtime_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )  # fmt: skip
+    try:
+        while not stop():
+            try:
+                response = executor.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            except Exception as exc:  # the SuperNode restarting: wait for it
+                log.warning("SuperNode runtime API not answering (%s); retrying", exc)
+                time.sleep(1.0)
+                continue
+            if response.HasField("task") and response.token:
+                try:
+                    log.info(_run_one_task(runtime_address, response.token, client_app))
+                except Exception:  # one failed task must not stop the site
+                    log.exception("task failed")
+            else:
+                time.sleep(poll)
+    finally:
+        executor.close()
