@@ -30,11 +30,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from models.errors import SangsaengError
 
-__all__ = ["NodeError", "NodeSettings", "start_supernode", "serve_tasks", "check_bundle", "check_private_key"]
+__all__ = ["NodeError", "NodeSettings", "start_supernode", "serve_tasks", "check_bundle", "check_private_key",
+           "start_command"]
 
 log = logging.getLogger("sangsaeng.client")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
@@ -210,3 +213,57 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
                 time.sleep(poll)
     finally:
         executor.close()
+
+
+def start_command(
+    superlink: Annotated[str, typer.Option(help="The anchor's fleet address, HOST:PORT.")],
+    ca_cert: Annotated[Path, typer.Option(help="The network CA certificate (from the anchor).")],
+    data: Annotated[Path, typer.Option(help="This site's CSV/Parquet export.")],
+    site_dir: Annotated[Path, typer.Option(help="Directory made by `client enroll`.")] = Path("sangsaeng-site"),
+    site: Annotated[str | None, typer.Option(help="Site name (default: the enrolled name).")] = None,
+    max_epsilon: Annotated[float | None, typer.Option(min=0.01, help="This site's privacy budget.")] = None,
+    dp_required: Annotated[bool, typer.Option("--dp-required", help="Refuse rounds without DP-SGD.")] = False,
+    runtime_port: Annotated[int, typer.Option(help="Local port of the SuperNode's Runtime API.")] = 9094,
+) -> None:
+    """Join the network: start this site's SuperNode and serve its training tasks."""
+    import json
+    import signal
+    import threading
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        record = json.loads((site_dir / "site.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {site_dir / 'site.json'} unreadable ({exc}); enrol first with `sangsaeng client enroll`")
+        raise typer.Exit(code=2) from None
+    node_config: dict[str, Any] = {"site": site or record["site_name"], "data-path": str(data.resolve())}
+    if max_epsilon is not None:
+        node_config["max-epsilon"] = max_epsilon
+    if dp_required:
+        node_config["dp-required"] = True
+    settings = NodeSettings(superlink=superlink, ca_cert=ca_cert, private_key=site_dir / "site_key",
+                            node_config=node_config, runtime_port=runtime_port,
+                            log_file=site_dir / "supernode.log")  # fmt: skip
+    try:
+        from models.schema import load_site_data  # noqa: F401  (fail here, not mid-round, on a broken install)
+
+        process = start_supernode(settings)
+    except SangsaengError as exc:
+        typer.echo(f"error: {exc}")
+        raise typer.Exit(code=2) from None
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    typer.echo(f"site '{node_config['site']}' joining {superlink} (SuperNode log: {settings.log_file})")
+    try:
+        serve_tasks(f"127.0.0.1:{runtime_port}", stop=lambda: stopping.is_set() or process.poll() is not None)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    if not stopping.is_set():
+        typer.echo(f"error: the SuperNode stopped (exit code {process.returncode}); see {settings.log_file}")
+        raise typer.Exit(code=3)

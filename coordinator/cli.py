@@ -3,7 +3,8 @@
 sangsaeng demo       the whole network on the embedded sample data, on one machine
 sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
 sangsaeng tasks      the built-in value-chain tasks
-sangsaeng client     a supplier's commands (validate an export, enroll, pull-model, predict)
+sangsaeng client     a supplier's commands (validate an export, enroll, start, pull-model, predict)
+sangsaeng coordinator  the anchor on Flower's deployment runtime (certs, up, run)
 sangsaeng portal     the membership and release portal (serve, create-admin, invite, approve, release...)
 """
 
@@ -19,7 +20,8 @@ from typing import Annotated  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from client import portal_commands  # noqa: E402
+from client import node, portal_commands  # noqa: E402
+from coordinator import deploy_cli  # noqa: E402
 from coordinator.config import STRATEGIES, FederationConfig  # noqa: E402
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
@@ -36,6 +38,8 @@ app.add_typer(portal_cli.app, name="portal")
 client_app.command("enroll")(portal_commands.enroll_command)
 client_app.command("pull-model")(portal_commands.pull_model_command)
 client_app.command("predict")(portal_commands.predict_command)
+client_app.command("start")(node.start_command)
+app.add_typer(deploy_cli.app, name="coordinator")
 console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]

@@ -59,8 +59,9 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
         rounds, values = [0, *rounds], [initial, *values]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot(rounds, [math.nan if v is None else v for v in values], marker="o", label="federated")
-    ax.axhline(results["centralized"][primary], color="black", linestyle="--", label="centralised (reference)")
-    local_mean = results["local_only_summary"]["mean"].get(primary)
+    if results.get("centralized"):  # deployment runs have no pooled reference
+        ax.axhline(results["centralized"][primary], color="black", linestyle="--", label="centralised (reference)")
+    local_mean = (results.get("local_only_summary") or {"mean": {}})["mean"].get(primary)
     if local_mean is not None and not math.isnan(local_mean):
         ax.axhline(local_mean, color="tab:red", linestyle=":", label="local-only (mean of sites)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

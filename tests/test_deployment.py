@@ -1,0 +1,306 @@
+"""Multi-site deployment with real processes on loopback: the portal, `sangsaeng coordinator up`
+(Flower SuperLink with TLS and SuperNode authentication behind the fleet-only nginx gateway)
+and three `sangsaeng client start` sites (stock flower-supernode + our worker).
+
+Tests run in file order on one shared network; the revocation test comes last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from client import portal_commands as pc
+from client.node import check_bundle
+from coordinator.simulation import write_site_files
+from models.datasets import SAMPLES, sample_path
+from models.schema import read_table
+from models.tasks import get_task
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+    pytest.skip("nginx is not installed (the fleet gateway; .ci/run installs it)", allow_module_level=True)
+os.environ["PATH"] = f"{os.environ['PATH']}:/usr/sbin"
+
+TASK = "predictive-maintenance"
+PASSWORD = "deploy-test-password-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "coordinator.cli", *args]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.3):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Network:
+    """Handles on the running network."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "SANGSAENG_PORTAL_DATA_DIR": str(root / "portal"),
+                    "SANGSAENG_PORTAL_SECRET_KEY": uuid.uuid4().hex}  # fmt: skip
+        self.env.pop("DATABASE_URL", None)
+        self.portal_port, self.public_port, self.internal_port = free_port(), free_port(), free_port()
+        self.portal = f"http://127.0.0.1:{self.portal_port}"
+        self.state = root / "coordinator"
+        self.sites: dict[str, dict] = {}
+
+    def start(self, name: str, command: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        log = (self.root / f"{name}.log").open("ab")
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, **kwargs)  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def admitted(self) -> dict:
+        path = self.state / "admitted.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    net = Network(tmp_path_factory.mktemp("deploy"))
+    try:
+        net.start("portal", cli("portal", "serve", "--port", str(net.portal_port)))
+        wait_until(lambda: _get(f"{net.portal}/api/v1/keys/release-signing") == 200, 60, "the portal")
+        subprocess.run(cli("portal", "create-admin", "--email", "anchor@hyundai.example", "--org", "Anchor Motors",
+                           "--password", PASSWORD), env=net.env, check=True, capture_output=True)  # fmt: skip
+        token = httpx.post(f"{net.portal}/api/v1/login/access-token",
+                           data={"username": "anchor@hyundai.example", "password": PASSWORD}).json()["access_token"]  # fmt: skip
+        net.anchor = httpx.Client(base_url=net.portal, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        net.fid = net.anchor.post("/api/v1/federations", json={"name": "Maintenance", "task_name": TASK,
+                                                               "threshold": 0.5}).json()["id"]  # fmt: skip
+        files, _ = write_site_files(read_table(sample_path(TASK)), SAMPLES[TASK].split_by, net.root / "data",
+                                    spec=get_task(TASK))  # fmt: skip
+        for name, path in files.items():
+            invite = net.anchor.post(f"/api/v1/federations/{net.fid}/invites",
+                                     json={"organisation_name": f"Supplier {name}", "site_name": f"line-{name}"}).json()  # fmt: skip
+            record = pc.enroll(net.portal, invite["token"], net.root / f"site-{name}")
+            assert net.anchor.post(f"/api/v1/memberships/{record['membership_id']}/approve").status_code == 200
+            net.sites[name] = {"dir": net.root / f"site-{name}", "data": path, "membership": record["membership_id"]}
+        coordinator_token = net.anchor.post(f"/api/v1/federations/{net.fid}/tokens", json={"name": "ci"}).json()["token"]
+        (net.root / "coordinator.token").write_text(coordinator_token)
+
+        subprocess.run(cli("coordinator", "certs", "init", "--state", str(net.state), "--name", "Anchor Motors",
+                           "--host", "localhost"), env=net.env, check=True, capture_output=True)  # fmt: skip
+        net.start("coordinator", cli(
+            "coordinator", "up", "--state", str(net.state), "--federation", str(net.fid), "--portal", net.portal,
+            "--token-file", str(net.root / "coordinator.token"), "--public-host", "127.0.0.1",
+            "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "0.5",
+        ))  # fmt: skip
+        wait_until(lambda: len(net.admitted()) == 3 or net.processes["coordinator"].poll() is not None, 120,
+                   "the coordinator to admit the three approved sites")  # fmt: skip
+        assert len(net.admitted()) == 3, net.log("coordinator")
+        for name, site in net.sites.items():
+            net.start(f"site-{name}", cli(
+                "client", "start", "--superlink", f"localhost:{net.public_port}",
+                "--ca-cert", str(net.state / "certs" / "ca.pem"), "--data", str(site["data"]),
+                "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
+            ))  # fmt: skip
+        yield net
+    finally:
+        net.stop()
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as the kernel lists them) with a listening TCP socket on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == "0A" and int(port_hex, 16) == port:
+                found.add(address)
+    return found
+
+
+def run_supernode(network: Network, log: Path, *args: str) -> tuple[int, str]:
+    """A stock flower-supernode run to its end; its output goes to a file (its children hold pipes)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(["flower-supernode", "--max-retries", "1", "--port", str(free_port()), *args],
+                                   env=network.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            code = process.wait(timeout=120)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return code, log.read_text(errors="replace")
+
+
+def coordinator_run(net: Network, name: str, *args: str, timeout: float = 400) -> dict:
+    out = net.root / "runs" / name
+    result = subprocess.run(
+        cli("coordinator", "run", "--state", str(net.state), "--task", TASK, "--out", str(out),
+            "--key-dir", str(net.root / "signing-key"), *args),
+        env=net.env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_run_completes_over_tls_with_node_authentication(network: Network) -> None:
+    results = coordinator_run(network, "plain", "--rounds", "2", "--min-sites", "3")
+    assert results["status"] == "completed" and results["runtime"] == "deployment"
+    assert sorted(results["sites"]) == sorted(f"line-{n}" for n in network.sites)
+    assert [sorted(r["sites_trained"]) for r in results["rounds"]] == [sorted(results["sites"])] * 2
+    assert results["federated"]["global"]["roc_auc"] > 0.8
+    assert (network.root / "runs" / "plain" / "metrics.png").stat().st_size > 1000
+    # the sites ran the installed ClientApp in their warm worker, never the bundle
+    assert "done" in network.log("site-h")
+
+
+def test_unknown_node_is_rejected(network: Network, tmp_path: Path) -> None:
+    pc.generate_site_key(tmp_path)  # a key no portal admitted
+    code, output = run_supernode(
+        network, tmp_path / "unknown.log", "--superlink", f"localhost:{network.public_port}",
+        "--root-certificates", str(network.state / "certs" / "ca.pem"),
+        "--auth-supernode-private-key", str(tmp_path / "site_key"),
+    )  # fmt: skip
+    assert code != 0
+    assert "Failed to activate SuperNode" in output
+
+
+def test_plaintext_and_wrong_certificate_are_refused(network: Network, tmp_path: Path) -> None:
+    # a SuperNode asked to speak plaintext gets no fleet service
+    code, output = run_supernode(
+        network, tmp_path / "plain.log", "--insecure", "--superlink", f"localhost:{network.public_port}",
+        "--auth-supernode-private-key", str(network.sites["h"]["dir"] / "site_key"),
+    )  # fmt: skip
+    assert code != 0, output
+    plain = httpx.post(f"http://127.0.0.1:{network.public_port}/v1/fleet/activate-node", content=b"x")
+    assert plain.status_code == 400 and "HTTPS" in plain.text  # nginx: plain HTTP sent to an HTTPS port
+    # a client that trusts another CA refuses the server's certificate
+    from coordinator.pki import NetworkCerts, init_network
+
+    other = NetworkCerts(tmp_path / "other")
+    init_network(other, name="Impostor", hosts=["localhost"])
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"https://localhost:{network.public_port}/v1/fleet/", verify=str(other.ca_cert))
+
+
+def test_supplier_reaches_only_the_fleet_api(network: Network) -> None:
+    ca = str(network.state / "certs" / "ca.pem")
+    base = f"https://localhost:{network.public_port}"
+    for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/pull-app-inputs", "/docs"):
+        response = httpx.post(base + path, content=b"{}", verify=ca)
+        assert response.status_code == 403 and "only the Fleet API" in response.text, path
+    fleet = httpx.post(base + "/v1/fleet/activate-node", content=b"{}", verify=ca)
+    assert fleet.status_code != 403 or "only the Fleet API" not in fleet.text  # reached Flower itself
+    assert listening_addresses(network.internal_port) == {"0100007F"}  # the Control API is on the anchor's loopback only
+
+
+def _reset_ledgers(network: Network) -> None:
+    for site in network.sites.values():
+        shutil.rmtree(Path(site["data"]).parent / ".sangsaeng-privacy", ignore_errors=True)
+
+
+def test_secagg_with_dp_matches_plain_aggregate(network: Network) -> None:
+    _reset_ledgers(network)
+    secure = coordinator_run(network, "dp-secagg", "--rounds", "1", "--min-sites", "3", "--dp-epsilon", "3",
+                             "--secagg")  # fmt: skip
+    _reset_ledgers(network)
+    plain = coordinator_run(network, "dp-plain", "--rounds", "1", "--min-sites", "3", "--dp-epsilon", "3")
+    assert secure["privacy"] and secure["privacy"]["sites"].keys() == plain["privacy"]["sites"].keys()
+    a = np.load(network.root / "runs" / "dp-secagg" / "checkpoints" / "round_001.npz")
+    b = np.load(network.root / "runs" / "dp-plain" / "checkpoints" / "round_001.npz")
+    for key in a.files:  # SecAgg+ quantises to 16 / 2**22 per unit: equal up to that
+        np.testing.assert_allclose(a[key], b[key], atol=5e-5, rtol=0)
+    assert "Secure aggregation completed" in (network.root / "coordinator" / "superlink.log").read_text(errors="replace")
+    assert (network.root / "runs" / "dp-secagg" / "privacy" / "report.json.sig").exists()
+
+
+def test_bundle_check_refuses_code_and_other_versions() -> None:
+    import io
+    import zipfile
+
+    def bundle(files: dict[str, str]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for name, text in files.items():
+                zf.writestr(name, text)
+        return buffer.getvalue()
+
+    from client.node import installed_version
+
+    good = '[tool.flwr.app.components]\nclientapp = "client.client_app:app"\n'
+    version = installed_version()
+    assert check_bundle("sangsaeng/sangsaeng", version, bundle({"pyproject.toml": good})) is None
+    assert "asks for sangsaeng/sangsaeng 9.9.9" in check_bundle("sangsaeng/sangsaeng", "9.9.9", bundle({}))
+    with_code = bundle({"pyproject.toml": good, "client/client_app.py": "import os"})
+    assert "carries code" in check_bundle("sangsaeng/sangsaeng", version, with_code)
+    evil = bundle({"pyproject.toml": '[tool.flwr.app.components]\nclientapp = "evil:app"\n'})
+    assert "names ClientApp 'evil:app'" in check_bundle("sangsaeng/sangsaeng", version, evil)
+
+
+def test_revoked_site_cannot_join_the_next_round(network: Network) -> None:
+    out = network.root / "runs" / "revoke"
+    run = subprocess.Popen(
+        cli("coordinator", "run", "--state", str(network.state), "--task", TASK, "--out", str(out), "--rounds", "5",
+            "--min-sites", "2", "--key-dir", str(network.root / "signing-key")),
+        env=network.env, stdout=(network.root / "revoke-run.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    manifest = out / "manifest.json"
+    wait_until(lambda: manifest.exists() and json.loads(manifest.read_text())["rounds"], 300, "round 1")
+    revoked = network.sites["m"]
+    response = network.anchor.post(f"/api/v1/memberships/{revoked['membership']}/revoke",
+                                   json={"reason": "left the supply chain"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    revoked_at_round = len(json.loads(manifest.read_text())["rounds"])
+    wait_until(lambda: "line-m" not in {e["site"] for e in network.admitted().values()}, 30, "the key's removal")
+    assert run.wait(timeout=400) == 0, (network.root / "revoke-run.log").read_text()[-3000:]
+    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    assert len(rounds) == 5
+    later = [r for r in rounds if r["round"] > revoked_at_round + 1]
+    assert later and all("line-m" not in r["sites_trained"] for r in later)
+    assert all(sorted(r["sites_trained"]) == ["line-h", "line-l"] for r in later)
+    assert "removed site 'line-m'" in network.log("coordinator")
