@@ -86,6 +86,7 @@ class RunRecorder:
     def update_round(self, server_round: int, **fields: Any) -> dict[str, Any]:
         record = self.round_record(server_round)
         record.update(fields)
+        record["updated_at"] = time.time()  # unix seconds of the round's last news (per-round timing)
         self.flush()
         return record
 

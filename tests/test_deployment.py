@@ -185,6 +185,7 @@ def coordinator_run(net: Network, name: str, *args: str, timeout: float = 400) -
         env=net.env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (out / "run.log").write_text(result.stdout + result.stderr)
     return json.loads((out / "results.json").read_text())
 
 
@@ -255,7 +256,8 @@ def test_secagg_with_dp_matches_plain_aggregate(network: Network) -> None:
     b = np.load(network.root / "runs" / "dp-plain" / "checkpoints" / "round_001.npz")
     for key in a.files:  # SecAgg+ quantises to 16 / 2**22 per unit: equal up to that
         np.testing.assert_allclose(a[key], b[key], atol=5e-5, rtol=0)
-    assert "Secure aggregation completed" in (network.root / "coordinator" / "superlink.log").read_text(errors="replace")
+    assert "Secure aggregation completed" in (network.root / "runs" / "dp-secagg" / "run.log").read_text()
+    assert "Secure aggregation" not in (network.root / "runs" / "dp-plain" / "run.log").read_text()
     assert (network.root / "runs" / "dp-secagg" / "privacy" / "report.json.sig").exists()
 
 
