@@ -200,6 +200,30 @@ def test_run_completes_over_tls_with_node_authentication(network: Network) -> No
     assert "done" in network.log("site-h")
 
 
+def test_a_stock_supernode_with_the_site_key_joins_and_trains(network: Network) -> None:
+    site = network.sites["h"]
+    worker = network.processes["site-h"]
+    os.killpg(worker.pid, signal.SIGTERM)  # the site swaps `client start` for a hand-started stock SuperNode
+    worker.wait(timeout=30)
+    stock = network.start("stock-h", [
+        "flower-supernode", "--superlink", f"localhost:{network.public_port}",
+        "--root-certificates", str(network.state / "certs" / "ca.pem"),
+        "--auth-supernode-private-key", str(site["dir"] / "site_key"),
+        "--node-config", f'site="line-h" data-path="{site["data"]}"', "--port", str(free_port()),
+    ])  # fmt: skip
+    try:
+        results = coordinator_run(network, "stock", "--rounds", "1", "--min-sites", "3")
+        assert "line-h" in results["rounds"][0]["sites_trained"]
+    finally:
+        os.killpg(stock.pid, signal.SIGTERM)
+        stock.wait(timeout=30)
+        network.start("site-h", cli(
+            "client", "start", "--superlink", f"localhost:{network.public_port}",
+            "--ca-cert", str(network.state / "certs" / "ca.pem"), "--data", str(site["data"]),
+            "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
+        ))  # fmt: skip
+
+
 def test_unknown_node_is_rejected(network: Network, tmp_path: Path) -> None:
     pc.generate_site_key(tmp_path)  # a key no portal admitted
     code, output = run_supernode(
