@@ -34,7 +34,7 @@ from models.scaler import FederatedScaler  # noqa: E402
 from models.schema import validate_frame  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 from models.training import TrainConfig, prepare, train_local  # noqa: E402
-from privacy.dp_sgd import train_private  # noqa: E402
+from privacy.dp_sgd import GRAD_SAMPLE_MODE, train_private  # noqa: E402
 
 
 def utility(args: argparse.Namespace) -> list[dict]:
@@ -85,21 +85,22 @@ def timing(reps: int = 7) -> dict[str, float]:
     dp_cfg = TrainConfig(epochs=DP_TRAINING_DEFAULTS["local_epochs"], batch_size=DP_TRAINING_DEFAULTS["batch_size"],
                          lr=DP_TRAINING_DEFAULTS["lr"])  # fmt: skip
     plain_cfg = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
+    dp_hidden, plain_hidden = DP_TRAINING_DEFAULTS["hidden"], FederationConfig.hidden
+
+    def dp(hidden: tuple[int, ...]) -> None:
+        train_private(build_model(scaler.n_inputs, hidden=hidden), x, y, spec=spec, scaler=scaler, config=dp_cfg,
+                      noise_multiplier=1.5, max_grad_norm=1.0)  # fmt: skip
+
+    def plain(hidden: tuple[int, ...], config: TrainConfig) -> None:
+        train_local(build_model(scaler.n_inputs, hidden=hidden), x, y, spec=spec, scaler=scaler, config=config)
+
     jobs = {
-        "plain_same": lambda: train_local(build_model(scaler.n_inputs), x, y, spec=spec, scaler=scaler, config=dp_cfg),
-        "plain_default": lambda: train_local(
-            build_model(scaler.n_inputs), x, y, spec=spec, scaler=scaler, config=plain_cfg
-        ),
-        "dp": lambda: train_private(
-            build_model(scaler.n_inputs),
-            x,
-            y,
-            spec=spec,
-            scaler=scaler,
-            config=dp_cfg,
-            noise_multiplier=1.5,
-            max_grad_norm=1.0,
-        ),  # fmt: skip
+        "dp": lambda: dp(dp_hidden),
+        "plain_same": lambda: plain(dp_hidden, dp_cfg),
+        "plain_default": lambda: plain(plain_hidden, plain_cfg),
+        # The same comparison on the non-private model, for the record.
+        "dp_wide": lambda: dp(plain_hidden),
+        "plain_wide": lambda: plain(plain_hidden, dp_cfg),
     }
     for job in jobs.values():  # warm up imports and allocator once
         job()
@@ -110,6 +111,10 @@ def timing(reps: int = 7) -> dict[str, float]:
             job()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _mlp(hidden: tuple[int, ...]) -> str:
+    return "MLP " + "-".join(str(h) for h in hidden)
 
 
 def main() -> int:
@@ -128,8 +133,11 @@ def main() -> int:
         "",
         f"Measured in one run on {platform.node() or 'this machine'} ({os.cpu_count()} cores), "
         f"{time.strftime('%Y-%m-%d')}, seeds {args.seeds}: {args.rounds} rounds of FedAvg over the natural supplier "
-        "splits. Non-private runs use the default local training (batch 64, lr 0.003, 2 epochs, balanced class "
-        f"weights); DP runs use the DP defaults ({DP_TRAINING_DEFAULTS}) with noise calibrated per site so the "
+        "splits, each task with the features of its spec (AI4I: the measured ones plus "
+        f"{list(get_task('predictive-maintenance').derived_features)}, computed at each site). Non-private runs "
+        f"(and the centralised reference) use the default local training ({_mlp(FederationConfig.hidden)}, batch 64, "
+        "lr 0.003, 2 epochs, balanced class weights); DP runs use the DP defaults "
+        f"({DP_TRAINING_DEFAULTS}) with noise calibrated per site so the "
         "whole run ends at or under the per-site epsilon (RDP accountant, delta = 0.1/records). ROC-AUC on the "
         "union of the sites' held-out splits, mean ± sd over seeds; in brackets the largest epsilon any site spent.",
         "",
@@ -153,23 +161,29 @@ def main() -> int:
                             f"**{'met' if ratio >= 0.95 else 'MISSED'}**")  # fmt: skip
     same = t["dp"] / t["plain_same"]
     deployed = t["dp"] / t["plain_default"]
+    wide = t["dp_wide"] / t["plain_wide"]
+    dp_model, plain_model = _mlp(DP_TRAINING_DEFAULTS["hidden"]), _mlp(FederationConfig.hidden)
     lines += [
         "",
         "Wall time of one round of local training on AI4I site L (4,200 rows), median of 7 interleaved runs, "
-        "1 torch thread:",
+        f"1 torch thread; Opacus grad_sample_mode '{GRAD_SAMPLE_MODE}':",
         "",
-        "| job | seconds | DP-SGD / this |",
-        "|---|---|---|",
+        "| job | model | seconds | DP-SGD / this |",
+        "|---|---|---|---|",
         f"| DP-SGD (Opacus, batch {DP_TRAINING_DEFAULTS['batch_size']}, {DP_TRAINING_DEFAULTS['local_epochs']} "
-        f"epochs) | {t['dp']:.3f} | 1.00 |",
-        f"| non-private, same batch and epochs | {t['plain_same']:.3f} | {same:.2f} |",
-        f"| non-private, its own defaults (batch 64, 2 epochs) | {t['plain_default']:.3f} | {deployed:.2f} |",
+        f"epochs) | {dp_model} | {t['dp']:.3f} | 1.00 |",
+        f"| non-private, same model, batch and epochs | {dp_model} | {t['plain_same']:.3f} | {same:.2f} |",
+        f"| non-private, its own defaults (batch 64, 2 epochs) | {plain_model} | {t['plain_default']:.3f} | "
+        f"{deployed:.2f} |",
+        f"| DP-SGD as above, on the non-private model | {plain_model} | {t['dp_wide']:.3f} | 1.00 |",
+        f"| non-private, that model, same batch and epochs | {plain_model} | {t['plain_wide']:.3f} | {wide:.2f} |",
         "",
         "Targets:",
         *verdicts,
-        f"- DP-SGD time / non-private time at the same batch size and epochs = {same:.2f} (target <= 2): "
+        f"- DP-SGD time / non-private time with the same model, batch size and epochs = {same:.2f} (target <= 2): "
         f"**{'met' if same <= 2 else 'MISSED'}**; per round as each is configured = {deployed:.2f} "
-        f"(**{'met' if deployed <= 2 else 'MISSED'}**)",
+        f"(**{'met' if deployed <= 2 else 'MISSED'}**); on the non-private model = {wide:.2f} "
+        f"(**{'met' if wide <= 2 else 'MISSED'}**)",
     ]
     path = write_section("privacy", "\n".join(lines))
     print("\n".join(lines))

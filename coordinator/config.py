@@ -15,8 +15,18 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Local training that suits DP-SGD (measured by bench/privacy.py): larger Poisson batches carry
 # more signal per unit of noise, so fewer, bigger, faster steps.
 # Per-sample clipping at a high norm keeps the class weighting of rare defects effective (at a
-# low norm every example is clipped to the same length and the weighting vanishes).
-DP_TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 512, "lr": 0.03, "local_epochs": 2, "dp_max_grad_norm": 20.0}
+# low norm every example is clipped to the same length and the weighting vanishes); 50 clips
+# only the largest gradients of the up-weighted defects.
+# One hidden layer of 16: the noise is spread over ~14x fewer weights than (64, 32); with the
+# clipping norm of 50 it measured better at epsilon 3 on both tasks, and per-sample gradients
+# cost less.
+DP_TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 512,
+    "lr": 0.03,
+    "local_epochs": 2,
+    "dp_max_grad_norm": 50.0,
+    "hidden": (16,),
+}
 
 
 @dataclass(frozen=True)

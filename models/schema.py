@@ -72,6 +72,20 @@ def _numeric(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
     return converted.astype(float)
 
 
+def _check_range(spec: TaskSpec, column: str, values: pd.Series, source: str) -> None:
+    if column not in spec.ranges:
+        return
+    lo, hi = spec.ranges[column]
+    arr = values.to_numpy()
+    outside = (arr < lo) | (arr > hi)
+    if outside.any():
+        raise SiteDataError(
+            source,
+            f"values outside the plausible range [{lo:g}, {hi:g}] in {_first_bad(outside, values)}",
+            column=column,
+        )
+
+
 def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -> pd.DataFrame:
     """Return the task's columns, typed and checked; raise `SiteDataError` on the first problem."""
     source = str(source)
@@ -83,7 +97,7 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
         raise SiteDataError(source, "no data rows")
 
     out = pd.DataFrame(index=frame.index)
-    for column in spec.numeric_features:
+    for column in spec.measured_features:
         values = _numeric(frame, column, source)
         arr = values.to_numpy()
         nonfinite = ~np.isfinite(arr)
@@ -91,15 +105,21 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
             raise SiteDataError(
                 source, f"missing or non-finite values in {_first_bad(nonfinite, frame[column])}", column=column
             )
-        if column in spec.ranges:
-            lo, hi = spec.ranges[column]
-            outside = (arr < lo) | (arr > hi)
-            if outside.any():
-                raise SiteDataError(
-                    source,
-                    f"values outside the plausible range [{lo:g}, {hi:g}] in {_first_bad(outside, values)}",
-                    column=column,
-                )
+        _check_range(spec, column, values, source)
+        out[column] = arr
+    # Derived features: computed here, from the validated columns, before any scaling; a column
+    # of the same name in the export is not read.
+    for column, expression in spec.derived_expressions().items():
+        arr = expression.evaluate(out)
+        nonfinite = ~np.isfinite(arr)
+        if nonfinite.any():
+            raise SiteDataError(
+                source,
+                f"derived feature '{expression.text}' is not finite (division by zero?) in "
+                f"{_first_bad(nonfinite, pd.Series(arr))}",
+                column=column,
+            )
+        _check_range(spec, column, pd.Series(arr), source)
         out[column] = arr
     for column in spec.categorical_features:
         raw = frame[column]

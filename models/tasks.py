@@ -18,6 +18,12 @@ tasks are registered by name; any other task comes from a TOML file::
 
     [task.levels]                  # optional allowed levels per categorical feature
     Type = ["L", "M", "H"]
+
+    [task.derived]                 # optional features computed at each site from its own rows
+    "Power [W]" = "`Torque [Nm]` * `Rotational speed [rpm]` * 2 * pi / 60"
+
+A derived feature (see `models.derived`) is computed from measured numeric features after
+validation and before scaling, identically at every site; exports need not contain it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from models.derived import DerivedExpression
 from models.errors import TaskSpecError
 
 __all__ = ["KINDS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
@@ -57,14 +64,29 @@ class TaskSpec:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     levels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     description: str = ""
+    # (name, expression) in input order; a tuple, not a mapping: the order fixes the model's inputs.
+    derived: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
 
     # -- derived views -------------------------------------------------------------
     @property
-    def numeric_features(self) -> tuple[str, ...]:
+    def measured_features(self) -> tuple[str, ...]:
+        """Numeric features read from the export."""
         return tuple(f for f in self.features if f not in self.categorical)
+
+    @property
+    def derived_features(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.derived)
+
+    @property
+    def numeric_features(self) -> tuple[str, ...]:
+        """The model's numeric inputs: measured, then derived."""
+        return (*self.measured_features, *self.derived_features)
+
+    def derived_expressions(self) -> dict[str, DerivedExpression]:
+        return {name: DerivedExpression.parse(text) for name, text in self.derived}
 
     @property
     def categorical_features(self) -> tuple[str, ...]:
@@ -97,6 +119,11 @@ class TaskSpec:
         data["levels"] = {k: list(v) for k, v in sorted(self.levels.items())}
         for key in ("features", "categorical", "id_columns", "leak_columns"):
             data[key] = list(data[key])
+        # Pairs keep their order through sorted-key JSON; absent when empty, so specs without
+        # derived features keep the schema hash they had before derived features existed.
+        data["derived"] = [list(pair) for pair in self.derived]
+        if not self.derived:
+            del data["derived"]
         return data
 
     def to_json(self) -> str:
@@ -106,7 +133,7 @@ class TaskSpec:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "task spec") -> TaskSpec:
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
-            "leak_columns", "ranges", "levels", "description",
+            "leak_columns", "ranges", "levels", "description", "derived",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -119,6 +146,12 @@ class TaskSpec:
         except (TypeError, ValueError) as exc:
             raise TaskSpecError(f"{source}: [task.ranges] must map columns to [min, max]") from exc
         categorical = tuple(str(c) for c in data.get("categorical", ()))
+        raw_derived = data.get("derived", ())
+        try:
+            pairs = raw_derived.items() if isinstance(raw_derived, Mapping) else raw_derived
+            derived = tuple((str(name), str(text)) for name, text in pairs)
+        except (TypeError, ValueError) as exc:
+            raise TaskSpecError(f"{source}: [task.derived] must map feature names to expressions") from exc
         features = tuple(str(f) for f in data["features"])
         # A categorical column named only under `categorical` is still a feature.
         features += tuple(c for c in categorical if c not in features)
@@ -134,6 +167,7 @@ class TaskSpec:
                 ranges=ranges,
                 levels={str(k): tuple(str(x) for x in v) for k, v in dict(data.get("levels", {})).items()},
                 description=str(data.get("description", "")),
+                derived=derived,
             )
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
@@ -162,6 +196,7 @@ class TaskSpec:
                 raise TaskSpecError(f"{kind} column(s) {bad} must never be features: remove them from 'features'")
         if self.label in self.leak_columns or self.label in self.id_columns:
             raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
+        self._validate_derived()
         for col, (lo, hi) in self.ranges.items():
             if col not in self.numeric_features:
                 raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
@@ -172,6 +207,28 @@ class TaskSpec:
                 raise TaskSpecError(f"levels given for '{col}', which is not a categorical feature")
             if not levels:
                 raise TaskSpecError(f"no levels given for '{col}'")
+
+    def _validate_derived(self) -> None:
+        taken = {*self.features, self.label, *self.id_columns, *self.leak_columns}
+        names = self.derived_features
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise TaskSpecError(f"derived feature(s) defined twice: {dupes}")
+        for name, text in self.derived:
+            if not name.strip():
+                raise TaskSpecError("a derived feature has an empty name")
+            if name in taken:
+                raise TaskSpecError(f"derived feature '{name}' has the name of a column of the data; rename it")
+            try:
+                expression = DerivedExpression.parse(text)
+            except TaskSpecError as exc:
+                raise TaskSpecError(f"derived feature '{name}': {exc}") from None
+            unusable = [c for c in expression.columns if c not in self.measured_features]
+            if unusable:
+                raise TaskSpecError(
+                    f"derived feature '{name}' uses {unusable}, which must be numeric features of the task "
+                    f"(numeric features: {list(self.measured_features)})"
+                )
 
     def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
         """Refuse a spec whose label or features are not in a data file's header."""
@@ -288,5 +345,13 @@ PREDICTIVE_MAINTENANCE = register_task(
         },
         levels={"Type": ("L", "M", "H")},
         description="Milling machine failure within the next operation (AI4I 2020).",
+        # The physics behind the failure modes (Matzka 2020): power failure outside a band of
+        # spindle power, heat dissipation failure at a small process-air temperature difference,
+        # overstrain failure above a product of tool wear and torque.
+        derived=(
+            ("Power [W]", "`Torque [Nm]` * `Rotational speed [rpm]` * 2 * pi / 60"),
+            ("Temperature difference [K]", "`Process temperature [K]` - `Air temperature [K]`"),
+            ("Strain [min Nm]", "`Tool wear [min]` * `Torque [Nm]`"),
+        ),
     )
 )

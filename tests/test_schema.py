@@ -8,7 +8,7 @@ import pytest
 
 from models.errors import SiteDataError
 from models.schema import load_site_data
-from models.tasks import get_task
+from models.tasks import TaskSpec, get_task
 
 PM = get_task("predictive-maintenance")
 
@@ -37,8 +37,53 @@ def error_of(path, spec=PM) -> SiteDataError:
 
 def test_good_file_loads_and_keeps_only_task_columns(site):
     frame = load_site_data(site(), PM)
-    assert sorted(frame.columns) == sorted([*PM.features, PM.label])
+    assert sorted(frame.columns) == sorted([*PM.features, *PM.derived_features, PM.label])
     assert len(frame) == 200
+
+
+def test_derived_features_are_computed_from_the_rows_own_columns(site, ai4i):
+    frame = load_site_data(site(), PM)
+    raw = ai4i.head(200)
+    torque, rpm = raw["Torque [Nm]"].to_numpy(), raw["Rotational speed [rpm]"].to_numpy()
+    np.testing.assert_allclose(frame["Power [W]"], torque * rpm * 2 * np.pi / 60)
+    np.testing.assert_allclose(
+        frame["Temperature difference [K]"], raw["Process temperature [K]"] - raw["Air temperature [K]"]
+    )
+    np.testing.assert_allclose(frame["Strain [min Nm]"], raw["Tool wear [min]"] * torque)
+    # The AI4I documentation's worked numbers: 40 Nm at 1,500 rpm is about 6.3 kW.
+    assert 40 * 1500 * 2 * np.pi / 60 == pytest.approx(6283.2, abs=0.1)
+
+
+def test_a_column_named_like_a_derived_feature_is_not_read(site):
+    def forged(f):
+        return f.assign(**{"Power [W]": -1.0})
+
+    assert (load_site_data(site(forged), PM)["Power [W]"] > 0).all()
+
+
+def test_bad_input_to_a_derived_feature_names_the_measured_column(site):
+    def text(f):
+        f["Torque [Nm]"] = f["Torque [Nm]"].astype(object)
+        f.loc[4, "Torque [Nm]"] = "forty"
+        return f
+
+    err = error_of(site(text))
+    assert err.column == "Torque [Nm]" and "found text" in str(err) and "'forty'" in str(err)
+
+
+def test_a_non_finite_derived_feature_names_it(site, tmp_path):
+    spec = TaskSpec(
+        name="ratio", kind="binary", label="Machine failure", features=("Torque [Nm]", "Tool wear [min]"),
+        derived=(("Torque per wear [Nm/min]", "`Torque [Nm]` / `Tool wear [min]`"),),
+    )  # fmt: skip
+    frame = pd.read_csv(site())
+    frame.loc[:, "Tool wear [min]"] = np.arange(1, 201)
+    frame.loc[6, "Tool wear [min]"] = 0
+    path = tmp_path / "zero-wear.csv"
+    frame.to_csv(path, index=False)
+    err = error_of(path, spec)
+    assert err.column == "Torque per wear [Nm/min]"
+    assert "not finite (division by zero?)" in str(err) and "data row 7" in str(err)
 
 
 def test_parquet_is_read_too(ai4i, tmp_path):
