@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,14 @@ from bench._report import write_section  # noqa: E402
 from client import portal_commands as pc  # noqa: E402
 from coordinator.config import FederationConfig  # noqa: E402
 from coordinator.deploy import (  # noqa: E402
-    CONNECTION, DeploymentLayout, FlowerControl, SuperLinkSettings, flower_env, start_gateway, start_superlink,
-    stop_processes, wait_for_port,
+    CONNECTION,
+    DeploymentLayout,
+    FlowerControl,
+    SuperLinkSettings,
+    flower_env,
+    start_gateway,
+    start_superlink,
+    stop_processes,
 )  # fmt: skip
 from coordinator.pki import NetworkCerts, init_network  # noqa: E402
 from coordinator.simulation import run_experiment, write_site_files  # noqa: E402

@@ -81,24 +81,15 @@ def check_private_key(path: Path) -> None:
         raise NodeError(f"site key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
 
 
-def installed_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("sangsaeng")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
 def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | None:
     """Why this site refuses a run's bundle, or None when it names exactly the installed app."""
     import io
     import tomllib
     import zipfile
 
-    from coordinator.deploy import APP_ID, CLIENTAPP_REF
+    from coordinator.deploy import APP_ID, CLIENTAPP_REF, sangsaeng_version
 
-    want_id, want_version = f"{APP_ID}/{APP_ID}", installed_version()
+    want_id, want_version = f"{APP_ID}/{APP_ID}", sangsaeng_version()
     if fab_id != want_id or fab_version != want_version:
         return (f"this site runs only the client code it installed ({want_id} {want_version}); "
                 f"the run asks for {fab_id} {fab_version}: refused (install that version to approve it)")  # fmt: skip

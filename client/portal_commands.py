@@ -22,13 +22,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from models.errors import SangsaengError
+from privacy.keys import write_private
 
 __all__ = [
     "PortalClientError", "generate_site_key", "enroll", "pull_model", "predict",
@@ -42,15 +42,6 @@ class PortalClientError(SangsaengError):
     """A portal operation the site refused or the portal refused, with the reason."""
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 from the start (never world-readable, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
 def generate_site_key(site_dir: Path) -> tuple[Any, str]:
     """Create the site's key pair on-site; returns (private key, OpenSSH public key line)."""
     from cryptography.hazmat.primitives import serialization
@@ -60,7 +51,7 @@ def generate_site_key(site_dir: Path) -> tuple[Any, str]:
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())  # fmt: skip
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    _write_private(site_dir / "site_key", private)
+    write_private(site_dir / "site_key", private)
     (site_dir / "site_key.pub").write_text(public + "\n", encoding="utf-8")
     return key, public
 
@@ -123,7 +114,7 @@ def enroll(
         answer = _check(client.post(f"{API_PREFIX}/sites/enrol", json=body), "enrolment").json()
     except httpx.HTTPError as exc:
         raise PortalClientError(f"cannot reach the portal at {portal}: {exc}") from None
-    _write_private(site_dir / "token", answer["client_token"].encode())
+    write_private(site_dir / "token", answer["client_token"].encode())
     record = {
         "portal": portal.rstrip("/"),
         "membership_id": answer["membership"]["id"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -26,6 +25,7 @@ console = Console()
 
 State = Annotated[Path, typer.Option("--state", help="The coordinator's state directory.")]
 _DEFAULT_STATE = Path.home() / ".sangsaeng" / "coordinator-deploy"
+_DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
 
 
 def _fail(exc: Exception | str) -> None:
@@ -96,8 +96,15 @@ def up(
 ) -> None:
     """Start the SuperLink (TLS, node authentication) behind a fleet-only gateway; follow the portal."""
     from coordinator.deploy import (
-        AdmissionSync, DeploymentLayout, FlowerControl, SuperLinkSettings, ensure_certificate, portal_site_keys,
-        start_gateway, start_superlink, stop_processes,
+        AdmissionSync,
+        DeploymentLayout,
+        FlowerControl,
+        SuperLinkSettings,
+        ensure_certificate,
+        portal_site_keys,
+        start_gateway,
+        start_superlink,
+        stop_processes,
     )  # fmt: skip
 
     layout = DeploymentLayout(state)
@@ -141,9 +148,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Run directory (manifest, checkpoints, results, privacy report).")] = Path(
         "sangsaeng-run"
     ),
-    key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory.")] = Path.home()
-    / ".sangsaeng"
-    / "coordinator",
+    key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory.")] = _DEFAULT_KEY_DIR,
     state: State = _DEFAULT_STATE,
 ) -> None:
     """Train on the admitted sites through the running SuperLink (`coordinator up`)."""
@@ -225,7 +230,3 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
         plot_rounds(results, out_dir / "metrics.png")
     return results
 
-
-def main() -> None:  # pragma: no cover
-    app()
-    sys.exit(0)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from models.errors import SangsaengError
+from privacy.keys import write_private
 
 __all__ = [
     "CertificateError", "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",
@@ -66,14 +67,7 @@ class NetworkCerts:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    return dt.datetime.now(dt.UTC)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -115,7 +109,7 @@ def init_network(certs: NetworkCerts, *, name: str, hosts: list[str], now: dt.da
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
-    _write_private(certs.ca_key, _pem_key(key))
+    write_private(certs.ca_key, _pem_key(key))
     certs.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     issue_server_certificate(certs, hosts=hosts, now=now)
 
@@ -154,7 +148,7 @@ def issue_server_certificate(
     )
     # Key first, then certificate: a reader never pairs a new certificate with an old key.
     tmp_key, tmp_cert = certs.server_key.with_suffix(".key.new"), certs.server_cert.with_suffix(".pem.new")
-    _write_private(tmp_key, _pem_key(key))
+    write_private(tmp_key, _pem_key(key))
     tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp_key, certs.server_key)
     os.replace(tmp_cert, certs.server_cert)

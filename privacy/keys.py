@@ -26,6 +26,15 @@ PRIVATE_NAME = "signing_key.pem"
 PUBLIC_NAME = "coordinator.pub.pem"
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Create or replace `path` with mode 0600 from the start (never world-readable, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
 def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 

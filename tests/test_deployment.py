@@ -296,10 +296,10 @@ def test_bundle_check_refuses_code_and_other_versions() -> None:
                 zf.writestr(name, text)
         return buffer.getvalue()
 
-    from client.node import installed_version
+    from coordinator.deploy import sangsaeng_version
 
     good = '[tool.flwr.app.components]\nclientapp = "client.client_app:app"\n'
-    version = installed_version()
+    version = sangsaeng_version()
     assert check_bundle("sangsaeng/sangsaeng", version, bundle({"pyproject.toml": good})) is None
     assert "asks for sangsaeng/sangsaeng 9.9.9" in check_bundle("sangsaeng/sangsaeng", "9.9.9", bundle({}))
     with_code = bundle({"pyproject.toml": good, "client/client_app.py": "import os"})

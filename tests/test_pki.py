@@ -10,11 +10,16 @@ import pytest
 from cryptography import x509
 
 from coordinator.pki import (
-    CertificateError, NetworkCerts, check_server_certificate, init_network, issue_server_certificate, rotate_if_due,
+    CertificateError,
+    NetworkCerts,
+    check_server_certificate,
+    init_network,
+    issue_server_certificate,
+    rotate_if_due,
     server_hosts,
 )  # fmt: skip
 
-NOW = dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 
 
 @pytest.fixture
