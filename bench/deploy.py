@@ -78,7 +78,9 @@ def manifest_round_ends(out: Path) -> list[float]:
 def network(root: Path, certs_from: NetworkCerts) -> tuple[DeploymentLayout, SuperLinkSettings]:
     layout = DeploymentLayout(root)
     shutil.copytree(certs_from.dir, layout.certs.dir)
-    return layout, SuperLinkSettings(layout, public_host="127.0.0.1", public_port=free_port(), internal_port=free_port())
+    return layout, SuperLinkSettings(
+        layout, public_host="127.0.0.1", public_port=free_port(), internal_port=free_port()
+    )
 
 
 def register_sites(layout: DeploymentLayout, control: FlowerControl, names: list[str]) -> dict[str, Path]:
@@ -92,7 +94,9 @@ def register_sites(layout: DeploymentLayout, control: FlowerControl, names: list
     return dirs
 
 
-def sangsaeng_deployment(root: Path, certs: NetworkCerts, files: dict[str, Path], rounds: int) -> dict[str, list[float]]:
+def sangsaeng_deployment(
+    root: Path, certs: NetworkCerts, files: dict[str, Path], rounds: int
+) -> dict[str, list[float]]:
     layout, settings = network(root, certs)
     processes = [start_superlink(settings, log_file=root / "superlink.log"), start_gateway(settings)]
     try:
@@ -157,8 +161,9 @@ def plain_flower(root: Path, certs: NetworkCerts, files: dict[str, Path], rounds
             overrides = root / f"config-{label}.toml"
             overrides.write_bytes(tomli_w.dumps({"secagg": secagg, "times-path": str(times)}).encode())
             start = time.perf_counter()
+            flwr = shutil.which("flwr") or "flwr"
             subprocess.run(
-                [shutil.which("flwr") or "flwr", "run", str(app), CONNECTION, "--run-config", str(overrides), "--stream"],
+                [flwr, "run", str(app), CONNECTION, "--run-config", str(overrides), "--stream"],
                 check=True, env=flower_env(layout), stdout=(root / f"run-{label}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -225,7 +230,8 @@ def main() -> None:
         f"- Per-round overhead over plain Flower without SecAgg+: **{overhead:+.0%}** (target <= +10 %: "
         f"{'met' if overhead <= 0.10 else 'MISSED'}).",
         f"- With SecAgg+, against plain Flower without it: **{overhead_secagg:+.0%}** (target <= +50 %: "
-        f"{'met' if overhead_secagg <= 0.50 else 'MISSED'}); against plain Flower with SecAgg+: {overhead_secagg_same:+.0%}.",
+        f"{'met' if overhead_secagg <= 0.50 else 'MISSED'}); "
+        f"against plain Flower with SecAgg+: {overhead_secagg_same:+.0%}.",
         f"- Start-up a stock SuperNode pays per message (fresh Python importing flwr, torch and the ClientApp): "
         f"**{startup:.2f} s** x 2 messages per site per round. Sangsaeng's worker imports once: removed "
         "(target: removed or < 2 s).",

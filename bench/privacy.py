@@ -85,22 +85,25 @@ def timing(reps: int = 7) -> dict[str, float]:
     dp_cfg = TrainConfig(epochs=DP_TRAINING_DEFAULTS["local_epochs"], batch_size=DP_TRAINING_DEFAULTS["batch_size"],
                          lr=DP_TRAINING_DEFAULTS["lr"])  # fmt: skip
     plain_cfg = TrainConfig(epochs=2, batch_size=64, lr=3e-3)
-    dp_hidden, plain_hidden = DP_TRAINING_DEFAULTS["hidden"], FederationConfig.hidden
+    dp_model = (DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"])
+    plain_model = (FederationConfig.model, FederationConfig.hidden)
+    clip = DP_TRAINING_DEFAULTS["dp_max_grad_norm"]
 
-    def dp(hidden: tuple[int, ...]) -> None:
-        train_private(build_model(scaler.n_inputs, hidden=hidden), x, y, spec=spec, scaler=scaler, config=dp_cfg,
-                      noise_multiplier=1.5, max_grad_norm=1.0)  # fmt: skip
+    def dp(model: tuple[str, tuple[int, ...]]) -> None:
+        net = build_model(scaler.n_inputs, name=model[0], hidden=model[1])
+        train_private(net, x, y, spec=spec, scaler=scaler, config=dp_cfg, noise_multiplier=1.5, max_grad_norm=clip)
 
-    def plain(hidden: tuple[int, ...], config: TrainConfig) -> None:
-        train_local(build_model(scaler.n_inputs, hidden=hidden), x, y, spec=spec, scaler=scaler, config=config)
+    def plain(model: tuple[str, tuple[int, ...]], config: TrainConfig) -> None:
+        net = build_model(scaler.n_inputs, name=model[0], hidden=model[1])
+        train_local(net, x, y, spec=spec, scaler=scaler, config=config)
 
     jobs = {
-        "dp": lambda: dp(dp_hidden),
-        "plain_same": lambda: plain(dp_hidden, dp_cfg),
-        "plain_default": lambda: plain(plain_hidden, plain_cfg),
+        "dp": lambda: dp(dp_model),
+        "plain_same": lambda: plain(dp_model, dp_cfg),
+        "plain_default": lambda: plain(plain_model, plain_cfg),
         # The same comparison on the non-private model, for the record.
-        "dp_wide": lambda: dp(plain_hidden),
-        "plain_wide": lambda: plain(plain_hidden, dp_cfg),
+        "dp_wide": lambda: dp(plain_model),
+        "plain_wide": lambda: plain(plain_model, dp_cfg),
     }
     for job in jobs.values():  # warm up imports and allocator once
         job()
@@ -113,7 +116,9 @@ def timing(reps: int = 7) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _mlp(hidden: tuple[int, ...]) -> str:
+def _arch(model: str, hidden: tuple[int, ...]) -> str:
+    if model == "ple":
+        return "PLE + " + ("linear (additive model)" if not hidden else "MLP " + "-".join(str(h) for h in hidden))
     return "MLP " + "-".join(str(h) for h in hidden)
 
 
@@ -135,7 +140,8 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d')}, seeds {args.seeds}: {args.rounds} rounds of FedAvg over the natural supplier "
         "splits, each task with the features of its spec (AI4I: the measured ones plus "
         f"{list(get_task('predictive-maintenance').derived_features)}, computed at each site). Non-private runs "
-        f"(and the centralised reference) use the default local training ({_mlp(FederationConfig.hidden)}, batch 64, "
+        f"(and the centralised reference) use the default local training "
+        f"({_arch(FederationConfig.model, FederationConfig.hidden)}, batch 64, "
         "lr 0.003, 2 epochs, balanced class weights); DP runs use the DP defaults "
         f"({DP_TRAINING_DEFAULTS}) with noise calibrated per site so the "
         "whole run ends at or under the per-site epsilon (RDP accountant, delta = 0.1/records). ROC-AUC on the "
@@ -162,7 +168,8 @@ def main() -> int:
     same = t["dp"] / t["plain_same"]
     deployed = t["dp"] / t["plain_default"]
     wide = t["dp_wide"] / t["plain_wide"]
-    dp_model, plain_model = _mlp(DP_TRAINING_DEFAULTS["hidden"]), _mlp(FederationConfig.hidden)
+    dp_model = _arch(DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"])
+    plain_model = _arch(FederationConfig.model, FederationConfig.hidden)
     lines += [
         "",
         "Wall time of one round of local training on AI4I site L (4,200 rows), median of 7 interleaved runs, "

@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from flwr.app import Context, Error, Message
 from flwr.client import NumPyClient
-from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
 
@@ -108,7 +108,7 @@ class SiteClient(NumPyClient):
     ) -> tuple[TaskSpec, FederatedScaler, torch.nn.Module]:
         spec = _spec_from(config)
         scaler = FederatedScaler.from_json(str(config[ConfigKey.SCALER]))
-        model = build_model(scaler.n_inputs, hidden=_hidden(config))
+        model = build_model(scaler.n_inputs, name=str(config.get(ConfigKey.MODEL, "mlp")), hidden=_hidden(config))
         set_weights(model, parameters)
         return spec, scaler, model
 

@@ -36,8 +36,15 @@ import typer
 
 from models.errors import SangsaengError
 
-__all__ = ["NodeError", "NodeSettings", "start_supernode", "serve_tasks", "check_bundle", "check_private_key",
-           "start_command"]
+__all__ = [
+    "NodeError",
+    "NodeSettings",
+    "start_supernode",
+    "serve_tasks",
+    "check_bundle",
+    "check_private_key",
+    "start_command",
+]
 
 log = logging.getLogger("sangsaeng.client")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise

@@ -228,7 +228,7 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
         from models.schema import validate_frame
 
         frame = validate_frame(raw.assign(**{spec.label: 0}), spec, source=data)
-    net = build_model(scaler.n_inputs, hidden=content.hidden)
+    net = build_model(scaler.n_inputs, name=content.model, hidden=content.hidden)
     set_weights(net, content.weights)
     scores = predict_scores(net, scaler.transform(frame), spec=spec, scaler=scaler)
     column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"

@@ -19,6 +19,7 @@ class ConfigKey:
     LR = "sangsaeng.lr"
     WEIGHT_DECAY = "sangsaeng.weight_decay"
     SEED = "sangsaeng.seed"
+    MODEL = "sangsaeng.model"  # architecture name (models.architectures)
     HIDDEN = "sangsaeng.hidden"  # comma-separated layer widths
     CLASS_WEIGHT = "sangsaeng.class_weight"
     PROXIMAL_MU = "proximal_mu"  # set by Flower's FedProx strategy

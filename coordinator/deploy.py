@@ -219,8 +219,8 @@ def start_gateway(settings: SuperLinkSettings) -> subprocess.Popen:
         cert=certs.server_cert, key=certs.server_key, ca=certs.ca_cert,
     ), encoding="utf-8")  # fmt: skip
     nginx = _executable("nginx")
-    check = subprocess.run([nginx, "-t", "-q", "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")],
-                           capture_output=True, text=True)  # fmt: skip
+    test_config = [nginx, "-t", "-q", "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
+    check = subprocess.run(test_config, capture_output=True, text=True)
     if check.returncode != 0:
         raise DeploymentError(f"nginx rejected the gateway configuration {conf}: {check.stderr.strip()}")
     process = subprocess.Popen(
@@ -298,7 +298,7 @@ class FlowerControl:
         result = subprocess.run([_executable("flwr"), *args, "--format", "json"], capture_output=True, text=True,
                                 env=flower_env(self.layout), timeout=timeout)  # fmt: skip
         try:
-            payload = json.loads(result.stdout[result.stdout.index("{"):])
+            payload = json.loads(result.stdout[result.stdout.index("{") :])
         except ValueError:
             raise DeploymentError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed: "
                                   f"{(result.stderr or result.stdout).strip()[-500:]}") from None  # fmt: skip
@@ -342,7 +342,9 @@ def portal_site_keys(portal: str, token: str, federation: int, *, http: Any = No
     if response.status_code != 200:
         raise DeploymentError(f"portal {portal} refused the site-key list: HTTP {response.status_code} "
                               f"{response.text[:200]}")  # fmt: skip
-    return [SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in response.json()]
+    return [
+        SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in response.json()
+    ]
 
 
 @dataclass

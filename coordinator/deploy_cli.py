@@ -214,8 +214,10 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
         "rounds": [
             {
                 "round": r["round"],
-                "metrics": {**{k: v for k, v in r.get("federated_eval", {}).items() if k != "loss"},
-                            "train_loss": r.get("train_loss")},  # fmt: skip
+                "metrics": {
+                    **{k: v for k, v in r.get("federated_eval", {}).items() if k != "loss"},
+                    "train_loss": r.get("train_loss"),
+                },  # fmt: skip
                 "sites_trained": r.get("sites_trained", []),
                 "failures": r.get("failures", []),
             }
@@ -229,4 +231,3 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
     if results["rounds"]:
         plot_rounds(results, out_dir / "metrics.png")
     return results
-

@@ -88,7 +88,9 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 def init_network(certs: NetworkCerts, *, name: str, hosts: list[str], now: dt.datetime | None = None) -> None:
     """Create the network CA and a first server certificate for `hosts`; refuses to overwrite a CA."""
     if certs.ca_key.exists() or certs.ca_cert.exists():
-        raise CertificateError(f"{certs.dir} already holds a network CA; use `certs rotate` for a new server certificate")
+        raise CertificateError(
+            f"{certs.dir} already holds a network CA; use `certs rotate` for a new server certificate"
+        )
     certs.dir.mkdir(parents=True, exist_ok=True)
     now = now or _now()
     key = ec.generate_private_key(ec.SECP384R1())
@@ -103,9 +105,20 @@ def init_network(certs: NetworkCerts, *, name: str, hosts: list[str], now: dt.da
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)  # fmt: skip
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
@@ -175,7 +188,9 @@ def check_server_certificate(
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise CertificateError(f"{certs.server_cert} was not issued by the network CA {certs.ca_cert}") from exc
     if now < cert.not_valid_before_utc:
-        raise CertificateError(f"{certs.server_cert} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        raise CertificateError(
+            f"{certs.server_cert} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
     if now >= cert.not_valid_after_utc:
         raise CertificateError(
             f"{certs.server_cert} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "

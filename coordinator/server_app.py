@@ -130,7 +130,10 @@ def run_federation(
         if not healthy:
             raise FederationError("no site supplied usable data: " + "; ".join(problems.values()))
         scaler = FederatedScaler.combine([p for _, p, _, _ in healthy.values()], spec)
-        initial, done = get_weights(build_model(scaler.n_inputs, hidden=config.hidden, seed=config.seed)), 0
+        initial, done = (
+            get_weights(build_model(scaler.n_inputs, name=config.model, hidden=config.hidden, seed=config.seed)),
+            0,
+        )
 
     recorder = RunRecorder(
         config.out_dir,

@@ -191,6 +191,7 @@ class SangsaengStrategy(Strategy):
             ConfigKey.LR: config.lr,
             ConfigKey.WEIGHT_DECAY: config.weight_decay,
             ConfigKey.SEED: config.seed,
+            ConfigKey.MODEL: config.model,
             ConfigKey.HIDDEN: ",".join(str(h) for h in config.hidden),
             ConfigKey.CLASS_WEIGHT: config.class_weight,
             ConfigKey.RUN_ID: str(recorder.manifest["run_id"]),

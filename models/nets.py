@@ -1,4 +1,4 @@
-"""Network architectures for tabular value-chain tasks, by name.
+"""Network architectures for tabular value-chain tasks, by name (see `models.architectures`).
 
 No BatchNorm anywhere: per-sample gradient clipping (DP-SGD) needs layers whose gradients
 separate by sample.
@@ -12,7 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TabularMLP", "build_model", "get_weights", "set_weights", "MODEL_REGISTRY"]
+from models.architectures import PLE_KNOTS, check_architecture, input_width
+
+__all__ = [
+    "TabularMLP",
+    "PiecewiseLinearEncoding",
+    "EncodedMLP",
+    "build_model",
+    "get_weights",
+    "set_weights",
+    "MODEL_REGISTRY",
+]
 
 
 class TabularMLP(nn.Module):
@@ -32,13 +42,49 @@ class TabularMLP(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": TabularMLP}
+class PiecewiseLinearEncoding(nn.Module):
+    """Each input x, followed by its piecewise-linear encoding over fixed bins.
+
+    For bins [k0, k1), [k1, k2), ... the encoding of x is ``clamp((x - k_j) / (k_{j+1} - k_j), 0, 1)``
+    per bin: 1 for bins wholly below x, the fraction of its own bin, 0 above (Gorishniy et al.,
+    2022). Keeping x itself lets the model extrapolate linearly beyond the outer edges.
+
+    The bins are fixed and nothing here is learned, so the encoding adds no weights to share,
+    clip or noise. (The ``rtdl_num_embeddings`` implementation stores its bins as persistent
+    buffers, which would travel with every model update; these are not persistent.)
+    """
+
+    def __init__(self, knots: Sequence[float] = PLE_KNOTS):
+        super().__init__()
+        edges = torch.tensor(knots, dtype=torch.float32)
+        if edges.ndim != 1 or len(edges) < 2 or not bool((edges.diff() > 0).all()):
+            raise ValueError(f"bin edges must increase strictly, got {list(knots)}")
+        scale = 1.0 / edges.diff()
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("offset", -edges[:-1] * scale, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bins = torch.addcmul(self.offset, x.unsqueeze(-1), self.scale).clamp_(0.0, 1.0)
+        return torch.cat([x, bins.flatten(1)], dim=1)
+
+
+class EncodedMLP(TabularMLP):
+    """`PiecewiseLinearEncoding` then `TabularMLP`; with ``hidden=()`` an additive model."""
+
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = ()):
+        super().__init__(input_width("ple", n_inputs), hidden)
+        self.encoding = PiecewiseLinearEncoding(PLE_KNOTS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.encoding(x))
+
+
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": TabularMLP, "ple": EncodedMLP}
 
 
 def build_model(n_inputs: int, *, name: str = "mlp", hidden: Sequence[int] = (64, 32), seed: int = 0) -> nn.Module:
     """A freshly initialised model; the same seed gives the same initial weights everywhere."""
-    if name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model '{name}' (known: {sorted(MODEL_REGISTRY)})")
+    check_architecture(name)
     torch.manual_seed(seed)
     return MODEL_REGISTRY[name](n_inputs, hidden=tuple(hidden))
 

@@ -3,7 +3,7 @@
 Layout::
 
     artifact.json        {"format": "sangsaeng-model/1", "task": {...TaskSpec...},
-                          "scaler": "<FederatedScaler JSON>", "model": "mlp", "hidden": [64, 32],
+                          "scaler": "<FederatedScaler JSON>", "model": "mlp"|"ple", "hidden": [64, 32],
                           "weights": ["w000", ...], "source": {"run_ref": ..., "round": ...}}
     weights/w000.npy     the global model's arrays, in `models.nets.get_weights` order
 
@@ -48,6 +48,10 @@ class ModelArtifactContent:
         return self.manifest["scaler"]
 
     @property
+    def model(self) -> str:
+        return str(self.manifest.get("model", "mlp"))
+
+    @property
     def hidden(self) -> list[int]:
         return [int(h) for h in self.manifest["hidden"]]
 
@@ -60,7 +64,13 @@ def _entry(name: str) -> zipfile.ZipInfo:
 
 
 def build_artifact(
-    weights: list[np.ndarray], *, task: dict[str, Any], scaler_json: str, hidden: list[int], source: dict[str, Any]
+    weights: list[np.ndarray],
+    *,
+    task: dict[str, Any],
+    scaler_json: str,
+    hidden: list[int],
+    source: dict[str, Any],
+    model: str = "mlp",
 ) -> bytes:
     """The artifact's bytes (deterministic for equal inputs)."""
     names = [f"w{i:03d}" for i in range(len(weights))]
@@ -68,7 +78,7 @@ def build_artifact(
         "format": FORMAT,
         "task": task,
         "scaler": scaler_json,
-        "model": "mlp",
+        "model": model,
         "hidden": [int(h) for h in hidden],
         "weights": names,
         "source": source,
@@ -127,6 +137,7 @@ def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> Mode
 
 def _check_consistency(content: ModelArtifactContent) -> None:
     """The task parses, the scaler fits it and the first layer takes the scaler's inputs."""
+    from models.architectures import input_width
     from models.errors import SangsaengError
     from models.scaler import FederatedScaler
     from models.tasks import TaskSpec
@@ -138,13 +149,22 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         raise ArtifactError(f"artifact's task or scaler is invalid: {exc}") from None
     if scaler.spec_name != spec.name:
         raise ArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
+    try:
+        width = input_width(content.model, scaler.n_inputs)
+    except ValueError as exc:
+        raise ArtifactError(f"artifact's model: {exc}") from None
     hidden = content.hidden
     expected = 2 * (len(hidden) + 1)
     if len(content.weights) != expected:
-        raise ArtifactError(f"artifact has {len(content.weights)} weight arrays; an MLP {hidden} needs {expected}")
+        raise ArtifactError(
+            f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs {expected}"
+        )
     first = content.weights[0]
-    if first.ndim != 2 or first.shape[1] != scaler.n_inputs:
-        raise ArtifactError(f"first layer has shape {first.shape}; the scaler produces {scaler.n_inputs} inputs")
+    if first.ndim != 2 or first.shape[1] != width:
+        raise ArtifactError(
+            f"first layer has shape {first.shape}; a '{content.model}' model on the scaler's "
+            f"{scaler.n_inputs} inputs takes {width}"
+        )
 
 
 def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
@@ -168,5 +188,6 @@ def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
         scaler_json=run["scaler"],
         hidden=list(config.get("hidden", [64, 32])),
         source=source,
+        model=str(config.get("model", "mlp")),
     )
     return data, source

@@ -106,20 +106,25 @@ def network(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
         wait_until(lambda: _get(f"{net.portal}/api/v1/keys/release-signing") == 200, 60, "the portal")
         subprocess.run(cli("portal", "create-admin", "--email", "anchor@hyundai.example", "--org", "Anchor Motors",
                            "--password", PASSWORD), env=net.env, check=True, capture_output=True)  # fmt: skip
-        token = httpx.post(f"{net.portal}/api/v1/login/access-token",
-                           data={"username": "anchor@hyundai.example", "password": PASSWORD}).json()["access_token"]  # fmt: skip
+        token = httpx.post(
+            f"{net.portal}/api/v1/login/access-token", data={"username": "anchor@hyundai.example", "password": PASSWORD}
+        ).json()["access_token"]
         net.anchor = httpx.Client(base_url=net.portal, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         net.fid = net.anchor.post("/api/v1/federations", json={"name": "Maintenance", "task_name": TASK,
                                                                "threshold": 0.5}).json()["id"]  # fmt: skip
         files, _ = write_site_files(read_table(sample_path(TASK)), SAMPLES[TASK].split_by, net.root / "data",
                                     spec=get_task(TASK))  # fmt: skip
         for name, path in files.items():
-            invite = net.anchor.post(f"/api/v1/federations/{net.fid}/invites",
-                                     json={"organisation_name": f"Supplier {name}", "site_name": f"line-{name}"}).json()  # fmt: skip
+            invite = net.anchor.post(
+                f"/api/v1/federations/{net.fid}/invites",
+                json={"organisation_name": f"Supplier {name}", "site_name": f"line-{name}"},
+            ).json()
             record = pc.enroll(net.portal, invite["token"], net.root / f"site-{name}")
             assert net.anchor.post(f"/api/v1/memberships/{record['membership_id']}/approve").status_code == 200
             net.sites[name] = {"dir": net.root / f"site-{name}", "data": path, "membership": record["membership_id"]}
-        coordinator_token = net.anchor.post(f"/api/v1/federations/{net.fid}/tokens", json={"name": "ci"}).json()["token"]
+        coordinator_token = net.anchor.post(f"/api/v1/federations/{net.fid}/tokens", json={"name": "ci"}).json()[
+            "token"
+        ]
         (net.root / "coordinator.token").write_text(coordinator_token)
 
         subprocess.run(cli("coordinator", "certs", "init", "--state", str(net.state), "--name", "Anchor Motors",
@@ -165,8 +170,13 @@ def listening_addresses(port: int) -> set[str]:
 def run_supernode(network: Network, log: Path, *args: str) -> tuple[int, str]:
     """A stock flower-supernode run to its end; its output goes to a file (its children hold pipes)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(["flower-supernode", "--max-retries", "1", "--port", str(free_port()), *args],
-                                   env=network.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            ["flower-supernode", "--max-retries", "1", "--port", str(free_port()), *args],
+            env=network.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = process.wait(timeout=120)
         finally:
@@ -261,7 +271,9 @@ def test_supplier_reaches_only_the_fleet_api(network: Network) -> None:
         assert response.status_code == 403 and "only the Fleet API" in response.text, path
     fleet = httpx.post(base + "/v1/fleet/activate-node", content=b"{}", verify=ca)
     assert fleet.status_code != 403 or "only the Fleet API" not in fleet.text  # reached Flower itself
-    assert listening_addresses(network.internal_port) == {"0100007F"}  # the Control API is on the anchor's loopback only
+    assert listening_addresses(network.internal_port) == {
+        "0100007F"
+    }  # the Control API is on the anchor's loopback only
 
 
 def _reset_ledgers(network: Network) -> None:

@@ -34,8 +34,19 @@ def test_init_makes_a_ca_and_a_server_certificate_openssl_accepts(certs: Network
     assert stat.S_IMODE(certs.server_key.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
     assert server_hosts(cert) == ["link.anchor.example", "localhost", "10.0.0.5"]
-    result = subprocess.run(["openssl", "verify", "-attime", str(int((NOW + dt.timedelta(days=1)).timestamp())),
-                             "-CAfile", str(certs.ca_cert), str(certs.server_cert)], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-attime",
+            str(int((NOW + dt.timedelta(days=1)).timestamp())),
+            "-CAfile",
+            str(certs.ca_cert),
+            str(certs.server_cert),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     with pytest.raises(CertificateError, match="already holds a network CA"):
         init_network(certs, name="Again", hosts=["x"], now=NOW)

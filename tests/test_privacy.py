@@ -103,16 +103,16 @@ def test_corrupt_ledger_is_an_error_not_a_fresh_start(tmp_path):
 
 
 # -- DP-SGD really applied -----------------------------------------------------------------
-def _private_batch(noise: float, clip: float, seed: int = 0):
+def _private_batch(noise: float, clip: float, seed: int = 0, model: str = "mlp"):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 8)).astype(np.float32) * 10
     y = (rng.random(256) < 0.3).astype(np.float32)
     spec = get_task("predictive-maintenance")
     scaler = FederatedScaler(spec.name, (), {}, {}, {}, 0.0, 1.0, 256, 77)
     torch.manual_seed(0)
-    model = build_model(8, seed=0)
+    net = build_model(8, name=model, hidden=() if model == "ple" else (64, 32), seed=0)
     private, optimiser, loader = make_private(
-        model, x, y, spec=spec, scaler=scaler, config=TrainConfig(batch_size=64, seed=seed),
+        net, x, y, spec=spec, scaler=scaler, config=TrainConfig(batch_size=64, seed=seed),
         noise_multiplier=noise, max_grad_norm=clip,
     )  # fmt: skip
     xb, yb = torch.as_tensor(x[:64]), torch.as_tensor(y[:64])
@@ -123,9 +123,10 @@ def _private_batch(noise: float, clip: float, seed: int = 0):
     return per_sample, grad, optimiser
 
 
-def test_clipping_bounds_per_sample_gradients():
+@pytest.mark.parametrize("model", ["mlp", "ple"])
+def test_clipping_bounds_per_sample_gradients(model):
     clip = 0.05
-    per_sample, grad, optimiser = _private_batch(noise=0.0, clip=clip)
+    per_sample, grad, optimiser = _private_batch(noise=0.0, clip=clip, model=model)
     assert per_sample.max() > 5 * clip  # raw per-sample gradients are far above the bound...
     # ...the clipped mean over the batch is bounded by the clip norm (sum of <= clip, over expected size)
     assert grad.norm() <= clip * 64 / optimiser.expected_batch_size + 1e-6

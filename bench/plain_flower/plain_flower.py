@@ -82,5 +82,9 @@ def main(grid: Grid, context: Context) -> None:
         initial_parameters=ndarrays_to_parameters(get_weights(build_model(n_inputs, hidden=HIDDEN, seed=0))),
     )  # fmt: skip
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=int(config["num-rounds"])), strategy=strategy)
-    fit = SecAggPlusWorkflow(num_shares=sites, reconstruction_threshold=2, max_weight=10000.0) if config["secagg"] else None
+    fit = (
+        SecAggPlusWorkflow(num_shares=sites, reconstruction_threshold=2, max_weight=10000.0)
+        if config["secagg"]
+        else None
+    )
     (DefaultWorkflow(fit_workflow=fit) if fit else DefaultWorkflow())(grid, legacy)

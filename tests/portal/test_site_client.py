@@ -21,20 +21,20 @@ from portal.uploader import UploadError, run_report, upload_run
 from tests.portal.factories import API, network
 
 
-def make_run_dir(tmp_path, sites=("alpha-line-1", "beta-line-1"), auc=0.9, privacy=None):
+def make_run_dir(tmp_path, sites=("alpha-line-1", "beta-line-1"), auc=0.9, privacy=None, model=("mlp", (16, 8))):
     """A coordinator run directory written by the coordinator's own RunRecorder."""
     spec = get_task("predictive-maintenance")
     frame = validate_frame(pd.read_csv(sample_path(spec.name), nrows=600), spec, source="sample")
     scaler = FederatedScaler.fit_pooled(frame, spec)
     out = tmp_path / "run"
     header = {
-        "config": {"task": spec.to_dict(), "hidden": [16, 8]},
+        "config": {"task": spec.to_dict(), "model": model[0], "hidden": list(model[1])},
         "task": {"name": spec.name},
         "scaler": scaler.to_json(),
         "sites": {s: {"n_train": 10} for s in sites},
     }
     recorder = RunRecorder(out, header)
-    weights = get_weights(build_model(scaler.n_inputs, hidden=(16, 8), seed=0))
+    weights = get_weights(build_model(scaler.n_inputs, name=model[0], hidden=model[1], seed=0))
     for rnd in (1, 2):
         recorder.save_checkpoint(rnd, weights)
         recorder.update_round(
@@ -56,9 +56,10 @@ def make_run_dir(tmp_path, sites=("alpha-line-1", "beta-line-1"), auc=0.9, priva
     return out, frame
 
 
-def test_enroll_pull_and_predict_end_to_end(portal, client, tmp_path):
+@pytest.mark.parametrize("model", [("mlp", (16, 8)), ("ple", ())], ids=["mlp", "ple"])
+def test_enroll_pull_and_predict_end_to_end(portal, client, tmp_path, model):
     net = network(portal)
-    run_dir, frame = make_run_dir(tmp_path)
+    run_dir, frame = make_run_dir(tmp_path, model=model)
     client.headers.update(net.coordinator)
     run, release = upload_run(client, net.fid, run_dir, version="1.2.0")
     client.headers.pop("Authorization")
@@ -155,5 +156,21 @@ def test_artifact_is_deterministic_and_validated(tmp_path):
     assert first == second and source["round"] == 2
     content = read_artifact(first)
     assert content.hidden == [16, 8] and isinstance(content.weights[0], np.ndarray)
+    assert content.model == "mlp"
     with pytest.raises(ArtifactError, match="zip"):
         read_artifact(b"nope")
+
+
+def test_artifact_records_its_architecture_and_a_mismatch_is_refused(tmp_path):
+    from portal.artifact import artifact_from_run, build_artifact, read_artifact
+    from portal.core.errors import ArtifactError
+
+    run_dir, _ = make_run_dir(tmp_path, model=("ple", ()))
+    data, _ = artifact_from_run(run_dir)
+    content = read_artifact(data)
+    assert content.model == "ple" and content.hidden == [] and len(content.weights) == 2
+    fields = {"task": content.task, "scaler_json": content.scaler_json, "source": {"run_ref": "x", "round": 1}}
+    with pytest.raises(ArtifactError, match=r"shape \(1, 143\); a 'mlp' model on the scaler's 11 inputs takes 11"):
+        read_artifact(build_artifact(content.weights, hidden=[], model="mlp", **fields))
+    with pytest.raises(ArtifactError, match="unknown model 'forest'"):
+        read_artifact(build_artifact(content.weights, hidden=[], model="forest", **fields))

@@ -1,0 +1,37 @@
+"""The model architectures by name, in plain Python (no torch): enough to check an artifact.
+
+- ``mlp``: the standardised inputs straight into a multilayer perceptron.
+- ``ple``: each standardised input also passes through a fixed piecewise-linear encoding
+  (Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep Learning",
+  NeurIPS 2022) before the perceptron. With no hidden layer the model is a generalised
+  additive model: one learned piecewise-linear curve per input, summed. It is the default
+  under DP-SGD: a convex model on good features loses far less to the noise than a deep net
+  (Tramèr & Boneh, "Differentially Private Learning Needs Better Features", ICLR 2021).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ARCHITECTURES", "PLE_KNOTS", "check_architecture", "input_width"]
+
+# Bin edges in standard deviations from the federation's mean (the inputs are standardised by
+# the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
+# finer bins measured worse under DP (more weights share the noise), coarser ones worse too.
+PLE_KNOTS: tuple[float, ...] = tuple(k / 2 for k in range(-6, 7))
+
+ARCHITECTURES: dict[str, str] = {
+    "mlp": "multilayer perceptron on the standardised inputs",
+    "ple": "piecewise-linear encoding of each input, then a perceptron (none: an additive model)",
+}
+
+
+def check_architecture(name: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model '{name}' (known: {sorted(ARCHITECTURES)})")
+    return name
+
+
+def input_width(name: str, n_inputs: int) -> int:
+    """Width of the first linear layer: the inputs, plus one value per bin under ``ple``."""
+    if check_architecture(name) == "ple":
+        return n_inputs * len(PLE_KNOTS)  # the input itself and len(PLE_KNOTS) - 1 bins
+    return n_inputs
