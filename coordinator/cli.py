@@ -22,7 +22,8 @@ from rich.console import Console  # noqa: E402
 
 from client import node, portal_commands  # noqa: E402
 from coordinator import deploy_cli  # noqa: E402
-from coordinator.config import STRATEGIES, FederationConfig  # noqa: E402
+from coordinator.config import DP_TRAINING_DEFAULTS, STRATEGIES, FederationConfig, parse_hidden  # noqa: E402
+from models.architectures import ARCHITECTURES  # noqa: E402
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
 from portal import cli as portal_cli  # noqa: E402
@@ -44,10 +45,26 @@ console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
 Strategy = Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")]
-LocalEpochs = Annotated[int | None, typer.Option(min=1, help="Local epochs per round at each site (default 2).")]
-BatchSize = Annotated[int | None, typer.Option(min=1, help="Local batch size (default 64; 512 with DP-SGD).")]
+_DP = DP_TRAINING_DEFAULTS
+LocalEpochs = Annotated[
+    int | None,
+    typer.Option(min=1, help=f"Local epochs per round at each site (default 2; {_DP['local_epochs']} with DP-SGD)."),
+]
+BatchSize = Annotated[
+    int | None, typer.Option(min=1, help=f"Local batch size (default 64; {_DP['batch_size']} with DP-SGD).")
+]
 LearningRate = Annotated[
-    float | None, typer.Option(min=1e-6, help="Local learning rate (default 0.003; 0.03 with DP-SGD).")
+    float | None, typer.Option(min=1e-6, help=f"Local learning rate (default 0.003; {_DP['lr']} with DP-SGD).")
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Model: {', '.join(ARCHITECTURES)} (default mlp; {_DP['model']} with DP-SGD, see docs/privacy.md)."
+    ),
+]
+Hidden = Annotated[
+    str | None,
+    typer.Option(help="Hidden layer widths, e.g. 64,32, or 'none' (default 64,32; none with DP-SGD)."),
 ]
 FractionFit = Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of sites per round.")]
 MinSites = Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")]
@@ -58,7 +75,8 @@ DpEpsilon = Annotated[
     typer.Option(min=0.01, help="Record-level DP-SGD at every site; the per-site epsilon of the whole run."),
 ]
 DpClip = Annotated[
-    float | None, typer.Option(min=1e-6, help="Per-sample gradient clipping norm of DP-SGD (default 20).")
+    float | None,
+    typer.Option(min=1e-6, help=f"Per-sample gradient clipping norm of DP-SGD (default {_DP['dp_max_grad_norm']:g})."),
 ]
 CentralNoise = Annotated[
     float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
@@ -102,9 +120,9 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
         console.print(f"privacy report: {config.out_dir / 'privacy' / 'report.json'} (signed; report.html for people)")
 
 
-def _config(spec: TaskSpec, out: Path, **kwargs: object) -> FederationConfig:
+def _config(spec: TaskSpec, out: Path, hidden: str | None = None, **kwargs: object) -> FederationConfig:
     try:
-        return FederationConfig.with_defaults(task=spec, out_dir=out, **kwargs)
+        return FederationConfig.with_defaults(task=spec, out_dir=out, hidden=parse_hidden(hidden), **kwargs)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -118,6 +136,8 @@ def demo(
     local_epochs: LocalEpochs = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
+    model: Model = None,
+    hidden: Hidden = None,
     fraction_fit: FractionFit = 1.0,
     min_sites: MinSites = 2,
     seed: Seed = 0,
@@ -137,7 +157,7 @@ def demo(
         spec = get_task(task)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
-                         batch_size=batch_size, lr=lr,
+                         batch_size=batch_size, lr=lr, model=model, hidden=hidden,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
                          central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, sample_path(task), SAMPLES[task].split_by, config)
@@ -156,6 +176,8 @@ def simulate(
     local_epochs: LocalEpochs = None,
     batch_size: BatchSize = None,
     lr: LearningRate = None,
+    model: Model = None,
+    hidden: Hidden = None,
     fraction_fit: FractionFit = 1.0,
     min_sites: MinSites = 2,
     seed: Seed = 0,
@@ -171,7 +193,7 @@ def simulate(
         spec = load_task_spec(task_spec)
         config = _config(spec, out, num_rounds=rounds, strategy=strategy, local_epochs=local_epochs,
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
-                         batch_size=batch_size, lr=lr,
+                         batch_size=batch_size, lr=lr, model=model, hidden=hidden,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
                          central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
         _run(spec, data, split_by, config)

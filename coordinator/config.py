@@ -10,7 +10,7 @@ from typing import Any
 from models.architectures import check_architecture
 from models.tasks import TaskSpec, builtin_tasks, get_task
 
-__all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS"]
+__all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS", "parse_hidden"]
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Local training that suits DP-SGD (measured by bench/privacy.py and docs/privacy.md):
@@ -31,6 +31,21 @@ DP_TRAINING_DEFAULTS: dict[str, Any] = {
     "local_epochs": 4,
     "dp_max_grad_norm": 10.0,
 }
+
+
+def parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    """Hidden layer widths from text ("64,32"; "none" for no hidden layer); None keeps the default."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"hidden layers must be widths like 64,32 or 'none', got '{text}'") from None
+    if any(w < 1 for w in widths):
+        raise ValueError(f"hidden layer widths must be positive, got '{text}'")
+    return widths
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,8 @@ def run(
     min_sites: Annotated[int, typer.Option(min=1)] = 2,
     dp_epsilon: Annotated[float | None, typer.Option(min=0.01, help="Per-site DP-SGD budget of the run.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+).")] = False,
+    model: Annotated[str | None, typer.Option(help="Model: mlp or ple (default mlp; ple with DP-SGD).")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Hidden widths, e.g. 64,32, or 'none'.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Run directory (manifest, checkpoints, results, privacy report).")] = Path(
         "sangsaeng-run"
@@ -154,7 +156,7 @@ def run(
     """Train on the admitted sites through the running SuperLink (`coordinator up`)."""
     import tomli_w
 
-    from coordinator.config import FederationConfig
+    from coordinator.config import FederationConfig, parse_hidden
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
     from models.tasks import get_task
 
@@ -162,7 +164,7 @@ def run(
     try:
         config = FederationConfig.with_defaults(
             task=get_task(task), num_rounds=rounds, min_sites=min_sites, dp_epsilon=dp_epsilon, secagg=secagg,
-            seed=seed, out_dir=out.resolve(), key_dir=key_dir.resolve(),
+            seed=seed, out_dir=out.resolve(), key_dir=key_dir.resolve(), model=model, hidden=parse_hidden(hidden),
         )  # fmt: skip
     except (SangsaengError, ValueError) as exc:
         _fail(exc)

@@ -47,3 +47,20 @@ def test_client_validate_names_the_problem(tmp_path, ai4i):
     ai4i.head(50).to_csv(path, index=False)
     ok = runner.invoke(app, ["client", "validate", "--task", "predictive-maintenance", "--data", str(path)])
     assert ok.exit_code == 0 and "50 rows fit task 'predictive-maintenance'" in said(ok)
+
+
+def test_demo_refuses_an_unknown_model_or_bad_hidden_layers(tmp_path):
+    done = runner.invoke(app, ["demo", "--model", "forest", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 2 and "unknown model 'forest' (known: ['mlp', 'ple'])" in said(done)
+    done = runner.invoke(app, ["demo", "--hidden", "64,x", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 2 and "hidden layers must be widths like 64,32 or 'none', got '64,x'" in said(done)
+    done = runner.invoke(app, ["demo", "--hidden", "0", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 2 and "widths must be positive" in said(done)
+    assert not (tmp_path / "out").exists()
+
+
+def test_parse_hidden():
+    from coordinator.config import parse_hidden
+
+    assert parse_hidden(None) is None and parse_hidden("none") == () and parse_hidden("") == ()
+    assert parse_hidden("64,32") == (64, 32) and parse_hidden(" 16 ") == (16,)

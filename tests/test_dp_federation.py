@@ -33,8 +33,8 @@ def dp_run(ai4i, tmp_path_factory):
     ledger.record_round(plan, server_round=1, steps=plan.steps)
 
     config = FederationConfig(
-        task=PM, num_rounds=2, local_epochs=1, batch_size=256, lr=0.03, out_dir=out, min_sites=2, model="ple", hidden=(),
-        dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, key_dir=out / "keys",
+        task=PM, num_rounds=2, local_epochs=1, batch_size=256, lr=0.03, out_dir=out, min_sites=2,
+        model="ple", hidden=(), dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, key_dir=out / "keys",
     )  # fmt: skip
     results = run_experiment(PM, site_files, config, site_policies=policies)
     return out, results

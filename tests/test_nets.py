@@ -70,10 +70,8 @@ def test_unknown_architecture_is_refused_by_name():
 
 def test_dp_runs_default_to_the_additive_model_and_overrides_win(tmp_path):
     private = FederationConfig.with_defaults(task=PM, dp_epsilon=3.0, out_dir=tmp_path)
-    assert (private.model, private.hidden) == (DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"]) == (
-        "ple",
-        (),
-    )
+    assert (private.model, private.hidden) == ("ple", ())
+    assert (DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"]) == ("ple", ())
     assert private.dp_max_grad_norm == DP_TRAINING_DEFAULTS["dp_max_grad_norm"]
     chosen = FederationConfig.with_defaults(task=PM, dp_epsilon=3.0, model="mlp", hidden=(16,))
     assert (chosen.model, chosen.hidden) == ("mlp", (16,))
