@@ -23,7 +23,7 @@ from rich.console import Console  # noqa: E402
 from client import node, portal_commands  # noqa: E402
 from coordinator import deploy_cli  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS, STRATEGIES, FederationConfig, parse_hidden  # noqa: E402
-from models.architectures import ARCHITECTURES  # noqa: E402
+from coordinator.deploy_cli import Hidden, Model  # noqa: E402
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
 from portal import cli as portal_cli  # noqa: E402
@@ -55,16 +55,6 @@ BatchSize = Annotated[
 ]
 LearningRate = Annotated[
     float | None, typer.Option(min=1e-6, help=f"Local learning rate (default 0.003; {_DP['lr']} with DP-SGD).")
-]
-Model = Annotated[
-    str | None,
-    typer.Option(
-        help=f"Model: {', '.join(ARCHITECTURES)} (default mlp; {_DP['model']} with DP-SGD, see docs/privacy.md)."
-    ),
-]
-Hidden = Annotated[
-    str | None,
-    typer.Option(help="Hidden layer widths, e.g. 64,32, or 'none' (default 64,32; none with DP-SGD)."),
 ]
 FractionFit = Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of sites per round.")]
 MinSites = Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")]

@@ -124,6 +124,12 @@ class FederationConfig:
             given = {**DP_TRAINING_DEFAULTS, **given}
         return cls(**given)
 
+    def new_model(self, n_inputs: int, *, seed: int = 0) -> Any:
+        """A freshly initialised model of this run's architecture (`model`, `hidden`)."""
+        from models.nets import build_model  # torch only where a model is built
+
+        return build_model(n_inputs, name=self.model, hidden=self.hidden, seed=seed)
+
     def replace(self, **changes: Any) -> FederationConfig:
         return dataclasses.replace(self, **changes)
 

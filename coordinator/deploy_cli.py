@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 
 from coordinator.checkpoint import write_json
+from coordinator.config import DP_TRAINING_DEFAULTS
+from models.architectures import ARCHITECTURES
 from models.errors import SangsaengError
 
 __all__ = ["app", "certs_app", "write_deployment_results"]
@@ -25,6 +27,18 @@ console = Console()
 
 State = Annotated[Path, typer.Option("--state", help="The coordinator's state directory.")]
 _DEFAULT_STATE = Path.home() / ".sangsaeng" / "coordinator-deploy"
+# Shared with `sangsaeng demo` / `simulate` (coordinator.cli).
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Model: {', '.join(ARCHITECTURES)} (default mlp; {DP_TRAINING_DEFAULTS['model']} with DP-SGD, "
+        "see docs/privacy.md)."
+    ),
+]
+Hidden = Annotated[
+    str | None,
+    typer.Option(help="Hidden layer widths, e.g. 64,32, or 'none' (default 64,32; none with DP-SGD)."),
+]
 _DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
 
 
@@ -144,8 +158,8 @@ def run(
     min_sites: Annotated[int, typer.Option(min=1)] = 2,
     dp_epsilon: Annotated[float | None, typer.Option(min=0.01, help="Per-site DP-SGD budget of the run.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+).")] = False,
-    model: Annotated[str | None, typer.Option(help="Model: mlp or ple (default mlp; ple with DP-SGD).")] = None,
-    hidden: Annotated[str | None, typer.Option(help="Hidden widths, e.g. 64,32, or 'none'.")] = None,
+    model: Model = None,
+    hidden: Hidden = None,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Run directory (manifest, checkpoints, results, privacy report).")] = Path(
         "sangsaeng-run"
@@ -219,7 +233,7 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
                 "metrics": {
                     **{k: v for k, v in r.get("federated_eval", {}).items() if k != "loss"},
                     "train_loss": r.get("train_loss"),
-                },  # fmt: skip
+                },
                 "sites_trained": r.get("sites_trained", []),
                 "failures": r.get("failures", []),
             }

@@ -118,7 +118,7 @@ def init_network(certs: NetworkCerts, *, name: str, hosts: list[str], now: dt.da
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )

@@ -34,7 +34,7 @@ from coordinator.config import FederationConfig
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.strategies import EvaluateFn, SangsaengStrategy, SiteClientManager, build_strategy
 from models.errors import SangsaengError
-from models.nets import build_model, get_weights
+from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
 from privacy.audit import AuditLog
 from privacy.central import CentralDP
@@ -130,10 +130,7 @@ def run_federation(
         if not healthy:
             raise FederationError("no site supplied usable data: " + "; ".join(problems.values()))
         scaler = FederatedScaler.combine([p for _, p, _, _ in healthy.values()], spec)
-        initial, done = (
-            get_weights(build_model(scaler.n_inputs, name=config.model, hidden=config.hidden, seed=config.seed)),
-            0,
-        )
+        initial, done = get_weights(config.new_model(scaler.n_inputs, seed=config.seed)), 0
 
     recorder = RunRecorder(
         config.out_dir,

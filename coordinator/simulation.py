@@ -27,7 +27,7 @@ from coordinator.server_app import make_server_app
 from models.datasets import holdout_split, split_by
 from models.errors import SiteDataError, TaskSpecError
 from models.metrics import compute_metrics, mean_of
-from models.nets import build_model, set_weights
+from models.nets import set_weights
 from models.scaler import FederatedScaler, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
@@ -82,7 +82,7 @@ def _train_alone(
     spec: TaskSpec, train: pd.DataFrame, config: FederationConfig, seed_offset: int
 ) -> tuple[Any, FederatedScaler]:
     scaler = FederatedScaler.fit_pooled(train, spec)
-    model = build_model(scaler.n_inputs, name=config.model, hidden=config.hidden, seed=config.seed)
+    model = config.new_model(scaler.n_inputs, seed=config.seed)
     x, y = prepare(train, spec, scaler)
     train_local(
         model, x, y, spec=spec, scaler=scaler,
@@ -103,7 +103,7 @@ def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFr
 def evaluate_weights(
     weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
 ) -> dict[str, float]:
-    model = build_model(scaler.n_inputs, name=config.model, hidden=config.hidden)
+    model = config.new_model(scaler.n_inputs)
     set_weights(model, weights)
     return _score(model, spec, scaler, frame)
 
@@ -145,7 +145,7 @@ def run_experiment(
     x_held, y_held = prepare(held_out, spec, fed_scaler)
 
     def evaluate_fn(_round: int, weights: list[np.ndarray]) -> tuple[float, dict[str, float]]:
-        model = build_model(fed_scaler.n_inputs, name=config.model, hidden=config.hidden)
+        model = config.new_model(fed_scaler.n_inputs)
         set_weights(model, weights)
         return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
 
