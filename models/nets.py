@@ -38,8 +38,20 @@ class TabularMLP(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def head(self) -> nn.Linear:
+        """The output layer."""
+        return self.net[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer sees: the input through every layer before it."""
+        *body, _ = self.net  # (slicing the Sequential would build a new module per call)
+        for layer in body:
+            x = layer(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        return self.head(self.features(x)).squeeze(-1)
 
 
 class PiecewiseLinearEncoding(nn.Module):
@@ -75,8 +87,8 @@ class EncodedMLP(TabularMLP):
         super().__init__(input_width("ple", n_inputs), hidden)
         self.encoding = PiecewiseLinearEncoding(PLE_KNOTS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.encoding(x))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().features(self.encoding(x))
 
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": TabularMLP, "ple": EncodedMLP}

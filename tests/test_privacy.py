@@ -14,14 +14,14 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from models.nets import build_model
+from models.nets import build_model, get_weights
 from models.scaler import FederatedScaler
 from models.tasks import get_task
 from models.training import TrainConfig
 from privacy.accounting import calibrate_noise, epsilon_of
 from privacy.audit import AuditLog
 from privacy.central import CentralDP
-from privacy.dp_sgd import make_private
+from privacy.dp_sgd import make_private, train_private
 from privacy.errors import AuditLogBroken, BudgetExhausted, PolicyError, ReportInvalid, SigningKeyError
 from privacy.keys import PRIVATE_NAME, PUBLIC_NAME, init_signing_key, load_signing_key
 from privacy.ledger import PrivacyLedger
@@ -103,43 +103,98 @@ def test_corrupt_ledger_is_an_error_not_a_fresh_start(tmp_path):
 
 
 # -- DP-SGD really applied -----------------------------------------------------------------
-def _private_batch(noise: float, clip: float, seed: int = 0, model: str = "mlp"):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype(np.float32) * 10
-    y = (rng.random(256) < 0.3).astype(np.float32)
-    spec = get_task("predictive-maintenance")
-    scaler = FederatedScaler(spec.name, (), {}, {}, {}, 0.0, 1.0, 256, 77)
+def _site_data(rows: int = 256, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 8)).astype(np.float32) * 10
+    y = (rng.random(rows) < 0.3).astype(np.float32)
+    scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, rows, 77)
+    return x, y, scaler
+
+
+def _net(model: str):
+    return build_model(8, name=model, hidden=() if model == "ple" else (64, 32), seed=0)
+
+
+def _private_batch(noise: float, clip: float, seed: int = 0, model: str = "mlp", per_sample: str = "auto"):
+    x, y, scaler = _site_data()
     torch.manual_seed(0)
-    net = build_model(8, name=model, hidden=() if model == "ple" else (64, 32), seed=0)
-    private, optimiser, loader = make_private(
-        net, x, y, spec=spec, scaler=scaler, config=TrainConfig(batch_size=64, seed=seed),
-        noise_multiplier=noise, max_grad_norm=clip,
+    net = _net(model)
+    private = make_private(
+        net, x, y, spec=PM, scaler=scaler, config=TrainConfig(batch_size=64, seed=seed),
+        noise_multiplier=noise, max_grad_norm=clip, per_sample=per_sample,
     )  # fmt: skip
     xb, yb = torch.as_tensor(x[:64]), torch.as_tensor(y[:64])
-    torch.nn.BCEWithLogitsLoss()(private(xb), yb).backward()
-    per_sample = torch.stack([p.grad_sample.reshape(64, -1).norm(dim=1) for p in private.parameters()]).norm(dim=0)
-    optimiser.pre_step()  # clip, accumulate, add noise, scale: what step() applies
-    grad = torch.cat([p.grad.reshape(-1) for p in private.parameters()])
-    return per_sample, grad, optimiser
+    private.grad_samples(xb, yb, torch.nn.BCEWithLogitsLoss())
+    params = list(net.parameters())
+    per_sample_grads = torch.cat([p.grad_sample.reshape(64, -1) for p in params], dim=1)
+    private.optimiser.pre_step()  # clip, accumulate, add noise, scale: what step() applies
+    grad = torch.cat([p.grad.reshape(-1) for p in params])
+    return per_sample_grads, grad, private
 
 
-@pytest.mark.parametrize("model", ["mlp", "ple"])
-def test_clipping_bounds_per_sample_gradients(model):
+@pytest.mark.parametrize(("model", "per_sample"), [("mlp", "module"), ("ple", "module"), ("ple", "head")])
+def test_clipping_bounds_per_sample_gradients(model, per_sample):
     clip = 0.05
-    per_sample, grad, optimiser = _private_batch(noise=0.0, clip=clip, model=model)
-    assert per_sample.max() > 5 * clip  # raw per-sample gradients are far above the bound...
+    grads, grad, private = _private_batch(noise=0.0, clip=clip, model=model, per_sample=per_sample)
+    assert private.per_sample == per_sample
+    assert grads.norm(dim=1).max() > 5 * clip  # raw per-sample gradients are far above the bound...
     # ...the clipped mean over the batch is bounded by the clip norm (sum of <= clip, over expected size)
-    assert grad.norm() <= clip * 64 / optimiser.expected_batch_size + 1e-6
+    assert grad.norm() <= clip * 64 / private.optimiser.expected_batch_size + 1e-6
 
 
-def test_noise_is_present_and_scaled_to_sigma_times_clip():
-    _, clean, optimiser = _private_batch(noise=0.0, clip=0.05)
-    _, noisy_a, _ = _private_batch(noise=2.0, clip=0.05, seed=1)
-    _, noisy_b, _ = _private_batch(noise=2.0, clip=0.05, seed=2)
+@pytest.mark.parametrize("per_sample", ["module", "head"])
+def test_noise_is_present_and_scaled_to_sigma_times_clip(per_sample):
+    _, clean, private = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample=per_sample)
+    _, noisy_a, _ = _private_batch(noise=2.0, clip=0.05, seed=1, model="ple", per_sample=per_sample)
+    _, noisy_b, _ = _private_batch(noise=2.0, clip=0.05, seed=2, model="ple", per_sample=per_sample)
     assert not torch.allclose(noisy_a, noisy_b)  # fresh noise per draw
     residual = (noisy_a - clean).numpy()
-    expected_std = 2.0 * 0.05 / optimiser.expected_batch_size
+    expected_std = 2.0 * 0.05 / private.optimiser.expected_batch_size
     assert residual.std() == pytest.approx(expected_std, rel=0.15)
+
+
+def test_output_layer_per_sample_gradients_equal_opacus_grad_sample_module():
+    head, _, _ = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample="head")
+    module, _, _ = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample="module")
+    assert head.abs().max() > 0.1
+    torch.testing.assert_close(head, module, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "batch"), [(400, 64), (40, 1)])  # (40, 1): about a third of batches are empty
+def test_a_round_trains_the_same_weights_whichever_source_of_per_sample_gradients(rows, batch):
+    x, y, scaler = _site_data(rows)
+    config = TrainConfig(epochs=2, batch_size=batch, lr=0.05, seed=3)
+    runs = {}
+    for per_sample in ("head", "module"):
+        net = _net("ple")
+        loss, steps = train_private(
+            net, x, y, spec=PM, scaler=scaler, config=config, noise_multiplier=1.0, max_grad_norm=1.0,
+            per_sample=per_sample,
+        )  # fmt: skip
+        runs[per_sample] = (loss, steps, get_weights(net))
+    assert runs["head"][1] == runs["module"][1] == 2 * math.ceil(rows / batch)  # empty batches are steps too
+    assert runs["head"][0] == pytest.approx(runs["module"][0], rel=1e-5)
+    start = get_weights(_net("ple"))
+    for trained_head, trained_module, initial in zip(runs["head"][2], runs["module"][2], start, strict=True):
+        assert np.abs(trained_head - initial).max() > 1e-3  # it trained...
+        np.testing.assert_allclose(trained_head, trained_module, rtol=1e-4, atol=1e-5)  # ...identically
+
+
+def test_per_sample_source_follows_the_model():
+    x, y, scaler = _site_data()
+    config = TrainConfig(batch_size=64)
+
+    def source(net, per_sample="auto"):
+        return make_private(
+            net, x, y, spec=PM, scaler=scaler, config=config, noise_multiplier=1.0, max_grad_norm=1.0,
+            per_sample=per_sample,
+        ).per_sample  # fmt: skip
+
+    assert source(_net("ple")) == "head"
+    assert source(_net("mlp")) == "module"
+    assert source(build_model(8, name="ple", hidden=(16,))) == "module"  # a hidden layer trains weights before the head
+    with pytest.raises(ValueError, match="only trainable layer"):
+        source(_net("mlp"), per_sample="head")
 
 
 # -- signing and reports ---------------------------------------------------------------------
