@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from models.architectures import ARCHITECTURES
 from portal import audit, crud
 from portal.access import READ_ONLY, Principal, federation_view, own_sites, require
 from portal.artifact import read_artifact
@@ -862,7 +863,9 @@ def model_card(
 ) -> dict[str, Any]:
     """What a release says about itself. Holds aggregates only: no site's privacy spend or metrics."""
     run = session.get(TrainingRun, release.run_id)
-    assert run is not None
+    stored = session.get(ModelArtifact, release.artifact_id)
+    assert run is not None and stored is not None
+    content = read_artifact(stored.content)  # checked at upload; read again for what the card says of it
     privacy = run.privacy
     return {
         "federation": {"id": federation.id, "name": federation.name},
@@ -887,6 +890,12 @@ def model_card(
             else {"differential_privacy": False}
         ),
         "artifact": {"sha256": release.artifact_sha256, "size": release.artifact_size, "format": "sangsaeng-model/1"},
+        "architecture": {
+            "model": content.model,
+            "hidden": content.hidden,
+            "description": ARCHITECTURES[content.model],
+            "parameters": int(sum(w.size for w in content.weights)),
+        },
         "signing_key_fingerprint": signer.fingerprint,
         "published_at": utcnow().replace(microsecond=0).isoformat(),
     }

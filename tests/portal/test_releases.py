@@ -8,6 +8,8 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from models.architectures import ARCHITECTURES
+from portal.artifact import read_artifact
 from portal.protocol import signing_payload
 from tests.portal.factories import API, model_artifact, network, release_body
 
@@ -35,6 +37,10 @@ def test_publish_signs_and_sites_download_verified_artifacts(portal, client, net
     assert card["artifact"]["sha256"] == hashlib.sha256(model_artifact()).hexdigest()
     assert card["evaluation"]["value"] >= card["evaluation"]["threshold"]
     assert "alpha-line-1" not in str(card)  # the card names no site
+    n_inputs = read_artifact(model_artifact()).weights[0].shape[1]
+    assert card["architecture"] == {  # what the sites will run: an MLP with one hidden layer of 8
+        "model": "mlp", "hidden": [8], "description": ARCHITECTURES["mlp"], "parameters": n_inputs * 8 + 8 + 8 + 1,
+    }  # fmt: skip
     download = client.get(f"{API}/releases/{release['id']}/artifact", headers=net.site_a.headers)
     assert download.status_code == 200 and download.content == model_artifact()
     assert download.headers["X-Artifact-SHA256"] == card["artifact"]["sha256"]
