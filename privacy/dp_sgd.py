@@ -3,23 +3,26 @@
 A fresh model is wrapped for each round (never a model wrapped twice), sampling is Poisson
 as the accountant assumes, and the models carry no BatchNorm.
 
-Every step has three parts: per-sample gradients, then Opacus' `DPOptimizer` (clip each
-sample's gradient to ``max_grad_norm``, sum, add Gaussian noise of std ``noise_multiplier *
-max_grad_norm``, divide by the expected batch size), then the optimiser's own update. The
-optimiser and its noise generator always come from Opacus' `PrivacyEngine.make_private`. The
-per-sample gradients come from one of two places:
+Every step clips each sample's gradient to ``max_grad_norm``, sums, adds Gaussian noise of std
+``noise_multiplier * max_grad_norm`` and divides by the expected batch size. Opacus'
+`PrivacyEngine.make_private` sets up the optimiser that does this, and its noise generator.
+How each sample's gradient is bounded depends on the model (``per_sample``):
 
-- **"module"**: Opacus' `GradSampleModule`, which works for any model. This uses PyTorch's
-  ExpandedWeights (``grad_sample_mode="ew"``). On the small tabular MLPs it was the fastest of
-  Opacus' modes that materialise per-sample gradients: "hooks" was about 15 % slower,
-  "functorch" 2x slower, and "ghost" clipping pays for a second backward pass.
-- **"head"**: when a model's only trainable weights are those of its output layer (the additive
-  piecewise-linear model that DP runs train by default), the per-sample gradients come from
-  Opacus' own `nn.Linear` grad sampler. It is fed that layer's input, which the fixed
-  encoding computes without weights, and dloss/dlogit. That is the computation Opacus' hooks
-  do, without wrapping the model. On a model this small, the wrapper and its hooks cost more
-  than the training step itself (bench/privacy.py). `tests/test_privacy.py` checks that both
-  give the same per-sample gradients and the same trained weights, step for step.
+- **"head"**: the model's only trained layer is its output `nn.Linear`. This is the additive
+  piecewise-linear model that DP runs train by default. The per-sample gradients come from
+  Opacus' own `nn.Linear` grad sampler, fed that layer's input (which the fixed encoding
+  computes without weights) and dloss/dlogit. That is what Opacus' hooks compute, without
+  wrapping the model: on a model this small the wrapper costs more than the training step
+  (bench/privacy.py). Opacus' `DPOptimizer` clips, noises and steps.
+- **"ghost"**: any other model. This is Opacus' ghost clipping (Li et al. 2022; Bu et al.
+  2023). It computes each sample's gradient norm from layer inputs and output gradients, then
+  runs a second backward pass on the loss reweighted by the clip factors. The per-sample
+  gradients are never materialised, which is why it stays about 3x non-private training as
+  the MLP widens, where "ew" climbs from 3x (one hidden layer of 16) to 5x (64-32) and 30x
+  (256-128).
+- **"ew"**: Opacus' `GradSampleModule` on PyTorch's ExpandedWeights, materialising every
+  per-sample gradient. It is the reference that tests compare the other two against, step by
+  step.
 """
 
 from __future__ import annotations
@@ -41,24 +44,32 @@ from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
 from models.training import TrainConfig, loss_fn, targets_of
 
-__all__ = ["GRAD_SAMPLE_MODE", "PerSample", "PrivateTraining", "make_private", "train_private"]
+__all__ = ["PER_SAMPLE", "PerSample", "PrivateTraining", "make_private", "train_private"]
 
-GRAD_SAMPLE_MODE = "ew"
-
-PerSample = Literal["auto", "module", "head"]
+PerSample = Literal["auto", "head", "ghost", "ew"]
+PER_SAMPLE: tuple[str, ...] = ("auto", "head", "ghost", "ew")
 
 
 @dataclass
 class PrivateTraining:
     """One round's DP-SGD machinery, as `make_private` sets it up."""
 
-    optimiser: DPOptimizer
+    optimiser: DPOptimizer  # Opacus': clips (except under ghost clipping, done in backward), noises, steps
     sample_rate: float  # Poisson: each record joins a batch independently with this probability
     batches: int  # batches per epoch
-    per_sample: Literal["module", "head"]
-    # (inputs, targets, criterion) -> loss; sets `grad_sample` on every trainable parameter.
-    grad_samples: Callable[[torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
-    module: nn.Module  # what to call for a forward pass: the GradSampleModule, or the model
+    per_sample: Literal["head", "ghost", "ew"]
+    module: nn.Module  # what to call for a forward pass
+    # (inputs, targets) -> loss of the batch; leaves on the parameters what the optimiser's step
+    # takes: per-sample gradients (`grad_sample`), or under ghost clipping their clipped sum (`grad`).
+    gradients: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def empty_batch(self) -> None:
+        """An empty Poisson batch is still a step of the mechanism: noise only, as in Opacus."""
+        for param in self.optimiser.params:
+            if self.per_sample == "ghost":
+                param.grad = torch.zeros_like(param)
+            else:
+                param.grad_sample = torch.zeros((0, *param.shape))
 
 
 def _trains_only_its_head(model: nn.Module) -> bool:
@@ -69,11 +80,11 @@ def _trains_only_its_head(model: nn.Module) -> bool:
     return trainable == {id(p) for p in head.parameters()}
 
 
-def _head_grad_samples(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]:
+def _head_gradients(model: nn.Module, criterion: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Per-sample gradients of a model whose only trainable layer is its output `nn.Linear`."""
     head: nn.Linear = model.head
 
-    def grad_samples(inputs: torch.Tensor, targets: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    def gradients(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             activations = model.features(inputs)  # no weights before the head: nothing to differentiate
         bias = None if head.bias is None else head.bias.detach()
@@ -87,18 +98,18 @@ def _head_grad_samples(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor
             param.grad_sample = grad_sample
         return loss.detach()
 
-    return grad_samples
+    return gradients
 
 
-def _module_grad_samples(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]:
-    """Per-sample gradients from Opacus' GradSampleModule (any model)."""
+def _backward_gradients(module: nn.Module, criterion: Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Gradients from Opacus' wrapped module and loss: a plain backward pass does the work."""
 
-    def grad_samples(inputs: torch.Tensor, targets: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    def gradients(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = criterion(module(inputs), targets)
         loss.backward()
         return loss.detach()
 
-    return grad_samples
+    return gradients
 
 
 def make_private(
@@ -113,18 +124,17 @@ def make_private(
     max_grad_norm: float,
     per_sample: PerSample = "auto",
 ) -> PrivateTraining:
-    """Opacus' DP optimiser and Poisson sampling for one round, and where per-sample gradients come from.
+    """Opacus' DP optimiser and Poisson sampling for one round, and how per-sample gradients are bounded.
 
-    ``per_sample="auto"`` takes "head" where the model allows it, else "module".
+    ``per_sample="auto"`` takes "head" where the model allows it, else "ghost".
     """
-    if per_sample not in ("auto", "module", "head"):
-        raise ValueError(f"unknown per-sample gradient source '{per_sample}' (choose auto, module or head)")
+    if per_sample not in PER_SAMPLE:
+        raise ValueError(f"unknown per-sample gradient method '{per_sample}' (choose from {', '.join(PER_SAMPLE)})")
     fits_head = _trains_only_its_head(model)
     if per_sample == "head" and not fits_head:
         raise ValueError("per-sample gradients from the output layer need a model whose only trainable layer it is")
-    chosen: Literal["module", "head"] = "module"
-    if per_sample == "head" or (per_sample == "auto" and fits_head):
-        chosen = "head"
+    chosen = ("head" if fits_head else "ghost") if per_sample == "auto" else per_sample
+    criterion = loss_fn(spec, scaler, config.class_weight)
     dataset = TensorDataset(torch.as_tensor(x, dtype=torch.float32), targets_of(y, spec, scaler))
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False)
@@ -134,8 +144,9 @@ def make_private(
         # report states it once instead (privacy.report.MECHANISM).
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant="rdp")  # the site's ledger does the accounting across rounds
-        # The wrap also checks the model is fit for DP-SGD (no BatchNorm) whichever source is used.
-        module, dp_optimiser, dp_loader = engine.make_private(
+        # Whichever method, the wrap checks the model is fit for DP-SGD (no BatchNorm). Under
+        # "head" it is an ExpandedWeights wrap, which adds no hooks: the model runs unwrapped.
+        wrapped = engine.make_private(
             module=model,
             optimizer=optimiser,
             data_loader=loader,
@@ -143,16 +154,21 @@ def make_private(
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
             noise_generator=generator,
-            grad_sample_mode=GRAD_SAMPLE_MODE,
+            grad_sample_mode="ghost" if chosen == "ghost" else "ew",
+            **({"criterion": criterion} if chosen == "ghost" else {}),
         )
+    if chosen == "ghost":  # the engine also wraps the loss, whose backward does both passes
+        module, dp_optimiser, dp_criterion, dp_loader = wrapped
+    else:
+        (module, dp_optimiser, dp_loader), dp_criterion = wrapped, criterion
     # The engine's own accountant would count this round alone; the site's ledger accounts the
     # whole run (privacy.ledger), so the per-step hook that feeds the engine's is dropped.
     dp_optimiser.attach_step_hook(None)
     if chosen == "head":
-        grad_samples, forward = _head_grad_samples(model), model
+        gradients, module = _head_gradients(model, criterion), model
     else:
-        grad_samples, forward = _module_grad_samples(module), module
-    return PrivateTraining(dp_optimiser, dp_loader.sample_rate, len(dp_loader), chosen, grad_samples, forward)
+        gradients = _backward_gradients(module, dp_criterion)
+    return PrivateTraining(dp_optimiser, dp_loader.sample_rate, len(dp_loader), chosen, module, gradients)
 
 
 def train_private(
@@ -173,8 +189,6 @@ def train_private(
         model, x, y, spec=spec, scaler=scaler, config=config,
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, per_sample=per_sample,
     )  # fmt: skip
-    optimiser = private.optimiser
-    criterion = loss_fn(spec, scaler, config.class_weight)
     inputs = torch.as_tensor(x, dtype=torch.float32)
     targets = targets_of(y, spec, scaler)
     # Poisson sampling exactly as Opacus' DPDataLoader draws it (each record joins a batch
@@ -183,22 +197,29 @@ def train_private(
     generator = torch.Generator().manual_seed(config.seed + 1)
     private.module.train()
     steps, last = 0, 0.0
-    for _ in range(config.epochs):
-        # The loss is summed as a tensor and read once per epoch: a float() per step is a sync
-        # and a Python round trip that the tiny models notice.
-        total, seen = torch.zeros(()), 0
-        for _ in range(private.batches):
-            steps += 1
-            idx = (torch.rand(len(inputs), generator=generator) < private.sample_rate).nonzero().squeeze(1)
-            optimiser.zero_grad(set_to_none=True)  # the optimiser sets each .grad from the clipped sum and noise
-            if len(idx) == 0:
-                # An empty Poisson batch is still a step of the mechanism: noise only, as Opacus
-                # steps on an empty batch from its DPDataLoader.
-                for param in optimiser.params:
-                    param.grad_sample = torch.zeros((0, *param.shape))
-            else:
-                total += private.grad_samples(inputs[idx], targets[idx], criterion) * len(idx)
-                seen += len(idx)
-            optimiser.step()
-        last = float(total) / max(seen, 1)
+    with warnings.catch_warnings():
+        # Ghost clipping's second backward pass fires the module's full backward hooks with no
+        # input gradient (the inputs are data); PyTorch warns, Opacus expects it.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+        for _ in range(config.epochs):
+            last = _epoch(private, inputs, targets, generator)
+            steps += private.batches
     return last, steps
+
+
+def _epoch(private: PrivateTraining, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> float:
+    """One epoch of Poisson batches; the mean loss over the rows it saw."""
+    optimiser = private.optimiser
+    # The loss is summed as a tensor and read once per epoch: a float() per step is a sync and a
+    # Python round trip that the tiny models notice.
+    total, seen = torch.zeros(()), 0
+    for _ in range(private.batches):  # an empty batch is a step too
+        idx = (torch.rand(len(inputs), generator=generator) < private.sample_rate).nonzero().squeeze(1)
+        optimiser.zero_grad(set_to_none=True)  # the optimiser sets each .grad from the clipped sum and noise
+        if len(idx) == 0:
+            private.empty_batch()
+        else:
+            total += private.gradients(inputs[idx], targets[idx]) * len(idx)
+            seen += len(idx)
+        optimiser.step()
+    return float(total) / max(seen, 1)

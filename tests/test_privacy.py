@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -116,6 +117,7 @@ def _net(model: str):
 
 
 def _private_batch(noise: float, clip: float, seed: int = 0, model: str = "mlp", per_sample: str = "auto"):
+    """One batch through make_private: (per-sample gradients or None under ghost clipping, the step's gradient)."""
     x, y, scaler = _site_data()
     torch.manual_seed(0)
     net = _net(model)
@@ -123,16 +125,19 @@ def _private_batch(noise: float, clip: float, seed: int = 0, model: str = "mlp",
         net, x, y, spec=PM, scaler=scaler, config=TrainConfig(batch_size=64, seed=seed),
         noise_multiplier=noise, max_grad_norm=clip, per_sample=per_sample,
     )  # fmt: skip
-    xb, yb = torch.as_tensor(x[:64]), torch.as_tensor(y[:64])
-    private.grad_samples(xb, yb, torch.nn.BCEWithLogitsLoss())
+    with warnings.catch_warnings():  # as train_private: ghost clipping's hooks warn, by design
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        private.gradients(torch.as_tensor(x[:64]), torch.as_tensor(y[:64]))
     params = list(net.parameters())
-    per_sample_grads = torch.cat([p.grad_sample.reshape(64, -1) for p in params], dim=1)
+    per_sample_grads = None
+    if private.per_sample != "ghost":
+        per_sample_grads = torch.cat([p.grad_sample.reshape(64, -1) for p in params], dim=1)
     private.optimiser.pre_step()  # clip, accumulate, add noise, scale: what step() applies
     grad = torch.cat([p.grad.reshape(-1) for p in params])
     return per_sample_grads, grad, private
 
 
-@pytest.mark.parametrize(("model", "per_sample"), [("mlp", "module"), ("ple", "module"), ("ple", "head")])
+@pytest.mark.parametrize(("model", "per_sample"), [("mlp", "ew"), ("ple", "ew"), ("ple", "head")])
 def test_clipping_bounds_per_sample_gradients(model, per_sample):
     clip = 0.05
     grads, grad, private = _private_batch(noise=0.0, clip=clip, model=model, per_sample=per_sample)
@@ -142,59 +147,71 @@ def test_clipping_bounds_per_sample_gradients(model, per_sample):
     assert grad.norm() <= clip * 64 / private.optimiser.expected_batch_size + 1e-6
 
 
-@pytest.mark.parametrize("per_sample", ["module", "head"])
-def test_noise_is_present_and_scaled_to_sigma_times_clip(per_sample):
-    _, clean, private = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample=per_sample)
-    _, noisy_a, _ = _private_batch(noise=2.0, clip=0.05, seed=1, model="ple", per_sample=per_sample)
-    _, noisy_b, _ = _private_batch(noise=2.0, clip=0.05, seed=2, model="ple", per_sample=per_sample)
+@pytest.mark.parametrize(("model", "per_sample"), [("ple", "head"), ("mlp", "ghost")])
+def test_clipped_gradient_equals_opacus_per_sample_clipping(model, per_sample):
+    """The output-layer path and ghost clipping bound each sample exactly as materialised per-sample clipping."""
+    _, reference, _ = _private_batch(noise=0.0, clip=0.05, model=model, per_sample="ew")
+    per_sample_grads, grad, private = _private_batch(noise=0.0, clip=0.05, model=model, per_sample=per_sample)
+    assert private.per_sample == per_sample
+    assert reference.norm() > 1e-3  # not vanishing
+    torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-7)
+    if per_sample == "head":
+        reference_grads, _, _ = _private_batch(noise=0.0, clip=0.05, model=model, per_sample="ew")
+        torch.testing.assert_close(per_sample_grads, reference_grads, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("model", "per_sample"), [("ple", "head"), ("ple", "ew"), ("mlp", "ghost")])
+def test_noise_is_present_and_scaled_to_sigma_times_clip(model, per_sample):
+    _, clean, private = _private_batch(noise=0.0, clip=0.05, model=model, per_sample=per_sample)
+    _, noisy_a, _ = _private_batch(noise=2.0, clip=0.05, seed=1, model=model, per_sample=per_sample)
+    _, noisy_b, _ = _private_batch(noise=2.0, clip=0.05, seed=2, model=model, per_sample=per_sample)
     assert not torch.allclose(noisy_a, noisy_b)  # fresh noise per draw
     residual = (noisy_a - clean).numpy()
     expected_std = 2.0 * 0.05 / private.optimiser.expected_batch_size
     assert residual.std() == pytest.approx(expected_std, rel=0.15)
 
 
-def test_output_layer_per_sample_gradients_equal_opacus_grad_sample_module():
-    head, _, _ = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample="head")
-    module, _, _ = _private_batch(noise=0.0, clip=0.05, model="ple", per_sample="module")
-    assert head.abs().max() > 0.1
-    torch.testing.assert_close(head, module, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(("rows", "batch"), [(400, 64), (40, 1)])  # (40, 1): about a third of batches are empty
-def test_a_round_trains_the_same_weights_whichever_source_of_per_sample_gradients(rows, batch):
+@pytest.mark.parametrize(
+    ("model", "per_sample", "rows", "batch"),
+    [("ple", "head", 400, 64), ("ple", "head", 40, 1), ("mlp", "ghost", 400, 64), ("mlp", "ghost", 40, 1)],
+)  # batch 1 of 40 rows: about a third of the Poisson batches are empty
+def test_a_round_trains_the_same_weights_as_materialised_per_sample_clipping(model, per_sample, rows, batch):
     x, y, scaler = _site_data(rows)
     config = TrainConfig(epochs=2, batch_size=batch, lr=0.05, seed=3)
     runs = {}
-    for per_sample in ("head", "module"):
-        net = _net("ple")
+    for method in (per_sample, "ew"):
+        net = _net(model)
         loss, steps = train_private(
             net, x, y, spec=PM, scaler=scaler, config=config, noise_multiplier=1.0, max_grad_norm=1.0,
-            per_sample=per_sample,
+            per_sample=method,
         )  # fmt: skip
-        runs[per_sample] = (loss, steps, get_weights(net))
-    assert runs["head"][1] == runs["module"][1] == 2 * math.ceil(rows / batch)  # empty batches are steps too
-    assert runs["head"][0] == pytest.approx(runs["module"][0], rel=1e-5)
-    start = get_weights(_net("ple"))
-    for trained_head, trained_module, initial in zip(runs["head"][2], runs["module"][2], start, strict=True):
-        assert np.abs(trained_head - initial).max() > 1e-3  # it trained...
-        np.testing.assert_allclose(trained_head, trained_module, rtol=1e-4, atol=1e-5)  # ...identically
+        runs[method] = (loss, steps, get_weights(net))
+    assert runs[per_sample][1] == runs["ew"][1] == 2 * math.ceil(rows / batch)  # empty batches are steps too
+    assert runs[per_sample][0] == pytest.approx(runs["ew"][0], rel=1e-4)
+    start = get_weights(_net(model))
+    moved = max(np.abs(trained - initial).max() for trained, initial in zip(runs["ew"][2], start, strict=True))
+    assert moved > 1e-3  # it trained...
+    for trained, reference in zip(runs[per_sample][2], runs["ew"][2], strict=True):
+        np.testing.assert_allclose(trained, reference, rtol=1e-4, atol=1e-5)  # ...identically
 
 
-def test_per_sample_source_follows_the_model():
+def test_per_sample_method_follows_the_model():
     x, y, scaler = _site_data()
     config = TrainConfig(batch_size=64)
 
-    def source(net, per_sample="auto"):
+    def method(net, per_sample="auto"):
         return make_private(
             net, x, y, spec=PM, scaler=scaler, config=config, noise_multiplier=1.0, max_grad_norm=1.0,
             per_sample=per_sample,
         ).per_sample  # fmt: skip
 
-    assert source(_net("ple")) == "head"
-    assert source(_net("mlp")) == "module"
-    assert source(build_model(8, name="ple", hidden=(16,))) == "module"  # a hidden layer trains weights before the head
+    assert method(_net("ple")) == "head"
+    assert method(_net("mlp")) == "ghost"
+    assert method(build_model(8, name="ple", hidden=(16,))) == "ghost"  # a hidden layer trains weights before the head
     with pytest.raises(ValueError, match="only trainable layer"):
-        source(_net("mlp"), per_sample="head")
+        method(_net("mlp"), per_sample="head")
+    with pytest.raises(ValueError, match="unknown per-sample gradient method 'hooks'"):
+        method(_net("mlp"), per_sample="hooks")
 
 
 # -- signing and reports ---------------------------------------------------------------------
