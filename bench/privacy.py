@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -46,6 +47,8 @@ def utility(args: argparse.Namespace) -> list[dict]:
 
             def run(name: str, seed: int = seed, task: str = task, spec=spec, frame=frame, **overrides) -> dict:
                 out = args.out / f"{task}-seed{seed}-{name}"
+                # Fresh simulated sites: their privacy ledgers would remember a previous benchmark's spend.
+                shutil.rmtree(out, ignore_errors=True)
                 site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)
                 config = FederationConfig.with_defaults(
                     task=spec, num_rounds=args.rounds, out_dir=out, key_dir=args.out / "keys", seed=seed, **overrides

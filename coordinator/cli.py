@@ -23,7 +23,14 @@ from rich.console import Console  # noqa: E402
 from client import node, portal_commands  # noqa: E402
 from coordinator import deploy_cli  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS, STRATEGIES, FederationConfig, parse_hidden  # noqa: E402
-from coordinator.deploy_cli import Hidden, Model  # noqa: E402
+from coordinator.deploy_cli import (  # noqa: E402
+    CentralAdaptive,
+    CentralClip,
+    CentralNoise,
+    CentralQuantile,
+    Hidden,
+    Model,
+)
 from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
 from portal import cli as portal_cli  # noqa: E402
@@ -68,10 +75,6 @@ DpClip = Annotated[
     float | None,
     typer.Option(min=1e-6, help=f"Per-sample gradient clipping norm of DP-SGD (default {_DP['dp_max_grad_norm']:g})."),
 ]
-CentralNoise = Annotated[
-    float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
-]
-CentralClip = Annotated[float, typer.Option(min=1e-6, help="Supplier-level DP: clipping norm of each site's update.")]
 KeyDir = Annotated[Path, typer.Option(help="The coordinator's signing key directory (created on first use).")]
 _DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
 
@@ -136,6 +139,8 @@ def demo(
     dp_max_grad_norm: DpClip = None,
     central_dp_noise: CentralNoise = None,
     central_dp_clip: CentralClip = 1.0,
+    central_dp_adaptive: CentralAdaptive = False,
+    central_dp_quantile: CentralQuantile = 0.5,
     key_dir: KeyDir = _DEFAULT_KEY_DIR,
 ) -> None:
     """Train a shared model across supplier sites built from the embedded sample data."""
@@ -149,7 +154,8 @@ def demo(
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
                          batch_size=batch_size, lr=lr, model=model, hidden=hidden,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
-                         central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
+                         central_dp_clip=central_dp_clip, central_dp_adaptive=central_dp_adaptive,
+                         central_dp_quantile=central_dp_quantile, key_dir=key_dir)  # fmt: skip
         _run(spec, sample_path(task), SAMPLES[task].split_by, config)
     except SangsaengError as exc:
         _fail(exc)
@@ -176,6 +182,8 @@ def simulate(
     dp_max_grad_norm: DpClip = None,
     central_dp_noise: CentralNoise = None,
     central_dp_clip: CentralClip = 1.0,
+    central_dp_adaptive: CentralAdaptive = False,
+    central_dp_quantile: CentralQuantile = 0.5,
     key_dir: KeyDir = _DEFAULT_KEY_DIR,
 ) -> None:
     """Simulate a federation on any table, one site per value of --split-by."""
@@ -185,7 +193,8 @@ def simulate(
                          fraction_fit=fraction_fit, min_sites=min_sites, seed=seed, resume=resume,
                          batch_size=batch_size, lr=lr, model=model, hidden=hidden,
                          dp_epsilon=dp_epsilon, dp_max_grad_norm=dp_max_grad_norm, central_dp_noise=central_dp_noise,
-                         central_dp_clip=central_dp_clip, key_dir=key_dir)  # fmt: skip
+                         central_dp_clip=central_dp_clip, central_dp_adaptive=central_dp_adaptive,
+                         central_dp_quantile=central_dp_quantile, key_dir=key_dir)  # fmt: skip
         _run(spec, data, split_by, config)
     except SangsaengError as exc:
         _fail(exc)

@@ -80,8 +80,13 @@ class FederationConfig:
     dp_max_grad_norm: float = 1.0
     # Supplier-level DP at the coordinator (clip each site's update, add Gaussian noise).
     central_dp_noise: float | None = None
-    central_dp_clip: float = 1.0
+    central_dp_clip: float = 1.0  # the clipping norm; with adaptive clipping, its first value
     central_dp_delta: float = 1e-3
+    # Adaptive clipping (Andrew et al. 2021): the norm follows this quantile of the update norms.
+    central_dp_adaptive: bool = False
+    central_dp_quantile: float = 0.5
+    central_dp_clip_lr: float = 0.2
+    central_dp_count_stddev: float | None = None  # None: max(sites / 20, central_dp_noise)
     # Secure aggregation (Flower's SecAgg+): the coordinator sees only the sum of the updates.
     secagg: bool = False
     secagg_shares: int = 3
@@ -104,6 +109,20 @@ class FederationConfig:
             raise ValueError("dp_epsilon must be positive")
         if self.central_dp_noise is not None and self.central_dp_noise <= 0:
             raise ValueError("central_dp_noise must be positive")
+        if self.central_dp_clip <= 0:
+            raise ValueError("central_dp_clip must be positive")
+        if self.central_dp_adaptive:
+            if self.central_dp_noise is None:
+                raise ValueError("adaptive clipping is part of supplier-level DP: set central_dp_noise too")
+            if not 0 < self.central_dp_quantile < 1:
+                raise ValueError("central_dp_quantile must lie strictly between 0 and 1")
+            if self.central_dp_clip_lr <= 0:
+                raise ValueError("central_dp_clip_lr must be positive")
+            if self.central_dp_count_stddev is not None and self.central_dp_count_stddev <= self.central_dp_noise / 2:
+                raise ValueError(
+                    f"central_dp_count_stddev must exceed central_dp_noise / 2 = {self.central_dp_noise / 2:g}: "
+                    "the count noise and the update noise together make up central_dp_noise"
+                )
         if self.secagg and self.central_dp_noise is not None:
             raise ValueError(
                 "secure aggregation hides each site's update, so the coordinator cannot clip it: "

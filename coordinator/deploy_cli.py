@@ -39,6 +39,24 @@ Hidden = Annotated[
     str | None,
     typer.Option(help="Hidden layer widths, e.g. 64,32, or 'none' (default 64,32; none with DP-SGD)."),
 ]
+CentralNoise = Annotated[
+    float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
+]
+CentralClip = Annotated[
+    float,
+    typer.Option(min=1e-6, help="Supplier-level DP: clipping norm of each site's update (adaptive: its first value)."),
+]
+CentralAdaptive = Annotated[
+    bool,
+    typer.Option(
+        "--central-dp-adaptive",
+        help="Supplier-level DP: adapt the clipping norm every round to a quantile of the update norms "
+        "(Andrew et al. 2021).",
+    ),
+]
+CentralQuantile = Annotated[
+    float, typer.Option(min=0.01, max=0.99, help="Adaptive clipping: the quantile of update norms to follow.")
+]
 _DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
 
 
@@ -158,6 +176,10 @@ def run(
     min_sites: Annotated[int, typer.Option(min=1)] = 2,
     dp_epsilon: Annotated[float | None, typer.Option(min=0.01, help="Per-site DP-SGD budget of the run.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+).")] = False,
+    central_dp_noise: CentralNoise = None,
+    central_dp_clip: CentralClip = 1.0,
+    central_dp_adaptive: CentralAdaptive = False,
+    central_dp_quantile: CentralQuantile = 0.5,
     model: Model = None,
     hidden: Hidden = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -179,6 +201,8 @@ def run(
         config = FederationConfig.with_defaults(
             task=get_task(task), num_rounds=rounds, min_sites=min_sites, dp_epsilon=dp_epsilon, secagg=secagg,
             seed=seed, out_dir=out.resolve(), key_dir=key_dir.resolve(), model=model, hidden=parse_hidden(hidden),
+            central_dp_noise=central_dp_noise, central_dp_clip=central_dp_clip, central_dp_adaptive=central_dp_adaptive,
+            central_dp_quantile=central_dp_quantile,
         )  # fmt: skip
     except (SangsaengError, ValueError) as exc:
         _fail(exc)

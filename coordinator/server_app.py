@@ -37,7 +37,7 @@ from models.errors import SangsaengError
 from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
 from privacy.audit import AuditLog
-from privacy.central import CentralDP
+from privacy.central import AdaptiveClipping, CentralDP
 from privacy.keys import load_signing_key
 from privacy.report import build_report, write_signed_report
 
@@ -161,10 +161,20 @@ def run_federation(
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
     central = None
     if config.central_dp_noise is not None:
-        central = CentralDP(config.central_dp_noise, config.central_dp_clip, config.central_dp_delta, len(healthy))
+        adaptive = None
+        if isinstance(inner, AdaptiveClipping):
+            adaptive = {
+                "target_quantile": inner.target_quantile, "clip_norm_lr": inner.clip_norm_lr,
+                "count_stddev": inner.clipped_count_stddev, "update_noise_multiplier": inner.noise_multiplier,
+            }  # fmt: skip
+        central = CentralDP(
+            config.central_dp_noise, config.central_dp_clip, config.central_dp_delta, len(healthy), adaptive=adaptive
+        )
         for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
             if record.get("central_dp"):
                 central.history.append((config.central_dp_noise, record["central_dp"]["sample_rate"], 1))
+                if adaptive and "next_clipping_norm" in record["central_dp"]:  # and adapting its clipping norm
+                    inner.clipping_norm = record["central_dp"]["next_clipping_norm"]
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
         central_dp=central, audit=audit,

@@ -25,7 +25,7 @@ from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from coordinator.server_app import make_server_app
 from models.datasets import holdout_split, split_by
-from models.errors import SiteDataError, TaskSpecError
+from models.errors import SangsaengError, SiteDataError, TaskSpecError
 from models.metrics import compute_metrics, mean_of
 from models.nets import set_weights
 from models.scaler import FederatedScaler, profile_site
@@ -156,7 +156,19 @@ def run_experiment(
     timings["federated_s"] = time.perf_counter() - start
 
     manifest = _read_manifest(out_dir)
-    last = max((r for r in manifest["rounds"] if r.get("checkpoint")), key=lambda r: r["round"])
+    aggregated = [r for r in manifest["rounds"] if r.get("checkpoint")]
+    if not aggregated:
+        failures = sorted({f for r in manifest["rounds"] for f in r.get("failures", [])})
+        hint = ""
+        if any("budget exhausted" in f for f in failures):
+            hint = (
+                f" Each simulated site keeps its privacy ledger in {Path(next(iter(site_files.values()))).parent}"
+                "/.sangsaeng-privacy, across runs on the same data, as a real site does: start from a new --out "
+                "for new simulated sites, or give them a larger budget."
+            )
+        raise SangsaengError(f"{out_dir}: no round aggregated an update; every site refused or failed: "
+                             f"{'; '.join(failures) or 'no site replied'}.{hint}")  # fmt: skip
+    last = max(aggregated, key=lambda r: r["round"])
     weights, _ = load_checkpoint(out_dir / last["checkpoint"])
     scaler = FederatedScaler.from_json(manifest["scaler"])
     federated_global = evaluate_weights(weights, spec, scaler, config, held_out)

@@ -38,7 +38,7 @@ from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
-from privacy.central import CentralDP, wrap_central_dp
+from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
 
 __all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
 
@@ -87,7 +87,8 @@ def build_strategy(
 ) -> Strategy:
     """Flower's strategy named by `config.strategy`, weighted by examples per site.
 
-    With supplier-level DP configured it comes wrapped in Flower's server-side DP wrapper.
+    With supplier-level DP configured it comes wrapped in Flower's server-side DP wrapper (fixed
+    clipping) or in `AdaptiveClipping`.
     """
     common: dict[str, Any] = {
         "fraction_fit": config.fraction_fit,
@@ -104,8 +105,10 @@ def build_strategy(
     strategy = STRATEGY_REGISTRY[config.strategy](config, common)
     if config.central_dp_noise is not None:
         strategy = wrap_central_dp(
-            strategy, noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip, sites=sites
-        )
+            strategy, noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip, sites=sites,
+            adaptive=config.central_dp_adaptive, target_quantile=config.central_dp_quantile,
+            clip_norm_lr=config.central_dp_clip_lr, count_stddev=config.central_dp_count_stddev,
+        )  # fmt: skip
     return strategy
 
 
@@ -144,6 +147,21 @@ def _failure_text(failure: tuple[ClientProxy, FitRes | EvaluateRes] | BaseExcept
     return f"node {proxy.cid}: {res.status.message}"
 
 
+def update_problem(arrays: list[np.ndarray], expected: list[tuple[int, ...]]) -> str | None:
+    """Why an update cannot join the average (wrong arrays, non-finite values), or None."""
+    if len(arrays) != len(expected):
+        return f"update has {len(arrays)} weight arrays, the global model {len(expected)}"
+    for i, (array, shape) in enumerate(zip(arrays, expected, strict=True)):
+        if tuple(array.shape) != shape:
+            return f"weight array {i} has shape {tuple(array.shape)}, the global model's is {shape}"
+        if not np.issubdtype(array.dtype, np.number):
+            return f"weight array {i} holds {array.dtype}, not numbers"
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            return f"weight array {i} has {bad} non-finite value(s) (NaN or infinity)"
+    return None
+
+
 _DP_KEYS = {
     "epsilon": ReplyKey.DP_EPSILON, "noise_multiplier": ReplyKey.DP_NOISE, "sample_rate": ReplyKey.DP_SAMPLE_RATE,
     "steps": ReplyKey.DP_STEPS, "delta": ReplyKey.DP_DELTA, "max_grad_norm": ReplyKey.DP_MAX_GRAD_NORM,
@@ -176,6 +194,7 @@ class SangsaengStrategy(Strategy):
         audit: AuditLog | None = None,
     ):
         self.inner = inner
+        self._shapes: list[tuple[int, ...]] = []  # of the global model sent this round
         self.central_dp = central_dp
         self.audit = audit
         self._available = 0
@@ -215,6 +234,7 @@ class SangsaengStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        self._shapes = [tuple(a.shape) for a in parameters_to_ndarrays(parameters)]
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         self._available = client_manager.num_available()
         self.observer.phase_started("train", self._round(server_round), len(instructions))
@@ -222,6 +242,18 @@ class SangsaengStrategy(Strategy):
             (proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config)))
             for proxy, ins in instructions
         ]
+
+    def _screen(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[list[tuple[ClientProxy, FitRes]], list[str]]:
+        """Leave out updates that would corrupt the average, each with a reason naming the site."""
+        kept, rejected = [], []
+        for proxy, res in results:
+            problem = update_problem(parameters_to_ndarrays(res.parameters), self._shapes) if self._shapes else None
+            if problem is None:
+                kept.append((proxy, res))
+            else:
+                site = res.metrics.get(ReplyKey.SITE, f"node {proxy.cid}")
+                rejected.append(f"site '{site}': update rejected: {problem}")
+        return kept, rejected
 
     def aggregate_fit(
         self,
@@ -231,12 +263,15 @@ class SangsaengStrategy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         rnd = self._round(server_round)
         problems = [_failure_text(f) for f in failures]
+        # A site whose update is rejected still spent privacy on it: its DP record is kept below.
+        dp = {str(res.metrics.get(ReplyKey.SITE, proxy.cid)): _dp_record(res.metrics) for proxy, res in results}
+        results, rejected = self._screen(results)
+        problems += rejected
         for problem in problems:
             self.observer.site_problem(problem)
             if self.audit is not None and "budget exhausted" in problem:
                 self.audit.append("refusal", round=rnd, reason=problem)
         trained = sorted(str(res.metrics.get(ReplyKey.SITE, proxy.cid)) for proxy, res in results)
-        dp = {str(res.metrics.get(ReplyKey.SITE, proxy.cid)): _dp_record(res.metrics) for proxy, res in results}
         dp = {site: record for site, record in dp.items() if record}
         for site, record in dp.items():
             if self.audit is not None:
@@ -246,11 +281,15 @@ class SangsaengStrategy(Strategy):
             # Noise is calibrated to an unweighted mean of the updates that arrived.
             results = [(p, FitRes(r.status, r.parameters, 1, r.metrics)) for p, r in results]
             self.inner.num_sampled_clients = len(results)  # type: ignore[attr-defined]
-            extra["central_dp"] = self.central_dp.account_round(len(results))
-            if self.audit is not None:
-                self.audit.append("central dp round", round=rnd, **extra["central_dp"])
+            clip = getattr(self.inner, "clipping_norm", None)  # this round's; adaptive clipping moves it after
+            extra["central_dp"] = self.central_dp.account_round(len(results), clipping_norm=clip)
             failures = []  # Flower's DP wrapper drops the whole round on any failure; they are recorded above
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if "central_dp" in extra:
+            if isinstance(self.inner, AdaptiveClipping):
+                extra["central_dp"]["next_clipping_norm"] = self.inner.clipping_norm
+            if self.audit is not None:
+                self.audit.append("central dp round", round=rnd, **extra["central_dp"])
         self.recorder.update_round(
             rnd,
             sites_trained=trained,

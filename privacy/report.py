@@ -98,14 +98,29 @@ def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:
     if not rounds:
         return None
     first = rounds[0]["central_dp"]
+    adaptive = first.get("adaptive")
+    if adaptive:
+        mechanism = (
+            "supplier-level Gaussian mechanism with adaptive clipping (Andrew et al. 2021, on Flower's "
+            "DifferentialPrivacyServerSideAdaptiveClipping): each site's model update clipped to the round's "
+            f"clipping_norm, which follows the {adaptive['target_quantile']:g} quantile of the update norms from a "
+            f"noised count (std {adaptive['count_stddev']:g}); unweighted mean, noise std = "
+            f"{adaptive['update_noise_multiplier']:.4g} * clipping_norm / sites in the round. Update and count noise "
+            "together are a Gaussian mechanism of noise_multiplier, which the accountant is given"
+        )
+    else:
+        mechanism = (
+            "supplier-level Gaussian mechanism: each site's model update clipped to clipping_norm "
+            "(Flower DifferentialPrivacyServerSideFixedClipping), unweighted mean, noise std = "
+            "noise_multiplier * clipping_norm / sites in the round"
+        )
     return {
-        "mechanism": "supplier-level Gaussian mechanism: each site's model update clipped to clipping_norm "
-        "(Flower DifferentialPrivacyServerSideFixedClipping), unweighted mean, noise std = "
-        "noise_multiplier * clipping_norm / sites in the round",
+        "mechanism": mechanism,
         "accountant": "rdp",
         "delta": first["delta"],
         "noise_multiplier": first["noise_multiplier"],
         "clipping_norm": first["clipping_norm"],
+        "adaptive_clipping": adaptive,
         "suppliers": first["suppliers"],
         "rounds": [
             {
@@ -113,6 +128,7 @@ def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:
                 "sample_rate": r["central_dp"]["sample_rate"],
                 "steps": 1,
                 "noise_multiplier": r["central_dp"]["noise_multiplier"],
+                "clipping_norm": r["central_dp"]["clipping_norm"],
                 "epsilon": r["central_dp"]["epsilon"],
             }
             for r in rounds
@@ -232,7 +248,14 @@ def _html(report: dict[str, Any]) -> str:
     central = report.get("central_dp")
     central_html = (
         f"<h2>Supplier-level DP</h2><p>epsilon {central['epsilon']:.3f} at delta {central['delta']:g}; "
-        f"noise multiplier {central['noise_multiplier']:g}, clipping norm {central['clipping_norm']:g}.</p>"
+        f"noise multiplier {central['noise_multiplier']:g}, clipping norm "
+        + (
+            f"adaptive, {central['rounds'][0]['clipping_norm']:.3g} in round {central['rounds'][0]['round']} to "
+            f"{central['rounds'][-1]['clipping_norm']:.3g} in round {central['rounds'][-1]['round']}"
+            if central.get("adaptive_clipping")
+            else f"{central['clipping_norm']:g}"
+        )
+        + ".</p>"
         f"<p>{e(central['note'])}</p>"
         if central
         else ""

@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.config import FederationConfig
 from coordinator.simulation import run_experiment, write_site_files
+from models.errors import SangsaengError
 from models.tasks import get_task
 from privacy.audit import AuditLog
 from privacy.ledger import PrivacyLedger
@@ -34,7 +35,8 @@ def dp_run(ai4i, tmp_path_factory):
 
     config = FederationConfig(
         task=PM, num_rounds=2, local_epochs=1, batch_size=256, lr=0.03, out_dir=out, min_sites=2,
-        model="ple", hidden=(), dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, key_dir=out / "keys",
+        model="ple", hidden=(), dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, central_dp_adaptive=True,
+        key_dir=out / "keys",
     )  # fmt: skip
     results = run_experiment(PM, site_files, config, site_policies=policies)
     return out, results
@@ -58,7 +60,14 @@ def test_every_site_stays_within_its_budget_and_the_report_verifies(dp_run):
         assert [r["round"] for r in entry["rounds"]] == [1, 2]
         assert 2.9 < entry["epsilon"] <= 3.0  # noise calibrated for the whole run, ending at the target
         assert entry["delta"] < 1 / entry["records"]
-    assert report["central_dp"]["suppliers"] == 3 and report["central_dp"]["epsilon"] > 1
+    central = report["central_dp"]
+    assert central["suppliers"] == 3 and central["epsilon"] > 1
+    # Adaptive clipping: round 1 clips at the initial norm, round 2 at the norm round 1 adapted to.
+    assert central["adaptive_clipping"]["target_quantile"] == 0.5
+    assert central["adaptive_clipping"]["count_stddev"] == 0.5  # max(3 / 20, z)
+    manifest = json.loads((out / "manifest.json").read_text())
+    first, second = (r["central_dp"] for r in manifest["rounds"])
+    assert [r["clipping_norm"] for r in central["rounds"]] == [5.0, first["next_clipping_norm"]] != [5.0, 5.0]
     assert results["rounds"][0]["metrics"]["roc_auc"] is not None
     assert "epsilon over rounds per site" in (out / "privacy" / "report.html").read_text()
 
@@ -86,3 +95,15 @@ def test_audit_logs_record_rounds_refusals_and_the_report(dp_run):
     assert report["audit_log_head"] in {e["hash"] for e in coordinator.entries()}
     site = AuditLog(out / "sites" / ".sangsaeng-privacy" / "h.ledger.audit.jsonl")
     assert site.verify() >= 3 and site.entries()[-1]["event"] == "refusal"
+
+
+def test_a_rerun_on_sites_whose_budget_is_spent_stops_with_a_clear_error(dp_run, ai4i, tmp_path):
+    out, _ = dp_run
+    again = tmp_path / "again"
+    shutil.copytree(out / "sites", again / "sites")  # the same simulated sites, ledgers and all
+    site_files, _ = write_site_files(ai4i, "Type", again, spec=PM)
+    config = FederationConfig(task=PM, num_rounds=1, local_epochs=1, batch_size=256, out_dir=again, min_sites=2,
+                              model="ple", hidden=(), dp_epsilon=3.0, key_dir=again / "keys")  # fmt: skip
+    with pytest.raises(SangsaengError, match="no round aggregated an update") as caught:
+        run_experiment(PM, site_files, config, site_policies={"h": SitePrivacyPolicy(max_epsilon=1.0)})
+    assert "site 'l': budget exhausted" in str(caught.value) and ".sangsaeng-privacy" in str(caught.value)

@@ -158,3 +158,139 @@ def test_central_dp_aggregate_is_unweighted_clipped_and_noised(tmp_path):
     np.testing.assert_allclose(got, [0.3, 0.4, 0.3, 0.4], atol=1e-5)
     record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][0]["central_dp"]
     assert record["sample_rate"] == 1.0 and record["epsilon"] > 0
+
+
+# -- supplier-level DP with adaptive clipping --------------------------------------------------
+def _adaptive(initial_clip: float, *, quantile: float = 0.5, lr: float = 0.2, noise: float = 1e-9, count=1e-9):
+    from flwr.server.strategy import FedAvg
+
+    from privacy.central import AdaptiveClipping
+
+    wrapper = AdaptiveClipping(
+        FedAvg(), noise_multiplier=noise, num_sampled_clients=20, initial_clipping_norm=initial_clip,
+        target_quantile=quantile, clip_norm_lr=lr, clipped_count_stddev=count, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    wrapper.current_round_params = [np.zeros(8, np.float32)]
+    return wrapper
+
+
+def _updates_with_norms(norms):
+    rng = np.random.default_rng(1)
+    out = []
+    for i, norm in enumerate(norms):
+        direction = rng.normal(size=8)
+        update = (direction / np.linalg.norm(direction) * norm).astype(np.float32)
+        out.append((proxy(i), FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), 1, {})))
+    return out
+
+
+@pytest.mark.parametrize("initial_clip", [0.1, 100.0])
+@pytest.mark.parametrize("quantile", [0.5, 0.8])
+def test_adaptive_clipping_norm_converges_to_the_target_quantile_of_update_norms(initial_clip, quantile):
+    rng = np.random.default_rng(2)
+    wrapper = _adaptive(initial_clip, quantile=quantile)
+    for rnd in range(1, 301):
+        wrapper.aggregate_fit(rnd, _updates_with_norms(rng.uniform(0, 10, size=20)), [])
+    # Norms uniform on [0, 10]: the target quantile is 10 * quantile (5 or 8), whichever side it started.
+    assert wrapper.clipping_norm == pytest.approx(10 * quantile, rel=0.15)
+
+
+def test_adaptive_clipping_noise_is_scaled_to_the_norm_the_updates_were_clipped_to():
+    wrapper = _adaptive(1.0, lr=2.0, noise=1.0, count=10.0)
+    wrapper.current_round_params = [np.zeros(20_000, np.float32)]
+    zero_updates = [(proxy(i), FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(20_000, np.float32)]),
+                                      1, {})) for i in range(4)]  # fmt: skip
+    wrapper.num_sampled_clients = 4
+    params, _ = wrapper.aggregate_fit(1, zero_updates, [])
+    noise = parameters_to_ndarrays(params)[0]
+    # Every update was unclipped (norm 0 <= 1), so the norm shrinks for round 2 (lr 2: by about e^-1)...
+    assert wrapper.clipping_norm < 0.6
+    # ...but round 1's noise is for norm 1: std = z_update * 1 / 4, z_update from z = 1 and count noise 10.
+    z_update = (1.0**-2 - (2 * 10.0) ** -2) ** -0.5
+    assert noise.std() == pytest.approx(z_update * 1.0 / 4, rel=0.03)
+
+
+def test_adaptive_central_dp_records_each_rounds_clipping_norm(tmp_path):
+    from privacy.central import AdaptiveClipping, CentralDP
+
+    config = FederationConfig(task=PM, out_dir=tmp_path, central_dp_noise=0.5, central_dp_clip=2.0,
+                              central_dp_adaptive=True, central_dp_quantile=0.5)  # fmt: skip
+    initial = [np.zeros(4, np.float32)]
+    recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+    scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
+    inner = build_strategy(config, initial, sites=2)
+    assert isinstance(inner, AdaptiveClipping) and inner.clipped_count_stddev == 0.5  # max(2 / 20, z)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
+                                central_dp=CentralDP(0.5, 2.0, 1e-3, suppliers=2))  # fmt: skip
+    manager = SiteClientManager()
+    for i in (1, 2):
+        manager.register(proxy(i))
+    clips = []
+    for rnd in (1, 2):
+        wrapped.configure_fit(rnd, ndarrays_to_parameters(initial), manager)
+        big = [np.array([30.0, 40.0, 0.0, 0.0], np.float32)]  # both clipped: the norm should grow
+        wrapped.aggregate_fit(rnd, [(proxy(1), fit_res(big, 10, "a", 0.0)), (proxy(2), fit_res(big, 10, "b", 0.0))],
+                              [])  # fmt: skip
+        record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][rnd - 1]["central_dp"]
+        clips.append((record["clipping_norm"], record["next_clipping_norm"]))
+    assert clips[0][0] == 2.0 and clips[1][0] == clips[0][1]  # round 2 clips at the norm round 1 adapted to
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"central_dp_adaptive": True}, "set central_dp_noise too"),
+        ({"central_dp_adaptive": True, "central_dp_noise": 1.0, "central_dp_quantile": 1.0}, "strictly between"),
+        ({"central_dp_adaptive": True, "central_dp_noise": 1.0, "central_dp_count_stddev": 0.4}, "must exceed"),
+    ],
+)
+def test_adaptive_clipping_settings_are_checked(tmp_path, options, problem):
+    with pytest.raises(ValueError, match=problem):
+        FederationConfig(task=PM, out_dir=tmp_path, **options)
+
+
+def test_a_poisoned_or_malformed_update_is_left_out_by_name_and_the_round_goes_on(strategy, tmp_path):
+    wrapped = strategy()
+    manager = SiteClientManager()
+    for i in (1, 2, 3, 4):
+        manager.register(proxy(i))
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+    good = [np.ones((2, 3), np.float32), np.ones(3, np.float32)]
+    poisoned = [np.full((2, 3), np.nan, np.float32), np.ones(3, np.float32)]
+    poisoned[0][0, 0] = 1.0
+    reshaped = [np.ones((3, 2), np.float32), np.ones(3, np.float32)]
+    short = [np.ones((2, 3), np.float32)]
+    results = [(proxy(1), fit_res(good, 10, "a", 0.1)), (proxy(2), fit_res(poisoned, 10_000, "b", 0.1)),
+               (proxy(3), fit_res(reshaped, 10, "c", 0.1)), (proxy(4), fit_res(short, 10, "d", 0.1))]  # fmt: skip
+    params, _ = wrapped.aggregate_fit(1, results, [])
+    for got, want in zip(parameters_to_ndarrays(params), good, strict=True):
+        np.testing.assert_allclose(got, want)  # the good update alone, however many rows the others claim
+    record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][0]
+    assert record["sites_trained"] == ["a"]
+    assert record["failures"] == [
+        "site 'b': update rejected: weight array 0 has 5 non-finite value(s) (NaN or infinity)",
+        "site 'c': update rejected: weight array 0 has shape (3, 2), the global model's is (2, 3)",
+        "site 'd': update rejected: update has 1 weight arrays, the global model 2",
+    ]
+
+
+def test_supplier_level_dp_takes_an_update_that_did_not_move(tmp_path):
+    from privacy.central import CentralDP
+
+    for adaptive in (False, True):
+        out = tmp_path / str(adaptive)
+        config = FederationConfig(task=PM, out_dir=out, central_dp_noise=0.5, central_dp_clip=1.0,
+                                  central_dp_adaptive=adaptive)  # fmt: skip
+        initial = [np.ones(4, np.float32)]
+        recorder = RunRecorder(out, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+        scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
+        wrapped = SangsaengStrategy(build_strategy(config, initial, sites=2), config=config, scaler=scaler,
+                                    recorder=recorder, central_dp=CentralDP(0.5, 1.0, 1e-3, suppliers=2))  # fmt: skip
+        manager = SiteClientManager()
+        for i in (1, 2):
+            manager.register(proxy(i))
+        wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+        unmoved = [(proxy(i), fit_res([np.ones(4, np.float32)], 10, s, 0.0)) for i, s in ((1, "a"), (2, "b"))]
+        params, _ = wrapped.aggregate_fit(1, unmoved, [])  # Flower's own wrappers divide by the norm, 0
+        assert params is not None and np.isfinite(parameters_to_ndarrays(params)[0]).all()
