@@ -17,9 +17,9 @@ How each sample's gradient is bounded depends on the model (``per_sample``):
 - **"ghost"**: any other model. This is Opacus' ghost clipping (Li et al. 2022; Bu et al.
   2023). It computes each sample's gradient norm from layer inputs and output gradients, then
   runs a second backward pass on the loss reweighted by the clip factors. The per-sample
-  gradients are never materialised, which is why it stays about 3x non-private training as
-  the MLP widens, where "ew" climbs from 3x (one hidden layer of 16) to 5x (64-32) and 30x
-  (256-128).
+  gradients are never materialised, so the cost stays near 2-3x non-private training as the
+  MLP widens (BENCHMARKS.md: 3.4x on the MLP 64-32, 2.3x on 256-128), where "ew" takes 4x and
+  37x. On a single hidden layer of 16, "ew" was a little faster (3.0x against 3.9x).
 - **"ew"**: Opacus' `GradSampleModule` on PyTorch's ExpandedWeights, materialising every
   per-sample gradient. It is the reference that tests compare the other two against, step by
   step.
