@@ -37,7 +37,10 @@ def verify(
             f"(delta {entry['delta']:.2g}, {entry['accountant']}, {len(entry['rounds'])} rounds) recomputed"
         )
     if data.get("central_dp"):
-        console.print(f"  supplier-level: epsilon {data['central_dp']['epsilon']:.3f} recomputed")
+        adaptive = ""
+        if data["central_dp"].get("adaptive_clipping"):
+            adaptive = " (adaptive clipping: update and count noise add up)"
+        console.print(f"  supplier-level: epsilon {data['central_dp']['epsilon']:.3f} recomputed{adaptive}")
     console.print(f"[green]valid:[/] signature good, {len(data['sites'])} site(s) recomputed and within budget")
 
 

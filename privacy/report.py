@@ -199,8 +199,19 @@ def verify_report(
             raise ReportInvalid(
                 f"site '{site}' is over budget: epsilon {entry['epsilon']:.4f} > budget {entry['budget_epsilon']:.4f}"
             )
-    if report.get("central_dp"):
-        _recompute("central DP", report["central_dp"], prior=[])
+    central = report.get("central_dp")
+    if central:
+        _recompute("central DP", central, prior=[])
+        adaptive = central.get("adaptive_clipping")
+        if adaptive:  # the update and count noise together must be worth the accounted multiplier
+            z_update, count_stddev = adaptive["update_noise_multiplier"], adaptive["count_stddev"]
+            combined = (z_update**-2 + (2 * count_stddev) ** -2) ** -0.5
+            if not _close(combined, central["noise_multiplier"]):
+                raise ReportInvalid(
+                    f"central DP: update noise multiplier {z_update:g} with count noise {count_stddev:g} amounts "
+                    f"to a noise multiplier of {combined:.6f} (Andrew et al. 2021, Theorem 1), but epsilon is "
+                    f"accounted at {central['noise_multiplier']:g}"
+                )
     return report
 
 

@@ -297,6 +297,29 @@ def test_privacy_verify_cli_exit_codes(signed):
     assert bad.returncode == 1 and "bad signature" in bad.stdout
 
 
+def test_privacy_verify_checks_adaptive_clippings_noise_split(tmp_path):
+    from flwr.server.strategy import FedAvg
+
+    from privacy.central import AdaptiveClipping
+
+    wrapper = AdaptiveClipping(FedAvg(), noise_multiplier=0.8, num_sampled_clients=3, initial_clipping_norm=1.0)
+    central = CentralDP(0.8, 1.0, 1e-3, suppliers=3, adaptive={
+        "target_quantile": 0.5, "clip_norm_lr": 0.2, "count_stddev": wrapper.clipped_count_stddev,
+        "update_noise_multiplier": wrapper.noise_multiplier,
+    })  # fmt: skip
+    manifest = dp_manifest()
+    for record in manifest["rounds"]:
+        record["central_dp"] = central.account_round(3, clipping_norm=1.0)
+    key = load_signing_key(tmp_path / "k", create=True)
+    path = write_signed_report(build_report(manifest), tmp_path / "p", key)
+    verify_report(path, tmp_path / "p" / PUBLIC_NAME)  # Flower's split of 0.8 into update and count noise
+    report = json.loads(path.read_text())
+    report["central_dp"]["adaptive_clipping"]["update_noise_multiplier"] = 0.5  # less noise than accounted
+    path = write_signed_report(report, tmp_path / "forged", key)
+    with pytest.raises(ReportInvalid, match="amounts to a noise multiplier of .* but epsilon is accounted at 0.8"):
+        verify_report(path, tmp_path / "forged" / PUBLIC_NAME)
+
+
 def test_central_dp_accounting_matches_the_accountant():
     central = CentralDP(noise_multiplier=1.0, clipping_norm=0.5, delta=1e-3, suppliers=4)
     for _ in range(5):
