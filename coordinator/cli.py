@@ -51,7 +51,12 @@ app.add_typer(deploy_cli.app, name="coordinator")
 console = Console()
 
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
-Strategy = Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")]
+Strategy = Annotated[
+    str,
+    typer.Option(
+        help=f"Aggregation: {', '.join(STRATEGIES)}. fedmedian and fedtrimmedavg resist a few poisoned updates."
+    ),
+]
 _DP = DP_TRAINING_DEFAULTS
 LocalEpochs = Annotated[
     int | None,

@@ -10,9 +10,12 @@ from typing import Any
 from models.architectures import check_architecture
 from models.tasks import TaskSpec, builtin_tasks, get_task
 
-__all__ = ["FederationConfig", "STRATEGIES", "DP_TRAINING_DEFAULTS", "parse_hidden"]
+__all__ = ["FederationConfig", "STRATEGIES", "ROBUST_STRATEGIES", "DP_TRAINING_DEFAULTS", "parse_hidden"]
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+# Aggregations robust to a few poisoned updates (Yin et al. 2018): not a mean, so neither the
+# supplier-level DP noise (calibrated to a mean) nor secure aggregation (which only sums) fits.
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg")
 # Local training that suits DP-SGD (measured by bench/privacy.py and docs/privacy.md):
 # - an additive model on a piecewise-linear encoding of each input ("ple" with no hidden
 #   layer): convex, ~140 weights on AI4I, and the failure physics are thresholds on single
@@ -67,6 +70,7 @@ class FederationConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     proximal_mu: float = 0.01  # FedProx only
+    trim_fraction: float = 0.2  # FedTrimmedAvg only: the share cut from each end, per coordinate
     server_lr: float = 0.01  # FedAdam only (eta)
     seed: int = 0
     model: str = "mlp"  # architecture, see models.architectures
@@ -123,6 +127,17 @@ class FederationConfig:
                     f"central_dp_count_stddev must exceed central_dp_noise / 2 = {self.central_dp_noise / 2:g}: "
                     "the count noise and the update noise together make up central_dp_noise"
                 )
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError("trim_fraction must lie in [0, 0.5): the share of updates cut from each end")
+        if self.strategy in ROBUST_STRATEGIES and self.central_dp_noise is not None:
+            raise ValueError(
+                f"supplier-level DP noise is calibrated to a mean of the updates; '{self.strategy}' is not a mean: "
+                "use fedavg with central DP, or per-site DP-SGD (dp_epsilon) with a robust aggregation"
+            )
+        if self.strategy in ROBUST_STRATEGIES and self.secagg:
+            raise ValueError(
+                f"secure aggregation only reveals the sum of the updates; '{self.strategy}' needs each update"
+            )
         if self.secagg and self.central_dp_noise is not None:
             raise ValueError(
                 "secure aggregation hides each site's update, so the coordinator cannot clip it: "

@@ -30,7 +30,7 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
-from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
 from client.protocol import ConfigKey, ReplyKey
 from coordinator.checkpoint import RunRecorder
@@ -72,10 +72,21 @@ def _fedadam(config: FederationConfig, common: dict[str, Any]) -> Strategy:
     return FedAdam(eta=config.server_lr, eta_l=config.lr, tau=1e-3, **common)
 
 
+def _fedmedian(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    return FedMedian(**common)
+
+
+def _fedtrimmedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
+    return FedTrimmedAvg(beta=config.trim_fraction, **common)
+
+
 STRATEGY_REGISTRY: dict[str, Callable[[FederationConfig, dict[str, Any]], Strategy]] = {
     "fedavg": _fedavg,
     "fedprox": _fedprox,
     "fedadam": _fedadam,
+    # Coordinate-wise median / trimmed mean: a few poisoned updates cannot drag the model away.
+    "fedmedian": _fedmedian,
+    "fedtrimmedavg": _fedtrimmedavg,
 }
 
 # Server-side optimiser state worth checkpointing, per strategy attribute.

@@ -294,3 +294,39 @@ def test_supplier_level_dp_takes_an_update_that_did_not_move(tmp_path):
         unmoved = [(proxy(i), fit_res([np.ones(4, np.float32)], 10, s, 0.0)) for i, s in ((1, "a"), (2, "b"))]
         params, _ = wrapped.aggregate_fit(1, unmoved, [])  # Flower's own wrappers divide by the norm, 0
         assert params is not None and np.isfinite(parameters_to_ndarrays(params)[0]).all()
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
+def test_robust_aggregation_resists_a_poisoned_update_that_drags_fedavg(strategy, name):
+    manager = SiteClientManager()
+    for i in range(1, 7):
+        manager.register(proxy(i))
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    rng = np.random.default_rng(0)
+
+    def round_with_a_poisoned_site(wrapped):
+        wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+        honest = [(proxy(i), fit_res([1 + 0.01 * rng.normal(size=(2, 3)).astype(np.float32),
+                                      np.ones(3, np.float32)], 100, f"s{i}", 0.1)) for i in range(1, 6)]  # fmt: skip
+        boosted = [np.full((2, 3), -500.0, np.float32), np.full(3, -500.0, np.float32)]  # finite, well-formed
+        params, _ = wrapped.aggregate_fit(1, [*honest, (proxy(6), fit_res(boosted, 100, "evil", 0.1))], [])
+        return parameters_to_ndarrays(params)
+
+    dragged = round_with_a_poisoned_site(strategy("fedavg"))
+    assert dragged[1].max() < -80  # one site in six moved the mean by -83
+    robust = round_with_a_poisoned_site(strategy(name))
+    for array in robust:
+        np.testing.assert_allclose(array, 1.0, atol=0.05)  # the honest sites' value
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"strategy": "fedmedian", "central_dp_noise": 1.0}, "calibrated to a mean"),
+        ({"strategy": "fedtrimmedavg", "secagg": True}, "only reveals the sum"),
+        ({"strategy": "fedtrimmedavg", "trim_fraction": 0.5}, "trim_fraction must lie in"),
+    ],
+)
+def test_robust_aggregation_refuses_what_it_cannot_combine_with(tmp_path, options, problem):
+    with pytest.raises(ValueError, match=problem):
+        FederationConfig(task=PM, out_dir=tmp_path, **options)
