@@ -229,7 +229,7 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
     the federated metrics are the sites' own held-out scores, weighted by rows.
     """
     from coordinator.report import plot_rounds
-    from coordinator.simulation import _privacy_summary
+    from coordinator.simulation import _privacy_summary, round_summaries
 
     manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     rounds = sorted(manifest["rounds"], key=lambda r: r["round"])
@@ -251,18 +251,7 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
             "global": {k: v for k, v in last.get("federated_eval", {}).items() if k != "loss"},
             "per_site": last.get("per_site", {}),
         },
-        "rounds": [
-            {
-                "round": r["round"],
-                "metrics": {
-                    **{k: v for k, v in r.get("federated_eval", {}).items() if k != "loss"},
-                    "train_loss": r.get("train_loss"),
-                },
-                "sites_trained": r.get("sites_trained", []),
-                "failures": r.get("failures", []),
-            }
-            for r in rounds
-        ],
+        "rounds": round_summaries(rounds, metrics_key="federated_eval"),
         "privacy": _privacy_summary(out_dir, manifest),
         "config": manifest.get("config"),
         "run_id": manifest["run_id"],

@@ -185,18 +185,7 @@ def run_experiment(
         "local_only": local_only,
         "local_only_summary": _summary(spec, local_only),
         "federated": {"global": federated_global, "per_site": per_site},
-        "rounds": [
-            {
-                "round": r["round"],
-                "metrics": {
-                    **{k: v for k, v in r.get("metrics", {}).items() if k != "loss"},
-                    "train_loss": r.get("train_loss"),
-                },
-                "sites_trained": r.get("sites_trained", []),
-                "failures": r.get("failures", []),
-            }
-            for r in sorted(manifest["rounds"], key=lambda r: r["round"])
-        ],
+        "rounds": round_summaries(manifest["rounds"], metrics_key="metrics"),
         "initial": {k: v for k, v in manifest.get("initial_metrics", {}).items() if k != "loss"},
         "privacy": _privacy_summary(out_dir, manifest),
         "config": config.to_dict(),
@@ -219,6 +208,26 @@ def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> d
         "mean": mean_of(rows),
         "worst": {"site": worst_name, **(dict(local_only[worst_name]) if worst_name else {})},
     }
+
+
+def round_summaries(rounds: list[dict[str, Any]], *, metrics_key: str) -> list[dict[str, Any]]:
+    """The per-round part of results.json from manifest rounds, its metrics read from ``metrics_key``.
+
+    A simulation scores the global model on held-out rows (``metrics``); a deployment has the
+    sites' own held-out scores (``federated_eval``).
+    """
+    return [
+        {
+            "round": r["round"],
+            "metrics": {
+                **{k: v for k, v in r.get(metrics_key, {}).items() if k != "loss"},
+                "train_loss": r.get("train_loss"),
+            },
+            "sites_trained": r.get("sites_trained", []),
+            "failures": r.get("failures", []),
+        }
+        for r in sorted(rounds, key=lambda r: r["round"])
+    ]
 
 
 def _privacy_summary(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:

@@ -49,6 +49,27 @@ def clip_updates(results: list[tuple[ClientProxy, FitRes]], current: list[np.nda
     return unclipped
 
 
+def clipped_noised_mean(
+    wrapper: DifferentialPrivacyServerSideFixedClipping | DifferentialPrivacyServerSideAdaptiveClipping,
+    server_round: int,
+    results: list[tuple[ClientProxy, FitRes]],
+    failures: list[tuple[ClientProxy, FitRes] | BaseException],
+) -> tuple[Parameters | None, dict[str, Scalar], int]:
+    """The wrapped strategy's aggregate of updates clipped to the wrapper's norm, noised for that norm.
+
+    Also returns how many updates were within the norm. Noise std is
+    ``noise_multiplier * clipping_norm / num_sampled_clients``, as in Flower's wrappers.
+    """
+    clip = wrapper.clipping_norm
+    unclipped = clip_updates(results, wrapper.current_round_params, clip)
+    aggregated, metrics = wrapper.strategy.aggregate_fit(server_round, results, failures)
+    if aggregated is not None:
+        aggregated = add_gaussian_noise_to_params(
+            aggregated, wrapper.noise_multiplier, clip, wrapper.num_sampled_clients
+        )
+    return aggregated, metrics, unclipped
+
+
 class FixedClipping(DifferentialPrivacyServerSideFixedClipping):
     """Flower's server-side fixed clipping; one fix to its round: an update of norm 0 is not an error.
 
@@ -65,12 +86,7 @@ class FixedClipping(DifferentialPrivacyServerSideFixedClipping):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results:
             return None, {}
-        clip_updates(results, self.current_round_params, self.clipping_norm)
-        aggregated, metrics = self.strategy.aggregate_fit(server_round, results, failures)
-        if aggregated is not None:
-            aggregated = add_gaussian_noise_to_params(
-                aggregated, self.noise_multiplier, self.clipping_norm, self.num_sampled_clients
-            )
+        aggregated, metrics, _ = clipped_noised_mean(self, server_round, results, failures)
         return aggregated, metrics
 
 
@@ -131,7 +147,6 @@ class AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
         )
         self.target_quantile = target_quantile
         self.rng = rng or np.random.default_rng()
-        self.last_round: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return "AdaptiveClipping(Flower server-side adaptive clipping, Andrew et al. 2021)"
@@ -144,14 +159,10 @@ class AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results:
             return None, {}
-        clip = self.clipping_norm
-        unclipped = clip_updates(results, self.current_round_params, clip)
-        aggregated, metrics = self.strategy.aggregate_fit(server_round, results, failures)
-        if aggregated is not None:  # noise for the norm these updates were clipped to
-            aggregated = add_gaussian_noise_to_params(aggregated, self.noise_multiplier, clip, self.num_sampled_clients)
+        # Clipped and noised at this round's norm; only then is the norm adapted for the next round.
+        aggregated, metrics, unclipped = clipped_noised_mean(self, server_round, results, failures)
         noised_share = float(self.rng.normal(unclipped, self.clipped_count_stddev)) / len(results)
-        self.clipping_norm = clip * math.exp(-self.clip_norm_lr * (noised_share - self.target_quantile))
-        self.last_round = {"clipping_norm": clip, "next_clipping_norm": self.clipping_norm}
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (noised_share - self.target_quantile))
         return aggregated, metrics
 
 

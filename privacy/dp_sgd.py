@@ -30,7 +30,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from models.training import TrainConfig, loss_fn, targets_of
 __all__ = ["PER_SAMPLE", "PerSample", "PrivateTraining", "make_private", "train_private"]
 
 PerSample = Literal["auto", "head", "ghost", "ew"]
-PER_SAMPLE: tuple[str, ...] = ("auto", "head", "ghost", "ew")
+PER_SAMPLE: tuple[str, ...] = get_args(PerSample)
 
 
 @dataclass

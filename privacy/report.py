@@ -256,21 +256,17 @@ def _html(report: dict[str, Any]) -> str:
         f"<td>{'within budget' if _within(s) else 'OVER BUDGET'}</td></tr>"
         for site, s in sorted(report["sites"].items())
     )
-    central = report.get("central_dp")
-    central_html = (
-        f"<h2>Supplier-level DP</h2><p>epsilon {central['epsilon']:.3f} at delta {central['delta']:g}; "
-        f"noise multiplier {central['noise_multiplier']:g}, clipping norm "
-        + (
-            f"adaptive, {central['rounds'][0]['clipping_norm']:.3g} in round {central['rounds'][0]['round']} to "
-            f"{central['rounds'][-1]['clipping_norm']:.3g} in round {central['rounds'][-1]['round']}"
-            if central.get("adaptive_clipping")
-            else f"{central['clipping_norm']:g}"
+    central, central_html = report.get("central_dp"), ""
+    if central:
+        clip = f"{central['clipping_norm']:g}"
+        if central.get("adaptive_clipping"):
+            first, last = central["rounds"][0], central["rounds"][-1]
+            clip = (f"adaptive, {first['clipping_norm']:.3g} in round {first['round']} to "
+                    f"{last['clipping_norm']:.3g} in round {last['round']}")  # fmt: skip
+        central_html = (
+            f"<h2>Supplier-level DP</h2><p>epsilon {central['epsilon']:.3f} at delta {central['delta']:g}; "
+            f"noise multiplier {central['noise_multiplier']:g}, clipping norm {clip}.</p><p>{e(central['note'])}</p>"
         )
-        + ".</p>"
-        f"<p>{e(central['note'])}</p>"
-        if central
-        else ""
-    )
     refusals = "".join(f"<li>{e(r)}</li>" for r in report.get("refusals", [])) or "<li>none</li>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Privacy report {e(report["run_id"])}</title>

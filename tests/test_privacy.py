@@ -150,13 +150,12 @@ def test_clipping_bounds_per_sample_gradients(model, per_sample):
 @pytest.mark.parametrize(("model", "per_sample"), [("ple", "head"), ("mlp", "ghost")])
 def test_clipped_gradient_equals_opacus_per_sample_clipping(model, per_sample):
     """The output-layer path and ghost clipping bound each sample exactly as materialised per-sample clipping."""
-    _, reference, _ = _private_batch(noise=0.0, clip=0.05, model=model, per_sample="ew")
+    reference_grads, reference, _ = _private_batch(noise=0.0, clip=0.05, model=model, per_sample="ew")
     per_sample_grads, grad, private = _private_batch(noise=0.0, clip=0.05, model=model, per_sample=per_sample)
     assert private.per_sample == per_sample
     assert reference.norm() > 1e-3  # not vanishing
     torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-7)
     if per_sample == "head":
-        reference_grads, _, _ = _private_batch(noise=0.0, clip=0.05, model=model, per_sample="ew")
         torch.testing.assert_close(per_sample_grads, reference_grads, rtol=1e-5, atol=1e-6)
 
 
