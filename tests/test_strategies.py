@@ -330,3 +330,11 @@ def test_robust_aggregation_resists_a_poisoned_update_that_drags_fedavg(strategy
 def test_robust_aggregation_refuses_what_it_cannot_combine_with(tmp_path, options, problem):
     with pytest.raises(ValueError, match=problem):
         FederationConfig(task=PM, out_dir=tmp_path, **options)
+
+
+def test_an_update_of_non_numbers_is_named():
+    from coordinator.strategies import update_problem
+
+    text = [np.array([["a", "b", "c"], ["d", "e", "f"]]), np.ones(3, np.float32)]
+    assert update_problem(text, [(2, 3), (3,)]) == "weight array 0 holds <U1, not numbers"
+    assert update_problem([np.ones((2, 3)), np.ones(3)], [(2, 3), (3,)]) is None
