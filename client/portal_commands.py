@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from models.errors import SangsaengError
-from privacy.keys import write_private
+from sangsaeng.files import write_private
 
 __all__ = [
     "PortalClientError", "generate_site_key", "enroll", "pull_model", "predict",

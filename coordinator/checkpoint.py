@@ -9,9 +9,7 @@ Layout of a run directory::
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,31 +19,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RunRecorder", "ResumePoint", "load_resume_point", "write_json", "json_safe"]
+from sangsaeng.files import write_json
+
+__all__ = ["RunRecorder", "ResumePoint", "load_resume_point"]
 
 MANIFEST = "manifest.json"
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf become null so the JSON stays standard (other tools read it)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically: a crash mid-write never leaves a half manifest behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(json_safe(data), handle, indent=2, ensure_ascii=False, allow_nan=False)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

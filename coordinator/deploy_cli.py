@@ -13,10 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from coordinator.checkpoint import write_json
 from coordinator.config import DP_TRAINING_DEFAULTS
 from models.architectures import ARCHITECTURES
 from models.errors import SangsaengError
+from sangsaeng.files import write_json
 
 __all__ = ["app", "certs_app", "write_deployment_results"]
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from models.errors import SangsaengError
-from privacy.keys import write_private
+from sangsaeng.files import write_private
 
 __all__ = [
     "CertificateError", "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",

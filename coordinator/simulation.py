@@ -20,7 +20,7 @@ import pandas as pd
 
 from client.client_app import make_client_app
 from client.site import SiteConfig
-from coordinator.checkpoint import MANIFEST, load_checkpoint, write_json
+from coordinator.checkpoint import MANIFEST, load_checkpoint
 from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from coordinator.server_app import make_server_app
@@ -33,6 +33,7 @@ from models.schema import load_site_data
 from models.tasks import TaskSpec
 from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
 from privacy.policy import SitePrivacyPolicy
+from sangsaeng.files import write_json
 
 __all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
 

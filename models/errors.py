@@ -2,7 +2,7 @@
 
 Exception tree::
 
-    SangsaengError
+    SangsaengError (sangsaeng.errors: the root of every tree)
      ├── TaskSpecError      a task definition is unusable; refused before any training
      └── SiteDataError      a site's data file does not match its task's schema
 """
@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sangsaeng.errors import SangsaengError
+
 __all__ = ["SangsaengError", "SiteDataError", "TaskSpecError"]
-
-
-class SangsaengError(Exception):
-    """Base class of every error Sangsaeng raises on purpose."""
 
 
 class TaskSpecError(SangsaengError):

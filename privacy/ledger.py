@@ -12,8 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from privacy.accounting import Step, calibrate_noise, epsilon_of
 from privacy.audit import AuditLog
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.policy import DpRequest, SitePrivacyPolicy
+from sangsaeng.files import write_json
 
 __all__ = ["PrivacyLedger", "RoundPlan", "MIN_REMAINING"]
 
@@ -71,13 +70,7 @@ class PrivacyLedger:
             raise PolicyError(f"privacy ledger {self.path} is corrupt ({exc}); restore it from backup") from None
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_json(self.path, state, indent=1)
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
