@@ -8,7 +8,7 @@ Layout (FastAPI full-stack template style)::
     core/errors.py   the exception tree; every PortalError becomes a 4xx with its reason
     core/security.py password hashing (argon2), opaque API tokens, site keys, release signing (Ed25519)
     models.py        SQLModel tables and their Create/Update/Public schema families
-    crud.py          database operations; services.py: the flows (lifecycle, releases, audit)
+    crud.py          database operations; services/: the flows, one module per area (lifecycle, releases, audit)
     api/             REST routes, dependencies (SessionDep, CurrentPrincipal) and access rules
     web/             server-rendered pages (Jinja2 templates in templates/)
     artifact.py      the signed model artifact format, shared with the client

@@ -16,13 +16,20 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlmodel import col, select
 
-from portal import crud, services
+from portal import crud
 from portal.access import Principal, authenticate, federation_view, visible_federations
 from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
 from portal.api.routes.login import login as do_login
 from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
 from portal.core.security import csrf_token
 from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
+from portal.services import federations
+from portal.services.audit import audit_trail
+from portal.services.enrolment import invite_expiry, invite_site
+from portal.services.memberships import memberships_of, transition_membership
+from portal.services.privacy import privacy_entries, privacy_reports_of
+from portal.services.releases import approve_release, publish_release, releases_of, withdraw_release
+from portal.services.runs import run_public, runs_of
 from portal.web.charts import line_chart
 
 __all__ = ["install_web", "render_error"]
@@ -143,7 +150,7 @@ def create_federation(
         data = FederationCreate(name=name, task_name=task_name, threshold=threshold, description=description)
     except ValidationError as exc:
         raise _form_error(exc) from None
-    federation = services.create_federation(session, me, data)
+    federation = federations.create_federation(session, me, data)
     return RedirectResponse(f"/federations/{federation.id}", status_code=303)
 
 
@@ -158,7 +165,7 @@ def federation_page(request: Request, session: SessionDep, me: Me, federation_id
     federation, role = federation_view(session, me, _fid(federation_id))
     if role == "auditor":  # auditors do not see membership details
         return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)  # type: ignore[return-value]
-    members = services.memberships_of(session, me, federation.id)  # type: ignore[arg-type]
+    members = memberships_of(session, me, federation.id)  # type: ignore[arg-type]
     names = dict(session.exec(select(Organisation.id, Organisation.name)).all())
     auditors = []
     if role == "anchor":
@@ -191,7 +198,7 @@ def invite(
         data = InviteCreate(organisation_name=organisation_name, site_name=site_name, expires_hours=expires_hours)
     except ValidationError as exc:
         raise _form_error(exc) from None
-    token, membership = services.invite_site(session, me, _fid(federation_id), data)
+    token, membership = invite_site(session, me, _fid(federation_id), data)
     federation, _ = federation_view(session, me, federation_id)
     return page(
         request,
@@ -201,7 +208,7 @@ def invite(
         token=token,
         membership=membership,
         portal_url=str(request.base_url).rstrip("/"),
-        expires_at=services.invite_expiry(session, membership.id),
+        expires_at=invite_expiry(session, membership.id),
     )
 
 
@@ -209,7 +216,7 @@ def invite(
 def assign_auditor(
     session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[int, Form()]
 ) -> Response:
-    services.assign_auditor(session, me, _fid(federation_id), organisation_id)
+    federations.assign_auditor(session, me, _fid(federation_id), organisation_id)
     return RedirectResponse(f"/federations/{federation_id}", status_code=303)
 
 
@@ -217,7 +224,7 @@ def assign_auditor(
 def change_membership(
     session: SessionDep, me: Me, membership_id: int, action: str, reason: Annotated[str, Form(max_length=500)] = ""
 ) -> Response:
-    membership = services.transition_membership(session, me, _fid(membership_id), action, reason)
+    membership = transition_membership(session, me, _fid(membership_id), action, reason)
     return RedirectResponse(f"/federations/{membership.federation_id}", status_code=303)
 
 
@@ -225,13 +232,13 @@ def change_membership(
 @router.get("/federations/{federation_id}/runs", response_class=HTMLResponse)
 def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     federation, role = federation_view(session, me, _fid(federation_id))
-    runs = services.runs_of(session, me, federation.id)  # type: ignore[arg-type]
+    runs = runs_of(session, me, federation.id)  # type: ignore[arg-type]
     return page(request, "runs.html", me, federation=federation, role=role, runs=runs, tab="runs")
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTMLResponse:
-    run = services.run_public(session, me, _fid(run_id))
+    run = run_public(session, me, _fid(run_id))
     federation, role = federation_view(session, me, run.federation_id)
     metric = federation.metric
     global_series = {metric: [(r["round"], r["metrics"].get(metric)) for r in run.rounds]}
@@ -252,7 +259,7 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
 @router.get("/federations/{federation_id}/privacy", response_class=HTMLResponse)
 def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     federation, role = federation_view(session, me, _fid(federation_id))
-    entries = services.privacy_entries(session, me, federation.id)  # type: ignore[arg-type]
+    entries = privacy_entries(session, me, federation.id)  # type: ignore[arg-type]
     series: dict[str, list[tuple[float, float]]] = {}
     offset: dict[str, int] = {}
     for entry in entries:  # runs in order: a site's rounds continue across runs
@@ -267,7 +274,7 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
         y_label="epsilon",
         hline=(f"budget {budget:g}", budget) if budget else None,
     )
-    signed = services.privacy_reports_of(session, me, federation.id) if role in ("anchor", "auditor") else []  # type: ignore[arg-type]
+    signed = privacy_reports_of(session, me, federation.id) if role in ("anchor", "auditor") else []  # type: ignore[arg-type]
     return page(
         request,
         "privacy.html",
@@ -285,7 +292,7 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
 @router.get("/federations/{federation_id}/releases", response_class=HTMLResponse)
 def releases_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     federation, role = federation_view(session, me, _fid(federation_id))
-    releases = services.releases_of(session, me, federation.id)  # type: ignore[arg-type]
+    releases = releases_of(session, me, federation.id)  # type: ignore[arg-type]
     runs = {
         r.id: r.run_ref for r in session.exec(select(TrainingRun).where(TrainingRun.federation_id == federation.id))
     }
@@ -305,13 +312,13 @@ def release_action(
 ) -> Response:
     release_id = _fid(release_id)
     if action == "approve":
-        release = services.approve_release(session, me, release_id)
+        release = approve_release(session, me, release_id)
     elif action == "publish":
-        release = services.publish_release(session, me, signer, release_id)
+        release = publish_release(session, me, signer, release_id)
     elif action == "withdraw":
         if not reason.strip():
             raise UnprocessableContent("give a reason for withdrawing the release")
-        release = services.withdraw_release(session, me, release_id, reason.strip())
+        release = withdraw_release(session, me, release_id, reason.strip())
     else:
         raise BadRequest(f"unknown action '{action}' (approve, publish or withdraw)")
     return RedirectResponse(f"/federations/{release.federation_id}/releases", status_code=303)
@@ -320,5 +327,5 @@ def release_action(
 @router.get("/federations/{federation_id}/audit", response_class=HTMLResponse)
 def audit_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     federation, role = federation_view(session, me, _fid(federation_id))
-    events, broken = services.audit_trail(session, me, federation.id, limit=1000)  # type: ignore[arg-type]
+    events, broken = audit_trail(session, me, federation.id, limit=1000)  # type: ignore[arg-type]
     return page(request, "audit.html", me, federation=federation, role=role, events=events, broken=broken, tab="audit")

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from portal import services
 from portal.api.deps import CurrentPrincipal, SessionDep, SignerDep
 from portal.api.params import FederationId
 from portal.models import AuditEventPublic, AuditTrail, SigningKeyPublic
+from portal.services.audit import audit_trail
 
 router = APIRouter(prefix="/federations/{federation_id}/audit", tags=["audit"])
 keys_router = APIRouter(prefix="/keys", tags=["keys"])
@@ -23,7 +23,7 @@ def read_audit_trail(
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> AuditTrail:
     """Newest first; `chain_intact` is the check of the whole chain (anchor admin and auditors)."""
-    events, broken = services.audit_trail(session, principal, federation_id, limit)
+    events, broken = audit_trail(session, principal, federation_id, limit)
     return AuditTrail(
         events=[AuditEventPublic.model_validate(e, from_attributes=True) for e in events],
         chain_intact=broken is None,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal import crud, services
+from portal import crud
 from portal.api.deps import CurrentPrincipal, SessionDep, SettingsDep, SignerDep
 from portal.core.errors import Forbidden
 from portal.models import EnrolRequest, EnrolResponse, Federation, FederationPublic, SiteStatus
+from portal.services.enrolment import enrol_site
 
 router = APIRouter(prefix="/sites", tags=["sites"])
 
@@ -19,7 +20,7 @@ def enrol(session: SessionDep, settings: SettingsDep, signer: SignerDep, data: E
     Optionally creates the supplier admin's portal account. Returns the site's client token
     and the portal's release-signing public key, which the site pins to verify releases.
     """
-    membership, plain, token = services.enrol_site(
+    membership, plain, token = enrol_site(
         session,
         settings,
         invite_token=data.invite_token,

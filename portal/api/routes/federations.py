@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import col, select
 
-from portal import crud, services
+from portal import crud
 from portal.access import federation_view, visible_federations
 from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep
 from portal.api.params import FederationId
@@ -20,6 +20,8 @@ from portal.models import (
     Organisation,
     SiteKeyPublic,
 )
+from portal.services import enrolment, federations
+from portal.services.memberships import active_site_keys, memberships_of
 
 router = APIRouter(prefix="/federations", tags=["federations"])
 
@@ -33,7 +35,7 @@ def list_federations(session: SessionDep, principal: CurrentPrincipal) -> list:
 @router.post("", response_model=FederationPublic, status_code=201)
 def create_federation(session: SessionDep, principal: CurrentUser, data: FederationCreate) -> object:
     """An anchor admin creates a federation for one of the built-in tasks, with its release threshold."""
-    return services.create_federation(session, principal, data)
+    return federations.create_federation(session, principal, data)
 
 
 @router.get("/{federation_id}", response_model=FederationPublic)
@@ -45,7 +47,7 @@ def read_federation(session: SessionDep, principal: CurrentPrincipal, federation
 def assign_auditor(
     session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: AuditorAssign
 ) -> Message:
-    services.assign_auditor(session, principal, federation_id, data.organisation_id)
+    federations.assign_auditor(session, principal, federation_id, data.organisation_id)
     return Message(message=f"organisation {data.organisation_id} now audits federation {federation_id}")
 
 
@@ -54,18 +56,18 @@ def invite_site(
     session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: InviteCreate
 ) -> InviteIssued:
     """Invite a supplier's site. The token is shown once; it is single-use and expires."""
-    token, membership = services.invite_site(session, principal, federation_id, data)
+    token, membership = enrolment.invite_site(session, principal, federation_id, data)
     return InviteIssued(
         membership=crud.membership_public(session, membership),
         token=token,
-        expires_at=services.invite_expiry(session, membership.id),
+        expires_at=enrolment.invite_expiry(session, membership.id),
     )
 
 
 @router.get("/{federation_id}/memberships", response_model=list[MembershipPublic])
 def list_memberships(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
     """Every site for the anchor; its own organisation's sites for a supplier."""
-    memberships = services.memberships_of(session, principal, federation_id)
+    memberships = memberships_of(session, principal, federation_id)
     ids = {m.organisation_id for m in memberships}
     names = dict(session.exec(select(Organisation.id, Organisation.name).where(col(Organisation.id).in_(ids))).all())
     fingerprints = crud.latest_fingerprints(session, [m.id for m in memberships])  # type: ignore[misc]
@@ -75,4 +77,4 @@ def list_memberships(session: SessionDep, principal: CurrentPrincipal, federatio
 @router.get("/{federation_id}/site-keys", response_model=list[SiteKeyPublic])
 def list_site_keys(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
     """Public keys of the sites admitted now, for the SuperLink (`flwr supernode register`)."""
-    return services.active_site_keys(session, principal, federation_id)
+    return active_site_keys(session, principal, federation_id)

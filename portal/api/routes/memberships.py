@@ -8,10 +8,11 @@ from fastapi import APIRouter
 from pydantic import Field
 from sqlmodel import SQLModel
 
-from portal import crud, services
+from portal import crud
 from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep
 from portal.api.params import MembershipId
 from portal.models import MembershipPublic
+from portal.services.memberships import get_membership, transition_membership
 
 router = APIRouter(prefix="/memberships", tags=["memberships"])
 
@@ -24,7 +25,7 @@ class TransitionRequest(SQLModel):
 
 @router.get("/{membership_id}", response_model=MembershipPublic)
 def read_membership(session: SessionDep, principal: CurrentPrincipal, membership_id: MembershipId) -> MembershipPublic:
-    membership, _ = services.get_membership(session, principal, membership_id)
+    membership, _ = get_membership(session, principal, membership_id)
     return crud.membership_public(session, membership)
 
 
@@ -37,5 +38,5 @@ def change_membership(
     data: TransitionRequest | None = None,
 ) -> MembershipPublic:
     """Move a site through its lifecycle (anchor admin only). Revoking removes its key at once."""
-    membership = services.transition_membership(session, principal, membership_id, action, data.reason if data else "")
+    membership = transition_membership(session, principal, membership_id, action, data.reason if data else "")
     return crud.membership_public(session, membership)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from portal import services
 from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, SignerDep
 from portal.api.params import FederationId, ReleaseId
 from portal.models import ReleaseCreate, ReleasePublic, WithdrawRequest
+from portal.services import releases
 
 router = APIRouter(prefix="/federations/{federation_id}/releases", tags=["releases"])
 release_router = APIRouter(prefix="/releases", tags=["releases"])
@@ -23,25 +23,25 @@ def upload_candidate(
     data: ReleaseCreate,
 ) -> ReleasePublic:
     """The coordinator uploads a run's candidate model (a draft release); its SHA-256 must match."""
-    release = services.create_release(session, settings, principal, federation_id, data)
-    return services.release_public(session, principal, release)
+    release = releases.create_release(session, settings, principal, federation_id, data)
+    return releases.release_public(session, principal, release)
 
 
 @router.get("", response_model=list[ReleasePublic])
 def list_releases(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
     """Every release for the anchor, coordinator and auditors; published and withdrawn ones for sites."""
-    return services.releases_of(session, principal, federation_id)
+    return releases.releases_of(session, principal, federation_id)
 
 
 @release_router.get("/{release_id}", response_model=ReleasePublic)
 def read_release(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> ReleasePublic:
-    return services.get_release_public(session, principal, release_id)
+    return releases.get_release_public(session, principal, release_id)
 
 
 @release_router.post("/{release_id}/approve", response_model=ReleasePublic)
 def approve_release(session: SessionDep, principal: CurrentUser, release_id: ReleaseId) -> ReleasePublic:
     """Approve a draft; refused when a site broke its privacy budget or the metric misses the threshold."""
-    return services.release_public(session, principal, services.approve_release(session, principal, release_id))
+    return releases.release_public(session, principal, releases.approve_release(session, principal, release_id))
 
 
 @release_router.post("/{release_id}/publish", response_model=ReleasePublic)
@@ -49,16 +49,16 @@ def publish_release(
     session: SessionDep, principal: CurrentUser, signer: SignerDep, release_id: ReleaseId
 ) -> ReleasePublic:
     """Publish an approved release: the gate is checked again, and the model card is signed (Ed25519)."""
-    release = services.publish_release(session, principal, signer, release_id)
-    return services.release_public(session, principal, release)
+    release = releases.publish_release(session, principal, signer, release_id)
+    return releases.release_public(session, principal, release)
 
 
 @release_router.post("/{release_id}/withdraw", response_model=ReleasePublic)
 def withdraw_release(
     session: SessionDep, principal: CurrentUser, release_id: ReleaseId, data: WithdrawRequest
 ) -> ReleasePublic:
-    release = services.withdraw_release(session, principal, release_id, data.reason)
-    return services.release_public(session, principal, release)
+    release = releases.withdraw_release(session, principal, release_id, data.reason)
+    return releases.release_public(session, principal, release)
 
 
 @release_router.get(
@@ -68,7 +68,7 @@ def withdraw_release(
 )
 def download_artifact(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> Response:
     """The artifact bytes; sites get published releases only. ``X-Artifact-SHA256`` carries the hash."""
-    release, content = services.release_artifact(session, principal, release_id)
+    release, content = releases.release_artifact(session, principal, release_id)
     return Response(
         content,
         media_type="application/zip",

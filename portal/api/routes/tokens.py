@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal import services
 from portal.api.deps import CurrentUser, SessionDep
 from portal.api.params import FederationId, TokenId
 from portal.models import TokenCreate, TokenIssued, TokenPublic
+from portal.services import tokens
 
 router = APIRouter(prefix="/federations/{federation_id}/tokens", tags=["tokens"])
 token_router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -18,15 +18,15 @@ def issue_coordinator_token(
     session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: TokenCreate
 ) -> TokenIssued:
     """A coordinator token for this federation (shown once)."""
-    plain, token = services.issue_coordinator_token(session, principal, federation_id, data.name, data.days)
+    plain, token = tokens.issue_coordinator_token(session, principal, federation_id, data.name, data.days)
     return TokenIssued(**TokenPublic.model_validate(token, from_attributes=True).model_dump(), token=plain)
 
 
 @router.get("", response_model=list[TokenPublic])
 def list_tokens(session: SessionDep, principal: CurrentUser, federation_id: FederationId) -> list:
-    return services.tokens_of(session, principal, federation_id)
+    return tokens.tokens_of(session, principal, federation_id)
 
 
 @token_router.post("/{token_id}/revoke", response_model=TokenPublic)
 def revoke_token(session: SessionDep, principal: CurrentUser, token_id: TokenId) -> object:
-    return services.revoke_token(session, principal, token_id)
+    return tokens.revoke_token(session, principal, token_id)

@@ -1,0 +1,122 @@
+"""The membership lifecycle (approve, reject, suspend, reinstate, revoke) and the admitted site keys."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from portal import audit
+from portal.access import READ_ONLY, Principal, federation_view, own_sites, require
+from portal.core.errors import BadRequest, Conflict, Forbidden, NotFound
+from portal.models import ApiToken, Invite, Membership, MembershipStatus, SiteCredential, SiteKeyPublic, as_utc, utcnow
+from portal.services._db import commit
+
+S = MembershipStatus
+# action -> (allowed source states, target state)
+TRANSITIONS: dict[str, tuple[tuple[MembershipStatus, ...], MembershipStatus]] = {
+    "approve": ((S.enrolled,), S.approved),
+    "reject": ((S.enrolled,), S.rejected),
+    "suspend": ((S.approved, S.active), S.suspended),
+    "reinstate": ((S.suspended,), S.active),
+    "revoke": ((S.invited, S.enrolled, S.approved, S.active, S.suspended), S.revoked),
+}
+ADMITTED = (S.approved, S.active)
+
+
+def get_membership(session: Session, principal: Principal, membership_id: int) -> tuple[Membership, str]:
+    membership = session.get(Membership, membership_id)
+    missing = NotFound(f"membership {membership_id} not found")
+    if membership is None:
+        raise missing
+    _, role = federation_view(session, principal, membership.federation_id)
+    if role == "auditor":
+        raise Forbidden(f"{READ_ONLY}; they do not see membership details")
+    sites = own_sites(session, principal, membership.federation_id)
+    if sites is not None and membership.site_name not in sites:
+        raise missing
+    return membership, role
+
+
+def transition_membership(
+    session: Session, principal: Principal, membership_id: int, action: str, reason: str = ""
+) -> Membership:
+    """approve / reject / suspend / reinstate / revoke a site."""
+    if action not in TRANSITIONS:
+        raise BadRequest(f"unknown action '{action}' (choose from {sorted(TRANSITIONS)})")
+    membership, role = get_membership(session, principal, membership_id)
+    require(role, ("anchor",), f"{action} sites")  # type: ignore[arg-type]
+    sources, target = TRANSITIONS[action]
+    if membership.status not in sources:
+        if membership.status == target:
+            raise Conflict(f"site '{membership.site_name}' is already {target}")
+        hint = " (it has not enrolled yet)" if membership.status == S.invited else ""
+        raise Conflict(f"cannot {action} site '{membership.site_name}': it is {membership.status}{hint}")
+    now = utcnow()
+    previous = membership.status
+    membership.status = target
+    membership.updated_at = now
+    session.add(membership)
+    if target in (S.revoked, S.rejected):
+        # The key leaves the admitted list at once; the site's tokens and unused invites die with it.
+        for credential in session.exec(select(SiteCredential).where(SiteCredential.membership_id == membership.id)):
+            if credential.revoked_at is None:
+                credential.revoked_at = now
+                session.add(credential)
+        for token in session.exec(select(ApiToken).where(ApiToken.membership_id == membership.id)):
+            if token.revoked_at is None:
+                token.revoked_at = now
+                session.add(token)
+        for invite in session.exec(select(Invite).where(Invite.membership_id == membership.id)):
+            if invite.used_at is None:
+                invite.used_at = now
+                session.add(invite)
+    audit.record(
+        session,
+        actor=principal.label,
+        action=f"membership.{target}",
+        target=f"membership {membership.id}",
+        federation_id=membership.federation_id,
+        detail={"site": membership.site_name, "from": previous, "to": target, "reason": reason[:500]},
+    )
+    commit(session, "membership")
+    return membership
+
+
+def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
+    _, role = federation_view(session, principal, federation_id)
+    if role == "auditor":
+        raise Forbidden(f"{READ_ONLY}; they do not see membership details")
+    query = select(Membership).where(Membership.federation_id == federation_id)
+    if role == "supplier":
+        query = query.where(Membership.organisation_id == principal.org.id)  # type: ignore[union-attr]
+    elif role == "client":
+        query = query.where(Membership.id == principal.membership.id)  # type: ignore[union-attr]
+    return list(session.exec(query.order_by(col(Membership.id))).all())
+
+
+def active_site_keys(session: Session, principal: Principal, federation_id: int) -> list[SiteKeyPublic]:
+    """Public keys of the sites admitted now (approved or active, key valid and not revoked)."""
+    _, role = federation_view(session, principal, federation_id)
+    require(role, ("anchor", "coordinator", "auditor"), "list site keys")
+    now = utcnow()
+    rows = session.exec(
+        select(Membership, SiteCredential)
+        .join(SiteCredential, col(SiteCredential.membership_id) == col(Membership.id))
+        .where(
+            Membership.federation_id == federation_id,
+            col(Membership.status).in_([s.value for s in ADMITTED]),
+            col(SiteCredential.revoked_at).is_(None),
+        )
+        .order_by(col(Membership.id))
+    ).all()
+    return [
+        SiteKeyPublic(
+            membership_id=m.id,
+            site_name=m.site_name,
+            algorithm=c.algorithm,
+            public_key=c.public_key,  # type: ignore[arg-type]
+            fingerprint=c.fingerprint,
+            not_after=c.not_after,
+        )
+        for m, c in rows
+        if as_utc(c.not_before) <= now < as_utc(c.not_after)
+    ]

@@ -1,0 +1,299 @@
+"""Model releases: candidate upload, the release gate, approval, signed publication, withdrawal, download."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from models.architectures import ARCHITECTURES
+from portal import audit
+from portal.access import Principal, federation_view, own_sites, require
+from portal.artifact import read_artifact
+from portal.core.config import Settings
+from portal.core.errors import (
+    ArtifactError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
+    PayloadTooLarge,
+    PolicyViolation,
+)
+from portal.core.security import ReleaseSigner, sha256_hex
+from portal.models import (
+    Federation,
+    Membership,
+    ModelArtifact,
+    ModelRelease,
+    ReleaseCreate,
+    ReleasePublic,
+    ReleaseStatus,
+    TrainingRun,
+    utcnow,
+)
+from portal.protocol import signing_payload
+from portal.services._db import commit
+from portal.services.memberships import ADMITTED
+
+
+def create_release(
+    session: Session, settings: Settings, principal: Principal, federation_id: int, data: ReleaseCreate
+) -> ModelRelease:
+    """The coordinator uploads a candidate model of a reported run: a draft release."""
+    federation, role = federation_view(session, principal, federation_id)
+    require(role, ("coordinator",), "upload candidate models")
+    run = session.get(TrainingRun, data.run_id)
+    if run is None or run.federation_id != federation_id:
+        raise NotFound(f"run {data.run_id} not found in federation {federation_id}")
+    if len(data.artifact_b64) > settings.max_upload_bytes * 4 // 3 + 8:
+        raise PayloadTooLarge(f"artifact is larger than the limit of {settings.max_upload_bytes} bytes")
+    try:
+        blob = base64.b64decode(data.artifact_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("artifact_b64 is not valid base64") from None
+    if len(blob) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"artifact is {len(blob)} bytes; the limit is {settings.max_upload_bytes}")
+    digest = sha256_hex(blob)
+    if digest != data.artifact_sha256:
+        raise BadRequest(f"artifact hash mismatch: content has sha256 {digest}, request says {data.artifact_sha256}")
+    content = read_artifact(blob)
+    if content.task.get("name") != federation.task_name:
+        raise ArtifactError(
+            f"artifact is for task '{content.task.get('name')}', federation trains '{federation.task_name}'"
+        )
+    if session.exec(
+        select(ModelRelease.id).where(ModelRelease.federation_id == federation_id, ModelRelease.version == data.version)
+    ).first():
+        raise Conflict(f"version {data.version} already exists in federation {federation_id}")
+    artifact = ModelArtifact(sha256=digest, size=len(blob), content=blob)
+    session.add(artifact)
+    session.flush()
+    release = ModelRelease(
+        federation_id=federation_id,
+        run_id=run.id,
+        artifact_id=artifact.id,
+        version=data.version,  # type: ignore[arg-type]
+        status=ReleaseStatus.draft,
+        metrics=dict(run.final_metrics),
+        privacy=run.privacy,
+        artifact_sha256=digest,
+        artifact_size=len(blob),
+    )
+    session.add(release)
+    session.flush()
+    audit.record(
+        session,
+        actor=principal.label,
+        action="release.created",
+        target=f"release {release.id}",
+        federation_id=federation_id,
+        detail={"version": data.version, "run_id": run.id, "sha256": digest, "size": len(blob)},
+    )
+    commit(session, f"release {data.version}")
+    return release
+
+
+def _get_release(session: Session, principal: Principal, release_id: int) -> tuple[ModelRelease, Federation, str]:
+    release = session.get(ModelRelease, release_id)
+    missing = NotFound(f"release {release_id} not found")
+    if release is None:
+        raise missing
+    federation, role = federation_view(session, principal, release.federation_id)
+    if role in ("supplier", "client") and release.status not in (ReleaseStatus.published, ReleaseStatus.withdrawn):
+        raise missing
+    return release, federation, role
+
+
+def release_gate(session: Session, release: ModelRelease, federation: Federation) -> None:
+    """Refuse (`PolicyViolation`) a release whose run broke a privacy policy or misses the metric threshold."""
+    run = session.get(TrainingRun, release.run_id)
+    assert run is not None
+    if run.status != "completed":
+        raise PolicyViolation(f"release {release.version}: its run '{run.run_ref}' is {run.status}, not completed")
+    if run.privacy is not None:
+        for site in run.sites:
+            entry = run.privacy.get(site)
+            if entry is None:
+                raise PolicyViolation(f"release {release.version}: site '{site}' has no privacy record in a DP run")
+            if entry["epsilon"] > entry["budget_epsilon"]:
+                raise PolicyViolation(
+                    f"release {release.version}: site '{site}' spent epsilon {entry['epsilon']:g} "
+                    f"over its budget {entry['budget_epsilon']:g}"
+                )
+    value = run.final_metrics.get(federation.metric)
+    if value is None:
+        raise PolicyViolation(f"release {release.version}: its run reports no final '{federation.metric}'")
+    ok = value >= federation.threshold if federation.higher_is_better else value <= federation.threshold
+    if not ok:
+        sign = ">=" if federation.higher_is_better else "<="
+        raise PolicyViolation(
+            f"release {release.version}: {federation.metric} {value:.4g} does not meet the threshold "
+            f"{sign} {federation.threshold:g}"
+        )
+
+
+def approve_release(session: Session, principal: Principal, release_id: int) -> ModelRelease:
+    release, federation, role = _get_release(session, principal, release_id)
+    require(role, ("anchor",), "approve releases")  # type: ignore[arg-type]
+    if release.status != ReleaseStatus.draft:
+        raise Conflict(f"release {release.version} is {release.status}; only a draft can be approved")
+    release_gate(session, release, federation)
+    release.status = ReleaseStatus.approved
+    release.approved_at = utcnow()
+    session.add(release)
+    audit.record(
+        session,
+        actor=principal.label,
+        action="release.approved",
+        target=f"release {release.id}",
+        federation_id=federation.id,
+        detail={"version": release.version},
+    )
+    commit(session, "release")
+    return release
+
+
+def model_card(
+    session: Session, release: ModelRelease, federation: Federation, signer: ReleaseSigner
+) -> dict[str, Any]:
+    """What a release says about itself. Holds aggregates only: no site's privacy spend or metrics."""
+    run = session.get(TrainingRun, release.run_id)
+    stored = session.get(ModelArtifact, release.artifact_id)
+    assert run is not None and stored is not None
+    content = read_artifact(stored.content)  # checked at upload; read again for what the card says of it
+    privacy = run.privacy
+    return {
+        "federation": {"id": federation.id, "name": federation.name},
+        "task": federation.task_spec,
+        "version": release.version,
+        "run": {"id": run.id, "run_ref": run.run_ref, "rounds": len(run.rounds), "sites": len(run.sites)},
+        "metrics": release.metrics,
+        "evaluation": {
+            "metric": federation.metric,
+            "threshold": federation.threshold,
+            "value": release.metrics.get(federation.metric),
+            "higher_is_better": federation.higher_is_better,
+        },
+        "privacy": (
+            {
+                "differential_privacy": True,
+                "sites": len(privacy),
+                "all_within_budget": True,
+                "max_epsilon": max(e["epsilon"] for e in privacy.values()) if privacy else 0.0,
+            }
+            if privacy is not None
+            else {"differential_privacy": False}
+        ),
+        "artifact": {"sha256": release.artifact_sha256, "size": release.artifact_size, "format": "sangsaeng-model/1"},
+        "architecture": {
+            "model": content.model,
+            "hidden": content.hidden,
+            "description": ARCHITECTURES[content.model],
+            "parameters": int(sum(w.size for w in content.weights)),
+        },
+        "signing_key_fingerprint": signer.fingerprint,
+        "published_at": utcnow().replace(microsecond=0).isoformat(),
+    }
+
+
+def publish_release(session: Session, principal: Principal, signer: ReleaseSigner, release_id: int) -> ModelRelease:
+    release, federation, role = _get_release(session, principal, release_id)
+    require(role, ("anchor",), "publish releases")  # type: ignore[arg-type]
+    if release.status == ReleaseStatus.published:
+        raise Conflict(f"release {release.version} is already published")
+    if release.status != ReleaseStatus.approved:
+        raise Conflict(f"release {release.version} is {release.status}; approve it before publishing")
+    release_gate(session, release, federation)
+    card = model_card(session, release, federation, signer)
+    release.model_card = card
+    release.signature = signer.sign(signing_payload(card))
+    release.signing_key_fingerprint = signer.fingerprint
+    release.status = ReleaseStatus.published
+    release.published_at = utcnow()
+    session.add(release)
+    audit.record(
+        session,
+        actor=principal.label,
+        action="release.published",
+        target=f"release {release.id}",
+        federation_id=federation.id,
+        detail={
+            "version": release.version,
+            "sha256": release.artifact_sha256,
+            "signature": release.signature,
+            "key": signer.fingerprint,
+        },
+    )
+    commit(session, "release")
+    return release
+
+
+def withdraw_release(session: Session, principal: Principal, release_id: int, reason: str) -> ModelRelease:
+    release, federation, role = _get_release(session, principal, release_id)
+    require(role, ("anchor",), "withdraw releases")  # type: ignore[arg-type]
+    if release.status == ReleaseStatus.withdrawn:
+        raise Conflict(f"release {release.version} is already withdrawn")
+    release.status = ReleaseStatus.withdrawn
+    release.withdrawn_at = utcnow()
+    release.withdrawn_reason = reason
+    session.add(release)
+    audit.record(
+        session,
+        actor=principal.label,
+        action="release.withdrawn",
+        target=f"release {release.id}",
+        federation_id=federation.id,
+        detail={"version": release.version, "reason": reason},
+    )
+    commit(session, "release")
+    return release
+
+
+def release_public(session: Session, principal: Principal, release: ModelRelease) -> ReleasePublic:
+    public = ReleasePublic.model_validate(release, from_attributes=True)
+    sites = own_sites(session, principal, release.federation_id)
+    if sites is not None and public.privacy is not None:
+        public.privacy = {k: v for k, v in public.privacy.items() if k in sites}
+    return public
+
+
+def releases_of(session: Session, principal: Principal, federation_id: int) -> list[ReleasePublic]:
+    _, role = federation_view(session, principal, federation_id)
+    query = select(ModelRelease).where(ModelRelease.federation_id == federation_id)
+    if role in ("supplier", "client"):
+        query = query.where(
+            col(ModelRelease.status).in_([ReleaseStatus.published.value, ReleaseStatus.withdrawn.value])
+        )
+    releases = session.exec(query.order_by(col(ModelRelease.id).desc())).all()
+    return [release_public(session, principal, r) for r in releases]
+
+
+def get_release_public(session: Session, principal: Principal, release_id: int) -> ReleasePublic:
+    release, _, _ = _get_release(session, principal, release_id)
+    return release_public(session, principal, release)
+
+
+def release_artifact(session: Session, principal: Principal, release_id: int) -> tuple[ModelRelease, bytes]:
+    """The artifact bytes: any status for the anchor, coordinator and auditors; published only for sites."""
+    release, _, role = _get_release(session, principal, release_id)
+    if role in ("supplier", "client"):
+        if release.status == ReleaseStatus.withdrawn:
+            raise Gone(f"release {release.version} was withdrawn: {release.withdrawn_reason}")
+        admitted = session.exec(
+            select(Membership.id).where(
+                Membership.federation_id == release.federation_id,
+                col(Membership.status).in_([s.value for s in ADMITTED]),
+                Membership.id == principal.membership.id  # type: ignore[union-attr]
+                if role == "client"
+                else Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+            )
+        ).first()
+        if admitted is None:
+            raise Forbidden("only approved or active sites may download releases")
+    artifact = session.get(ModelArtifact, release.artifact_id)
+    assert artifact is not None
+    return release, artifact.content

@@ -1,0 +1,104 @@
+"""Training runs: the coordinator reports them; each role sees the runs, and the sites, it may."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from portal import audit
+from portal.access import Principal, federation_view, own_sites, require
+from portal.core.errors import BadRequest, Conflict, NotFound
+from portal.models import Membership, RunPublic, RunReport, TrainingRun
+from portal.services._db import commit
+
+
+def report_run(session: Session, principal: Principal, federation_id: int, report: RunReport) -> TrainingRun:
+    """The coordinator reports a run: per-round metrics and, for DP runs, the per-site privacy summary."""
+    federation, role = federation_view(session, principal, federation_id)
+    require(role, ("coordinator",), "report runs")
+    if session.exec(
+        select(TrainingRun.id).where(TrainingRun.federation_id == federation_id, TrainingRun.run_ref == report.run_ref)
+    ).first():
+        raise Conflict(f"run '{report.run_ref}' has already been reported")
+    if len(set(report.sites)) != len(report.sites):
+        raise BadRequest("sites lists a site twice")
+    known = set(session.exec(select(Membership.site_name).where(Membership.federation_id == federation_id)).all())
+    unknown = sorted(set(report.sites) - known)
+    if unknown:
+        raise BadRequest(f"site(s) {unknown} are not members of federation {federation_id}")
+    numbers = [r.round for r in report.rounds]
+    if len(set(numbers)) != len(numbers):
+        raise BadRequest("rounds lists a round number twice")
+    if report.privacy is not None:
+        extra = sorted(set(report.privacy) - set(report.sites))
+        if extra:
+            raise BadRequest(f"privacy names site(s) {extra} that did not take part in the run")
+    rounds = sorted((r.model_dump() for r in report.rounds), key=lambda r: r["round"])
+    run = TrainingRun(
+        federation_id=federation.id,  # type: ignore[arg-type]
+        run_ref=report.run_ref,
+        status=report.status,
+        sites=list(report.sites),
+        rounds=rounds,
+        final_metrics=dict(rounds[-1]["metrics"]) if rounds else {},
+        privacy={k: v.model_dump() for k, v in report.privacy.items()} if report.privacy is not None else None,
+    )
+    session.add(run)
+    session.flush()
+    audit.record(
+        session,
+        actor=principal.label,
+        action="run.reported",
+        target=f"run {run.id}",
+        federation_id=federation.id,
+        detail={
+            "run_ref": run.run_ref,
+            "status": run.status,
+            "rounds": len(rounds),
+            "sites": run.sites,
+            "dp": run.privacy is not None,
+        },
+    )
+    commit(session, f"run '{report.run_ref}'")
+    return run
+
+
+def _filter_run(run: TrainingRun, sites: set[str] | None) -> RunPublic:
+    if sites is None:
+        return RunPublic.model_validate(run, from_attributes=True)
+    rounds = [{**r, "per_site": {k: v for k, v in r.get("per_site", {}).items() if k in sites}} for r in run.rounds]
+    privacy = {k: v for k, v in run.privacy.items() if k in sites} if run.privacy is not None else None
+    return RunPublic(
+        id=run.id,
+        federation_id=run.federation_id,
+        run_ref=run.run_ref,
+        status=run.status,  # type: ignore[arg-type]
+        sites=[s for s in run.sites if s in sites],
+        rounds=rounds,
+        final_metrics=run.final_metrics,
+        privacy=privacy,
+        created_at=run.created_at,
+    )
+
+
+def runs_of(session: Session, principal: Principal, federation_id: int) -> list[RunPublic]:
+    """Runs the caller may see: all for the anchor and coordinator; those it took part in for a supplier."""
+    _, role = federation_view(session, principal, federation_id)
+    require(role, ("anchor", "coordinator", "supplier", "client"), "see runs")
+    runs = session.exec(
+        select(TrainingRun).where(TrainingRun.federation_id == federation_id).order_by(col(TrainingRun.id).desc())
+    ).all()
+    sites = own_sites(session, principal, federation_id)
+    return [_filter_run(r, sites) for r in runs if sites is None or sites & set(r.sites)]
+
+
+def run_public(session: Session, principal: Principal, run_id: int) -> RunPublic:
+    run = session.get(TrainingRun, run_id)
+    missing = NotFound(f"run {run_id} not found")
+    if run is None:
+        raise missing
+    _, role = federation_view(session, principal, run.federation_id)
+    require(role, ("anchor", "coordinator", "supplier", "client"), "see runs")
+    sites = own_sites(session, principal, run.federation_id)
+    if sites is not None and not sites & set(run.sites):
+        raise missing
+    return _filter_run(run, sites)
