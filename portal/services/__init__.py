@@ -12,4 +12,6 @@ Nothing is changed when a check fails. Import a flow from its area's module::
     privacy.py       per-site privacy spend; the coordinator's signed privacy reports
     releases.py      candidate upload, release gate, approval, signed publication, withdrawal, download
     audit.py         a federation's audit trail and its hash-chain check
+    organisations.py the organisations each caller sees; the anchor creating them
+    users.py         the anchor creating accounts; one's own name and password
 """

@@ -4,64 +4,27 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal import audit, crud
-from portal.access import require
+from portal import crud
 from portal.api.deps import CurrentUser, SessionDep
-from portal.core.errors import Conflict, NotFound
-from portal.models import Organisation, UserCreate, UserPublic, UserUpdate
+from portal.models import UserCreate, UserPublic, UserUpdate
+from portal.services import users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
 @router.get("/me", response_model=UserPublic)
 def read_me(session: SessionDep, principal: CurrentUser) -> UserPublic:
+    """The signed-in user's account and role."""
     return crud.user_public(session, principal.user)  # type: ignore[arg-type]
 
 
 @router.patch("/me", response_model=UserPublic)
 def update_me(session: SessionDep, principal: CurrentUser, data: UserUpdate) -> UserPublic:
     """Change one's own name or password."""
-    from portal.core.security import hash_password
-
-    user = principal.user
-    assert user is not None
-    if data.full_name is not None:
-        user.full_name = data.full_name
-    if data.password is not None:
-        user.hashed_password = hash_password(data.password)
-    session.add(user)
-    audit.record(
-        session,
-        actor=principal.label,
-        action="user.updated",
-        target=f"user {user.id}",
-        detail={"fields": sorted(data.model_dump(exclude_unset=True, exclude_none=True))},
-    )
-    session.commit()
-    return crud.user_public(session, user)
+    return crud.user_public(session, users.update_me(session, principal, data))
 
 
 @router.post("", response_model=UserPublic, status_code=201)
 def create_user(session: SessionDep, principal: CurrentUser, data: UserCreate) -> UserPublic:
     """Anchor admins create user accounts (their own staff, auditors, supplier admins)."""
-    require(principal.kind, ("anchor",), "create users")
-    if session.get(Organisation, data.organisation_id) is None:
-        raise NotFound(f"organisation {data.organisation_id} not found")
-    if crud.get_user_by_email(session, data.email) is not None:
-        raise Conflict(f"a user with e-mail '{data.email}' already exists")
-    user = crud.create_user(
-        session,
-        email=data.email,
-        password=data.password,
-        organisation_id=data.organisation_id,
-        full_name=data.full_name,
-    )
-    audit.record(
-        session,
-        actor=principal.label,
-        action="user.created",
-        target=f"user {user.id}",
-        detail={"email": user.email, "organisation_id": user.organisation_id},
-    )
-    session.commit()
-    return crud.user_public(session, user)
+    return crud.user_public(session, users.create_user(session, principal, data))
