@@ -1,25 +1,28 @@
-"""The portal's exception tree.
+"""The portal's exception tree, below the root of every Sangsaeng error.
 
 Every `PortalError` carries an HTTP status and a reason meant for the caller; the API turns
 it into ``{"detail": reason}`` with that status, the web pages into an error page. Anything
 else escaping a route is a bug (a 500)::
 
-    PortalError (400)
-    ├── BadRequest (400)         malformed input the schema could not catch
-    │   ├── InvalidKey           a public key that is malformed or of the wrong type
-    │   └── ArtifactError        a model artifact that cannot be read or does not fit
-    ├── Unauthorized (401)       no, unknown, expired or revoked credentials
-    ├── Forbidden (403)          authenticated, but the role does not allow it
-    ├── NotFound (404)           absent, or not visible to the caller
-    ├── Conflict (409)           the state does not allow it (approve twice, reused invite)
-    │   └── PolicyViolation      release gate: privacy budget or metric threshold not met
-    ├── Gone (410)               expired invite
-    ├── PayloadTooLarge (413)
-    ├── UnprocessableContent (422)
-    └── TooManyRequests (429)    login rate limit
+    sangsaeng.errors.SangsaengError
+    └── PortalError (400)
+        ├── BadRequest (400)                 malformed input the schema could not catch
+        ├── UnprocessableContent (422)       well-formed input whose content cannot be used
+        │   ├── InvalidKey (422)             a public key that is malformed or of the wrong type
+        │   └── ArtifactError (422)          a model artifact that cannot be read or does not fit
+        ├── Unauthorized (401)               no, unknown, expired or revoked credentials
+        ├── Forbidden (403)                  authenticated, but the role does not allow it
+        ├── NotFound (404)                   absent, or not visible to the caller
+        ├── Conflict (409)                   the state does not allow it (approve twice, reused invite)
+        │   └── PolicyViolation (409)        release gate: privacy budget or metric threshold not met
+        ├── Gone (410)                       expired invite, withdrawn release
+        ├── PayloadTooLarge (413)
+        └── TooManyRequests (429)            login rate limit
 """
 
 from __future__ import annotations
+
+from sangsaeng.errors import SangsaengError
 
 __all__ = [
     "PortalError",
@@ -38,7 +41,7 @@ __all__ = [
 ]
 
 
-class PortalError(Exception):
+class PortalError(SangsaengError):
     """A refused request: `status` is its HTTP status, `reason` says why."""
 
     status: int = 400
@@ -50,10 +53,14 @@ class PortalError(Exception):
 
 
 class BadRequest(PortalError):
+    """Malformed input that the request schema could not catch (bad base64, a mismatched hash)."""
+
     status = 400
 
 
 class UnprocessableContent(PortalError):
+    """Well-formed input whose content cannot be used (a form that fails validation, a bad key)."""
+
     status = 422
 
 
@@ -66,6 +73,8 @@ class ArtifactError(UnprocessableContent):
 
 
 class Unauthorized(PortalError):
+    """No, unknown, expired or revoked credentials; carries ``WWW-Authenticate: Bearer``."""
+
     status = 401
 
     def __init__(self, reason: str = "not authenticated"):
@@ -73,14 +82,20 @@ class Unauthorized(PortalError):
 
 
 class Forbidden(PortalError):
+    """Authenticated, but the caller's role does not allow the action."""
+
     status = 403
 
 
 class NotFound(PortalError):
+    """Absent, or not visible to the caller (the two are not told apart)."""
+
     status = 404
 
 
 class Conflict(PortalError):
+    """The current state does not allow the action (approve twice, reuse an invite, a duplicate name)."""
+
     status = 409
 
 
@@ -89,12 +104,18 @@ class PolicyViolation(Conflict):
 
 
 class Gone(PortalError):
+    """Existed, but no longer usable: an expired invite, a withdrawn release."""
+
     status = 410
 
 
 class PayloadTooLarge(PortalError):
+    """An upload over the portal's size limit."""
+
     status = 413
 
 
 class TooManyRequests(PortalError):
+    """Too many failed sign-ins for an account or an address (the login rate limit)."""
+
     status = 429
