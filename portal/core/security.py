@@ -6,7 +6,8 @@
   `secrets`, stored only as their SHA-256 digest;
 - site keys: ECDSA P-384 public keys in OpenSSH format, the key type Flower's SuperNode
   authentication uses (``--auth-supernode-private-key``), with proof of possession;
-- release signing: the portal's Ed25519 key signs each published artifact and model card.
+- release signing: the portal's Ed25519 key (`sangsaeng.signing`, owner-only file) signs each published
+  artifact and model card.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from portal.core.errors import InvalidKey
 from portal.protocol import canonical_json, enrolment_message
+from sangsaeng import signing
+from sangsaeng.errors import KeyFormatError
 
 __all__ = [
     "hash_password",
@@ -41,7 +44,6 @@ __all__ = [
     "enrolment_message",
     "ReleaseSigner",
     "canonical_json",
-    "verify_release_signature",
     "sha256_hex",
 ]
 
@@ -132,46 +134,37 @@ def parse_site_public_key(text: str) -> SitePublicKey:
 
 # -- release signing ---------------------------------------------------------------------------
 class ReleaseSigner:
-    """The portal's Ed25519 release-signing key, created on first use (file mode 0600)."""
+    """The portal's Ed25519 release-signing key (`sangsaeng.signing`), kept in an owner-only file."""
 
-    def __init__(self, private_key: ed25519.Ed25519PrivateKey):
+    def __init__(self, private_key: signing.Ed25519PrivateKey):
         self._key = private_key
-        public = private_key.public_key()
-        self.public_pem = public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.fingerprint = hashlib.sha256(raw).hexdigest()
+        self.public_pem = signing.public_pem(private_key).decode()
+        self.fingerprint = signing.fingerprint(private_key)
 
     @classmethod
     def load_or_create(cls, path: Path) -> ReleaseSigner:
+        """Load the key at `path`, creating it (mode 0600) on first use; refuse a file others can read.
+
+        Raises `KeyFormatError` naming the file when it is readable by others, unreadable or
+        not an Ed25519 private key.
+        """
         path = Path(path)
-        if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, ed25519.Ed25519PrivateKey):
-                raise ValueError(f"{path}: release signing key must be Ed25519")
-            return cls(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        return cls(key)
+        if not path.exists():
+            staged = signing.write_private_key(
+                path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"), signing.generate_private_key()
+            )
+            try:
+                # Publish only if absent: portal workers starting together must all sign with one key.
+                os.link(staged, path)
+            except FileExistsError:
+                pass  # another worker created it first; everyone uses that one
+            finally:
+                staged.unlink(missing_ok=True)
+        try:
+            return cls(signing.read_private_key(path))
+        except KeyFormatError as exc:
+            raise KeyFormatError(f"release signing key: {exc}") from None
 
     def sign(self, payload: bytes) -> str:
-        return base64.b64encode(self._key.sign(payload)).decode()
-
-
-def verify_release_signature(public_pem: str, payload: bytes, signature_b64: str) -> bool:
-    """True when `signature_b64` is the Ed25519 signature of `payload` by the PEM public key."""
-    try:
-        key = serialization.load_pem_public_key(public_pem.encode())
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            return False
-        key.verify(base64.b64decode(signature_b64, validate=True), payload)
-        return True
-    except (InvalidSignature, ValueError, binascii.Error, UnsupportedAlgorithm):
-        return False
+        """Base64 of the Ed25519 signature of `payload`."""
+        return signing.sign_b64(self._key, payload)

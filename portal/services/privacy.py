@@ -6,9 +6,6 @@ import base64
 import binascii
 import json
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlmodel import Session, col, select
 
 from portal import audit
@@ -25,6 +22,8 @@ from portal.models import (
     TrainingRun,
 )
 from portal.services._db import commit
+from sangsaeng import signing
+from sangsaeng.errors import KeyFormatError
 
 
 def privacy_entries(session: Session, principal: Principal, federation_id: int) -> list[PrivacyEntry]:
@@ -64,21 +63,12 @@ def _b64(value: str, field: str) -> bytes:
         raise BadRequest(f"{field} is not valid base64") from None
 
 
-def _coordinator_key(pem: str) -> Ed25519PublicKey:
+def _coordinator_key(pem: str) -> signing.Ed25519PublicKey:
+    """The coordinator's Ed25519 public key from the upload; a malformed one is a 400 naming the field."""
     try:
-        key = serialization.load_pem_public_key(pem.encode("ascii"))
-    except UnicodeError:
-        raise BadRequest("public_key_pem is not a PEM public key: it holds non-ASCII characters") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise BadRequest(f"public_key_pem is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BadRequest("public_key_pem is not an Ed25519 public key")
-    return key
-
-
-def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """SHA-256 of the raw 32-byte Ed25519 public key, hex."""
-    return sha256_hex(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        return signing.load_public_pem(pem, source="public_key_pem")
+    except KeyFormatError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummary:
@@ -88,7 +78,7 @@ def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummar
         run_ref=run.run_ref,
         sha256=row.sha256,
         size=len(row.report),
-        public_key_fingerprint=key_fingerprint(key),
+        public_key_fingerprint=signing.fingerprint(key),
         created_at=row.created_at,
     )
 
@@ -118,10 +108,8 @@ def upload_privacy_report(
     if len(signature) != 64:
         raise BadRequest(f"signature_b64 decodes to {len(signature)} bytes; a raw Ed25519 signature has 64")
     key = _coordinator_key(data.public_key_pem)
-    try:
-        key.verify(signature, body)
-    except InvalidSignature:
-        raise BadRequest("bad signature: it does not sign the exact bytes of the report under the given key") from None
+    if not signing.verify(key, signature, body):
+        raise BadRequest("bad signature: it does not sign the exact bytes of the report under the given key")
     try:
         report = json.loads(body)
     except (ValueError, RecursionError):
@@ -133,9 +121,7 @@ def upload_privacy_report(
         run_id=run.id,  # type: ignore[arg-type]
         report=body,
         signature=signature,
-        public_key_pem=key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode(),
+        public_key_pem=signing.public_pem(key).decode(),
         sha256=sha256_hex(body),
     )
     session.add(row)

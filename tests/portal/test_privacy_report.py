@@ -185,3 +185,31 @@ def test_privacy_page_shows_the_signed_report_to_auditors_only(portal, client, t
         assert page.status_code == 200 and digest in page.text and "verified at upload" in page.text
     page = sign_in(client, net.supplier_a.email).get(f"/federations/{net.fid}/privacy")
     assert page.status_code == 200 and digest not in page.text and "signed-reports" not in page.text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_coordinator_key_that_is_not_an_ed25519_pem_is_a_400_naming_the_field(portal, client, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    net = network(portal)
+    run = _dp_run(portal, net)
+    upload, _ = _signed(tmp_path, run["run_ref"])
+    url = f"{API}/runs/{run['id']}/privacy-report"
+    ecdsa = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    for pem, reason in (
+        (ecdsa, "public_key_pem is not an Ed25519 public key"),
+        ("-----BEGIN PUBLIC KEY-----\nkey\u00e9\n-----END PUBLIC KEY-----\n",
+         "public_key_pem is not a PEM public key: it holds non-ASCII characters"),
+    ):  # fmt: skip
+        refused = client.post(url, headers=net.coordinator, json={**upload, "public_key_pem": pem})
+        assert refused.status_code == 400 and refused.json()["detail"] == reason
+    garbage = client.post(url, headers=net.coordinator, json={**upload, "public_key_pem": "not a key"})
+    assert garbage.status_code == 400 and garbage.json()["detail"].startswith(
+        "public_key_pem is not a PEM public key: "
+    )
