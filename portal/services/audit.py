@@ -8,6 +8,8 @@ from portal import audit
 from portal.access import Principal, federation_view, require
 from portal.models import AuditEvent
 
+__all__ = ["audit_trail"]
+
 
 def audit_trail(
     session: Session, principal: Principal, federation_id: int, limit: int = 500

@@ -26,6 +26,8 @@ from portal.models import (
 )
 from portal.services._db import commit
 
+__all__ = ["invite_site", "invite_expiry", "enrol_site"]
+
 
 def invite_site(
     session: Session, principal: Principal, federation_id: int, data: InviteCreate
@@ -79,6 +81,7 @@ def invite_site(
 
 
 def invite_expiry(session: Session, membership_id: int) -> Any:
+    """When the invite of a membership expires (None if it has none); no role check, callers have made one."""
     invite = session.exec(select(Invite).where(Invite.membership_id == membership_id)).first()
     return invite.expires_at if invite else None
 

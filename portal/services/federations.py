@@ -10,8 +10,11 @@ from portal.core.errors import BadRequest, Conflict, NotFound
 from portal.models import AuditorAssignment, Federation, FederationCreate, Organisation, OrgKind
 from portal.services._db import commit
 
+__all__ = ["create_federation", "assign_auditor"]
+
 
 def create_federation(session: Session, principal: Principal, data: FederationCreate) -> Federation:
+    """An anchor admin creates a federation for a built-in task; refuses a taken name, an unknown task or metric."""
     from models.tasks import builtin_tasks
 
     require(principal.kind, ("anchor",), "create a federation")
@@ -48,6 +51,7 @@ def create_federation(session: Session, principal: Principal, data: FederationCr
 
 
 def assign_auditor(session: Session, principal: Principal, federation_id: int, organisation_id: int) -> None:
+    """The federation's anchor admin makes an auditor organisation its auditor; refuses other kinds and repeats."""
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("anchor",), "assign auditors")
     org = session.get(Organisation, organisation_id)

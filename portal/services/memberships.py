@@ -10,6 +10,8 @@ from portal.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from portal.models import ApiToken, Invite, Membership, MembershipStatus, SiteCredential, SiteKeyPublic, as_utc, utcnow
 from portal.services._db import commit
 
+__all__ = ["TRANSITIONS", "ADMITTED", "get_membership", "transition_membership", "memberships_of", "active_site_keys"]
+
 S = MembershipStatus
 # action -> (allowed source states, target state)
 TRANSITIONS: dict[str, tuple[tuple[MembershipStatus, ...], MembershipStatus]] = {
@@ -23,6 +25,7 @@ ADMITTED = (S.approved, S.active)
 
 
 def get_membership(session: Session, principal: Principal, membership_id: int) -> tuple[Membership, str]:
+    """A membership and the caller's role in its federation; auditors are refused, other sites' are not found."""
     membership = session.get(Membership, membership_id)
     missing = NotFound(f"membership {membership_id} not found")
     if membership is None:
@@ -82,6 +85,7 @@ def transition_membership(
 
 
 def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
+    """A federation's memberships: all for anchor and coordinator, its own for a supplier or site; auditors refused."""
     _, role = federation_view(session, principal, federation_id)
     if role == "auditor":
         raise Forbidden(f"{READ_ONLY}; they do not see membership details")

@@ -25,6 +25,8 @@ from portal.services._db import commit
 from sangsaeng import signing
 from sangsaeng.errors import KeyFormatError
 
+__all__ = ["privacy_entries", "upload_privacy_report", "privacy_report_of", "privacy_reports_of"]
+
 
 def privacy_entries(session: Session, principal: Principal, federation_id: int) -> list[PrivacyEntry]:
     """Per-site privacy spend per run: all sites for anchor and auditors, its own for a supplier."""

@@ -39,6 +39,19 @@ from portal.protocol import signing_payload
 from portal.services._db import commit
 from portal.services.memberships import ADMITTED
 
+__all__ = [
+    "create_release",
+    "release_gate",
+    "approve_release",
+    "model_card",
+    "publish_release",
+    "withdraw_release",
+    "release_public",
+    "releases_of",
+    "get_release_public",
+    "release_artifact",
+]
+
 
 def create_release(
     session: Session, settings: Settings, principal: Principal, federation_id: int, data: ReleaseCreate
@@ -137,6 +150,7 @@ def release_gate(session: Session, release: ModelRelease, federation: Federation
 
 
 def approve_release(session: Session, principal: Principal, release_id: int) -> ModelRelease:
+    """The anchor admin approves a draft release; refused unless it passes the release gate."""
     release, federation, role = _get_release(session, principal, release_id)
     require(role, ("anchor",), "approve releases")  # type: ignore[arg-type]
     if release.status != ReleaseStatus.draft:
@@ -201,6 +215,7 @@ def model_card(
 
 
 def publish_release(session: Session, principal: Principal, signer: ReleaseSigner, release_id: int) -> ModelRelease:
+    """The anchor admin publishes an approved release: the gate again, then the model card signed with `signer`."""
     release, federation, role = _get_release(session, principal, release_id)
     require(role, ("anchor",), "publish releases")  # type: ignore[arg-type]
     if release.status == ReleaseStatus.published:
@@ -233,6 +248,7 @@ def publish_release(session: Session, principal: Principal, signer: ReleaseSigne
 
 
 def withdraw_release(session: Session, principal: Principal, release_id: int, reason: str) -> ModelRelease:
+    """The anchor admin withdraws a release with a reason; sites can no longer download it."""
     release, federation, role = _get_release(session, principal, release_id)
     require(role, ("anchor",), "withdraw releases")  # type: ignore[arg-type]
     if release.status == ReleaseStatus.withdrawn:
@@ -254,6 +270,7 @@ def withdraw_release(session: Session, principal: Principal, release_id: int, re
 
 
 def release_public(session: Session, principal: Principal, release: ModelRelease) -> ReleasePublic:
+    """The public view of a release; a supplier or site sees only its own sites' privacy spend."""
     public = ReleasePublic.model_validate(release, from_attributes=True)
     sites = own_sites(session, principal, release.federation_id)
     if sites is not None and public.privacy is not None:
@@ -262,6 +279,7 @@ def release_public(session: Session, principal: Principal, release: ModelRelease
 
 
 def releases_of(session: Session, principal: Principal, federation_id: int) -> list[ReleasePublic]:
+    """A federation's releases, newest first: all for anchor, coordinator, auditors; published/withdrawn for sites."""
     _, role = federation_view(session, principal, federation_id)
     query = select(ModelRelease).where(ModelRelease.federation_id == federation_id)
     if role in ("supplier", "client"):
@@ -273,6 +291,7 @@ def releases_of(session: Session, principal: Principal, federation_id: int) -> l
 
 
 def get_release_public(session: Session, principal: Principal, release_id: int) -> ReleasePublic:
+    """One release as the caller may see it (drafts and approved ones are not found for sites)."""
     release, _, _ = _get_release(session, principal, release_id)
     return release_public(session, principal, release)
 

@@ -10,6 +10,8 @@ from portal.core.errors import BadRequest, Conflict, NotFound
 from portal.models import Membership, RunPublic, RunReport, TrainingRun
 from portal.services._db import commit
 
+__all__ = ["report_run", "runs_of", "run_public"]
+
 
 def report_run(session: Session, principal: Principal, federation_id: int, report: RunReport) -> TrainingRun:
     """The coordinator reports a run: per-round metrics and, for DP runs, the per-site privacy summary."""
@@ -92,6 +94,7 @@ def runs_of(session: Session, principal: Principal, federation_id: int) -> list[
 
 
 def run_public(session: Session, principal: Principal, run_id: int) -> RunPublic:
+    """One run for the anchor, coordinator or a site that took part (showing only its sites); otherwise not found."""
     run = session.get(TrainingRun, run_id)
     missing = NotFound(f"run {run_id} not found")
     if run is None:

@@ -12,10 +12,13 @@ from portal.core.errors import Conflict, NotFound
 from portal.models import ApiToken, TokenKind, utcnow
 from portal.services._db import commit
 
+__all__ = ["issue_coordinator_token", "revoke_token", "tokens_of"]
+
 
 def issue_coordinator_token(
     session: Session, principal: Principal, federation_id: int, name: str, days: int
 ) -> tuple[str, ApiToken]:
+    """The anchor admin issues a coordinator token for the federation; returns it once, in plain, with its row."""
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("anchor",), "issue coordinator tokens")
     plain, token = crud.issue_token(
@@ -34,6 +37,7 @@ def issue_coordinator_token(
 
 
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:
+    """The anchor admin revokes a federation's machine token; refuses session tokens (not found) and repeats."""
     token = session.get(ApiToken, token_id)
     if token is None or token.kind == TokenKind.session or token.federation_id is None:
         raise NotFound(f"token {token_id} not found")
@@ -56,6 +60,7 @@ def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiTo
 
 
 def tokens_of(session: Session, principal: Principal, federation_id: int) -> list[ApiToken]:
+    """A federation's machine tokens (never their secrets), for its anchor admin only."""
     _, role = federation_view(session, principal, federation_id)
     require(role, ("anchor",), "list tokens")
     return list(

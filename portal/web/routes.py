@@ -40,11 +40,13 @@ router = APIRouter(tags=["web"], include_in_schema=False)
 
 
 def install_web(app: FastAPI) -> None:
+    """Mount the static files and the web pages on `app`."""
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(router)
 
 
 def render_error(request: Request, status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    """The error page for a refused request; a 401 sends the browser to the sign-in page instead."""
     if status == 401 and request.url.path != "/login":
         return RedirectResponse("/login", status_code=303)
     return templates.TemplateResponse(
@@ -53,6 +55,7 @@ def render_error(request: Request, status: int, reason: str, headers: dict[str, 
 
 
 def web_principal(request: Request, session: SessionDep) -> Principal:
+    """The signed-in person from the session cookie; machine tokens are refused (web pages are for people)."""
     principal = authenticate(session, request.cookies.get(SESSION_COOKIE))
     if principal.user is None:
         raise Forbidden("sign in as a person to use the web pages")
@@ -63,6 +66,7 @@ Me = Annotated[Principal, Depends(web_principal)]
 
 
 def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> None:
+    """Refuse a form whose CSRF token is not the one bound to this session."""
     expected = csrf_token(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""))
     if csrf != expected:
         raise Forbidden("the form expired or did not come from this portal (CSRF check failed); reload the page")
@@ -72,6 +76,7 @@ Csrf = Depends(check_csrf)
 
 
 def page(request: Request, name: str, me: Principal, **context: Any) -> HTMLResponse:
+    """Render template `name` for the signed-in person, with the role and the session's CSRF token."""
     settings = request.app.state.settings
     token = request.cookies.get(SESSION_COOKIE, "")
     return templates.TemplateResponse(
@@ -86,6 +91,7 @@ def _form_error(exc: ValidationError) -> UnprocessableContent:
 # -- sign-in -------------------------------------------------------------------------------------
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request) -> HTMLResponse:
+    """The sign-in form."""
     return templates.TemplateResponse(request, "login.html", {"me": None, "error": None})
 
 
@@ -97,6 +103,7 @@ def login_submit(
     email: Annotated[str, Form(max_length=254)],
     password: Annotated[str, Form(max_length=128)],
 ) -> Response:
+    """Check e-mail and password (rate-limited, as the API) and set the HttpOnly session cookie."""
     try:
         token, _ = do_login(session, settings, request, email, password)
     except PortalError as exc:
@@ -117,6 +124,7 @@ def login_submit(
 
 @router.post("/logout", dependencies=[Csrf])
 def logout(session: SessionDep, me: Me) -> Response:
+    """Revoke this session's token and drop the cookie (CSRF-checked)."""
     from portal.models import utcnow
 
     me.token.revoked_at = utcnow()
@@ -130,6 +138,7 @@ def logout(session: SessionDep, me: Me) -> Response:
 # -- dashboard and federation -----------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, session: SessionDep, me: Me) -> HTMLResponse:
+    """The federations the person has a part in, and the tasks a new federation can train."""
     from models.tasks import builtin_tasks
 
     return page(
@@ -146,6 +155,7 @@ def create_federation(
     threshold: Annotated[float, Form()],
     description: Annotated[str, Form()] = "",
 ) -> Response:
+    """Create a federation from the dashboard form (anchor admins; the same checks as the API)."""
     try:
         data = FederationCreate(name=name, task_name=task_name, threshold=threshold, description=description)
     except ValidationError as exc:
@@ -162,6 +172,7 @@ def _fid(federation_id: int) -> int:
 
 @router.get("/federations/{federation_id}", response_class=HTMLResponse)
 def federation_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """A federation's members (auditors go to the privacy page: they do not see membership details)."""
     federation, role = federation_view(session, me, _fid(federation_id))
     if role == "auditor":  # auditors do not see membership details
         return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)  # type: ignore[return-value]
@@ -194,6 +205,7 @@ def invite(
     site_name: Annotated[str, Form()],
     expires_hours: Annotated[int, Form()] = 72,
 ) -> HTMLResponse:
+    """Invite a supplier's site; shows the single-use invite token once (anchor admins)."""
     try:
         data = InviteCreate(organisation_name=organisation_name, site_name=site_name, expires_hours=expires_hours)
     except ValidationError as exc:
@@ -216,6 +228,7 @@ def invite(
 def assign_auditor(
     session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[int, Form()]
 ) -> Response:
+    """Make an auditor organisation an auditor of the federation (anchor admins)."""
     federations.assign_auditor(session, me, _fid(federation_id), organisation_id)
     return RedirectResponse(f"/federations/{federation_id}", status_code=303)
 
@@ -224,6 +237,7 @@ def assign_auditor(
 def change_membership(
     session: SessionDep, me: Me, membership_id: int, action: str, reason: Annotated[str, Form(max_length=500)] = ""
 ) -> Response:
+    """Approve, reject, suspend, reinstate or revoke a site (anchor admins)."""
     membership = transition_membership(session, me, _fid(membership_id), action, reason)
     return RedirectResponse(f"/federations/{membership.federation_id}", status_code=303)
 
@@ -231,6 +245,7 @@ def change_membership(
 # -- runs and privacy -------------------------------------------------------------------------------
 @router.get("/federations/{federation_id}/runs", response_class=HTMLResponse)
 def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """The runs the person may see, with only their own sites for a supplier."""
     federation, role = federation_view(session, me, _fid(federation_id))
     runs = runs_of(session, me, federation.id)  # type: ignore[arg-type]
     return page(request, "runs.html", me, federation=federation, role=role, runs=runs, tab="runs")
@@ -238,6 +253,7 @@ def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int)
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTMLResponse:
+    """One run with its charts: the global metric against the threshold, and the metric per visible site."""
     run = run_public(session, me, _fid(run_id))
     federation, role = federation_view(session, me, run.federation_id)
     metric = federation.metric
@@ -258,6 +274,7 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
 
 @router.get("/federations/{federation_id}/privacy", response_class=HTMLResponse)
 def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """Privacy spend per site over rounds against the budget; signed reports for the anchor and auditors."""
     federation, role = federation_view(session, me, _fid(federation_id))
     entries = privacy_entries(session, me, federation.id)  # type: ignore[arg-type]
     series: dict[str, list[tuple[float, float]]] = {}
@@ -291,6 +308,7 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
 # -- releases and audit ------------------------------------------------------------------------------
 @router.get("/federations/{federation_id}/releases", response_class=HTMLResponse)
 def releases_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """A federation's releases as the person may see them."""
     federation, role = federation_view(session, me, _fid(federation_id))
     releases = releases_of(session, me, federation.id)  # type: ignore[arg-type]
     runs = {
@@ -310,6 +328,7 @@ def release_action(
     action: str,
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
+    """Approve, publish or withdraw (with a reason) a release (anchor admins; the release gate applies)."""
     release_id = _fid(release_id)
     if action == "approve":
         release = approve_release(session, me, release_id)
@@ -326,6 +345,7 @@ def release_action(
 
 @router.get("/federations/{federation_id}/audit", response_class=HTMLResponse)
 def audit_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """The federation's audit trail and its hash-chain check (anchor admins and auditors)."""
     federation, role = federation_view(session, me, _fid(federation_id))
     events, broken = audit_trail(session, me, federation.id, limit=1000)  # type: ignore[arg-type]
     return page(request, "audit.html", me, federation=federation, role=role, events=events, broken=broken, tab="audit")
