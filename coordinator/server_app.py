@@ -32,7 +32,13 @@ from client.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
-from coordinator.strategies import EvaluateFn, SangsaengStrategy, SiteClientManager, build_strategy
+from coordinator.strategies import (
+    EvaluateFn,
+    SangsaengStrategy,
+    SiteClientManager,
+    build_strategy,
+    restore_strategy_state,
+)
 from models.errors import SangsaengError
 from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
@@ -156,8 +162,7 @@ def run_federation(
 
     inner = build_strategy(config, initial, evaluate_fn, sites=len(healthy))
     if resume is not None:
-        for attr, arrays in resume.strategy_state.items():
-            setattr(inner, attr, arrays)
+        restore_strategy_state(inner, resume.strategy_state)
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
     central = None
     if config.central_dp_noise is not None:

@@ -40,7 +40,16 @@ from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
 
-__all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
+__all__ = [
+    "SangsaengStrategy",
+    "SiteClientManager",
+    "build_strategy",
+    "weighted_mean",
+    "STRATEGY_REGISTRY",
+    "innermost",
+    "strategy_state",
+    "restore_strategy_state",
+]
 
 logger = logging.getLogger("sangsaeng.coordinator")
 
@@ -91,6 +100,32 @@ STRATEGY_REGISTRY: dict[str, Callable[[FederationConfig, dict[str, Any]], Strate
 
 # Server-side optimiser state worth checkpointing, per strategy attribute.
 _STATE_ATTRS = ("m_t", "v_t")
+
+
+def innermost(strategy: Strategy) -> Strategy:
+    """The strategy that aggregates, under every wrapper (Flower's DP wrappers, `SangsaengStrategy`)."""
+    # Flower's DP wrappers keep theirs in `.strategy`, `SangsaengStrategy` in `.inner`.
+    while True:
+        inner = getattr(strategy, "strategy", None) or getattr(strategy, "inner", None)
+        if not isinstance(inner, Strategy):
+            return strategy
+        strategy = inner
+
+
+def strategy_state(strategy: Strategy) -> dict[str, list[np.ndarray]]:
+    """The server-side optimiser state to checkpoint (FedAdam's moments), read where the optimiser keeps it."""
+    optimiser = innermost(strategy)  # a DP wrapper has no moments of its own
+    return {a: list(getattr(optimiser, a)) for a in _STATE_ATTRS if getattr(optimiser, a, None) is not None}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, list[np.ndarray]]) -> None:
+    """Put checkpointed optimiser state back where the optimiser reads it, on resume.
+
+    Set on a DP wrapper, FedAdam's moments would be ignored and the resumed run would restart them at zero.
+    """
+    optimiser = innermost(strategy)
+    for attr, arrays in state.items():
+        setattr(optimiser, attr, arrays)
 
 
 def build_strategy(
@@ -310,8 +345,7 @@ class SangsaengStrategy(Strategy):
             **extra,
         )
         if parameters is not None:
-            state = {a: list(getattr(self.inner, a)) for a in _STATE_ATTRS if getattr(self.inner, a, None) is not None}
-            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), state)
+            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), strategy_state(self.inner))
         else:
             logger.warning("round %s: no update aggregated (%s failure(s))", rnd, len(failures))
         return parameters, metrics

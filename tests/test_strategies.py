@@ -338,3 +338,36 @@ def test_an_update_of_non_numbers_is_named():
     text = [np.array([["a", "b", "c"], ["d", "e", "f"]]), np.ones(3, np.float32)]
     assert update_problem(text, [(2, 3), (3,)]) == "weight array 0 holds <U1, not numbers"
     assert update_problem([np.ones((2, 3)), np.ones(3)], [(2, 3), (3,)]) is None
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_fedadam_moments_survive_a_resume_under_supplier_level_dp(tmp_path, adaptive):
+    """Flower's DP wrapper has no m_t / v_t of its own: they must be read from, and restored into, FedAdam."""
+    from coordinator.strategies import innermost, restore_strategy_state
+    from privacy.central import CentralDP
+
+    config = FederationConfig(task=PM, strategy="fedadam", out_dir=tmp_path, central_dp_noise=0.5,
+                              central_dp_adaptive=adaptive)  # fmt: skip
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+    scaler = FederatedScaler(PM.name, PM.numeric_features, {}, {}, {}, 0.0, 1.0, 10, 1)
+    central = CentralDP(noise_multiplier=0.5, clipping_norm=1.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(build_strategy(config, initial, sites=2), config=config, scaler=scaler,
+                                recorder=recorder, central_dp=central)  # fmt: skip
+    manager = SiteClientManager()
+    for i in (1, 2):
+        manager.register(proxy(i))
+    wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+    updates = [(proxy(i), fit_res([np.full((2, 3), 0.1 * i, np.float32), np.full(3, 0.2, np.float32)], 10, s, 0.1))
+               for i, s in ((1, "a"), (2, "b"))]  # fmt: skip
+    wrapped.aggregate_fit(1, updates, [])
+    moments = {name: getattr(innermost(wrapped.inner), name) for name in ("m_t", "v_t")}
+
+    point = load_resume_point(tmp_path, schema_hash=PM.schema_hash())
+    assert point is not None and set(point.strategy_state) == {"m_t", "v_t"}  # saved through the wrapper
+    fresh = build_strategy(config, initial, sites=2)
+    restore_strategy_state(fresh, point.strategy_state)
+    assert not hasattr(fresh, "m_t")  # onto FedAdam itself, not onto the wrapper where nothing reads them
+    for name, arrays in moments.items():
+        for got, want in zip(getattr(innermost(fresh), name), arrays, strict=True):
+            np.testing.assert_array_equal(got, want)
