@@ -173,8 +173,9 @@ def run_federation(
                 "count_stddev": inner.clipped_count_stddev, "update_noise_multiplier": inner.noise_multiplier,
             }  # fmt: skip
         central = CentralDP(
-            config.central_dp_noise, config.central_dp_clip, config.central_dp_delta, len(healthy), adaptive=adaptive
-        )
+            noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip,
+            delta=config.central_dp_delta, suppliers=len(healthy), adaptive=adaptive,
+        )  # fmt: skip
         for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
             if record.get("central_dp"):
                 central.history.append((config.central_dp_noise, record["central_dp"]["sample_rate"], 1))

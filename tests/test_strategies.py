@@ -143,8 +143,8 @@ def test_central_dp_aggregate_is_unweighted_clipped_and_noised(tmp_path):
     recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
     scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
     inner = build_strategy(config, initial, sites=2)
-    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
-                                central_dp=CentralDP(1e-9, 1.0, 1e-3, suppliers=2))  # fmt: skip
+    central = CentralDP(noise_multiplier=1e-9, clipping_norm=1.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, central_dp=central)
     manager = SiteClientManager()
     for i in (1, 2):
         manager.register(proxy(i))
@@ -220,8 +220,8 @@ def test_adaptive_central_dp_records_each_rounds_clipping_norm(tmp_path):
     scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
     inner = build_strategy(config, initial, sites=2)
     assert isinstance(inner, AdaptiveClipping) and inner.clipped_count_stddev == 0.5  # max(2 / 20, z)
-    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
-                                central_dp=CentralDP(0.5, 2.0, 1e-3, suppliers=2))  # fmt: skip
+    central = CentralDP(noise_multiplier=0.5, clipping_norm=2.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, central_dp=central)
     manager = SiteClientManager()
     for i in (1, 2):
         manager.register(proxy(i))
@@ -285,8 +285,9 @@ def test_supplier_level_dp_takes_an_update_that_did_not_move(tmp_path):
         initial = [np.ones(4, np.float32)]
         recorder = RunRecorder(out, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
         scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
+        central = CentralDP(noise_multiplier=0.5, clipping_norm=1.0, delta=1e-3, suppliers=2)
         wrapped = SangsaengStrategy(build_strategy(config, initial, sites=2), config=config, scaler=scaler,
-                                    recorder=recorder, central_dp=CentralDP(0.5, 1.0, 1e-3, suppliers=2))  # fmt: skip
+                                    recorder=recorder, central_dp=central)  # fmt: skip
         manager = SiteClientManager()
         for i in (1, 2):
             manager.register(proxy(i))
