@@ -31,6 +31,7 @@ from flwr.common import Scalar
 from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 from client.site import SiteConfig
 from models.datasets import holdout_split
+from models.defaults import TRAINING_DEFAULTS
 from models.errors import SangsaengError, SiteDataError, TaskSpecError
 from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
@@ -88,13 +89,15 @@ def _dp_request(config: dict) -> DpRequest:
     return DpRequest(
         run_id=str(config.get(ConfigKey.RUN_ID, "unnamed-run")),
         target_epsilon=target if target > 0 else None,
-        max_grad_norm=float(config.get(ConfigKey.DP_MAX_GRAD_NORM, 1.0)),
+        max_grad_norm=float(config.get(ConfigKey.DP_MAX_GRAD_NORM, TRAINING_DEFAULTS.dp_max_grad_norm)),
         num_rounds=int(config.get(ConfigKey.NUM_ROUNDS, 1)),
     )
 
 
 def _hidden(config: dict) -> tuple[int, ...]:
-    return tuple(int(h) for h in str(config.get(ConfigKey.HIDDEN, "64,32")).split(",") if h)
+    if ConfigKey.HIDDEN not in config:
+        return TRAINING_DEFAULTS.hidden
+    return tuple(int(h) for h in str(config[ConfigKey.HIDDEN]).split(",") if h)
 
 
 class SiteClient(NumPyClient):
@@ -108,7 +111,9 @@ class SiteClient(NumPyClient):
     ) -> tuple[TaskSpec, FederatedScaler, torch.nn.Module]:
         spec = _spec_from(config)
         scaler = FederatedScaler.from_json(str(config[ConfigKey.SCALER]))
-        model = build_model(scaler.n_inputs, name=str(config.get(ConfigKey.MODEL, "mlp")), hidden=_hidden(config))
+        model = build_model(
+            scaler.n_inputs, name=str(config.get(ConfigKey.MODEL, TRAINING_DEFAULTS.model)), hidden=_hidden(config)
+        )
         set_weights(model, parameters)
         return spec, scaler, model
 
@@ -127,13 +132,15 @@ class SiteClient(NumPyClient):
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.train, spec, scaler)
+        # The coordinator sends every setting; what it leaves out falls back on the run's own defaults.
+        default = TRAINING_DEFAULTS
         train_config = TrainConfig(
-            epochs=int(config.get(ConfigKey.EPOCHS, 1)),
-            batch_size=int(config.get(ConfigKey.BATCH_SIZE, 64)),
-            lr=float(config.get(ConfigKey.LR, 3e-3)),
-            weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, 1e-4)),
-            proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),
-            class_weight=str(config.get(ConfigKey.CLASS_WEIGHT, "balanced")),
+            epochs=int(config.get(ConfigKey.EPOCHS, default.local_epochs)),
+            batch_size=int(config.get(ConfigKey.BATCH_SIZE, default.batch_size)),
+            lr=float(config.get(ConfigKey.LR, default.lr)),
+            weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, default.weight_decay)),
+            proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),  # sent by FedProx only
+            class_weight=str(config.get(ConfigKey.CLASS_WEIGHT, default.class_weight)),
             # Different but reproducible shuffles per site and round.
             seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
         )

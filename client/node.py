@@ -35,6 +35,7 @@ from typing import Annotated, Any
 import typer
 
 from models.errors import SangsaengError
+from sangsaeng.console import fail
 
 __all__ = [
     "NodeError",
@@ -82,7 +83,7 @@ class NodeSettings:
 def check_private_key(path: Path) -> None:
     """The site key must exist and be readable by its owner only (it never leaves the site)."""
     if not path.exists():
-        raise NodeError(f"site key {path} not found: enrol first with `sangsaeng client enroll`")
+        raise NodeError(f"site key {path} not found: enrol first with `sangsaeng client enrol`")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise NodeError(f"site key {path} is readable by others (mode {mode:o}); run `chmod 600 {path}`")
@@ -217,7 +218,7 @@ def start_command(
     superlink: Annotated[str, typer.Option(help="The anchor's fleet address, HOST:PORT.")],
     ca_cert: Annotated[Path, typer.Option(help="The network CA certificate (from the anchor).")],
     data: Annotated[Path, typer.Option(help="This site's CSV/Parquet export.")],
-    site_dir: Annotated[Path, typer.Option(help="Directory made by `client enroll`.")] = Path("sangsaeng-site"),
+    site_dir: Annotated[Path, typer.Option(help="Directory made by `client enrol`.")] = Path("sangsaeng-site"),
     site: Annotated[str | None, typer.Option(help="Site name (default: the enrolled name).")] = None,
     max_epsilon: Annotated[float | None, typer.Option(min=0.01, help="This site's privacy budget.")] = None,
     dp_required: Annotated[bool, typer.Option("--dp-required", help="Refuse rounds without DP-SGD.")] = False,
@@ -232,8 +233,7 @@ def start_command(
     try:
         record = json.loads((site_dir / "site.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: {site_dir / 'site.json'} unreadable ({exc}); enrol first with `sangsaeng client enroll`")
-        raise typer.Exit(code=2) from None
+        fail(f"{site_dir / 'site.json'} unreadable ({exc}); enrol first with `sangsaeng client enrol`")
     node_config: dict[str, Any] = {"site": site or record["site_name"], "data-path": str(data.resolve())}
     if max_epsilon is not None:
         node_config["max-epsilon"] = max_epsilon

@@ -1,6 +1,6 @@
 """A supplier site's portal commands: enrol, pull a published model, score local data.
 
-    sangsaeng client enroll --portal URL --invite TOKEN [--site-dir DIR]
+    sangsaeng client enrol --portal URL --invite TOKEN [--site-dir DIR]
     sangsaeng client pull-model [--site-dir DIR] [--version X.Y.Z]
     sangsaeng client predict MODEL.zip DATA.csv [--out scores.csv]
 
@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from models.errors import SangsaengError
+from sangsaeng.console import fail
 from sangsaeng.files import write_private
 
 __all__ = [
@@ -133,7 +134,7 @@ def _load_site(site_dir: Path) -> tuple[dict[str, Any], str]:
         record = json.loads((site_dir / "site.json").read_text(encoding="utf-8"))
         token = (site_dir / "token").read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise PortalClientError(f"{site_dir} holds no enrolled site: run `sangsaeng client enroll` first") from None
+        raise PortalClientError(f"{site_dir} holds no enrolled site: run `sangsaeng client enrol` first") from None
     return record, token
 
 
@@ -241,13 +242,8 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
     return out, metrics
 
 
-# -- typer commands (registered on `sangsaeng client` in coordinator/cli.py) -------------------------------
+# -- typer commands (registered on `sangsaeng client` in client/cli.py) ------------------------------------
 SiteDir = Annotated[Path, typer.Option(help="The site's directory (keys, token, pulled models).")]
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def enroll_command(
@@ -265,8 +261,7 @@ def enroll_command(
     try:
         record = enroll(portal, invite, site_dir, admin_email=admin_email, admin_password=password)
     except SangsaengError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     typer.echo(
         f"enrolled site '{record['site_name']}' (membership {record['membership_id']}); key {record['key_fingerprint']}"
     )
@@ -281,8 +276,7 @@ def pull_model_command(
     try:
         path = pull_model(site_dir, version=version)
     except SangsaengError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     typer.echo(f"verified and saved: {path}")
 
 
@@ -295,8 +289,7 @@ def predict_command(
     try:
         path, metrics = predict(model, data, out)
     except SangsaengError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     typer.echo(f"scores: {path}")
     for name, value in metrics.items():
         typer.echo(f"{name}: {value:.4f}")

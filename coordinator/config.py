@@ -7,15 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coordinator.aggregation import AGGREGATIONS
 from models.architectures import check_architecture
+from models.defaults import TRAINING_DEFAULTS
 from models.tasks import TaskSpec, builtin_tasks, get_task
+from sangsaeng.paths import DEFAULT_KEY_DIR
 
 __all__ = ["FederationConfig", "STRATEGIES", "ROBUST_STRATEGIES", "DP_TRAINING_DEFAULTS", "parse_hidden"]
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+STRATEGIES: tuple[str, ...] = tuple(AGGREGATIONS)
 # Aggregations robust to a few poisoned updates (Yin et al. 2018): not a mean, so neither the
 # supplier-level DP noise (calibrated to a mean) nor secure aggregation (which only sums) fits.
-ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg")
+ROBUST_STRATEGIES: tuple[str, ...] = tuple(name for name, kind in AGGREGATIONS.items() if kind.robust)
 # Local training that suits DP-SGD (measured by bench/privacy.py and docs/privacy.md):
 # - an additive model on a piecewise-linear encoding of each input ("ple" with no hidden
 #   layer): convex, ~140 weights on AI4I, and the failure physics are thresholds on single
@@ -65,23 +68,23 @@ class FederationConfig:
     fraction_fit: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2
-    local_epochs: int = 2
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    local_epochs: int = TRAINING_DEFAULTS.local_epochs
+    batch_size: int = TRAINING_DEFAULTS.batch_size
+    lr: float = TRAINING_DEFAULTS.lr
+    weight_decay: float = TRAINING_DEFAULTS.weight_decay
     proximal_mu: float = 0.01  # FedProx only
     trim_fraction: float = 0.2  # FedTrimmedAvg only: the share cut from each end, per coordinate
     server_lr: float = 0.01  # FedAdam only (eta)
     seed: int = 0
-    model: str = "mlp"  # architecture, see models.architectures
-    hidden: tuple[int, ...] = (64, 32)
-    class_weight: str = "balanced"  # see models.training.CLASS_WEIGHTS
+    model: str = TRAINING_DEFAULTS.model  # architecture, see models.architectures
+    hidden: tuple[int, ...] = TRAINING_DEFAULTS.hidden
+    class_weight: str = TRAINING_DEFAULTS.class_weight  # see models.training.CLASS_WEIGHTS
     out_dir: Path = Path("sangsaeng-run")
     resume: bool = False
     node_wait_timeout: float = 120.0
     # Record-level DP-SGD at every site: the per-site epsilon the whole run may spend.
     dp_epsilon: float | None = None
-    dp_max_grad_norm: float = 1.0
+    dp_max_grad_norm: float = TRAINING_DEFAULTS.dp_max_grad_norm
     # Supplier-level DP at the coordinator (clip each site's update, add Gaussian noise).
     central_dp_noise: float | None = None
     central_dp_clip: float = 1.0  # the clipping norm; with adaptive clipping, its first value
@@ -96,7 +99,7 @@ class FederationConfig:
     secagg_shares: int = 3
     secagg_threshold: int = 2
     secagg_clip: float = 8.0  # every parameter must lie in [-clip, clip] to be summed exactly
-    key_dir: Path = field(default_factory=lambda: Path.home() / ".sangsaeng" / "coordinator")
+    key_dir: Path = DEFAULT_KEY_DIR
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

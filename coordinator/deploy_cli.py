@@ -13,10 +13,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from coordinator.config import DP_TRAINING_DEFAULTS
-from models.architectures import ARCHITECTURES
+from coordinator.options import TrainingOptions, training_options
 from models.errors import SangsaengError
+from sangsaeng.console import fail
 from sangsaeng.files import write_json
+from sangsaeng.paths import DEFAULT_DEPLOY_STATE
 
 __all__ = ["app", "certs_app", "write_deployment_results"]
 
@@ -26,50 +27,13 @@ app.add_typer(certs_app, name="certs")
 console = Console()
 
 State = Annotated[Path, typer.Option("--state", help="The coordinator's state directory.")]
-_DEFAULT_STATE = Path.home() / ".sangsaeng" / "coordinator-deploy"
-# Shared with `sangsaeng demo` / `simulate` (coordinator.cli).
-Model = Annotated[
-    str | None,
-    typer.Option(
-        help=f"Model: {', '.join(ARCHITECTURES)} (default mlp; {DP_TRAINING_DEFAULTS['model']} with DP-SGD, "
-        "see docs/privacy.md)."
-    ),
-]
-Hidden = Annotated[
-    str | None,
-    typer.Option(help="Hidden layer widths, e.g. 64,32, or 'none' (default 64,32; none with DP-SGD)."),
-]
-CentralNoise = Annotated[
-    float | None, typer.Option(min=1e-6, help="Supplier-level DP at the coordinator: noise multiplier.")
-]
-CentralClip = Annotated[
-    float,
-    typer.Option(min=1e-6, help="Supplier-level DP: clipping norm of each site's update (adaptive: its first value)."),
-]
-CentralAdaptive = Annotated[
-    bool,
-    typer.Option(
-        "--central-dp-adaptive",
-        help="Supplier-level DP: adapt the clipping norm every round to a quantile of the update norms "
-        "(Andrew et al. 2021).",
-    ),
-]
-CentralQuantile = Annotated[
-    float, typer.Option(min=0.01, max=0.99, help="Adaptive clipping: the quantile of update norms to follow.")
-]
-_DEFAULT_KEY_DIR = Path.home() / ".sangsaeng" / "coordinator"
-
-
-def _fail(exc: Exception | str) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 @certs_app.command("init")
 def certs_init(
     name: Annotated[str, typer.Option(help="The anchor's organisation name (CA subject).")],
     host: Annotated[list[str], typer.Option("--host", help="Name or IP suppliers use to reach the SuperLink.")],
-    state: State = _DEFAULT_STATE,
+    state: State = DEFAULT_DEPLOY_STATE,
 ) -> None:
     """Create the network CA and the SuperLink's first server certificate."""
     from coordinator.deploy import DeploymentLayout
@@ -80,13 +44,13 @@ def certs_init(
     try:
         init_network(layout.certs, name=name, hosts=hosts)
     except SangsaengError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"network CA: {layout.certs.ca_cert} (give this file to every supplier)")
     console.print(f"server certificate for {', '.join(hosts)}: {layout.certs.server_cert}")
 
 
 @certs_app.command("rotate")
-def certs_rotate(state: State = _DEFAULT_STATE) -> None:
+def certs_rotate(state: State = DEFAULT_DEPLOY_STATE) -> None:
     """Issue a new server certificate for the same hosts (restart `coordinator up` to use it)."""
     from cryptography import x509
 
@@ -98,12 +62,12 @@ def certs_rotate(state: State = _DEFAULT_STATE) -> None:
         old = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
         new = issue_server_certificate(certs, hosts=server_hosts(old))
     except (OSError, SangsaengError) as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"new server certificate, valid until {new.not_valid_after_utc:%Y-%m-%d}: {certs.server_cert}")
 
 
 @certs_app.command("check")
-def certs_check(state: State = _DEFAULT_STATE, host: Annotated[str | None, typer.Option()] = None) -> None:
+def certs_check(state: State = DEFAULT_DEPLOY_STATE, host: Annotated[str | None, typer.Option()] = None) -> None:
     """Check the server certificate: issued by the network CA, in date, for HOST."""
     from coordinator.deploy import DeploymentLayout
     from coordinator.pki import check_server_certificate
@@ -111,7 +75,7 @@ def certs_check(state: State = _DEFAULT_STATE, host: Annotated[str | None, typer
     try:
         left = check_server_certificate(DeploymentLayout(state).certs, host=host)
     except SangsaengError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"server certificate valid for {left.days} more day(s)")
 
 
@@ -120,7 +84,7 @@ def up(
     federation: Annotated[int, typer.Option(help="The portal federation whose admitted sites may join.")],
     portal: Annotated[str, typer.Option(help="Portal URL.")],
     token_file: Annotated[Path, typer.Option(help="File holding the coordinator token (from the portal).")],
-    state: State = _DEFAULT_STATE,
+    state: State = DEFAULT_DEPLOY_STATE,
     public_host: Annotated[str, typer.Option(help="Address suppliers connect to (fleet gateway).")] = "0.0.0.0",
     public_port: Annotated[int, typer.Option(help="Port suppliers connect to.")] = 9092,
     internal_port: Annotated[int, typer.Option(help="The SuperLink's loopback port (Control API).")] = 9093,
@@ -144,7 +108,7 @@ def up(
     try:
         token = token_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        _fail(f"cannot read the coordinator token: {exc}")
+        fail(f"cannot read the coordinator token: {exc}")
     processes: list[subprocess.Popen] = []
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -162,62 +126,52 @@ def up(
         sync.run_forever(sync_interval, stop=lambda: stopping.is_set() or any(p.poll() is not None for p in processes))
         dead = [p for p in processes if p.poll() is not None]
         if dead and not stopping.is_set():
-            _fail(f"{Path(str(dead[0].args[0])).name} stopped (exit code {dead[0].returncode}); see {layout.root}")
+            fail(f"{Path(str(dead[0].args[0])).name} stopped (exit code {dead[0].returncode}); see {layout.root}")
     except SangsaengError as exc:
-        _fail(exc)
+        fail(exc)
     finally:
         stop_processes(processes)
 
 
 @app.command("run")
+@training_options
 def run(
     task: Annotated[str, typer.Option(help="Built-in task name.")] = "injection-molding-quality",
-    rounds: Annotated[int, typer.Option(min=1)] = 10,
-    min_sites: Annotated[int, typer.Option(min=1)] = 2,
-    dp_epsilon: Annotated[float | None, typer.Option(min=0.01, help="Per-site DP-SGD budget of the run.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+).")] = False,
-    central_dp_noise: CentralNoise = None,
-    central_dp_clip: CentralClip = 1.0,
-    central_dp_adaptive: CentralAdaptive = False,
-    central_dp_quantile: CentralQuantile = 0.5,
-    model: Model = None,
-    hidden: Hidden = None,
-    seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Run directory (manifest, checkpoints, results, privacy report).")] = Path(
         "sangsaeng-run"
     ),
-    key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory.")] = _DEFAULT_KEY_DIR,
-    state: State = _DEFAULT_STATE,
+    state: State = DEFAULT_DEPLOY_STATE,
+    *,
+    options: TrainingOptions,
 ) -> None:
     """Train on the admitted sites through the running SuperLink (`coordinator up`)."""
     import tomli_w
 
-    from coordinator.config import FederationConfig, parse_hidden
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
     from models.tasks import get_task
 
     layout = DeploymentLayout(state)
     try:
-        config = FederationConfig.with_defaults(
-            task=get_task(task), num_rounds=rounds, min_sites=min_sites, dp_epsilon=dp_epsilon, secagg=secagg,
-            seed=seed, out_dir=out.resolve(), key_dir=key_dir.resolve(), model=model, hidden=parse_hidden(hidden),
-            central_dp_noise=central_dp_noise, central_dp_clip=central_dp_clip, central_dp_adaptive=central_dp_adaptive,
-            central_dp_quantile=central_dp_quantile,
-        )  # fmt: skip
+        # Resolved here: the server app runs from another directory.
+        config = options.federation_config(
+            get_task(task), out_dir=out.resolve(), key_dir=options.key_dir.resolve(), secagg=secagg
+        )
     except (SangsaengError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     app_dir = write_app_dir(layout)
     with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as handle:
         tomli_w.dump(config.to_run_config(), handle)
-    console.print(f"run on {CONNECTION} SuperLink: {task}, {rounds} round(s), secagg={secagg}, dp={dp_epsilon}")
+    console.print(f"run on {CONNECTION} SuperLink: {task}, {config.num_rounds} round(s), secagg={secagg}, "
+                  f"dp={options.dp_epsilon}")  # fmt: skip
     code = subprocess.call([_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", handle.name,
                             "--stream"], env=flower_env(layout))  # fmt: skip
     manifest_path = config.out_dir / "manifest.json"
     if not manifest_path.exists():
-        _fail(f"the run left no manifest in {config.out_dir} (flwr exit code {code}); see the log above")
+        fail(f"the run left no manifest in {config.out_dir} (flwr exit code {code}); see the log above")
     results = write_deployment_results(config.out_dir)
     if results["status"] != "completed":
-        _fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
+        fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
     console.print(f"results: {config.out_dir / 'results.json'}, plot: {config.out_dir / 'metrics.png'}")
 
 

@@ -32,7 +32,13 @@ from client.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
-from coordinator.strategies import EvaluateFn, SangsaengStrategy, SiteClientManager, build_strategy
+from coordinator.strategies import (
+    EvaluateFn,
+    SangsaengStrategy,
+    SiteClientManager,
+    build_strategy,
+    restore_strategy_state,
+)
 from models.errors import SangsaengError
 from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
@@ -156,8 +162,7 @@ def run_federation(
 
     inner = build_strategy(config, initial, evaluate_fn, sites=len(healthy))
     if resume is not None:
-        for attr, arrays in resume.strategy_state.items():
-            setattr(inner, attr, arrays)
+        restore_strategy_state(inner, resume.strategy_state)
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
     central = None
     if config.central_dp_noise is not None:
@@ -168,8 +173,9 @@ def run_federation(
                 "count_stddev": inner.clipped_count_stddev, "update_noise_multiplier": inner.noise_multiplier,
             }  # fmt: skip
         central = CentralDP(
-            config.central_dp_noise, config.central_dp_clip, config.central_dp_delta, len(healthy), adaptive=adaptive
-        )
+            noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip,
+            delta=config.central_dp_delta, suppliers=len(healthy), adaptive=adaptive,
+        )  # fmt: skip
         for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
             if record.get("central_dp"):
                 central.history.append((config.central_dp_noise, record["central_dp"]["sample_rate"], 1))

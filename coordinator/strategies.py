@@ -1,8 +1,9 @@
 """Aggregation strategies by name, and the wrapper that adds Sangsaeng's bookkeeping.
 
 The strategies are Flower's own legacy ``flwr.server.strategy`` classes (weighted FedAvg,
-FedProx, FedAdam) driven by Flower's ``DefaultWorkflow``: the structure in which Flower's
-SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``) plugs in as the fit workflow.
+FedProx, FedAdam, FedMedian, FedTrimmedAvg; by name in `coordinator.aggregation`) driven by
+Flower's ``DefaultWorkflow``: the structure in which Flower's SecAgg+ (``SecAggPlusWorkflow``
++ ``secaggplus_mod``) plugs in as the fit workflow.
 
 `SangsaengStrategy` wraps an inner strategy, as Flower's DP wrappers do: it sends the task,
 scaler and training settings with every instruction, records failures and per-site metrics,
@@ -30,9 +31,10 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager, SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
-from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
+from flwr.server.strategy import Strategy
 
 from client.protocol import ConfigKey, ReplyKey
+from coordinator.aggregation import AGGREGATIONS
 from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
@@ -40,7 +42,16 @@ from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
 
-__all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
+__all__ = [
+    "SangsaengStrategy",
+    "SiteClientManager",
+    "build_strategy",
+    "weighted_mean",
+    "STRATEGY_REGISTRY",
+    "innermost",
+    "strategy_state",
+    "restore_strategy_state",
+]
 
 logger = logging.getLogger("sangsaeng.coordinator")
 
@@ -60,37 +71,36 @@ def weighted_mean(items: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scala
     return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
 
-def _fedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
-    return FedAvg(**common)
-
-
-def _fedprox(config: FederationConfig, common: dict[str, Any]) -> Strategy:
-    return FedProx(proximal_mu=config.proximal_mu, **common)
-
-
-def _fedadam(config: FederationConfig, common: dict[str, Any]) -> Strategy:
-    return FedAdam(eta=config.server_lr, eta_l=config.lr, tau=1e-3, **common)
-
-
-def _fedmedian(config: FederationConfig, common: dict[str, Any]) -> Strategy:
-    return FedMedian(**common)
-
-
-def _fedtrimmedavg(config: FederationConfig, common: dict[str, Any]) -> Strategy:
-    return FedTrimmedAvg(beta=config.trim_fraction, **common)
-
-
-STRATEGY_REGISTRY: dict[str, Callable[[FederationConfig, dict[str, Any]], Strategy]] = {
-    "fedavg": _fedavg,
-    "fedprox": _fedprox,
-    "fedadam": _fedadam,
-    # Coordinate-wise median / trimmed mean: a few poisoned updates cannot drag the model away.
-    "fedmedian": _fedmedian,
-    "fedtrimmedavg": _fedtrimmedavg,
-}
+STRATEGY_REGISTRY = AGGREGATIONS  # the registry, under the name this module has always exported
 
 # Server-side optimiser state worth checkpointing, per strategy attribute.
 _STATE_ATTRS = ("m_t", "v_t")
+
+
+def innermost(strategy: Strategy) -> Strategy:
+    """The strategy that aggregates, under every wrapper (Flower's DP wrappers, `SangsaengStrategy`)."""
+    # Flower's DP wrappers keep theirs in `.strategy`, `SangsaengStrategy` in `.inner`.
+    while True:
+        inner = getattr(strategy, "strategy", None) or getattr(strategy, "inner", None)
+        if not isinstance(inner, Strategy):
+            return strategy
+        strategy = inner
+
+
+def strategy_state(strategy: Strategy) -> dict[str, list[np.ndarray]]:
+    """The server-side optimiser state to checkpoint (FedAdam's moments), read where the optimiser keeps it."""
+    optimiser = innermost(strategy)  # a DP wrapper has no moments of its own
+    return {a: list(getattr(optimiser, a)) for a in _STATE_ATTRS if getattr(optimiser, a, None) is not None}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, list[np.ndarray]]) -> None:
+    """Put checkpointed optimiser state back where the optimiser reads it, on resume.
+
+    Set on a DP wrapper, FedAdam's moments would be ignored and the resumed run would restart them at zero.
+    """
+    optimiser = innermost(strategy)
+    for attr, arrays in state.items():
+        setattr(optimiser, attr, arrays)
 
 
 def build_strategy(
@@ -113,7 +123,7 @@ def build_strategy(
     }
     if evaluate_fn is not None:
         common["evaluate_fn"] = lambda rnd, weights, _cfg: evaluate_fn(rnd, weights)
-    strategy = STRATEGY_REGISTRY[config.strategy](config, common)
+    strategy = AGGREGATIONS[config.strategy]().build(config, common)
     if config.central_dp_noise is not None:
         strategy = wrap_central_dp(
             strategy, noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip, sites=sites,
@@ -310,8 +320,7 @@ class SangsaengStrategy(Strategy):
             **extra,
         )
         if parameters is not None:
-            state = {a: list(getattr(self.inner, a)) for a in _STATE_ATTRS if getattr(self.inner, a, None) is not None}
-            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), state)
+            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), strategy_state(self.inner))
         else:
             logger.warning("round %s: no update aggregated (%s failure(s))", rnd, len(failures))
         return parameters, metrics

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.architectures import PLE_KNOTS, check_architecture, input_width
+from models.architectures import ARCHITECTURES, PLE_KNOTS, check_architecture, input_width
+from models.defaults import TRAINING_DEFAULTS
 
 __all__ = [
     "TabularMLP",
@@ -22,13 +23,30 @@ __all__ = [
     "get_weights",
     "set_weights",
     "MODEL_REGISTRY",
+    "implements",
 ]
 
 
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+"""The network of each architecture in `models.architectures.ARCHITECTURES`, filled by `implements`."""
+
+
+def implements(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register a network class as architecture ``name``, which `ARCHITECTURES` must already name."""
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        check_architecture(name)
+        MODEL_REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+@implements("mlp")
 class TabularMLP(nn.Module):
     """A small multilayer perceptron with one output (a logit or a scaled regression value)."""
 
-    def __init__(self, n_inputs: int, hidden: Sequence[int] = (64, 32)):
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = TRAINING_DEFAULTS.hidden):
         super().__init__()
         layers: list[nn.Module] = []
         width = n_inputs
@@ -80,6 +98,7 @@ class PiecewiseLinearEncoding(nn.Module):
         return torch.cat([x, bins.flatten(1)], dim=1)
 
 
+@implements("ple")
 class EncodedMLP(TabularMLP):
     """`PiecewiseLinearEncoding` then `TabularMLP`; with ``hidden=()`` an additive model."""
 
@@ -91,10 +110,19 @@ class EncodedMLP(TabularMLP):
         return super().features(self.encoding(x))
 
 
-MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": TabularMLP, "ple": EncodedMLP}
+# The torch-free list of names (checked in artifacts without torch) and the networks cannot drift apart.
+_unimplemented = sorted(set(ARCHITECTURES) - set(MODEL_REGISTRY))
+if _unimplemented:
+    raise ImportError(f"models.architectures names {_unimplemented} but models.nets implements no network for them")
 
 
-def build_model(n_inputs: int, *, name: str = "mlp", hidden: Sequence[int] = (64, 32), seed: int = 0) -> nn.Module:
+def build_model(
+    n_inputs: int,
+    *,
+    name: str = TRAINING_DEFAULTS.model,
+    hidden: Sequence[int] = TRAINING_DEFAULTS.hidden,
+    seed: int = 0,
+) -> nn.Module:
     """A freshly initialised model; the same seed gives the same initial weights everywhere."""
     check_architecture(name)
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
+from models.defaults import TRAINING_DEFAULTS
 from models.metrics import compute_metrics
 from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
@@ -32,13 +33,13 @@ __all__ = [
 class TrainConfig:
     """Hyper-parameters of one stretch of local training."""
 
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    proximal_mu: float = 0.0  # FedProx: pull towards the round's global weights
+    epochs: int = TRAINING_DEFAULTS.local_epochs
+    batch_size: int = TRAINING_DEFAULTS.batch_size
+    lr: float = TRAINING_DEFAULTS.lr
+    weight_decay: float = TRAINING_DEFAULTS.weight_decay
+    proximal_mu: float = 0.0  # FedProx: pull towards the round's global weights (0: plain local training)
     seed: int = 0
-    class_weight: str = "balanced"  # see CLASS_WEIGHTS
+    class_weight: str = TRAINING_DEFAULTS.class_weight  # see CLASS_WEIGHTS
 
 
 def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
+from sangsaeng.console import fail
+
 __all__ = ["app"]
 
 app = typer.Typer(help="The membership and release portal (server and anchor scripting).", no_args_is_help=True)
@@ -29,18 +31,13 @@ Token = Annotated[
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
 def _http(portal: str, token: str | None) -> Any:
     import httpx
 
     if token is None and TOKEN_FILE.exists():
         token = TOKEN_FILE.read_text(encoding="utf-8").strip()
     if not token:
-        _fail("no token: run `sangsaeng portal login` or set SANGSAENG_PORTAL_TOKEN")
+        fail("no token: run `sangsaeng portal login` or set SANGSAENG_PORTAL_TOKEN")
     return httpx.Client(base_url=portal.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
 
 
@@ -53,13 +50,13 @@ def _call(portal: str, token: str | None, method: str, path: str, **kwargs: Any)
         with _http(portal, token) as http:
             response = http.request(method, f"{API_PREFIX}{path}", **kwargs)
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the portal at {portal}: {exc}")
+        fail(f"cannot reach the portal at {portal}: {exc}")
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        _fail(f"portal answered {response.status_code}: {detail}")
+        fail(f"portal answered {response.status_code}: {detail}")
     return response.json()
 
 
@@ -113,7 +110,7 @@ def create_admin(
     try:
         UserCreate(email=email, password=password, organisation_id=1)
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     run_migrations(settings.sqlalchemy_url)
     engine = make_engine(settings.sqlalchemy_url)
     with Session(engine) as session:
@@ -121,9 +118,9 @@ def create_admin(
         if organisation is None:
             organisation = crud.create_org(session, org, OrgKind.anchor)
         elif organisation.kind != OrgKind.anchor:
-            _fail(f"organisation '{org}' is a {organisation.kind}, not an anchor")
+            fail(f"organisation '{org}' is a {organisation.kind}, not an anchor")
         if crud.get_user_by_email(session, email) is not None:
-            _fail(f"a user with e-mail '{email}' already exists")
+            fail(f"a user with e-mail '{email}' already exists")
         user = crud.create_user(session, email=email, password=password, organisation_id=organisation.id)  # type: ignore[arg-type]
         audit.record(session, actor="sangsaeng portal create-admin", action="user.created", target=f"user {user.id}",
                      detail={"email": user.email, "organisation": organisation.name, "kind": "anchor"})  # fmt: skip
@@ -145,9 +142,9 @@ def login(
         response = httpx.post(f"{portal.rstrip('/')}/api/v1/login/access-token",
                               data={"username": email, "password": password}, timeout=60)  # fmt: skip
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the portal at {portal}: {exc}")
+        fail(f"cannot reach the portal at {portal}: {exc}")
     if response.status_code != 200:
-        _fail(f"login refused ({response.status_code}): {response.json().get('detail')}")
+        fail(f"login refused ({response.status_code}): {response.json().get('detail')}")
     TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -254,10 +251,10 @@ def upload_run(
         with _http(portal, token) as http:
             run, release = do_upload(http, federation, run_dir, version=version, privacy_path=privacy)
     except (UploadError, ArtifactError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the portal at {portal}: {exc}")
+        fail(f"cannot reach the portal at {portal}: {exc}")
         return
     typer.echo(f"run {run['id']} ({run['run_ref']}) reported; release {release['version']} (id {release['id']}) "
                f"uploaded as draft, sha256 {release['artifact_sha256']}")  # fmt: skip
@@ -286,14 +283,14 @@ def privacy_report(
     signature = base64.b64decode(answer["signature_b64"])
     pem = answer["public_key_pem"].encode("ascii")
     if hashlib.sha256(body).hexdigest() != answer["sha256"]:
-        _fail(f"the report received does not have the sha256 the portal states ({answer['sha256']})")
+        fail(f"the report received does not have the sha256 the portal states ({answer['sha256']})")
     key = serialization.load_pem_public_key(pem)
     try:
         if not isinstance(key, Ed25519PublicKey):
             raise InvalidSignature
         key.verify(signature, body)
     except InvalidSignature:
-        _fail("the signature does not verify over the report under the coordinator key received")
+        fail("the signature does not verify over the report under the coordinator key received")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_bytes(body)
     (out / "report.json.sig").write_bytes(signature)
@@ -312,7 +309,7 @@ def release(
 ) -> None:
     """Approve, publish (signs it) or withdraw a release (anchor admin)."""
     if action not in ("approve", "publish", "withdraw"):
-        _fail(f"unknown action '{action}' (approve, publish or withdraw)")
+        fail(f"unknown action '{action}' (approve, publish or withdraw)")
     body = {"reason": reason or "withdrawn by the anchor"} if action == "withdraw" else None
     answer = _call(portal, token, "POST", f"/releases/{release_id}/{action}", json=body)
     typer.echo(f"release {answer['version']} is now {answer['status']}")

@@ -188,9 +188,17 @@ def wrap_central_dp(
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CentralDP:
-    """Accounting of supplier-level DP over the rounds of a run."""
+    """Accounting of supplier-level DP over the rounds of a run.
+
+    Keyword-only, as Opacus' accountants: a noise multiplier and a clipping norm swapped by
+    position would still be floats, and the epsilon reported would be wrong.
+
+    >>> central = CentralDP(noise_multiplier=1.0, clipping_norm=0.5, delta=1e-3, suppliers=4)
+    >>> round(central.account_round(2)["sample_rate"], 2)
+    0.5
+    """
 
     noise_multiplier: float
     clipping_norm: float

@@ -50,9 +50,9 @@ PerSample = Literal["auto", "head", "ghost", "ew"]
 PER_SAMPLE: tuple[str, ...] = get_args(PerSample)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PrivateTraining:
-    """One round's DP-SGD machinery, as `make_private` sets it up."""
+    """One round's DP-SGD machinery, as `make_private` sets it up (keyword-only, so no rate is taken for another)."""
 
     optimiser: DPOptimizer  # Opacus': clips (except under ghost clipping, done in backward), noises, steps
     sample_rate: float  # Poisson: each record joins a batch independently with this probability
@@ -168,7 +168,14 @@ def make_private(
         gradients, module = _head_gradients(model, criterion), model
     else:
         gradients = _backward_gradients(module, dp_criterion)
-    return PrivateTraining(dp_optimiser, dp_loader.sample_rate, len(dp_loader), chosen, module, gradients)
+    return PrivateTraining(
+        optimiser=dp_optimiser,
+        sample_rate=dp_loader.sample_rate,
+        batches=len(dp_loader),
+        per_sample=chosen,
+        module=module,
+        gradients=gradients,
+    )
 
 
 def train_private(

@@ -31,9 +31,13 @@ __all__ = ["PrivacyLedger", "RoundPlan", "MIN_REMAINING"]
 MIN_REMAINING = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundPlan:
-    """How the next round runs under DP, and what it will cost."""
+    """How the next round runs under DP, and what it will cost.
+
+    Keyword-only: eleven values, most of them floats (noise, sample rate, delta, epsilons), that
+    a positional call could swap without any error.
+    """
 
     run_id: str
     noise_multiplier: float
@@ -147,8 +151,11 @@ class PrivacyLedger:
                 f"budget exhausted: this round would bring epsilon from {before:.3f} to {after:.3f}, "
                 f"over the site's budget of {budget:.3f}"
             )
-        return RoundPlan(request.run_id, run["noise_multiplier"], sample_rate, steps, delta, clip, accountant,
-                         budget, before, after, [tuple(p) for p in run["prior"]])  # fmt: skip
+        return RoundPlan(
+            run_id=request.run_id, noise_multiplier=run["noise_multiplier"], sample_rate=sample_rate, steps=steps,
+            delta=delta, max_grad_norm=clip, accountant=accountant, budget_epsilon=budget, epsilon_before=before,
+            epsilon_after=after, prior=[tuple(p) for p in run["prior"]],
+        )  # fmt: skip
 
     def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
         """Add the round's steps to the history; return the cumulative epsilon."""

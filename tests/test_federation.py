@@ -138,7 +138,7 @@ def test_simulate_refuses_a_spec_whose_label_is_missing_before_training(tmp_path
     done = _sangsaeng("simulate", "--data", str(dataset_path("ai4i2020.csv")), "--task-spec", str(spec),
                       "--split-by", "Type", "--out", str(out))  # fmt: skip
     assert done.returncode == 2
-    assert "label column 'Spindle vibration' is not in the data" in done.stdout
+    assert "label column 'Spindle vibration' is not in the data" in done.stderr  # sangsaeng.console.fail
     assert not (out / "sites").exists() and not (out / "manifest.json").exists()
 
 

@@ -302,7 +302,7 @@ def test_privacy_verify_checks_adaptive_clippings_noise_split(tmp_path):
     from privacy.central import AdaptiveClipping
 
     wrapper = AdaptiveClipping(FedAvg(), noise_multiplier=0.8, num_sampled_clients=3, initial_clipping_norm=1.0)
-    central = CentralDP(0.8, 1.0, 1e-3, suppliers=3, adaptive={
+    central = CentralDP(noise_multiplier=0.8, clipping_norm=1.0, delta=1e-3, suppliers=3, adaptive={
         "target_quantile": 0.5, "clip_norm_lr": 0.2, "count_stddev": wrapper.clipped_count_stddev,
         "update_noise_multiplier": wrapper.noise_multiplier,
     })  # fmt: skip
@@ -375,3 +375,18 @@ def test_audit_log_catches_a_cut_tail(audit):
 def test_epsilon_is_finite_and_monotone_over_rounds():
     values = [epsilon_of([(1.1, 0.02, 100)] * r, delta=1e-5) for r in range(1, 6)]
     assert all(math.isfinite(v) for v in values) and values == sorted(values)
+
+
+@pytest.mark.parametrize(
+    "name", ["privacy.central:CentralDP", "privacy.ledger:RoundPlan", "privacy.dp_sgd:PrivateTraining"]
+)
+def test_privacy_critical_arguments_are_keyword_only(name):
+    """Noise, clip, delta and rates are all floats: by position two could swap without an error (Opacus' rule)."""
+    import dataclasses
+    import importlib
+
+    module, cls = name.split(":")
+    target = getattr(importlib.import_module(module), cls)
+    assert all(f.kw_only for f in dataclasses.fields(target))
+    with pytest.raises(TypeError, match="positional"):
+        target(*range(len(dataclasses.fields(target))))

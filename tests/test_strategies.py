@@ -143,8 +143,8 @@ def test_central_dp_aggregate_is_unweighted_clipped_and_noised(tmp_path):
     recorder = RunRecorder(tmp_path, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
     scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
     inner = build_strategy(config, initial, sites=2)
-    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
-                                central_dp=CentralDP(1e-9, 1.0, 1e-3, suppliers=2))  # fmt: skip
+    central = CentralDP(noise_multiplier=1e-9, clipping_norm=1.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, central_dp=central)
     manager = SiteClientManager()
     for i in (1, 2):
         manager.register(proxy(i))
@@ -220,8 +220,8 @@ def test_adaptive_central_dp_records_each_rounds_clipping_norm(tmp_path):
     scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
     inner = build_strategy(config, initial, sites=2)
     assert isinstance(inner, AdaptiveClipping) and inner.clipped_count_stddev == 0.5  # max(2 / 20, z)
-    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder,
-                                central_dp=CentralDP(0.5, 2.0, 1e-3, suppliers=2))  # fmt: skip
+    central = CentralDP(noise_multiplier=0.5, clipping_norm=2.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(inner, config=config, scaler=scaler, recorder=recorder, central_dp=central)
     manager = SiteClientManager()
     for i in (1, 2):
         manager.register(proxy(i))
@@ -275,22 +275,29 @@ def test_a_poisoned_or_malformed_update_is_left_out_by_name_and_the_round_goes_o
     ]
 
 
-def test_supplier_level_dp_takes_an_update_that_did_not_move(tmp_path):
+def central_dp_round(config: FederationConfig, initial: list[np.ndarray]) -> SangsaengStrategy:
+    """Supplier-level DP (noise 0.5, clip 1) over two sites, round 1 configured: ready for `aggregate_fit`."""
     from privacy.central import CentralDP
 
+    recorder = RunRecorder(config.out_dir, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
+    scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
+    central = CentralDP(noise_multiplier=0.5, clipping_norm=1.0, delta=1e-3, suppliers=2)
+    wrapped = SangsaengStrategy(build_strategy(config, initial, sites=2), config=config, scaler=scaler,
+                                recorder=recorder, central_dp=central)  # fmt: skip
+    manager = SiteClientManager()
+    for i in (1, 2):
+        manager.register(proxy(i))
+    wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+    return wrapped
+
+
+def test_supplier_level_dp_takes_an_update_that_did_not_move(tmp_path):
     for adaptive in (False, True):
         out = tmp_path / str(adaptive)
         config = FederationConfig(task=PM, out_dir=out, central_dp_noise=0.5, central_dp_clip=1.0,
                                   central_dp_adaptive=adaptive)  # fmt: skip
         initial = [np.ones(4, np.float32)]
-        recorder = RunRecorder(out, header={"schema_hash": PM.schema_hash(), "scaler": "{}"})
-        scaler = FederatedScaler(PM.name, (), {}, {}, {}, 0.0, 1.0, 10, 1)
-        wrapped = SangsaengStrategy(build_strategy(config, initial, sites=2), config=config, scaler=scaler,
-                                    recorder=recorder, central_dp=CentralDP(0.5, 1.0, 1e-3, suppliers=2))  # fmt: skip
-        manager = SiteClientManager()
-        for i in (1, 2):
-            manager.register(proxy(i))
-        wrapped.configure_fit(1, ndarrays_to_parameters(initial), manager)
+        wrapped = central_dp_round(config, initial)
         unmoved = [(proxy(i), fit_res([np.ones(4, np.float32)], 10, s, 0.0)) for i, s in ((1, "a"), (2, "b"))]
         params, _ = wrapped.aggregate_fit(1, unmoved, [])  # Flower's own wrappers divide by the norm, 0
         assert params is not None and np.isfinite(parameters_to_ndarrays(params)[0]).all()
@@ -338,3 +345,27 @@ def test_an_update_of_non_numbers_is_named():
     text = [np.array([["a", "b", "c"], ["d", "e", "f"]]), np.ones(3, np.float32)]
     assert update_problem(text, [(2, 3), (3,)]) == "weight array 0 holds <U1, not numbers"
     assert update_problem([np.ones((2, 3)), np.ones(3)], [(2, 3), (3,)]) is None
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_fedadam_moments_survive_a_resume_under_supplier_level_dp(tmp_path, adaptive):
+    """Flower's DP wrapper has no m_t / v_t of its own: they must be read from, and restored into, FedAdam."""
+    from coordinator.strategies import innermost, restore_strategy_state
+
+    config = FederationConfig(task=PM, strategy="fedadam", out_dir=tmp_path, central_dp_noise=0.5,
+                              central_dp_adaptive=adaptive)  # fmt: skip
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    wrapped = central_dp_round(config, initial)
+    updates = [(proxy(i), fit_res([np.full((2, 3), 0.1 * i, np.float32), np.full(3, 0.2, np.float32)], 10, s, 0.1))
+               for i, s in ((1, "a"), (2, "b"))]  # fmt: skip
+    wrapped.aggregate_fit(1, updates, [])
+    moments = {name: getattr(innermost(wrapped.inner), name) for name in ("m_t", "v_t")}
+
+    point = load_resume_point(tmp_path, schema_hash=PM.schema_hash())
+    assert point is not None and set(point.strategy_state) == {"m_t", "v_t"}  # saved through the wrapper
+    fresh = build_strategy(config, initial, sites=2)
+    restore_strategy_state(fresh, point.strategy_state)
+    assert not hasattr(fresh, "m_t")  # onto FedAdam itself, not onto the wrapper where nothing reads them
+    for name, arrays in moments.items():
+        for got, want in zip(getattr(innermost(fresh), name), arrays, strict=True):
+            np.testing.assert_array_equal(got, want)
