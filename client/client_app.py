@@ -28,10 +28,9 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
 
-from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 from client.site import SiteConfig
 from models.datasets import holdout_split
-from models.errors import SangsaengError, SiteDataError, TaskSpecError
+from models.errors import SiteDataError, TaskSpecError
 from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
@@ -41,6 +40,8 @@ from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
+from sangsaeng.errors import SangsaengError
+from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 

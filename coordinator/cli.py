@@ -10,7 +10,7 @@ sangsaeng portal     the membership and release portal (serve, create-admin, inv
 
 from __future__ import annotations
 
-from coordinator import airgap
+from sangsaeng import airgap
 
 airgap.apply()  # before Flower is imported
 
@@ -31,10 +31,10 @@ from coordinator.deploy_cli import (  # noqa: E402
     Hidden,
     Model,
 )
-from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
 from portal import cli as portal_cli  # noqa: E402
 from privacy import cli as privacy_cli  # noqa: E402
+from sangsaeng.errors import SangsaengError  # noqa: E402
 
 __all__ = ["app", "main"]
 

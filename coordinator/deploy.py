@@ -37,36 +37,23 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from coordinator import airgap
+from coordinator.errors import DeploymentError
 from coordinator.pki import NetworkCerts, check_server_certificate, rotate_if_due
-from models.errors import SangsaengError
+from sangsaeng import airgap
+from sangsaeng.errors import PortalRequestError
+from sangsaeng.identity import APP_ID, CLIENTAPP_REF, SERVERAPP_REF, sangsaeng_version
 
 __all__ = [
-    "DeploymentError", "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
-    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "APP_ID", "CONNECTION",
+    "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
+    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "CONNECTION",
 ]  # fmt: skip
 
 log = logging.getLogger("sangsaeng.coordinator")
 
 CONNECTION = "anchor"  # the connection name in the flwr CLI's config.toml
-APP_ID = "sangsaeng"  # publisher and app name of the bundle
-CLIENTAPP_REF = "client.client_app:app"
-SERVERAPP_REF = "coordinator.server_app:app"
-
-
-class DeploymentError(SangsaengError):
-    """A deployment process that could not start, or a Flower operation that failed."""
-
-
-def sangsaeng_version() -> str:
-    try:
-        return metadata.version("sangsaeng")
-    except metadata.PackageNotFoundError:  # running from a source tree without install
-        return "0.0.0"
 
 
 @dataclass(frozen=True)
@@ -328,23 +315,17 @@ class SiteKey:
 
 
 def portal_site_keys(portal: str, token: str, federation: int, *, http: Any = None) -> list[SiteKey]:
-    """The portal's admitted site keys for `federation` (coordinator token)."""
-    import httpx
+    """The portal's admitted site keys for `federation` (coordinator token).
 
+    Raises `PortalRequestError` when the portal cannot be reached or refuses the list.
+    """
     from portal.protocol import API_PREFIX
+    from sangsaeng.portal_api import PortalAPI
 
-    client = http or httpx.Client(base_url=portal.rstrip("/"), timeout=10)
-    try:
-        response = client.get(f"{API_PREFIX}/federations/{federation}/site-keys",
-                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-    except httpx.HTTPError as exc:
-        raise DeploymentError(f"portal {portal} unreachable: {exc}") from exc
-    if response.status_code != 200:
-        raise DeploymentError(f"portal {portal} refused the site-key list: HTTP {response.status_code} "
-                              f"{response.text[:200]}")  # fmt: skip
-    return [
-        SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in response.json()
-    ]
+    # A short timeout: admission is polled every few seconds and keeps the last set on failure.
+    with PortalAPI(portal, token, timeout=10, http=http) as api:
+        keys = api.get(f"{API_PREFIX}/federations/{federation}/site-keys", what="listing the admitted site keys").json()
+    return [SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in keys]
 
 
 @dataclass
@@ -370,7 +351,7 @@ class AdmissionSync:
         """One pass; returns False when the portal could not be asked (last known set kept)."""
         try:
             wanted = {key.fingerprint: key for key in self.fetch()}
-        except DeploymentError as exc:
+        except (DeploymentError, PortalRequestError) as exc:
             self.on_event(f"portal unreachable, keeping the {len(self.admitted)} admitted site(s) known: {exc}")
             return False
         for fingerprint in sorted(set(self.admitted) - set(wanted)):

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from coordinator.config import DP_TRAINING_DEFAULTS
 from models.architectures import ARCHITECTURES
-from models.errors import SangsaengError
+from sangsaeng.errors import SangsaengError
 from sangsaeng.files import write_json
 
 __all__ = ["app", "certs_app", "write_deployment_results"]

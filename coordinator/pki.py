@@ -26,21 +26,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from models.errors import SangsaengError
+from coordinator.errors import CertificateError
 from sangsaeng.files import write_private
 
 __all__ = [
-    "CertificateError", "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",
+    "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",
     "rotate_if_due", "CA_DAYS", "SERVER_DAYS", "RENEW_BEFORE_DAYS",
 ]  # fmt: skip
 
 CA_DAYS = 3650
 SERVER_DAYS = 90
 RENEW_BEFORE_DAYS = 14
-
-
-class CertificateError(SangsaengError):
-    """A certificate that is missing, expired, not yet valid, for the wrong host or not from our CA."""
 
 
 @dataclass(frozen=True)

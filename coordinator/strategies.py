@@ -32,13 +32,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Strategy
 
-from client.protocol import ConfigKey, ReplyKey
 from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
+from sangsaeng.protocol import ConfigKey, ReplyKey
 
 __all__ = ["SangsaengStrategy", "SiteClientManager", "build_strategy", "weighted_mean", "STRATEGY_REGISTRY"]
 
