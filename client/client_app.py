@@ -114,6 +114,7 @@ class SiteClient(NumPyClient):
         return spec, scaler, model
 
     def get_properties(self, config):  # type: ignore[override]
+        """The site's name; in the profile phase also its data's aggregate statistics (no rows)."""
         if config.get(ConfigKey.PHASE) != PHASE_PROFILE:
             return {ReplyKey.SITE: self.site.name}
         data = load_site(self.site, _spec_from(config))
@@ -125,6 +126,7 @@ class SiteClient(NumPyClient):
         }
 
     def fit(self, parameters, config):  # type: ignore[override]
+        """Train the global model on the site's training split (with DP-SGD if asked); returns the update."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.train, spec, scaler)
@@ -168,6 +170,7 @@ class SiteClient(NumPyClient):
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters, config):  # type: ignore[override]
+        """Score the global model on the site's held-out split."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)

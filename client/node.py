@@ -65,6 +65,7 @@ class NodeSettings:
     log_file: Path | None = None
 
     def node_config_arg(self) -> str:
+        """The node config as ``flower-supernode --node-config`` takes it."""
         parts = []
         for key, value in self.node_config.items():
             if isinstance(value, bool):

@@ -232,6 +232,7 @@ def client_validate(
 
 
 def main() -> None:
+    """Entry point of the ``sangsaeng`` console script."""
     app()
 
 

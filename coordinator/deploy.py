@@ -64,26 +64,32 @@ class DeploymentLayout:
 
     @property
     def certs(self) -> NetworkCerts:
+        """The network CA and server certificate files (certs/)."""
         return NetworkCerts(self.root / "certs")
 
     @property
     def flwr_home(self) -> Path:
+        """FLWR_HOME of the `flwr` CLI calls, holding config.toml that names this SuperLink."""
         return self.root / "flwr-home"
 
     @property
     def gateway_dir(self) -> Path:
+        """nginx's configuration and logs for the fleet gateway."""
         return self.root / "gateway"
 
     @property
     def admitted(self) -> Path:
+        """admitted.json: fingerprint -> {site, node_id} of the keys registered now."""
         return self.root / "admitted.json"
 
     @property
     def app_dir(self) -> Path:
+        """Source directory of the Flower app bundle (configuration only, no code)."""
         return self.root / "app"
 
     @property
     def database(self) -> Path:
+        """The SuperLink's state database."""
         return self.root / "superlink.db"
 
 
@@ -98,6 +104,7 @@ class SuperLinkSettings:
 
     @property
     def internal_address(self) -> str:
+        """The SuperLink's loopback address, which only the gateway and the `flwr` CLI reach."""
         return f"127.0.0.1:{self.internal_port}"
 
 
@@ -294,13 +301,16 @@ class FlowerControl:
         return payload
 
     def register(self, public_key_file: Path, name: str) -> int:
+        """Register a site's public key as a SuperNode; returns its node id."""
         payload = self._flwr("supernode", "register", str(public_key_file), CONNECTION)
         return int(payload["node-id"])
 
     def unregister(self, node_id: int) -> None:
+        """Remove the SuperNode `node_id`: that key can no longer connect."""
         self._flwr("supernode", "unregister", str(node_id), CONNECTION)
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The SuperNodes the SuperLink knows, as ``flwr supernode list`` reports them."""
         return list(self._flwr("supernode", "list", CONNECTION)["nodes"])
 
 
@@ -380,6 +390,7 @@ class AdmissionSync:
         return True
 
     def run_forever(self, interval: float, stop: Callable[[], bool]) -> None:
+        """Sync every `interval` seconds until `stop()` is true (checked every 0.1 s)."""
         while not stop():
             self.sync_once()
             deadline = time.monotonic() + interval

@@ -47,18 +47,22 @@ class NetworkCerts:
 
     @property
     def ca_cert(self) -> Path:
+        """The network CA certificate that sites pin (ca.pem)."""
         return self.dir / "ca.pem"
 
     @property
     def ca_key(self) -> Path:
+        """The network CA's private key (ca.key, mode 0600)."""
         return self.dir / "ca.key"
 
     @property
     def server_cert(self) -> Path:
+        """The SuperLink's server certificate (server.pem)."""
         return self.dir / "server.pem"
 
     @property
     def server_key(self) -> Path:
+        """The server certificate's private key (server.key, mode 0600)."""
         return self.dir / "server.key"
 
 

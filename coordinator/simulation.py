@@ -105,6 +105,7 @@ def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFr
 def evaluate_weights(
     weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
 ) -> dict[str, float]:
+    """Metrics of a global model's `weights` on `frame` (a pooled held-out set), scored as the sites score."""
     model = config.new_model(scaler.n_inputs)
     set_weights(model, weights)
     return _score(model, spec, scaler, frame)
