@@ -10,7 +10,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator import airgap  # noqa: E402
+from sangsaeng import airgap  # noqa: E402
 
 airgap.apply()
 

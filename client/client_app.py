@@ -28,11 +28,10 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Scalar
 
-from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 from client.site import SiteConfig
 from models.datasets import holdout_split
 from models.defaults import TRAINING_DEFAULTS
-from models.errors import SangsaengError, SiteDataError, TaskSpecError
+from models.errors import SiteDataError, TaskSpecError
 from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
@@ -42,6 +41,8 @@ from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
+from sangsaeng.errors import SangsaengError
+from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -118,6 +119,7 @@ class SiteClient(NumPyClient):
         return spec, scaler, model
 
     def get_properties(self, config):  # type: ignore[override]
+        """The site's name; in the profile phase also its data's aggregate statistics (no rows)."""
         if config.get(ConfigKey.PHASE) != PHASE_PROFILE:
             return {ReplyKey.SITE: self.site.name}
         data = load_site(self.site, _spec_from(config))
@@ -129,6 +131,7 @@ class SiteClient(NumPyClient):
         }
 
     def fit(self, parameters, config):  # type: ignore[override]
+        """Train the global model on the site's training split (with DP-SGD if asked); returns the update."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.train, spec, scaler)
@@ -174,6 +177,7 @@ class SiteClient(NumPyClient):
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters, config):  # type: ignore[override]
+        """Score the global model on the site's held-out split."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)

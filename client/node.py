@@ -34,11 +34,14 @@ from typing import Annotated, Any
 
 import typer
 
-from models.errors import SangsaengError
+from client.errors import NodeError
+from sangsaeng import airgap
 from sangsaeng.console import fail
+from sangsaeng.errors import SangsaengError
+from sangsaeng.identity import CLIENTAPP_REF, FAB_ID, sangsaeng_version
+from sangsaeng.protocol import ErrorCode
 
 __all__ = [
-    "NodeError",
     "NodeSettings",
     "start_supernode",
     "serve_tasks",
@@ -49,12 +52,6 @@ __all__ = [
 
 log = logging.getLogger("sangsaeng.client")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
-
-CODE_REFUSED = 1100  # error-reply code: the run's bundle is not the code this site approved
-
-
-class NodeError(SangsaengError):
-    """A site node that cannot start: key, certificate, data or SuperNode problems."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ class NodeSettings:
     log_file: Path | None = None
 
     def node_config_arg(self) -> str:
+        """The node config as ``flower-supernode --node-config`` takes it."""
         parts = []
         for key, value in self.node_config.items():
             if isinstance(value, bool):
@@ -95,9 +93,7 @@ def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | Non
     import tomllib
     import zipfile
 
-    from coordinator.deploy import APP_ID, CLIENTAPP_REF, sangsaeng_version
-
-    want_id, want_version = f"{APP_ID}/{APP_ID}", sangsaeng_version()
+    want_id, want_version = FAB_ID, sangsaeng_version()
     if fab_id != want_id or fab_version != want_version:
         return (f"this site runs only the client code it installed ({want_id} {want_version}); "
                 f"the run asks for {fab_id} {fab_version}: refused (install that version to approve it)")  # fmt: skip
@@ -120,8 +116,6 @@ def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | Non
 def start_supernode(settings: NodeSettings) -> subprocess.Popen:
     """Start a stock flower-supernode in process-isolation mode (we serve its tasks)."""
     import shutil
-
-    from coordinator import airgap
 
     check_private_key(settings.private_key)
     if not settings.ca_cert.exists():
@@ -167,7 +161,7 @@ def _run_one_task(runtime_address: str, token: str, client_app: Any) -> str:
         refusal = check_bundle(run.fab_id, run.fab_version, fab.content)
         if refusal is not None:
             log.error("run %s refused: %s", run.run_id, refusal)
-            reply = Message(Error(code=CODE_REFUSED, reason=refusal), reply_to=message)
+            reply = Message(Error(code=ErrorCode.REFUSED, reason=refusal), reply_to=message)
             details = refusal
         else:
             reply = client_app(message=message, context=context)

@@ -27,20 +27,17 @@ from typing import Annotated, Any
 
 import typer
 
-from models.errors import SangsaengError
+from client.errors import PortalClientError
 from sangsaeng.console import fail
+from sangsaeng.errors import ModelArtifactError, PortalRequestError, SangsaengError
 from sangsaeng.files import write_private
 
 __all__ = [
-    "PortalClientError", "generate_site_key", "enroll", "pull_model", "predict",
+    "generate_site_key", "enroll", "pull_model", "predict",
     "enroll_command", "pull_model_command", "predict_command", "DEFAULT_SITE_DIR",
 ]  # fmt: skip
 
 DEFAULT_SITE_DIR = Path("sangsaeng-site")
-
-
-class PortalClientError(SangsaengError):
-    """A portal operation the site refused or the portal refused, with the reason."""
 
 
 def generate_site_key(site_dir: Path) -> tuple[Any, str]:
@@ -68,25 +65,19 @@ def sign_enrolment(private_key: Any, invite_token: str, public_openssh: str) -> 
     return base64.b64encode(signature).decode()
 
 
-def _client(portal: str, token: str | None = None, http: Any = None) -> Any:
-    import httpx
+def _portal(portal: str, token: str | None = None, http: Any = None) -> Any:
+    """The site's `PortalAPI` (httpx is imported here, not when the CLI starts)."""
+    from sangsaeng.portal_api import PortalAPI
 
-    if http is not None:
-        if token:
-            http.headers["Authorization"] = f"Bearer {token}"
-        return http
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=portal.rstrip("/"), headers=headers, timeout=60.0)
+    return PortalAPI(portal, token, http=http)
 
 
-def _check(response: Any, what: str) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise PortalClientError(f"{what}: portal answered {response.status_code}: {detail}")
-    return response
+def _ask(api: Any, method: str, path: str, what: str, **kwargs: Any) -> Any:
+    """One portal request; the portal's refusal (or absence) becomes the site's `PortalClientError`."""
+    try:
+        return api.request(method, path, what=what, **kwargs)
+    except PortalRequestError as exc:
+        raise PortalClientError(str(exc)) from exc
 
 
 def enroll(
@@ -99,8 +90,6 @@ def enroll(
     http: Any = None,
 ) -> dict[str, Any]:
     """Generate the site's key pair here, register the public key with the invite, store the answers."""
-    import httpx
-
     from portal.protocol import API_PREFIX
 
     site_dir = Path(site_dir)
@@ -110,11 +99,8 @@ def enroll(
     body: dict[str, Any] = {"invite_token": invite, "public_key": public, "proof": sign_enrolment(key, invite, public)}
     if admin_email:
         body |= {"admin_email": admin_email, "admin_password": admin_password}
-    client = _client(portal, http=http)
-    try:
-        answer = _check(client.post(f"{API_PREFIX}/sites/enrol", json=body), "enrolment").json()
-    except httpx.HTTPError as exc:
-        raise PortalClientError(f"cannot reach the portal at {portal}: {exc}") from None
+    with _portal(portal, http=http) as api:
+        answer = _ask(api, "POST", f"{API_PREFIX}/sites/enrol", "enrolment", json=body).json()
     write_private(site_dir / "token", answer["client_token"].encode())
     record = {
         "portal": portal.rstrip("/"),
@@ -149,27 +135,30 @@ def verify_release(release: dict[str, Any], artifact: bytes, signing_key_pem: st
     digest = hashlib.sha256(artifact).hexdigest()
     if digest != release.get("artifact_sha256") or digest != card.get("artifact", {}).get("sha256"):
         raise PortalClientError(f"{name}: artifact hash {digest} does not match the signed model card: refused")
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
+    from sangsaeng.signing import load_public_pem, verify_b64
 
-    key = serialization.load_pem_public_key(signing_key_pem.encode())
     try:
-        key.verify(base64.b64decode(release.get("signature") or ""), signing_payload(card))  # type: ignore[call-arg,union-attr]
-    except (InvalidSignature, ValueError, TypeError):
-        raise PortalClientError(
-            f"{name}: signature does not verify with the portal key pinned at enrolment: refused"
-        ) from None
+        key = load_public_pem(signing_key_pem, source="the portal key pinned at enrolment (site.json)")
+    except SangsaengError as exc:
+        raise PortalClientError(f"{name}: {exc}: refused") from None
+    if not verify_b64(key, str(release.get("signature") or ""), signing_payload(card)):
+        raise PortalClientError(f"{name}: signature does not verify with the portal key pinned at enrolment: refused")
 
 
 def pull_model(site_dir: Path = DEFAULT_SITE_DIR, *, version: str | None = None, http: Any = None) -> Path:
     """Download a published release (the newest, or `version`), verify it, and store it in site_dir/models."""
-    from portal.protocol import API_PREFIX
-
     site_dir = Path(site_dir)
     record, token = _load_site(site_dir)
-    client = _client(record["portal"], token, http=http)
+    with _portal(record["portal"], token, http=http) as api:
+        return _pull_release(api, site_dir, record, version)
+
+
+def _pull_release(api: Any, site_dir: Path, record: dict[str, Any], version: str | None) -> Path:
+    """`pull_model`'s steps over an open `PortalAPI`."""
+    from portal.protocol import API_PREFIX
+
     fed = record["federation_id"]
-    releases = _check(client.get(f"{API_PREFIX}/federations/{fed}/releases"), "listing releases").json()
+    releases = _ask(api, "GET", f"{API_PREFIX}/federations/{fed}/releases", "listing releases").json()
     published = [r for r in releases if r["status"] == "published"]
     if version is not None:
         chosen = [r for r in releases if r["version"] == version]
@@ -180,9 +169,7 @@ def pull_model(site_dir: Path = DEFAULT_SITE_DIR, *, version: str | None = None,
         release = published[0]
     else:
         raise PortalClientError(f"federation {fed} has no published release yet")
-    artifact = _check(
-        client.get(f"{API_PREFIX}/releases/{release['id']}/artifact"), f"downloading {release['version']}"
-    )
+    artifact = _ask(api, "GET", f"{API_PREFIX}/releases/{release['id']}/artifact", f"downloading {release['version']}")
     verify_release(release, artifact.content, record["portal_signing_key"])
     out_dir = site_dir / "models"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +190,6 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
     from models.tasks import TaskSpec
     from models.training import predict as predict_scores
     from portal.artifact import read_artifact
-    from portal.core.errors import ArtifactError
 
     model, data = Path(model), Path(data)
     if not model.exists():
@@ -216,7 +202,7 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
             raise PortalClientError(f"{model}: content does not match the hash of its release record: refused")
     try:
         content = read_artifact(blob)
-    except ArtifactError as exc:
+    except ModelArtifactError as exc:
         raise PortalClientError(f"{model}: {exc}") from None
     spec = TaskSpec.from_dict(content.task, source=str(model))
     scaler = FederatedScaler.from_json(content.scaler_json)

@@ -37,6 +37,7 @@ class SiteConfig:
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SiteConfig:
+        """The site's settings from its SuperNode's node config; names a missing key."""
         missing = [k for k in ("site", "data-path") if k not in node_config]
         if missing:
             raise SiteDataError(

@@ -28,6 +28,8 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class ResumePoint:
+    """Where a resumed run starts: the last checkpointed round, its weights, strategy state and manifest."""
+
     round: int
     weights: list[np.ndarray]
     strategy_state: dict[str, list[np.ndarray]]
@@ -51,9 +53,11 @@ class RunRecorder:
 
     @property
     def rounds(self) -> list[dict[str, Any]]:
+        """The manifest's per-round records, in the order they were first written."""
         return self.manifest["rounds"]
 
     def round_record(self, server_round: int) -> dict[str, Any]:
+        """The record of `server_round`, created (empty) on first use."""
         for record in self.rounds:
             if record["round"] == server_round:
                 return record
@@ -62,6 +66,7 @@ class RunRecorder:
         return record
 
     def update_round(self, server_round: int, **fields: Any) -> dict[str, Any]:
+        """Merge `fields` into the round's record, stamp it and write the manifest."""
         record = self.round_record(server_round)
         record.update(fields)
         record["updated_at"] = time.time()  # unix seconds of the round's last news (per-round timing)
@@ -74,6 +79,7 @@ class RunRecorder:
         weights: Sequence[np.ndarray],
         strategy_state: dict[str, Sequence[np.ndarray]] | None = None,
     ) -> Path:
+        """Write the round's weights (and strategy state) to checkpoints/round_NNN.npz atomically; record its path."""
         path = self.out_dir / "checkpoints" / f"round_{server_round:03d}.npz"
         arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)}
         for key, values in (strategy_state or {}).items():
@@ -85,14 +91,17 @@ class RunRecorder:
         return path
 
     def set(self, **fields: Any) -> None:
+        """Merge top-level `fields` into the manifest (status, results, ...) and write it."""
         self.manifest.update(fields)
         self.flush()
 
     def flush(self) -> None:
+        """Write the manifest atomically (strict JSON: NaN becomes null)."""
         write_json(self.out_dir / MANIFEST, self.manifest)
 
 
 def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """The weights and strategy state arrays of a checkpoint written by `RunRecorder.save_checkpoint`."""
     with np.load(path) as data:
         weights = [data[k] for k in sorted(k for k in data.files if k.startswith("w"))]
         state: dict[str, list[np.ndarray]] = {}

@@ -11,7 +11,7 @@ keep working.
 
 from __future__ import annotations
 
-from coordinator import airgap
+from sangsaeng import airgap
 
 airgap.apply()  # before Flower is imported
 
@@ -23,9 +23,9 @@ from rich.console import Console  # noqa: E402
 
 from coordinator.config import FederationConfig  # noqa: E402
 from coordinator.options import TrainingOptions, training_options  # noqa: E402
-from models.errors import SangsaengError  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks, get_task, load_task_spec  # noqa: E402
 from sangsaeng.console import fail  # noqa: E402
+from sangsaeng.errors import SangsaengError  # noqa: E402
 
 __all__ = ["commands", "main"]
 

@@ -151,6 +151,7 @@ class FederationConfig:
 
     @property
     def uses_dp(self) -> bool:
+        """True when the run asks for record-level DP-SGD or supplier-level (central) DP."""
         return self.dp_epsilon is not None or self.central_dp_noise is not None
 
     @classmethod
@@ -168,6 +169,7 @@ class FederationConfig:
         return build_model(n_inputs, name=self.model, hidden=self.hidden, seed=seed)
 
     def replace(self, **changes: Any) -> FederationConfig:
+        """A copy with `changes` applied (the config is frozen)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

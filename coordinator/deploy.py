@@ -37,36 +37,23 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from coordinator import airgap
+from coordinator.errors import DeploymentError
 from coordinator.pki import NetworkCerts, check_server_certificate, rotate_if_due
-from models.errors import SangsaengError
+from sangsaeng import airgap
+from sangsaeng.errors import PortalRequestError
+from sangsaeng.identity import APP_ID, CLIENTAPP_REF, SERVERAPP_REF, sangsaeng_version
 
 __all__ = [
-    "DeploymentError", "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
-    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "APP_ID", "CONNECTION",
+    "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
+    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "CONNECTION",
 ]  # fmt: skip
 
 log = logging.getLogger("sangsaeng.coordinator")
 
 CONNECTION = "anchor"  # the connection name in the flwr CLI's config.toml
-APP_ID = "sangsaeng"  # publisher and app name of the bundle
-CLIENTAPP_REF = "client.client_app:app"
-SERVERAPP_REF = "coordinator.server_app:app"
-
-
-class DeploymentError(SangsaengError):
-    """A deployment process that could not start, or a Flower operation that failed."""
-
-
-def sangsaeng_version() -> str:
-    try:
-        return metadata.version("sangsaeng")
-    except metadata.PackageNotFoundError:  # running from a source tree without install
-        return "0.0.0"
 
 
 @dataclass(frozen=True)
@@ -77,26 +64,32 @@ class DeploymentLayout:
 
     @property
     def certs(self) -> NetworkCerts:
+        """The network CA and server certificate files (certs/)."""
         return NetworkCerts(self.root / "certs")
 
     @property
     def flwr_home(self) -> Path:
+        """FLWR_HOME of the `flwr` CLI calls, holding config.toml that names this SuperLink."""
         return self.root / "flwr-home"
 
     @property
     def gateway_dir(self) -> Path:
+        """nginx's configuration and logs for the fleet gateway."""
         return self.root / "gateway"
 
     @property
     def admitted(self) -> Path:
+        """admitted.json: fingerprint -> {site, node_id} of the keys registered now."""
         return self.root / "admitted.json"
 
     @property
     def app_dir(self) -> Path:
+        """Source directory of the Flower app bundle (configuration only, no code)."""
         return self.root / "app"
 
     @property
     def database(self) -> Path:
+        """The SuperLink's state database."""
         return self.root / "superlink.db"
 
 
@@ -111,6 +104,7 @@ class SuperLinkSettings:
 
     @property
     def internal_address(self) -> str:
+        """The SuperLink's loopback address, which only the gateway and the `flwr` CLI reach."""
         return f"127.0.0.1:{self.internal_port}"
 
 
@@ -307,13 +301,16 @@ class FlowerControl:
         return payload
 
     def register(self, public_key_file: Path, name: str) -> int:
+        """Register a site's public key as a SuperNode; returns its node id."""
         payload = self._flwr("supernode", "register", str(public_key_file), CONNECTION)
         return int(payload["node-id"])
 
     def unregister(self, node_id: int) -> None:
+        """Remove the SuperNode `node_id`: that key can no longer connect."""
         self._flwr("supernode", "unregister", str(node_id), CONNECTION)
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The SuperNodes the SuperLink knows, as ``flwr supernode list`` reports them."""
         return list(self._flwr("supernode", "list", CONNECTION)["nodes"])
 
 
@@ -328,23 +325,17 @@ class SiteKey:
 
 
 def portal_site_keys(portal: str, token: str, federation: int, *, http: Any = None) -> list[SiteKey]:
-    """The portal's admitted site keys for `federation` (coordinator token)."""
-    import httpx
+    """The portal's admitted site keys for `federation` (coordinator token).
 
+    Raises `PortalRequestError` when the portal cannot be reached or refuses the list.
+    """
     from portal.protocol import API_PREFIX
+    from sangsaeng.portal_api import PortalAPI
 
-    client = http or httpx.Client(base_url=portal.rstrip("/"), timeout=10)
-    try:
-        response = client.get(f"{API_PREFIX}/federations/{federation}/site-keys",
-                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-    except httpx.HTTPError as exc:
-        raise DeploymentError(f"portal {portal} unreachable: {exc}") from exc
-    if response.status_code != 200:
-        raise DeploymentError(f"portal {portal} refused the site-key list: HTTP {response.status_code} "
-                              f"{response.text[:200]}")  # fmt: skip
-    return [
-        SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in response.json()
-    ]
+    # A short timeout: admission is polled every few seconds and keeps the last set on failure.
+    with PortalAPI(portal, token, timeout=10, http=http) as api:
+        keys = api.get(f"{API_PREFIX}/federations/{federation}/site-keys", what="listing the admitted site keys").json()
+    return [SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in keys]
 
 
 @dataclass
@@ -370,7 +361,7 @@ class AdmissionSync:
         """One pass; returns False when the portal could not be asked (last known set kept)."""
         try:
             wanted = {key.fingerprint: key for key in self.fetch()}
-        except DeploymentError as exc:
+        except (DeploymentError, PortalRequestError) as exc:
             self.on_event(f"portal unreachable, keeping the {len(self.admitted)} admitted site(s) known: {exc}")
             return False
         for fingerprint in sorted(set(self.admitted) - set(wanted)):
@@ -399,6 +390,7 @@ class AdmissionSync:
         return True
 
     def run_forever(self, interval: float, stop: Callable[[], bool]) -> None:
+        """Sync every `interval` seconds until `stop()` is true (checked every 0.1 s)."""
         while not stop():
             self.sync_once()
             deadline = time.monotonic() + interval

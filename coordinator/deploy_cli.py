@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 
 from coordinator.options import TrainingOptions, training_options
-from models.errors import SangsaengError
 from sangsaeng.console import fail
+from sangsaeng.errors import SangsaengError
 from sangsaeng.files import write_json
 from sangsaeng.paths import DEFAULT_DEPLOY_STATE
 

@@ -46,16 +46,20 @@ class RichObserver(RunObserver):
         self.progress.stop()
 
     def phase_started(self, phase: str, server_round: int, expected: int) -> None:
+        """Reset the sites bar for a new phase of `expected` replies."""
         label = "profiling site data" if phase == "profile" else f"round {server_round}: {phase}"
         self.progress.reset(self.sites, total=max(expected, 1), description=label, status="sites done")
 
     def reply_received(self, phase: str, ok: bool) -> None:
+        """Advance the sites bar by one reply."""
         self.progress.advance(self.sites)
 
     def site_problem(self, problem: str) -> None:
+        """Print a site left out of the round, with the reason."""
         self.progress.console.print(f"[yellow]left out:[/] {problem}")
 
     def round_finished(self, record: dict[str, Any]) -> None:
+        """Advance the rounds bar and print the round's loss and primary metric."""
         metrics = record.get("metrics", {})
         status = f"train loss {_fmt(record.get('train_loss'))}  {self.primary} {_fmt(metrics.get(self.primary))}"
         self.progress.update(self.rounds, completed=record["round"], status=status)

@@ -26,21 +26,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from models.errors import SangsaengError
+from coordinator.errors import CertificateError
 from sangsaeng.files import write_private
 
 __all__ = [
-    "CertificateError", "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",
+    "NetworkCerts", "init_network", "issue_server_certificate", "check_server_certificate",
     "rotate_if_due", "CA_DAYS", "SERVER_DAYS", "RENEW_BEFORE_DAYS",
 ]  # fmt: skip
 
 CA_DAYS = 3650
 SERVER_DAYS = 90
 RENEW_BEFORE_DAYS = 14
-
-
-class CertificateError(SangsaengError):
-    """A certificate that is missing, expired, not yet valid, for the wrong host or not from our CA."""
 
 
 @dataclass(frozen=True)
@@ -51,18 +47,22 @@ class NetworkCerts:
 
     @property
     def ca_cert(self) -> Path:
+        """The network CA certificate that sites pin (ca.pem)."""
         return self.dir / "ca.pem"
 
     @property
     def ca_key(self) -> Path:
+        """The network CA's private key (ca.key, mode 0600)."""
         return self.dir / "ca.key"
 
     @property
     def server_cert(self) -> Path:
+        """The SuperLink's server certificate (server.pem)."""
         return self.dir / "server.pem"
 
     @property
     def server_key(self) -> Path:
+        """The server certificate's private key (server.key, mode 0600)."""
         return self.dir / "server.key"
 
 

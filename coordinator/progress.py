@@ -40,9 +40,11 @@ class LoggingObserver(RunObserver):
     """Progress as log lines (deployment, where nobody watches a terminal)."""
 
     def site_problem(self, problem: str) -> None:
+        """Log a site left out of the round as a warning."""
         logger.warning("%s", problem)
 
     def round_finished(self, record: dict[str, Any]) -> None:
+        """Log the round's aggregated metrics."""
         logger.info("round %s: %s", record.get("round"), record.get("metrics"))
 
 
@@ -59,26 +61,33 @@ class ProgressGrid(Grid):
 
     # Delegation --------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
+        """Delegate to the wrapped grid."""
         self._inner.set_run(run)
 
     @property
     def run(self) -> Run:
+        """The wrapped grid's run."""
         return self._inner.run
 
     def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        """Delegate to the wrapped grid."""
         return self._inner.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
+        """Delegate to the wrapped grid."""
         return self._inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Delegate to the wrapped grid."""
         return self._inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegate to the wrapped grid."""
         return self._inner.pull_messages(message_ids)
 
     # Reporting ---------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply."""
         messages = list(messages)
         phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
         pending = set(self.push_messages(messages))

@@ -28,9 +28,9 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 from flwr.serverapp.grid import Grid
 
-from client.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
+from coordinator.errors import FederationError
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.strategies import (
     EvaluateFn,
@@ -39,21 +39,17 @@ from coordinator.strategies import (
     build_strategy,
     restore_strategy_state,
 )
-from models.errors import SangsaengError
 from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP
 from privacy.keys import load_signing_key
 from privacy.report import build_report, write_signed_report
+from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
 
-__all__ = ["FederationError", "make_server_app", "run_federation", "collect_profiles", "app"]
+__all__ = ["make_server_app", "run_federation", "collect_profiles", "app"]
 
 logger = logging.getLogger("sangsaeng.coordinator")
-
-
-class FederationError(SangsaengError):
-    """The run cannot go on (too few healthy sites, nobody connected, ...)."""
 
 
 def wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:

@@ -25,7 +25,7 @@ from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
 from coordinator.server_app import make_server_app
 from models.datasets import holdout_split, split_by
-from models.errors import SangsaengError, SiteDataError, TaskSpecError
+from models.errors import SiteDataError, TaskSpecError
 from models.metrics import compute_metrics, mean_of
 from models.nets import set_weights
 from models.scaler import FederatedScaler, profile_site
@@ -33,6 +33,7 @@ from models.schema import load_site_data
 from models.tasks import TaskSpec
 from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
 from privacy.policy import SitePrivacyPolicy
+from sangsaeng.errors import SangsaengError
 from sangsaeng.files import write_json
 
 __all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
@@ -104,6 +105,7 @@ def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFr
 def evaluate_weights(
     weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
 ) -> dict[str, float]:
+    """Metrics of a global model's `weights` on `frame` (a pooled held-out set), scored as the sites score."""
     model = config.new_model(scaler.n_inputs)
     set_weights(model, weights)
     return _score(model, spec, scaler, frame)

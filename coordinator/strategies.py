@@ -33,7 +33,6 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 from flwr.server.strategy import Strategy
 
-from client.protocol import ConfigKey, ReplyKey
 from coordinator.aggregation import AGGREGATIONS
 from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
@@ -41,6 +40,7 @@ from coordinator.progress import RunObserver
 from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
+from sangsaeng.protocol import ConfigKey, ReplyKey
 
 __all__ = [
     "SangsaengStrategy",
@@ -152,11 +152,13 @@ class SiteClientManager(SimpleClientManager):
         self.excluded: set[int] = set(excluded or ())
 
     def num_available(self) -> int:
+        """Connected sites that are not excluded."""
         return sum(1 for c in self.clients.values() if getattr(c, "node_id", None) not in self.excluded)
 
     def sample(
         self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None
     ) -> list[ClientProxy]:
+        """Flower's sampling, never picking an excluded site."""
         return super().sample(num_clients, min_num_clients, _Excluding(self.excluded, criterion))
 
 
@@ -250,11 +252,13 @@ class SangsaengStrategy(Strategy):
         return {**config, **self.instructions, ConfigKey.ROUND: self._round(server_round)}
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The inner strategy's initial parameters."""
         return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        """The inner strategy's fit instructions, with the run's instructions (task, scaler, ...) and round."""
         self._shapes = [tuple(a.shape) for a in parameters_to_ndarrays(parameters)]
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         self._available = client_manager.num_available()
@@ -282,6 +286,7 @@ class SangsaengStrategy(Strategy):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Record failures and DP spend, screen the updates, then aggregate with the inner strategy."""
         rnd = self._round(server_round)
         problems = [_failure_text(f) for f in failures]
         # A site whose update is rejected still spent privacy on it: its DP record is kept below.
@@ -328,6 +333,7 @@ class SangsaengStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """The inner strategy's evaluate instructions, each with the run's instructions and round added."""
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
         self.observer.phase_started("evaluate", self._round(server_round), len(instructions))
         if not instructions:
@@ -343,6 +349,7 @@ class SangsaengStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        """Aggregate the sites' metrics and record them, per site and overall, in the round's record."""
         loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
         per_site = {
             str(res.metrics.get(ReplyKey.SITE, proxy.cid)): {
@@ -363,6 +370,7 @@ class SangsaengStrategy(Strategy):
         return loss, metrics
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """The inner strategy's centralised evaluation, recorded in the round's record."""
         result = self.inner.evaluate(server_round, parameters)
         if result is None:
             return None

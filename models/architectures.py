@@ -25,6 +25,7 @@ ARCHITECTURES: dict[str, str] = {
 
 
 def check_architecture(name: str) -> str:
+    """`name` if it is a known architecture; else ValueError naming the known ones."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model '{name}' (known: {sorted(ARCHITECTURES)})")
     return name

@@ -69,6 +69,7 @@ class TabularMLP(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One output per row: a logit (binary tasks) or a standardised value (regression)."""
         return self.head(self.features(x)).squeeze(-1)
 
 
@@ -94,6 +95,7 @@ class PiecewiseLinearEncoding(nn.Module):
         self.register_buffer("offset", -edges[:-1] * scale, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each input followed by its bin encoding (clamped to [0, 1])."""
         bins = torch.addcmul(self.offset, x.unsqueeze(-1), self.scale).clamp_(0.0, 1.0)
         return torch.cat([x, bins.flatten(1)], dim=1)
 
@@ -107,6 +109,7 @@ class EncodedMLP(TabularMLP):
         self.encoding = PiecewiseLinearEncoding(PLE_KNOTS)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden features of the encoded inputs."""
         return super().features(self.encoding(x))
 
 
@@ -130,10 +133,12 @@ def build_model(
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """The model's state as numpy arrays, in `state_dict` order (what travels to the coordinator)."""
     return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
 
 
 def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load arrays from `get_weights` order into `model`; refuses a wrong count or shape."""
     state = model.state_dict()
     if len(weights) != len(state):
         raise ValueError(f"expected {len(state)} weight arrays, got {len(weights)}")

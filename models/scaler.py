@@ -39,6 +39,7 @@ class ColumnMoments:
 
     @classmethod
     def of(cls, values: np.ndarray) -> ColumnMoments:
+        """Count, mean and sum of squared deviations of one site's column."""
         values = np.asarray(values, dtype=np.float64)
         if values.size == 0:
             return cls(0, 0.0, 0.0)
@@ -46,6 +47,7 @@ class ColumnMoments:
         return cls(int(values.size), mean, float(((values - mean) ** 2).sum()))
 
     def merge(self, other: ColumnMoments) -> ColumnMoments:
+        """The moments of both parts together (Chan et al.'s parallel update)."""
         if other.count == 0:
             return self
         if self.count == 0:
@@ -72,6 +74,7 @@ class SiteProfile:
     label: ColumnMoments
 
     def to_json(self) -> str:
+        """The profile as JSON, as a site sends it to the coordinator."""
         return json.dumps(
             {
                 "count": self.count,
@@ -83,6 +86,7 @@ class SiteProfile:
 
     @classmethod
     def from_json(cls, text: str) -> SiteProfile:
+        """A profile from `to_json`'s text."""
         raw = json.loads(text)
         return cls(
             count=int(raw["count"]),
@@ -118,6 +122,7 @@ class FederatedScaler:
 
     @classmethod
     def combine(cls, profiles: list[SiteProfile], spec: TaskSpec) -> FederatedScaler:
+        """The scaler of the pooled data, from the sites' profiles alone."""
         if not profiles:
             raise TaskSpecError("cannot fit a scaler: no site supplied a data profile")
         moments = {c: ColumnMoments(0, 0.0, 0.0) for c in spec.numeric_features}
@@ -155,6 +160,7 @@ class FederatedScaler:
 
     @property
     def n_inputs(self) -> int:
+        """Width of the model input: numeric columns plus one-hot levels."""
         return len(self.numeric) + sum(len(v) for v in self.levels.values())
 
     @property
@@ -164,6 +170,7 @@ class FederatedScaler:
         return float(negatives / self.positives) if self.positives else 1.0
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Standardised numeric columns and one-hot levels, as float32."""
         parts = [((frame[c].to_numpy(dtype=np.float64) - self.mean[c]) / self.std[c])[:, None] for c in self.numeric]
         for c, levels in self.levels.items():
             values = frame[c].astype(str).to_numpy()
@@ -171,6 +178,7 @@ class FederatedScaler:
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def to_json(self) -> str:
+        """The scaler as JSON (it travels with the task and is stored in model artifacts)."""
         return json.dumps(
             {
                 "spec_name": self.spec_name,
@@ -187,6 +195,7 @@ class FederatedScaler:
 
     @classmethod
     def from_json(cls, text: str) -> FederatedScaler:
+        """A scaler from `to_json`'s text."""
         raw = json.loads(text)
         raw["numeric"] = tuple(raw["numeric"])
         raw["levels"] = {k: tuple(v) for k, v in raw["levels"].items()}

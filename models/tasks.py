@@ -78,6 +78,7 @@ class TaskSpec:
 
     @property
     def derived_features(self) -> tuple[str, ...]:
+        """Names of the derived (computed) features, in order."""
         return tuple(name for name, _ in self.derived)
 
     @property
@@ -86,26 +87,32 @@ class TaskSpec:
         return (*self.measured_features, *self.derived_features)
 
     def derived_expressions(self) -> dict[str, DerivedExpression]:
+        """Each derived feature's parsed expression, by name."""
         return {name: DerivedExpression.parse(text) for name, text in self.derived}
 
     @property
     def categorical_features(self) -> tuple[str, ...]:
+        """The categorical features, in feature order."""
         return tuple(f for f in self.features if f in self.categorical)
 
     @property
     def metrics(self) -> tuple[str, ...]:
+        """The metrics reported for this kind of task."""
         return _METRICS[self.kind]
 
     @property
     def primary_metric(self) -> str:
+        """The metric that ranks models and gates releases."""
         return _PRIMARY[self.kind]
 
     @property
     def higher_is_better(self) -> bool:
+        """Whether a larger primary metric is better (binary tasks: yes; regression: no)."""
         return self.kind == "binary"
 
     @property
     def required_columns(self) -> tuple[str, ...]:
+        """The columns a site's export must have: features, then the label."""
         return (*self.features, self.label)
 
     def schema_hash(self) -> str:
@@ -114,6 +121,7 @@ class TaskSpec:
 
     # -- (de)serialisation ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-ready data (lists, sorted ranges and levels)."""
         data = asdict(self)
         data["ranges"] = {k: list(v) for k, v in sorted(self.ranges.items())}
         data["levels"] = {k: list(v) for k, v in sorted(self.levels.items())}
@@ -127,10 +135,12 @@ class TaskSpec:
         return data
 
     def to_json(self) -> str:
+        """Canonical JSON (sorted keys): what travels to sites and what `schema_hash` hashes."""
         return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "task spec") -> TaskSpec:
+        """A spec from `to_dict`'s data; unknown keys or bad values raise `TaskSpecError` naming `source`."""
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
             "leak_columns", "ranges", "levels", "description", "derived",
@@ -174,6 +184,7 @@ class TaskSpec:
 
     @classmethod
     def from_json(cls, text: str) -> TaskSpec:
+        """A spec from `to_json`'s text."""
         return cls.from_dict(json.loads(text))
 
     # -- checks --------------------------------------------------------------------
@@ -258,6 +269,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def builtin_tasks() -> dict[str, TaskSpec]:
+    """The built-in tasks by name (a copy of the registry)."""
     return dict(_REGISTRY)
 
 

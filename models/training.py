@@ -66,6 +66,7 @@ def loss_fn(spec: TaskSpec, scaler: FederatedScaler, class_weight: str = "balanc
 
 
 def targets_of(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.Tensor:
+    """The training targets as a tensor; regression labels standardised with the scaler's label moments."""
     if spec.kind == "regression":
         y = (y - scaler.label_mean) / scaler.label_std
     return torch.as_tensor(y, dtype=torch.float32)

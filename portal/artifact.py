@@ -8,7 +8,9 @@ Layout::
     weights/w000.npy     the global model's arrays, in `models.nets.get_weights` order
 
 Entries carry a fixed timestamp, so the same weights always give the same bytes (and hash).
-Arrays are read with ``allow_pickle=False``. Nothing here imports torch or FastAPI.
+Arrays are read with ``allow_pickle=False``. Nothing here imports torch, FastAPI or the portal
+server: a supplier's PC reads artifacts with it too. A bad artifact raises the shared
+`sangsaeng.errors.ModelArtifactError`; the portal answers it with HTTP 422 at its boundary.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from portal.core.errors import ArtifactError
+from sangsaeng.errors import ModelArtifactError, SangsaengError
 
 __all__ = ["FORMAT", "ModelArtifactContent", "build_artifact", "read_artifact", "artifact_from_run"]
 
@@ -94,41 +96,41 @@ def build_artifact(
 
 
 def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> ModelArtifactContent:
-    """Parse and check an artifact; raises `ArtifactError` naming the problem."""
+    """Parse and check an artifact; raises `ModelArtifactError` naming the problem."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
-        raise ArtifactError("artifact is not a zip archive") from None
+        raise ModelArtifactError("artifact is not a zip archive") from None
     with archive:
         infos = archive.infolist()
         if len(infos) > _MAX_ENTRIES:
-            raise ArtifactError(f"artifact has {len(infos)} entries (at most {_MAX_ENTRIES})")
+            raise ModelArtifactError(f"artifact has {len(infos)} entries (at most {_MAX_ENTRIES})")
         if sum(i.file_size for i in infos) > max_unpacked:
-            raise ArtifactError(f"artifact unpacks to more than {max_unpacked} bytes")
+            raise ModelArtifactError(f"artifact unpacks to more than {max_unpacked} bytes")
         try:
             manifest = json.loads(archive.read(_MANIFEST))
         except KeyError:
-            raise ArtifactError(f"artifact has no {_MANIFEST}") from None
+            raise ModelArtifactError(f"artifact has no {_MANIFEST}") from None
         except (ValueError, zipfile.BadZipFile, OSError) as exc:
-            raise ArtifactError(f"artifact's {_MANIFEST} cannot be read: {exc}") from None
+            raise ModelArtifactError(f"artifact's {_MANIFEST} cannot be read: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ArtifactError(f"artifact format must be '{FORMAT}'")
+            raise ModelArtifactError(f"artifact format must be '{FORMAT}'")
         for key, kind in (("task", dict), ("scaler", str), ("hidden", list), ("weights", list)):
             if not isinstance(manifest.get(key), kind):
-                raise ArtifactError(f"artifact's {_MANIFEST} needs '{key}' ({kind.__name__})")
+                raise ModelArtifactError(f"artifact's {_MANIFEST} needs '{key}' ({kind.__name__})")
         weights = []
         for name in manifest["weights"]:
             if not isinstance(name, str) or not name.isidentifier():
-                raise ArtifactError(f"bad weight name {name!r}")
+                raise ModelArtifactError(f"bad weight name {name!r}")
             try:
                 with archive.open(f"weights/{name}.npy") as handle:
                     array = np.lib.format.read_array(handle, allow_pickle=False)
             except KeyError:
-                raise ArtifactError(f"artifact is missing weights/{name}.npy") from None
+                raise ModelArtifactError(f"artifact is missing weights/{name}.npy") from None
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise ArtifactError(f"weights/{name}.npy cannot be read: {exc}") from None
+                raise ModelArtifactError(f"weights/{name}.npy cannot be read: {exc}") from None
             if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
-                raise ArtifactError(f"weights/{name}.npy must hold finite floating-point numbers")
+                raise ModelArtifactError(f"weights/{name}.npy must hold finite floating-point numbers")
             weights.append(array)
     content = ModelArtifactContent(manifest, weights)
     _check_consistency(content)
@@ -138,7 +140,6 @@ def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> Mode
 def _check_consistency(content: ModelArtifactContent) -> None:
     """The task parses, the scaler fits it and the first layer takes the scaler's inputs."""
     from models.architectures import input_width
-    from models.errors import SangsaengError
     from models.scaler import FederatedScaler
     from models.tasks import TaskSpec
 
@@ -146,22 +147,22 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         spec = TaskSpec.from_dict(content.task, source="artifact task")
         scaler = FederatedScaler.from_json(content.scaler_json)
     except (SangsaengError, ValueError, TypeError, KeyError) as exc:
-        raise ArtifactError(f"artifact's task or scaler is invalid: {exc}") from None
+        raise ModelArtifactError(f"artifact's task or scaler is invalid: {exc}") from None
     if scaler.spec_name != spec.name:
-        raise ArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
+        raise ModelArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
     try:
         width = input_width(content.model, scaler.n_inputs)
     except ValueError as exc:
-        raise ArtifactError(f"artifact's model: {exc}") from None
+        raise ModelArtifactError(f"artifact's model: {exc}") from None
     hidden = content.hidden
     expected = 2 * (len(hidden) + 1)
     if len(content.weights) != expected:
-        raise ArtifactError(
+        raise ModelArtifactError(
             f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs {expected}"
         )
     first = content.weights[0]
     if first.ndim != 2 or first.shape[1] != width:
-        raise ArtifactError(
+        raise ModelArtifactError(
             f"first layer has shape {first.shape}; a '{content.model}' model on the scaler's "
             f"{scaler.n_inputs} inputs takes {width}"
         )
@@ -172,11 +173,11 @@ def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
     run_dir = Path(run_dir)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
-        raise ArtifactError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
+        raise ModelArtifactError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
     run = json.loads(manifest_path.read_text(encoding="utf-8"))
     done = [r for r in run.get("rounds", []) if r.get("checkpoint") and (run_dir / r["checkpoint"]).exists()]
     if not done:
-        raise ArtifactError(f"{run_dir}: no checkpoint found; the run has no model to upload")
+        raise ModelArtifactError(f"{run_dir}: no checkpoint found; the run has no model to upload")
     last = max(done, key=lambda r: r["round"])
     with np.load(run_dir / last["checkpoint"], allow_pickle=False) as npz:
         weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]

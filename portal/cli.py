@@ -32,32 +32,26 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _http(portal: str, token: str | None) -> Any:
-    import httpx
+    """The portal as the signed-in user (`--token`, or the token stored by `login`)."""
+    from sangsaeng.portal_api import PortalAPI
 
     if token is None and TOKEN_FILE.exists():
         token = TOKEN_FILE.read_text(encoding="utf-8").strip()
     if not token:
         fail("no token: run `sangsaeng portal login` or set SANGSAENG_PORTAL_TOKEN")
-    return httpx.Client(base_url=portal.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=120.0)
+    return PortalAPI(portal, token, timeout=120.0)  # an upload-run carries a model of a few MiB
 
 
 def _call(portal: str, token: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-
+    """One API request (`path` below the API prefix); the answer's JSON, or exit naming the refusal."""
     from portal.protocol import API_PREFIX
+    from sangsaeng.errors import PortalRequestError
 
     try:
-        with _http(portal, token) as http:
-            response = http.request(method, f"{API_PREFIX}{path}", **kwargs)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the portal at {portal}: {exc}")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        fail(f"portal answered {response.status_code}: {detail}")
-    return response.json()
+        with _http(portal, token) as api:
+            return api.request(method, f"{API_PREFIX}{path}", **kwargs).json()
+    except PortalRequestError as exc:
+        fail(str(exc))
 
 
 def _show(data: Any) -> None:
@@ -136,19 +130,18 @@ def login(
     portal: PortalUrl = DEFAULT_URL,
 ) -> None:
     """Sign in; the session token is stored (mode 0600) for the other commands."""
-    import httpx
+    from portal.protocol import API_PREFIX
+    from sangsaeng.errors import PortalRequestError
+    from sangsaeng.files import write_private
+    from sangsaeng.portal_api import PortalAPI
 
     try:
-        response = httpx.post(f"{portal.rstrip('/')}/api/v1/login/access-token",
-                              data={"username": email, "password": password}, timeout=60)  # fmt: skip
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the portal at {portal}: {exc}")
-    if response.status_code != 200:
-        fail(f"login refused ({response.status_code}): {response.json().get('detail')}")
-    TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(response.json()["access_token"])
+        with PortalAPI(portal, timeout=60) as api:
+            answer = api.post(f"{API_PREFIX}/login/access-token", data={"username": email, "password": password}).json()
+    except PortalRequestError as exc:
+        fail(str(exc) if exc.status is None else f"login refused ({exc.status}): {exc.detail}")
+        return
+    write_private(TOKEN_FILE, answer["access_token"].encode("utf-8"))
     typer.echo(f"signed in; token stored in {TOKEN_FILE}")
 
 
@@ -241,20 +234,14 @@ def upload_run(
     token: Token = None,
 ) -> None:
     """Report a finished run and upload its model as a draft release (coordinator token)."""
-    import httpx
-
-    from portal.core.errors import ArtifactError
-    from portal.uploader import UploadError
     from portal.uploader import upload_run as do_upload
+    from sangsaeng.errors import SangsaengError
 
     try:
-        with _http(portal, token) as http:
-            run, release = do_upload(http, federation, run_dir, version=version, privacy_path=privacy)
-    except (UploadError, ArtifactError) as exc:
+        with _http(portal, token) as api:
+            run, release = do_upload(api, federation, run_dir, version=version, privacy_path=privacy)
+    except SangsaengError as exc:  # UploadError, ModelArtifactError, PortalRequestError
         fail(str(exc))
-        return
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the portal at {portal}: {exc}")
         return
     typer.echo(f"run {run['id']} ({run['run_ref']}) reported; release {release['version']} (id {release['id']}) "
                f"uploaded as draft, sha256 {release['artifact_sha256']}")  # fmt: skip
@@ -274,9 +261,8 @@ def privacy_report(
     import base64
     import hashlib
 
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from sangsaeng.errors import KeyFormatError
+    from sangsaeng.signing import load_public_pem, verify
 
     answer = _call(portal, token, "GET", f"/runs/{run_id}/privacy-report")
     body = base64.b64decode(answer["report_b64"])
@@ -284,12 +270,12 @@ def privacy_report(
     pem = answer["public_key_pem"].encode("ascii")
     if hashlib.sha256(body).hexdigest() != answer["sha256"]:
         fail(f"the report received does not have the sha256 the portal states ({answer['sha256']})")
-    key = serialization.load_pem_public_key(pem)
     try:
-        if not isinstance(key, Ed25519PublicKey):
-            raise InvalidSignature
-        key.verify(signature, body)
-    except InvalidSignature:
+        key = load_public_pem(pem, source="the coordinator key received")
+    except KeyFormatError as exc:
+        fail(str(exc))
+        return
+    if not verify(key, signature, body):
         fail("the signature does not verify over the report under the coordinator key received")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_bytes(body)

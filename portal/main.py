@@ -16,10 +16,11 @@ from sqlalchemy.exc import DataError, IntegrityError
 from portal.api.main import api_router
 from portal.core.config import Settings
 from portal.core.db import make_engine
-from portal.core.errors import PortalError
+from portal.core.errors import ArtifactError, PortalError
 from portal.core.limits import BodySizeLimit
 from portal.core.ratelimit import LoginLimiter
 from portal.core.security import ReleaseSigner
+from sangsaeng.errors import ModelArtifactError
 
 __all__ = ["create_app", "API_PREFIX"]
 
@@ -68,6 +69,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
             return render_error(request, exc.status, exc.reason, headers=exc.headers)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ModelArtifactError)
+    async def artifact_error(request: Request, exc: ModelArtifactError) -> Response:
+        # The artifact reader is shared with the supplier's PC, so it raises the neutral error;
+        # here, at the portal's boundary, it becomes the portal's own 422.
+        return await portal_error(request, ArtifactError(str(exc)))
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> Response:

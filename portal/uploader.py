@@ -2,7 +2,8 @@
 
 Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.npz`` and,
 for DP runs, ``privacy/report.json`` with ``report.json.sig`` and ``coordinator.pub.pem``)
-and talks to the portal with a coordinator token.
+and talks to the portal with a coordinator token, through `sangsaeng.portal_api.PortalAPI`
+(a portal that refuses or cannot be reached raises its `PortalRequestError`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from models.errors import SangsaengError
+import httpx
+
 from portal.artifact import artifact_from_run
 from portal.protocol import API_PREFIX
+from sangsaeng.errors import SangsaengError
+from sangsaeng.portal_api import PortalAPI
 
 __all__ = ["UploadError", "run_report", "privacy_summary", "signed_report", "upload_run"]
 
@@ -24,7 +28,7 @@ PUBLIC_KEY_NAME = "coordinator.pub.pem"
 
 
 class UploadError(SangsaengError):
-    """A run directory that cannot be reported, or a portal that refused it."""
+    """A run directory that cannot be reported (the portal's refusals are `PortalRequestError`)."""
 
 
 def _numbers(values: dict[str, Any] | None) -> dict[str, float | None]:
@@ -116,34 +120,32 @@ def signed_report(report_path: Path) -> dict[str, str] | None:
     }
 
 
-def _check(response: Any, what: str) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise UploadError(f"{what}: portal answered {response.status_code}: {detail}")
-    return response.json()
-
-
 def upload_run(
-    http: Any, federation_id: int, run_dir: Path, *, version: str, privacy_path: Path | None = None
+    http: PortalAPI | httpx.Client,
+    federation_id: int,
+    run_dir: Path,
+    *,
+    version: str,
+    privacy_path: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Report the run, store its signed privacy report (if any), then upload its last checkpoint as a draft.
 
-    Returns (run, release); for a run with a privacy report, ``run["privacy_report"]`` holds the
-    portal's summary of the stored signed report.
+    `http` is the portal (a `PortalAPI` with the coordinator token, or an ``httpx.Client``
+    that already sends it). Returns (run, release); for a run with a privacy report,
+    ``run["privacy_report"]`` holds the portal's summary of the stored signed report.
     """
+    api = http if isinstance(http, PortalAPI) else PortalAPI(str(http.base_url), http=http)
     report = run_report(run_dir, privacy_path)
     signed = signed_report(privacy_path or Path(run_dir) / "privacy" / "report.json")
     data, _ = artifact_from_run(Path(run_dir))
-    run = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/runs", json=report), "reporting the run")
+    run = api.post(f"{API_PREFIX}/federations/{federation_id}/runs", json=report, what="reporting the run").json()
     if signed is not None:
-        run["privacy_report"] = _check(
-            http.post(f"{API_PREFIX}/runs/{run['id']}/privacy-report", json=signed),
-            "uploading the signed privacy report",
-        )
+        run["privacy_report"] = api.post(
+            f"{API_PREFIX}/runs/{run['id']}/privacy-report", json=signed, what="uploading the signed privacy report"
+        ).json()
     body = {"run_id": run["id"], "version": version, "artifact_sha256": hashlib.sha256(data).hexdigest(),
             "artifact_b64": base64.b64encode(data).decode()}  # fmt: skip
-    release = _check(http.post(f"{API_PREFIX}/federations/{federation_id}/releases", json=body), "uploading the model")
+    release = api.post(
+        f"{API_PREFIX}/federations/{federation_id}/releases", json=body, what="uploading the model"
+    ).json()
     return run, release

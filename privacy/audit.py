@@ -35,6 +35,7 @@ class AuditLog:
         self.path = Path(path)
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every entry, in order; a line that is not JSON raises `AuditLogBroken`."""
         if not self.path.exists():
             return []
         out = []
@@ -48,6 +49,7 @@ class AuditLog:
         return out
 
     def append(self, event: str, **data: Any) -> dict[str, Any]:
+        """Append one chained entry for `event` (locked against other writers); returns it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+", encoding="utf-8") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # one writer at a time, even across processes
@@ -68,6 +70,7 @@ class AuditLog:
         return entry
 
     def head(self) -> str:
+        """The hash of the last entry (the genesis hash for an empty log)."""
         entries = self.entries()
         return entries[-1]["hash"] if entries else GENESIS
 

@@ -84,6 +84,7 @@ class FixedClipping(DifferentialPrivacyServerSideFixedClipping):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Clip each update to the fixed norm, average unweighted and add Gaussian noise."""
         if not results:
             return None, {}
         aggregated, metrics, _ = clipped_noised_mean(self, server_round, results, failures)
@@ -157,6 +158,7 @@ class AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Clip and noise at this round's norm, then adapt the norm from the noised unclipped share."""
         if not results:
             return None, {}
         # Clipped and noised at this round's norm; only then is the norm adapted for the next round.

@@ -65,6 +65,7 @@ class PrivacyLedger:
         return {"site": self.site, "policy": None, "runs": {}, "entries": []}
 
     def load(self) -> dict[str, Any]:
+        """The ledger's state; a corrupt file raises `PolicyError` (never start from zero)."""
         if not self.path.exists():
             return self._empty()
         try:
@@ -87,10 +88,12 @@ class PrivacyLedger:
 
     # -- queries -------------------------------------------------------------------
     def history(self, state: dict[str, Any] | None = None) -> list[Step]:
+        """The recorded (noise_multiplier, sample_rate, steps) of every DP-SGD stretch, in order."""
         state = state or self.load()
         return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]]
 
     def spent(self, *, delta: float, accountant: str = "rdp") -> float:
+        """Epsilon spent so far on this data at `delta`, by the named accountant."""
         return epsilon_of(self.history(), delta=delta, accountant=accountant)
 
     # -- the two steps of a DP round ----------------------------------------------------

@@ -38,6 +38,7 @@ class SitePrivacyPolicy:
             raise PolicyError("a site that requires DP must set max-epsilon")
 
     def delta_for(self, records: int) -> float:
+        """The delta for `records` rows (default 0.1 / n); refuses one not below 1/n."""
         delta = self.delta if self.delta is not None else 0.1 / max(records, 1)
         if delta >= 1 / max(records, 1):
             raise PolicyError(f"delta {delta:g} is not below 1/n = {1 / records:g} for {records} records")
@@ -45,6 +46,8 @@ class SitePrivacyPolicy:
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SitePrivacyPolicy:
+        """The policy from the SuperNode's node config (max-epsilon, delta, dp-required, ...)."""
+
         def opt_float(key: str) -> float | None:
             return float(node_config[key]) if key in node_config and str(node_config[key]) != "" else None
 

@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from privacy.accounting import epsilon_of
 from privacy.errors import ReportInvalid
 from privacy.keys import PUBLIC_NAME, load_public_key, public_pem
+from sangsaeng.signing import Ed25519PrivateKey, verify
 
 __all__ = ["build_report", "write_signed_report", "verify_report", "REL_TOLERANCE"]
 
@@ -181,10 +179,8 @@ def verify_report(
         body, sig = report_path.read_bytes(), sig_path.read_bytes()
     except FileNotFoundError as exc:
         raise ReportInvalid(f"{exc.filename} not found") from None
-    try:
-        load_public_key(public_key).verify(sig, body)
-    except InvalidSignature:
-        raise ReportInvalid(f"bad signature: {sig_path} does not sign {report_path} under {public_key}") from None
+    if not verify(load_public_key(public_key), sig, body):
+        raise ReportInvalid(f"bad signature: {sig_path} does not sign {report_path} under {public_key}")
     try:
         report = json.loads(body)
     except json.JSONDecodeError as exc:

@@ -12,7 +12,7 @@ their groups side by side.
 
 from __future__ import annotations
 
-from coordinator import airgap
+from sangsaeng import airgap
 
 airgap.apply()  # before any role imports Flower
 

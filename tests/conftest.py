@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from coordinator import airgap
+from sangsaeng import airgap
 
 airgap.apply()
 

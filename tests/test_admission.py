@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.deploy import AdmissionSync, DeploymentError, DeploymentLayout, SiteKey
+from coordinator.deploy import AdmissionSync, DeploymentLayout, SiteKey
+from coordinator.errors import DeploymentError
 
 
 class RecordingControl:
@@ -56,3 +57,35 @@ def test_sync_admits_removes_and_keeps_the_last_set_when_the_portal_is_down(tmp_
 
     restarted = AdmissionSync(layout, control, fetch=fetch, on_event=events.append)  # type: ignore[arg-type]
     assert restarted.sync_once() and len(control.registered) == 1  # state survives a restart: no re-registration
+
+
+def test_a_portal_refusal_of_the_key_list_keeps_the_last_set(tmp_path: Path) -> None:
+    import httpx
+
+    from coordinator.deploy import portal_site_keys
+
+    answers = [
+        httpx.Response(200, json=[{"site_name": "h", "fingerprint": "SHA256:h", "public_key": "ecdsa AAAAh"}]),
+        httpx.Response(401, json={"detail": "token revoked"}),
+    ]
+    seen: list[httpx.Request] = []
+
+    def portal(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0)
+
+    http = httpx.Client(base_url="http://portal", transport=httpx.MockTransport(portal))
+    events: list[str] = []
+    control = RecordingControl()
+
+    def fetch() -> list[SiteKey]:
+        return portal_site_keys("http://portal", "tok", 7, http=http)
+
+    sync = AdmissionSync(DeploymentLayout(tmp_path), control, fetch=fetch, on_event=events.append)  # type: ignore[arg-type]
+    assert sync.sync_once() and len(control.registered) == 1
+    assert seen[0].url.path == "/api/v1/federations/7/site-keys" and seen[0].headers["Authorization"] == "Bearer tok"
+    assert not sync.sync_once() and len(control.registered) == 1
+    assert events[-1] == (
+        "portal unreachable, keeping the 1 admitted site(s) known: listing the admitted site keys: "
+        "portal answered 401 to GET http://portal/api/v1/federations/7/site-keys: token revoked"
+    )

@@ -11,11 +11,11 @@ from flwr.common import FitIns, GetPropertiesIns, MessageTypeLegacy, ndarrays_to
 from flwr.compat.common import recorddict_compat as compat
 
 from client.client_app import make_client_app
-from client.protocol import PHASE_PROFILE, ConfigKey, ErrorCode
 from client.site import SiteConfig
 from models.nets import build_model, get_weights
 from models.scaler import FederatedScaler, SiteProfile
 from models.tasks import get_task
+from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode
 
 PM = get_task("predictive-maintenance")
 

@@ -308,7 +308,7 @@ def test_bundle_check_refuses_code_and_other_versions() -> None:
                 zf.writestr(name, text)
         return buffer.getvalue()
 
-    from coordinator.deploy import sangsaeng_version
+    from sangsaeng.identity import sangsaeng_version
 
     good = '[tool.flwr.app.components]\nclientapp = "client.client_app:app"\n'
     version = sangsaeng_version()

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from cryptography import x509
 
+from coordinator.errors import CertificateError
 from coordinator.pki import (
-    CertificateError,
     NetworkCerts,
     check_server_certificate,
     init_network,

@@ -148,7 +148,7 @@ def test_upload_run_reads_privacy_report_and_gate_refuses(portal, client, tmp_pa
 
 def test_artifact_is_deterministic_and_validated(tmp_path):
     from portal.artifact import artifact_from_run, read_artifact
-    from portal.core.errors import ArtifactError
+    from sangsaeng.errors import ModelArtifactError
 
     run_dir, _ = make_run_dir(tmp_path)
     first, source = artifact_from_run(run_dir)
@@ -157,20 +157,20 @@ def test_artifact_is_deterministic_and_validated(tmp_path):
     content = read_artifact(first)
     assert content.hidden == [16, 8] and isinstance(content.weights[0], np.ndarray)
     assert content.model == "mlp"
-    with pytest.raises(ArtifactError, match="zip"):
+    with pytest.raises(ModelArtifactError, match="zip"):
         read_artifact(b"nope")
 
 
 def test_artifact_records_its_architecture_and_a_mismatch_is_refused(tmp_path):
     from portal.artifact import artifact_from_run, build_artifact, read_artifact
-    from portal.core.errors import ArtifactError
+    from sangsaeng.errors import ModelArtifactError
 
     run_dir, _ = make_run_dir(tmp_path, model=("ple", ()))
     data, _ = artifact_from_run(run_dir)
     content = read_artifact(data)
     assert content.model == "ple" and content.hidden == [] and len(content.weights) == 2
     fields = {"task": content.task, "scaler_json": content.scaler_json, "source": {"run_ref": "x", "round": 1}}
-    with pytest.raises(ArtifactError, match=r"shape \(1, 143\); a 'mlp' model on the scaler's 11 inputs takes 11"):
+    with pytest.raises(ModelArtifactError, match=r"shape \(1, 143\); a 'mlp' model on the scaler's 11 inputs takes 11"):
         read_artifact(build_artifact(content.weights, hidden=[], model="mlp", **fields))
-    with pytest.raises(ArtifactError, match="unknown model 'forest'"):
+    with pytest.raises(ModelArtifactError, match="unknown model 'forest'"):
         read_artifact(build_artifact(content.weights, hidden=[], model="forest", **fields))

@@ -1,4 +1,9 @@
-"""Factories are air-gapped: Flower and Ray must not phone home. Apply before importing Flower."""
+"""The air-gap setting: factories are air-gapped, so Flower and Ray must not phone home.
+
+Every role that starts Flower (the coordinator's SuperLink and simulation, a supplier's
+SuperNode, the tests and benchmarks) applies `AIRGAP_ENV` before Flower is imported:
+`apply()` in this process, or the mapping merged into a child process's environment.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,20 @@
-"""Message keys and error codes shared by the coordinator and the supplier client."""
+"""The wire protocol between the coordinator and a supplier site: message keys and error codes.
+
+Both sides of a Flower message import these names, so a key is spelled once:
+
+- `ConfigKey`: the config the coordinator's ServerApp sends with each instruction;
+- `ReplyKey`: the properties and metrics a site's ClientApp sends back;
+- `ErrorCode`: the codes of the error replies a site sends instead of a result (a site's
+  known problems, and its refusal of a run whose bundle is not the code it installed).
+
+Flower's own error codes are below 100; ours start at 1000.
+"""
 
 from __future__ import annotations
 
 __all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE"]
 
-PHASE_PROFILE = "profile"
+PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
 
 
 class ConfigKey:
@@ -57,3 +67,4 @@ class ErrorCode:
     TASK_SPEC = 1002  # the task the coordinator sent cannot be used
     BUDGET_EXHAUSTED = 1003  # the round would take the site over its own privacy budget
     PRIVACY_POLICY = 1004  # the site's privacy policy cannot be honoured
+    REFUSED = 1100  # the run's bundle is not the code this site installed (`client start` refuses it)
