@@ -213,6 +213,8 @@ class SangsaengStrategy(Strategy):
         self.recorder = recorder
         self.observer = observer or RunObserver()
         self.round_offset = round_offset
+        # The global model after the last round that aggregated: what the run hands back.
+        self.global_weights: list[np.ndarray] | None = None
         self.instructions: dict[str, Scalar] = {
             ConfigKey.TASK: config.task.to_json(),
             ConfigKey.SCALER: scaler.to_json(),
@@ -311,7 +313,8 @@ class SangsaengStrategy(Strategy):
         )
         if parameters is not None:
             state = {a: list(getattr(self.inner, a)) for a in _STATE_ATTRS if getattr(self.inner, a, None) is not None}
-            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), state)
+            self.global_weights = parameters_to_ndarrays(parameters)
+            self.recorder.save_checkpoint(rnd, self.global_weights, state)
         else:
             logger.warning("round %s: no update aggregated (%s failure(s))", rnd, len(failures))
         return parameters, metrics
