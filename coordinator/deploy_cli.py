@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,10 +16,9 @@ from rich.console import Console
 from coordinator.options import TrainingOptions, training_options
 from sangsaeng.console import fail
 from sangsaeng.errors import SangsaengError
-from sangsaeng.files import write_json
 from sangsaeng.paths import DEFAULT_DEPLOY_STATE
 
-__all__ = ["app", "certs_app", "write_deployment_results"]
+__all__ = ["app", "certs_app"]
 
 app = typer.Typer(help="The anchor's coordinator on Flower's deployment runtime.", no_args_is_help=True)
 certs_app = typer.Typer(help="The network CA and the SuperLink's server certificate.", no_args_is_help=True)
@@ -164,53 +163,17 @@ def run(
         tomli_w.dump(config.to_run_config(), handle)
     console.print(f"run on {CONNECTION} SuperLink: {task}, {config.num_rounds} round(s), secagg={secagg}, "
                   f"dp={options.dp_epsilon}")  # fmt: skip
+    results_path = config.out_dir / "results.json"
+    before = results_path.stat().st_mtime_ns if results_path.exists() else None
     code = subprocess.call([_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", handle.name,
                             "--stream"], env=flower_env(layout))  # fmt: skip
-    manifest_path = config.out_dir / "manifest.json"
-    if not manifest_path.exists():
-        fail(f"the run left no manifest in {config.out_dir} (flwr exit code {code}); see the log above")
-    results = write_deployment_results(config.out_dir)
+    # The ServerApp writes results.json when the run ends (coordinator.server_app.write_deployment_results).
+    if not results_path.exists() or results_path.stat().st_mtime_ns == before:
+        fail(f"the run left no results in {config.out_dir} (flwr exit code {code}); see the log above")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        fail(f"{results_path}: unreadable ({exc})")
     if results["status"] != "completed":
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
-    console.print(f"results: {config.out_dir / 'results.json'}, plot: {config.out_dir / 'metrics.png'}")
-
-
-def write_deployment_results(out_dir: Path) -> dict[str, Any]:
-    """results.json (+ metrics.png) of a deployment run, from its manifest.
-
-    Same keys as a simulation's results where they exist. The coordinator holds no data in
-    deployment, so there is no centralised or local-only reference: those keys are null, and
-    the federated metrics are the sites' own held-out scores, weighted by rows.
-    """
-    from coordinator.report import plot_rounds
-    from coordinator.simulation import _privacy_summary, round_summaries
-
-    manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
-    rounds = sorted(manifest["rounds"], key=lambda r: r["round"])
-    last = next((r for r in reversed(rounds) if r.get("federated_eval")), {})
-    sites = manifest.get("sites", {})
-    results: dict[str, Any] = {
-        "task": manifest["task"],
-        "runtime": "deployment",
-        "status": manifest.get("status"),
-        "error": manifest.get("error"),
-        "sites": sorted(sites),
-        "site_rows": {name: {"train": s["n_train"], "held_out": s["n_test"]} for name, s in sites.items()},
-        "excluded_sites": manifest.get("excluded_sites", {}),
-        "held_out_rows": sum(s["n_test"] for s in sites.values()),
-        "centralized": None,
-        "local_only": None,
-        "local_only_summary": None,
-        "federated": {
-            "global": {k: v for k, v in last.get("federated_eval", {}).items() if k != "loss"},
-            "per_site": last.get("per_site", {}),
-        },
-        "rounds": round_summaries(rounds, metrics_key="federated_eval"),
-        "privacy": _privacy_summary(out_dir, manifest),
-        "config": manifest.get("config"),
-        "run_id": manifest["run_id"],
-    }
-    write_json(out_dir / "results.json", results)
-    if results["rounds"]:
-        plot_rounds(results, out_dir / "metrics.png")
-    return results
+    console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")

@@ -1,14 +1,164 @@
-"""What people look at after a run: the comparison table and the metric-over-rounds plot."""
+"""A run's result as files and people see it: results.json, metrics.png, the comparison and privacy tables.
+
+`build_results` is the one place results.json is assembled, for both runtimes, from the
+`RunResult` the ServerApp hands back (`coordinator.run_result`):
+
+- a simulation (`coordinator.simulation.run_experiment`) adds a `Comparison`: centralised and
+  local-only references and the federated model scored on the same held-out rows;
+- a deployment ServerApp (`coordinator.server_app.app`) has no data of its own, so the
+  federated metrics are the sites' own held-out scores, and the reference keys are null.
+
+`write_results` writes results.json and metrics.png beside the run's manifest.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["plot_rounds", "results_table", "privacy_table"]
+from coordinator.run_result import RunResult
+from privacy.summary import privacy_summary
+from sangsaeng.files import write_json
+
+__all__ = [
+    "Comparison",
+    "build_results",
+    "write_results",
+    "round_summaries",
+    "plot_rounds",
+    "results_table",
+    "privacy_table",
+]
+
+RESULTS = "results.json"
+PLOT = "metrics.png"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a simulation adds to a run's result: every model scored on the same held-out rows.
+
+    Attributes:
+        sites: the sites whose exports loaded, in input order.
+        site_rows: per site, ``{"train": rows, "held_out": rows}``.
+        excluded_sites: sites whose export did not load, with the problem, by site name.
+        held_out_rows: rows in the union of the sites' held-out splits.
+        centralized: the model trained on the pooled training rows (the reference).
+        local_only: per site, the model trained on that site alone.
+        local_only_summary: mean and worst site of `local_only`.
+        federated_global: the final federated model on the held-out union.
+        federated_per_site: the final federated model on each site's held-out rows.
+        dropped_groups: groups of the input table too small to become a site, with their rows.
+        timings: seconds spent on each part of the experiment.
+    """
+
+    sites: Sequence[str]
+    site_rows: Mapping[str, Mapping[str, int]]
+    excluded_sites: Mapping[str, str]
+    held_out_rows: int
+    centralized: Mapping[str, float]
+    local_only: Mapping[str, Mapping[str, float]]
+    local_only_summary: Mapping[str, Any]
+    federated_global: Mapping[str, float]
+    federated_per_site: Mapping[str, Mapping[str, float]]
+    dropped_groups: Mapping[str, int] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+def round_summaries(rounds: Sequence[Mapping[str, Any]], *, metrics_key: str) -> list[dict[str, Any]]:
+    """The per-round part of results.json from manifest rounds, its metrics read from ``metrics_key``.
+
+    A simulation scores the global model on held-out rows (``metrics``); a deployment has the
+    sites' own held-out scores (``federated_eval``).
+    """
+    return [
+        {
+            "round": r["round"],
+            "metrics": {
+                **{k: v for k, v in r.get(metrics_key, {}).items() if k != "loss"},
+                "train_loss": r.get("train_loss"),
+            },
+            "sites_trained": r.get("sites_trained", []),
+            "failures": r.get("failures", []),
+        }
+        for r in sorted(rounds, key=lambda r: r["round"])
+    ]
+
+
+def _without_loss(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "loss"}
+
+
+def build_results(result: RunResult, comparison: Comparison | None = None) -> dict[str, Any]:
+    """results.json of a run: with `comparison` a simulation's, without it a deployment's.
+
+    Both share the keys that come from the run (task, sites, federated, rounds, privacy, config,
+    run_id). A deployment adds ``runtime``, ``status`` and ``error`` and has null references; a
+    simulation adds ``dropped_groups``, ``initial`` and ``timings``.
+    """
+    spec = result.task
+    results: dict[str, Any] = {"task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric}}
+    if comparison is None:
+        results |= {"runtime": "deployment", "status": result.status, "error": result.error}
+        last = next((r for r in sorted(result.rounds, key=lambda r: -r["round"]) if r.get("federated_eval")), {})
+        results |= {
+            "sites": sorted(result.sites),
+            "site_rows": {name: {"train": s.n_train, "held_out": s.n_test} for name, s in result.sites.items()},
+            "excluded_sites": dict(result.excluded_sites),
+            "held_out_rows": sum(s.n_test for s in result.sites.values()),
+            "centralized": None,
+            "local_only": None,
+            "local_only_summary": None,
+            "federated": {
+                "global": _without_loss(last.get("federated_eval", {})),
+                "per_site": last.get("per_site", {}),
+            },
+            "rounds": round_summaries(result.rounds, metrics_key="federated_eval"),
+        }
+    else:
+        results |= {
+            "sites": list(comparison.sites),
+            "site_rows": dict(comparison.site_rows),
+            "excluded_sites": dict(comparison.excluded_sites),
+            "dropped_groups": dict(comparison.dropped_groups),
+            "held_out_rows": comparison.held_out_rows,
+            "centralized": comparison.centralized,
+            "local_only": comparison.local_only,
+            "local_only_summary": comparison.local_only_summary,
+            "federated": {"global": comparison.federated_global, "per_site": comparison.federated_per_site},
+            "rounds": round_summaries(result.rounds, metrics_key="metrics"),
+            "initial": _without_loss(result.initial_metrics),
+        }
+    report = result.privacy_report
+    results["privacy"] = (
+        privacy_summary(report, report_path=result.privacy_report_path, source=str(result.privacy_report_path))
+        if report is not None
+        else None
+    )
+    results |= {"config": dict(result.config), "run_id": result.run_id}
+    if comparison is not None:
+        results["timings"] = dict(comparison.timings)
+    return results
+
+
+def write_results(
+    result: RunResult, comparison: Comparison | None = None, *, out_dir: Path | None = None
+) -> tuple[dict[str, Any], Path | None]:
+    """Write results.json and metrics.png (when any round ran) into `out_dir` (default: the run's).
+
+    Returns the results and the plot's path (None without rounds).
+    """
+    out_dir = Path(out_dir if out_dir is not None else result.config["out_dir"])
+    results = build_results(result, comparison)
+    write_json(out_dir / RESULTS, results)
+    if not results["rounds"]:
+        return results, None
+    return results, plot_rounds(results, out_dir / PLOT)
 
 
 def _fmt(value: Any) -> str:

@@ -11,15 +11,22 @@ A run has two parts:
 
 The same app runs in Flower's simulation runtime (`coordinator.simulation`) and, unchanged,
 in its deployment runtime (SuperLink + SuperNodes), configured by the run config.
+`run_federation` returns the run's `RunResult`: the simulation, which runs this app in its
+own process, takes it from an ``on_result`` callback; the deployment app (`app`) writes
+results.json and metrics.png from it itself (`coordinator.report.write_results`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message
 from flwr.common import GetPropertiesIns, MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
@@ -32,6 +39,7 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.errors import FederationError
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
+from coordinator.run_result import RunResult, SiteRows
 from coordinator.strategies import (
     EvaluateFn,
     SangsaengStrategy,
@@ -41,13 +49,22 @@ from coordinator.strategies import (
 )
 from models.nets import get_weights
 from models.scaler import FederatedScaler, SiteProfile
+from models.tasks import TaskSpec
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP
 from privacy.keys import load_signing_key
 from privacy.report import build_report, write_signed_report
 from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ReplyKey
 
-__all__ = ["make_server_app", "run_federation", "collect_profiles", "app"]
+__all__ = [
+    "make_server_app",
+    "run_federation",
+    "collect_profiles",
+    "write_deployment_results",
+    "app",
+]
+
+OnResult = Callable[[RunResult], None]
 
 logger = logging.getLogger("sangsaeng.coordinator")
 
@@ -110,8 +127,14 @@ def run_federation(
     observer: RunObserver | None = None,
     evaluate_fn: EvaluateFn | None = None,
     expected_sites: int | None = None,
-) -> RunRecorder:
-    """Profile the sites, then train for `config.num_rounds` rounds. Returns the run record."""
+    on_result: OnResult | None = None,
+) -> RunResult:
+    """Profile the sites, then train for `config.num_rounds` rounds. Returns the run's result.
+
+    The manifest and checkpoints are written as the run goes (to resume and audit it). When the
+    run ends, `on_result` (if given) receives the `RunResult`, also for a run that failed after
+    it started recording, before the error is raised on.
+    """
     observer = observer or LoggingObserver()
     # A lost signing key must stop the run before anyone spends privacy budget on it.
     signing_key = load_signing_key(config.key_dir, create=True) if config.uses_dp else None
@@ -146,15 +169,24 @@ def run_federation(
         },
         previous=resume.manifest if resume else None,
     )
+    resumed_weights = resume.weights if resume is not None else None
+
+    def finish(weights: list[np.ndarray] | None, report: dict[str, Any] | None = None) -> RunResult:
+        result = _run_result(recorder, spec, scaler, weights, report or _recorded_report(config, recorder))
+        if on_result is not None:
+            on_result(result)
+        return result
+
     if len(healthy) < config.min_sites:
         recorder.set(status="failed", error=f"{len(healthy)} healthy site(s), run needs {config.min_sites}")
+        finish(resumed_weights)
         raise FederationError(
             f"only {len(healthy)} site(s) have usable data, the run needs {config.min_sites}: "
             + "; ".join(problems.values())
         )
     if done >= config.num_rounds:
         recorder.set(status="completed")
-        return recorder
+        return finish(resumed_weights)
 
     inner = build_strategy(config, initial, evaluate_fn, sites=len(healthy))
     if resume is not None:
@@ -191,14 +223,53 @@ def run_federation(
         workflow_for(config, max_weight=max(site["n_train"] for site in sites.values()))(grid, legacy)
     except Exception as exc:
         recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
+        finish(strategy.global_weights or resumed_weights)
         raise
     recorder.set(status="completed", completed_rounds=config.num_rounds)
+    report = None
     if signing_key is not None and audit is not None:
         report = build_report(recorder.manifest, audit_head=audit.head())
         path = write_signed_report(report, config.out_dir / "privacy", signing_key)
         audit.append("report issued", run_id=report["run_id"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         recorder.set(privacy_report=str(path.relative_to(config.out_dir)))
-    return recorder
+    return finish(strategy.global_weights or resumed_weights, report)
+
+
+def _run_result(
+    recorder: RunRecorder,
+    spec: TaskSpec,
+    scaler: FederatedScaler,
+    weights: list[np.ndarray] | None,
+    report: dict[str, Any] | None,
+) -> RunResult:
+    """The run's result as its manifest now records it, with the objects the files only copy."""
+    manifest = copy.deepcopy(recorder.manifest)  # the result must not change if the recorder does
+    return RunResult(
+        run_id=str(manifest["run_id"]),
+        status=manifest["status"],
+        error=manifest.get("error"),
+        task=spec,
+        sites={
+            name: SiteRows(node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]))
+            for name, s in manifest["sites"].items()
+        },
+        excluded_sites=manifest["excluded_sites"],
+        scaler=scaler,
+        weights=weights if any(r.get("checkpoint") for r in manifest["rounds"]) else None,
+        rounds=manifest["rounds"],
+        initial_metrics=manifest.get("initial_metrics", {}),
+        privacy_report=report,
+        privacy_report_path=manifest.get("privacy_report") if report is not None else None,
+        config=manifest["config"],
+    )
+
+
+def _recorded_report(config: FederationConfig, recorder: RunRecorder) -> dict[str, Any] | None:
+    """The privacy report the manifest names, issued by an earlier run of this (resumed) directory."""
+    relative = recorder.manifest.get("privacy_report")
+    if not relative:
+        return None
+    return json.loads((config.out_dir / relative).read_text(encoding="utf-8"))
 
 
 def workflow_for(config: FederationConfig, *, max_weight: float) -> DefaultWorkflow:
@@ -226,18 +297,34 @@ def make_server_app(
     observer: RunObserver | None = None,
     evaluate_fn: EvaluateFn | None = None,
     expected_sites: int | None = None,
+    on_result: OnResult | None = None,
 ) -> ServerApp:
-    """The ServerApp. Without `config` it reads the Flower run config (deployment)."""
+    """The ServerApp. Without `config` it reads the Flower run config (deployment).
+
+    `on_result` receives the run's `RunResult` when the run ends (see `run_federation`).
+    """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(dict(context.run_config))
         run_federation(
-            grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites
-        )
+            grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
+            on_result=on_result,
+        )  # fmt: skip
 
     return server_app
 
 
-app = make_server_app()
+def write_deployment_results(result: RunResult) -> None:
+    """The deployment ServerApp's last step: results.json and metrics.png in the run directory.
+
+    In deployment the ServerApp runs in a process of its own (started for the SuperLink), so it
+    writes the results itself; ``sangsaeng coordinator run`` then only reads them.
+    """
+    from coordinator.report import write_results  # matplotlib and rich only when a run ends
+
+    write_results(result)
+
+
+app = make_server_app(on_result=write_deployment_results)

@@ -6,7 +6,6 @@ Used by ``sangsaeng demo`` and ``sangsaeng simulate`` and by the utility benchma
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,9 +19,10 @@ import pandas as pd
 
 from client.client_app import make_client_app
 from client.site import SiteConfig
-from coordinator.checkpoint import MANIFEST, load_checkpoint
 from coordinator.config import FederationConfig
 from coordinator.progress import RunObserver
+from coordinator.report import Comparison, write_results
+from coordinator.run_result import RunResult
 from coordinator.server_app import make_server_app
 from models.datasets import holdout_split, split_by
 from models.errors import SiteDataError, TaskSpecError
@@ -34,7 +34,6 @@ from models.tasks import TaskSpec
 from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
 from privacy.policy import SitePrivacyPolicy
 from sangsaeng.errors import SangsaengError
-from sangsaeng.files import write_json
 
 __all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
 
@@ -105,7 +104,7 @@ def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFr
 def evaluate_weights(
     weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
 ) -> dict[str, float]:
-    """Metrics of a global model's `weights` on `frame` (a pooled held-out set), scored as the sites score."""
+    """The metrics of a model with `weights` (fitted to `scaler`) on the rows of `frame`."""
     model = config.new_model(scaler.n_inputs)
     set_weights(model, weights)
     return _score(model, spec, scaler, frame)
@@ -153,15 +152,14 @@ def run_experiment(
         return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
 
     start = time.perf_counter()
-    _run_flower_simulation(
+    result = _run_flower_simulation(
         spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn, site_policies=site_policies or {}
     )
     timings["federated_s"] = time.perf_counter() - start
 
-    manifest = _read_manifest(out_dir)
-    aggregated = [r for r in manifest["rounds"] if r.get("checkpoint")]
-    if not aggregated:
-        failures = sorted({f for r in manifest["rounds"] for f in r.get("failures", [])})
+    aggregated = result.aggregated_rounds
+    if not aggregated or result.weights is None:
+        failures = sorted({f for r in result.rounds for f in r.get("failures", [])})
         hint = ""
         if any("budget exhausted" in f for f in failures):
             hint = (
@@ -171,34 +169,28 @@ def run_experiment(
             )
         raise SangsaengError(f"{out_dir}: no round aggregated an update; every site refused or failed: "
                              f"{'; '.join(failures) or 'no site replied'}.{hint}")  # fmt: skip
-    last = max(aggregated, key=lambda r: r["round"])
-    weights, _ = load_checkpoint(out_dir / last["checkpoint"])
-    scaler = FederatedScaler.from_json(manifest["scaler"])
-    federated_global = evaluate_weights(weights, spec, scaler, config, held_out)
-    per_site = {s.name: evaluate_weights(weights, spec, scaler, config, s.test) for s in splits}
-
-    results: dict[str, Any] = {
-        "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
-        "sites": [s.name for s in splits],
-        "site_rows": {s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits},
-        "excluded_sites": problems,
-        "dropped_groups": dict(dropped or {}),
-        "held_out_rows": len(held_out),
-        "centralized": centralized,
-        "local_only": local_only,
-        "local_only_summary": _summary(spec, local_only),
-        "federated": {"global": federated_global, "per_site": per_site},
-        "rounds": round_summaries(manifest["rounds"], metrics_key="metrics"),
-        "initial": {k: v for k, v in manifest.get("initial_metrics", {}).items() if k != "loss"},
-        "privacy": _privacy_summary(out_dir, manifest),
-        "config": config.to_dict(),
-        "run_id": manifest["run_id"],
-        "timings": timings,
-    }
-    write_json(out_dir / "results.json", results)
-    from coordinator.report import plot_rounds  # matplotlib only when results exist
-
-    results["plot"] = str(plot_rounds(results, out_dir / "metrics.png"))
+    weights = list(result.weights)
+    last_metrics = aggregated[-1].get("metrics")
+    if last_metrics and result.scaler.to_json() == fed_scaler.to_json():
+        # `evaluate_fn` already scored these weights on these rows with this scaler in the last round.
+        federated_global = {k: v for k, v in last_metrics.items() if k != "loss"}
+    else:  # a resumed run whose scaler was fitted to other rows: score again with the run's own
+        federated_global = evaluate_weights(weights, spec, result.scaler, config, held_out)
+    comparison = Comparison(
+        sites=[s.name for s in splits],
+        site_rows={s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits},
+        excluded_sites=problems,
+        dropped_groups=dict(dropped or {}),
+        held_out_rows=len(held_out),
+        centralized=centralized,
+        local_only=local_only,
+        local_only_summary=_summary(spec, local_only),
+        federated_global=federated_global,
+        federated_per_site={s.name: evaluate_weights(weights, spec, result.scaler, config, s.test) for s in splits},
+        timings=timings,
+    )
+    results, plot = write_results(result, comparison, out_dir=out_dir)
+    results["plot"] = str(plot)
     return results
 
 
@@ -213,53 +205,6 @@ def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> d
     }
 
 
-def round_summaries(rounds: list[dict[str, Any]], *, metrics_key: str) -> list[dict[str, Any]]:
-    """The per-round part of results.json from manifest rounds, its metrics read from ``metrics_key``.
-
-    A simulation scores the global model on held-out rows (``metrics``); a deployment has the
-    sites' own held-out scores (``federated_eval``).
-    """
-    return [
-        {
-            "round": r["round"],
-            "metrics": {
-                **{k: v for k, v in r.get(metrics_key, {}).items() if k != "loss"},
-                "train_loss": r.get("train_loss"),
-            },
-            "sites_trained": r.get("sites_trained", []),
-            "failures": r.get("failures", []),
-        }
-        for r in sorted(rounds, key=lambda r: r["round"])
-    ]
-
-
-def _privacy_summary(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """Epsilon per site over rounds, from the signed report (None for a run without DP)."""
-    if not manifest.get("privacy_report"):
-        return None
-    report = json.loads((out_dir / manifest["privacy_report"]).read_text(encoding="utf-8"))
-    return {
-        "report": manifest["privacy_report"],
-        "sites": {
-            site: {
-                "epsilon": entry["epsilon"],
-                "budget_epsilon": entry["budget_epsilon"],
-                "delta": entry["delta"],
-                "epsilon_by_round": {str(r["round"]): r["epsilon"] for r in entry["rounds"]},
-            }
-            for site, entry in report["sites"].items()
-        },  # fmt: skip
-        "central_dp": {"epsilon": report["central_dp"]["epsilon"], "delta": report["central_dp"]["delta"]}
-        if report.get("central_dp")
-        else None,
-        "refusals": report["refusals"],
-    }
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any]:
-    return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-
-
 def _run_flower_simulation(
     spec: TaskSpec,
     site_files: Mapping[str, Path],
@@ -268,8 +213,12 @@ def _run_flower_simulation(
     observer: RunObserver | None,
     evaluate_fn: Any,
     site_policies: Mapping[str, SitePrivacyPolicy],
-) -> None:
-    """Run the ServerApp and one ClientApp per site in Flower's simulation runtime."""
+) -> RunResult:
+    """Run the ServerApp and one ClientApp per site in Flower's simulation runtime; return its result.
+
+    Flower's `run_simulation` runs the ServerApp in a thread of this process, so its
+    `RunResult` comes back through the app's ``on_result`` callback, not through files.
+    """
     from flwr.simulation import run_simulation
 
     sites = [
@@ -281,7 +230,10 @@ def _run_flower_simulation(
         )
         for name, path in site_files.items()
     ]
-    server_app = make_server_app(config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites))
+    results: list[RunResult] = []
+    server_app = make_server_app(
+        config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites), on_result=results.append
+    )
     client_app = make_client_app(sites)
     cpus = max(1, os.cpu_count() or 1)
     backend_config = {
@@ -292,6 +244,9 @@ def _run_flower_simulation(
         run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config
         )
+    if not results:  # the ServerApp raises when a run fails; this is only a broken runtime
+        raise SangsaengError(f"{config.out_dir}: the simulation ended without a result from the ServerApp")
+    return results[-1]
 
 
 class _flower_logs_to:

@@ -225,6 +225,8 @@ class SangsaengStrategy(Strategy):
         self.recorder = recorder
         self.observer = observer or RunObserver()
         self.round_offset = round_offset
+        # The global model after the last round that aggregated: what the run hands back.
+        self.global_weights: list[np.ndarray] | None = None
         self.instructions: dict[str, Scalar] = {
             ConfigKey.TASK: config.task.to_json(),
             ConfigKey.SCALER: scaler.to_json(),
@@ -325,7 +327,8 @@ class SangsaengStrategy(Strategy):
             **extra,
         )
         if parameters is not None:
-            self.recorder.save_checkpoint(rnd, parameters_to_ndarrays(parameters), strategy_state(self.inner))
+            self.global_weights = parameters_to_ndarrays(parameters)
+            self.recorder.save_checkpoint(rnd, self.global_weights, strategy_state(self.inner))
         else:
             logger.warning("round %s: no update aggregated (%s failure(s))", rnd, len(failures))
         return parameters, metrics

@@ -19,6 +19,8 @@ import httpx
 
 from portal.artifact import artifact_from_run
 from portal.protocol import API_PREFIX
+from privacy.errors import ReportInvalid
+from privacy.summary import privacy_summary as summarize
 from sangsaeng.errors import SangsaengError
 from sangsaeng.portal_api import PortalAPI
 
@@ -41,10 +43,12 @@ def _numbers(values: dict[str, Any] | None) -> dict[str, float | None]:
 
 
 def privacy_summary(path: Path) -> dict[str, dict[str, Any]] | None:
-    """Per-site ``{"epsilon", "budget_epsilon", "epsilon_by_round"}`` from a privacy report, if any.
+    """Per-site ``{"epsilon", "budget_epsilon", "epsilon_by_round": [...]}`` from a privacy report, if any.
 
-    Accepts ``{"sites": {site: {...}}}`` or ``{site: {...}}``; a site entry needs ``epsilon``
-    and ``budget_epsilon`` and may list ``epsilon_by_round`` or ``rounds: [{"epsilon": ...}]``.
+    The portal's run report takes epsilon over rounds as a list; it is read off the one summary
+    of a report (`privacy.summary.privacy_summary`, also in results.json), which accepts
+    ``{"sites": {site: {...}}}`` or ``{site: {...}}``, site entries that need ``epsilon`` and
+    ``budget_epsilon`` and may list ``epsilon_by_round`` or ``rounds: [{"epsilon": ...}]``.
     """
     if not path.exists():
         return None
@@ -52,25 +56,18 @@ def privacy_summary(path: Path) -> dict[str, dict[str, Any]] | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UploadError(f"{path}: not valid JSON ({exc})") from None
-    sites = raw.get("sites", raw) if isinstance(raw, dict) else None
-    if not isinstance(sites, dict):
-        raise UploadError(f"{path}: expected a mapping of sites to their privacy spend")
-    out = {}
-    for site, entry in sites.items():
-        if not isinstance(entry, dict):
-            continue
-        try:
-            epsilon, budget = float(entry["epsilon"]), float(entry["budget_epsilon"])
-        except (KeyError, TypeError, ValueError):
-            raise UploadError(f"{path}: site '{site}' needs numeric 'epsilon' and 'budget_epsilon'") from None
-        by_round = entry.get("epsilon_by_round")
-        if by_round is None and isinstance(entry.get("rounds"), list):
-            by_round = [
-                r.get("epsilon") for r in entry["rounds"] if isinstance(r, dict) and r.get("epsilon") is not None
-            ]
-        out[str(site)] = {"epsilon": epsilon, "budget_epsilon": budget,
-                          "epsilon_by_round": [float(e) for e in by_round or []]}  # fmt: skip
-    return out
+    try:
+        summary = summarize(raw, source=str(path))
+    except ReportInvalid as exc:
+        raise UploadError(str(exc)) from None
+    return {
+        site: {
+            "epsilon": float(entry["epsilon"]),
+            "budget_epsilon": float(entry["budget_epsilon"]),
+            "epsilon_by_round": [float(e) for e in entry["epsilon_by_round"].values()],
+        }
+        for site, entry in summary["sites"].items()
+    }
 
 
 def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any]:
