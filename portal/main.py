@@ -7,8 +7,12 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
@@ -69,6 +73,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             return render_error(request, exc.status, exc.reason, headers=exc.headers)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input, and JSON cannot carry the NaN or infinity a
+        # request may hold (json.loads accepts them; the response encoder refuses): a 500.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> Response:
         logger.warning("integrity error on %s: %s", request.url.path, exc.orig)
@@ -80,6 +90,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "a value cannot be stored (out of range or invalid characters)"}, status_code=422
         )
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by its name ("nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def __getattr__(name: str) -> FastAPI:

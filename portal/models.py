@@ -16,6 +16,8 @@ from pydantic import AfterValidator, StringConstraints, field_validator
 from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from portal.api.params import DbId
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -128,7 +130,7 @@ class UserBase(SQLModel):
 
 class UserCreate(UserBase):
     password: Password
-    organisation_id: int
+    organisation_id: DbId
 
 
 class UserUpdate(SQLModel):
@@ -246,7 +248,7 @@ class AuditorAssignment(SQLModel, table=True):
 
 
 class AuditorAssign(SQLModel):
-    organisation_id: int
+    organisation_id: DbId
 
 
 # -- memberships and enrolment ------------------------------------------------------------------
@@ -475,7 +477,7 @@ class ModelArtifact(SQLModel, table=True):
 
 
 class ReleaseCreate(SQLModel):
-    run_id: int
+    run_id: DbId
     version: SemVer
     artifact_sha256: Sha256Hex
     artifact_b64: str = Field(min_length=4, description="the model artifact (zip), base64")

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from portal import crud, services
 from portal.access import Principal, authenticate, federation_view, visible_federations
 from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
+from portal.api.params import MAX_ID, DbId
 from portal.api.routes.login import login as do_login
 from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
 from portal.core.security import csrf_token
@@ -148,7 +149,7 @@ def create_federation(
 
 
 def _fid(federation_id: int) -> int:
-    if not 1 <= federation_id <= 2_147_483_647:
+    if not 1 <= federation_id <= MAX_ID:
         raise BadRequest("no such id")
     return federation_id
 
@@ -207,7 +208,7 @@ def invite(
 
 @router.post("/federations/{federation_id}/auditors", dependencies=[Csrf])
 def assign_auditor(
-    session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[int, Form()]
+    session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[DbId, Form()]
 ) -> Response:
     services.assign_auditor(session, me, _fid(federation_id), organisation_id)
     return RedirectResponse(f"/federations/{federation_id}", status_code=303)
