@@ -21,6 +21,7 @@ from portal.api.main import api_router
 from portal.core.config import Settings
 from portal.core.db import make_engine
 from portal.core.errors import PortalError
+from portal.core.headers import SecurityHeaders
 from portal.core.limits import BodySizeLimit
 from portal.core.ratelimit import LoginLimiter
 from portal.core.security import ReleaseSigner
@@ -46,11 +47,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.engine = engine or make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
     app.state.signer = ReleaseSigner.load_or_create(settings.resolved_signing_key_path)
     app.state.login_limiter = LoginLimiter(
+        app.state.engine,
         max_failures=settings.login_max_failures,
         ip_max_failures=settings.login_ip_max_failures,
         window_seconds=settings.login_window_seconds,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    # Added last, so outermost: the limit's 413 gets the headers too.
+    app.add_middleware(SecurityHeaders, docs_path=f"{API_PREFIX}/docs", hsts=bool(settings.cookie_secure))
     app.include_router(api_router, prefix=API_PREFIX)
     _install_error_handlers(app)
 

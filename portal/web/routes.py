@@ -21,8 +21,9 @@ from portal.access import Principal, authenticate, federation_view, visible_fede
 from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
 from portal.api.params import MAX_ID, DbId
 from portal.api.routes.login import login as do_login
+from portal.core.config import Settings
 from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
-from portal.core.security import csrf_token
+from portal.core.security import cross_site_reason, csrf_matches, csrf_token
 from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
 from portal.web.charts import line_chart
 
@@ -56,9 +57,17 @@ def web_principal(request: Request, session: SessionDep) -> Principal:
 Me = Annotated[Principal, Depends(web_principal)]
 
 
-def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> None:
-    expected = csrf_token(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""))
-    if csrf != expected:
+def check_same_origin(request: Request, settings: Settings) -> None:
+    """Refuse a form posted from another origin (another site, a sibling subdomain, another port)."""
+    reason = cross_site_reason(request.headers, own_origin=settings.public_origin, host=request.url.netloc)
+    if reason is not None:
+        raise Forbidden(f"the form did not come from this portal ({reason}); open the portal and try again")
+
+
+def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form(max_length=200)] = "") -> None:
+    """Every state-changing form: posted from the portal's own origin, with the session's token."""
+    check_same_origin(request, settings)
+    if not csrf_matches(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""), csrf):
         raise Forbidden("the form expired or did not come from this portal (CSRF check failed); reload the page")
 
 
@@ -91,7 +100,10 @@ def login_submit(
     email: Annotated[str, Form(max_length=254)],
     password: Annotated[str, Form(max_length=128)],
 ) -> Response:
+    # No session exists yet to bind a token to; the origin check stops a cross-site page from
+    # signing the victim's browser in to the attacker's account (login CSRF).
     try:
+        check_same_origin(request, settings)
         token, _ = do_login(session, settings, request, email, password)
     except PortalError as exc:
         return templates.TemplateResponse(
@@ -201,7 +213,7 @@ def invite(
         federation=federation,
         token=token,
         membership=membership,
-        portal_url=str(request.base_url).rstrip("/"),
+        portal_url=request.app.state.settings.public_url,  # never the Host header: a poisoned one would be shown
         expires_at=services.invite_expiry(session, membership.id),
     )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from sqlalchemy import update
 
 from portal import audit, crud
 from portal.access import require
 from portal.api.deps import CurrentUser, SessionDep
-from portal.core.errors import Conflict, NotFound
-from portal.models import Organisation, UserCreate, UserPublic, UserUpdate
+from portal.core.errors import Conflict, Forbidden, NotFound
+from portal.models import ApiToken, Organisation, TokenKind, UserCreate, UserPublic, UserUpdate, utcnow
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -19,23 +20,43 @@ def read_me(session: SessionDep, principal: CurrentUser) -> UserPublic:
 
 
 @router.patch("/me", response_model=UserPublic)
-def update_me(session: SessionDep, principal: CurrentUser, data: UserUpdate) -> UserPublic:
-    """Change one's own name or password."""
-    from portal.core.security import hash_password
+def update_me(session: SessionDep, principal: CurrentUser, data: UserUpdate, request: Request) -> UserPublic:
+    """Change one's own name or password.
+
+    A new password needs the current one (a stolen session alone cannot take the account over;
+    wrong guesses count as failed logins) and ends every other session of the user.
+    """
+    from portal.core.limits import client_address
+    from portal.core.security import hash_password, verify_password
 
     user = principal.user
     assert user is not None
+    if data.password is not None:
+        limiter, ip = request.app.state.login_limiter, client_address(request)
+        limiter.check(user.email, ip)
+        if not verify_password(data.current_password or "", user.hashed_password):
+            limiter.failed(user.email, ip)
+            raise Forbidden("the current password is not correct")
+        user.hashed_password = hash_password(data.password)
+        session.exec(
+            update(ApiToken)
+            .where(
+                ApiToken.user_id == user.id,
+                ApiToken.kind == TokenKind.session,
+                ApiToken.id != principal.token.id,
+                ApiToken.revoked_at.is_(None),  # type: ignore[union-attr]
+            )
+            .values(revoked_at=utcnow())
+        )  # type: ignore[call-overload]
     if data.full_name is not None:
         user.full_name = data.full_name
-    if data.password is not None:
-        user.hashed_password = hash_password(data.password)
     session.add(user)
     audit.record(
         session,
         actor=principal.label,
         action="user.updated",
         target=f"user {user.id}",
-        detail={"fields": sorted(data.model_dump(exclude_unset=True, exclude_none=True))},
+        detail={"fields": sorted(data.model_dump(exclude_unset=True, exclude_none=True, exclude={"current_password"}))},
     )
     session.commit()
     return crud.user_public(session, user)
