@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,19 +123,52 @@ def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> Mode
         for name in manifest["weights"]:
             if not isinstance(name, str) or not name.isidentifier():
                 raise ModelArtifactError(f"bad weight name {name!r}")
-            try:
-                with archive.open(f"weights/{name}.npy") as handle:
-                    array = np.lib.format.read_array(handle, allow_pickle=False)
-            except KeyError:
-                raise ModelArtifactError(f"artifact is missing weights/{name}.npy") from None
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise ModelArtifactError(f"weights/{name}.npy cannot be read: {exc}") from None
+            array = _read_npy(archive, f"weights/{name}.npy")
             if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
                 raise ModelArtifactError(f"weights/{name}.npy must hold finite floating-point numbers")
             weights.append(array)
     content = ModelArtifactContent(manifest, weights)
     _check_consistency(content)
     return content
+
+
+def _read_npy(archive: zipfile.ZipFile, entry: str) -> np.ndarray:
+    """One ``.npy`` entry, its header checked against the bytes present before any array is allocated.
+
+    The header names a shape and dtype; numpy would allocate ``prod(shape) * itemsize`` bytes
+    before reading, so a 100-byte entry claiming shape (10**6, 10**6) would ask for 8 TB.
+    """
+    try:
+        data = archive.read(entry)  # at most its declared size, which read_artifact has bounded
+    except KeyError:
+        raise ModelArtifactError(f"artifact is missing {entry}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelArtifactError(f"{entry} cannot be read: {exc}") from None
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
+    except (ValueError, EOFError) as exc:
+        raise ModelArtifactError(f"{entry} cannot be read: {exc}") from None
+    if dtype.hasobject or dtype.kind != "f":
+        raise ModelArtifactError(f"{entry} must hold floating-point numbers, not {dtype}")
+    if any(n < 0 for n in shape):
+        raise ModelArtifactError(f"{entry}: its header claims an impossible shape {shape}")
+    claimed = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+    present = len(data) - stream.tell()
+    if claimed != present:
+        raise ModelArtifactError(
+            f"{entry}: its header claims shape {shape} of {dtype} ({claimed} bytes) but {present} bytes follow"
+        )
+    try:
+        return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        raise ModelArtifactError(f"{entry} cannot be read: {exc}") from None
 
 
 def _check_consistency(content: ModelArtifactContent) -> None:

@@ -76,9 +76,39 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
-    """Migrate the database, then serve the portal (API under /api/v1, web pages under /)."""
-    import uvicorn
+    """Migrate the database, then serve the portal (API under /api/v1, web pages under /).
 
+    On a non-loopback address the environment defaults to ``production`` (no default secret,
+    Secure cookies); on loopback the public URL defaults to ``http://HOST:PORT``.
+    """
+    import ipaddress
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from portal.core.config import Settings
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it is reachable from elsewhere
+        loopback = False
+    # The workers build the app from the environment, so the defaults go there.
+    if not loopback:
+        os.environ.setdefault("SANGSAENG_PORTAL_ENVIRONMENT", "production")
+    elif not os.environ.get("SANGSAENG_PORTAL_PUBLIC_URL"):
+        address = f"[{host}]" if ":" in host else host
+        os.environ["SANGSAENG_PORTAL_PUBLIC_URL"] = f"http://{address}:{port}"
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()))
+    if settings.public_url is None:
+        typer.secho(
+            "warning: SANGSAENG_PORTAL_PUBLIC_URL is not set; invitation pages cannot show the address "
+            "suppliers enrol at (set it to the portal's https:// address)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     migrate()
     uvicorn.run("portal.main:app", host=host, port=port, workers=workers, log_level="info", proxy_headers=False)
 

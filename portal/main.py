@@ -7,8 +7,12 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, IntegrityError
@@ -17,6 +21,7 @@ from portal.api.main import api_router
 from portal.core.config import Settings
 from portal.core.db import make_engine
 from portal.core.errors import ArtifactError, PortalError
+from portal.core.headers import SecurityHeaders
 from portal.core.limits import BodySizeLimit
 from portal.core.ratelimit import LoginLimiter
 from portal.core.security import ReleaseSigner
@@ -43,11 +48,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.engine = engine or make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
     app.state.signer = ReleaseSigner.load_or_create(settings.resolved_signing_key_path)
     app.state.login_limiter = LoginLimiter(
+        app.state.engine,
         max_failures=settings.login_max_failures,
         ip_max_failures=settings.login_ip_max_failures,
         window_seconds=settings.login_window_seconds,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
+    # Added last, so outermost: the limit's 413 gets the headers too.
+    app.add_middleware(SecurityHeaders, docs_path=f"{API_PREFIX}/docs", hsts=bool(settings.cookie_secure))
     app.include_router(api_router, prefix=API_PREFIX)
     _install_error_handlers(app)
 
@@ -76,6 +84,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         # here, at the portal's boundary, it becomes the portal's own 422.
         return await portal_error(request, ArtifactError(str(exc)))
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input, and JSON cannot carry the NaN or infinity a
+        # request may hold (json.loads accepts them; the response encoder refuses): a 500.
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> Response:
         logger.warning("integrity error on %s: %s", request.url.path, exc.orig)
@@ -87,6 +101,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "a value cannot be stored (out of range or invalid characters)"}, status_code=422
         )
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by its name ("nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, StringConstraints, field_validator
-from sqlalchemy import JSON, Column, DateTime, LargeBinary, String, UniqueConstraint
+from pydantic import AfterValidator, StringConstraints, field_validator, model_validator
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from portal.api.params import DbId
 
 
 def utcnow() -> datetime:
@@ -128,12 +130,21 @@ class UserBase(SQLModel):
 
 class UserCreate(UserBase):
     password: Password
-    organisation_id: int
+    organisation_id: DbId
 
 
 class UserUpdate(SQLModel):
+    """One's own name or password; a new password needs the current one."""
+
     full_name: Name | None = None
     password: Password | None = None
+    current_password: str | None = Field(default=None, max_length=128)
+
+    @model_validator(mode="after")
+    def _current_password_for_a_new_one(self) -> UserUpdate:
+        if self.password is not None and not self.current_password:
+            raise ValueError("current_password is required to change the password")
+        return self
 
 
 class User(UserBase, table=True):
@@ -246,7 +257,7 @@ class AuditorAssignment(SQLModel, table=True):
 
 
 class AuditorAssign(SQLModel):
-    organisation_id: int
+    organisation_id: DbId
 
 
 # -- memberships and enrolment ------------------------------------------------------------------
@@ -475,7 +486,7 @@ class ModelArtifact(SQLModel, table=True):
 
 
 class ReleaseCreate(SQLModel):
-    run_id: int
+    run_id: DbId
     version: SemVer
     artifact_sha256: Sha256Hex
     artifact_b64: str = Field(min_length=4, description="the model artifact (zip), base64")
@@ -567,6 +578,22 @@ class AuditTrail(SQLModel):
     first_broken_id: int | None = None
 
 
+# -- login rate limit -------------------------------------------------------------------------------
+class LoginAttempt(SQLModel, table=True):
+    """One failed sign-in, counted by the login rate limit while it is inside the window.
+
+    In the database, so every worker process (and every portal host on the same database)
+    counts the same failures. `key` is the SHA-256 of ``e:<e-mail>`` or ``i:<address>``: fixed
+    length, whatever was typed, and no e-mail addresses kept in the clear.
+    """
+
+    __tablename__ = "login_attempt"
+    __table_args__ = (Index("ix_login_attempt_key_at", "key", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=Column(String(64), nullable=False))
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+
+
 class Message(SQLModel):
     message: str
 
@@ -625,5 +652,6 @@ __all__ = [
     "AuditEvent",
     "AuditEventPublic",
     "AuditTrail",
+    "LoginAttempt",
     "Message",
 ]

@@ -40,11 +40,15 @@ SignerDep = Annotated[ReleaseSigner, Depends(get_signer)]
 
 
 def get_principal(
-    request: Request, session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer`` (or the web session cookie)."""
-    token = credentials.credentials if credentials is not None else request.cookies.get(SESSION_COOKIE)
-    return authenticate(session, token)
+    """The caller, from ``Authorization: Bearer`` only.
+
+    The web session cookie is not accepted here: a browser attaches it to any request, even a
+    form posted by another site or a sibling subdomain, so a cookie-authenticated API would be
+    open to cross-site request forgery. No page calls the API; scripts and machines send tokens.
+    """
+    return authenticate(session, credentials.credentials if credentials is not None else None)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,7 +45,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge()
+                    raise _TooLarge(reason)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -72,5 +73,12 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit.
+
+    An `HTTPException`, so that FastAPI's body parsing lets it through (it turns any other
+    exception into a 400) and the exception middleware answers 413 with its reason.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(status_code=413, detail=reason)

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ __all__ = [
     "new_token",
     "token_digest",
     "csrf_token",
+    "csrf_matches",
+    "cross_site_reason",
     "SitePublicKey",
     "parse_site_public_key",
     "enrolment_message",
@@ -84,6 +87,39 @@ def sha256_hex(data: bytes) -> str:
 def csrf_token(secret_key: str, session_token: str) -> str:
     """The web form token bound to one session (HMAC-SHA256 of the session token)."""
     return hmac.new(secret_key.encode(), session_token.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_matches(secret_key: str, session_token: str, candidate: str) -> bool:
+    """Whether a form's token is the session's, compared in constant time (no timing oracle)."""
+    expected = csrf_token(secret_key, session_token)
+    return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+# Fetch metadata a browser sends with a request the portal's own page started, or a typed URL.
+_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+
+
+def cross_site_reason(headers: Mapping[str, str], *, own_origin: str | None, host: str) -> str | None:
+    """Why a state-changing browser request did not come from the portal's own pages, or None if it did.
+
+    Browsers mark every request with ``Sec-Fetch-Site`` and a cross-origin POST with ``Origin``;
+    anything but ``same-origin`` is refused, ``same-site`` too (a sibling subdomain or another
+    port is another origin). The origin is `own_origin` (the configured public URL) when set,
+    else the ``Host`` the browser addressed. A request with neither header is not from a modern
+    browser; the session-bound token still guards forms.
+    """
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.lower() not in _OWN_FETCH_SITES:
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    origin = origin.strip().lower()
+    if own_origin is not None:
+        return None if origin == own_origin else f"Origin {origin!r} is not {own_origin!r}"
+    # Without a public URL, TLS may end at a proxy: compare the host[:port] only.
+    netloc = origin.split("://", 1)[-1]
+    return None if "://" in origin and netloc == host.lower() else f"Origin {origin!r} is not this portal ({host!r})"
 
 
 # -- site keys -------------------------------------------------------------------------------

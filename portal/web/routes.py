@@ -19,9 +19,11 @@ from sqlmodel import col, select
 from portal import crud
 from portal.access import Principal, authenticate, federation_view, visible_federations
 from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
+from portal.api.params import MAX_ID, DbId
 from portal.api.routes.login import login as do_login
+from portal.core.config import Settings
 from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
-from portal.core.security import csrf_token
+from portal.core.security import cross_site_reason, csrf_matches, csrf_token
 from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
 from portal.services import federations
 from portal.services.audit import audit_trail
@@ -65,10 +67,17 @@ def web_principal(request: Request, session: SessionDep) -> Principal:
 Me = Annotated[Principal, Depends(web_principal)]
 
 
-def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = "") -> None:
-    """Refuse a form whose CSRF token is not the one bound to this session."""
-    expected = csrf_token(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""))
-    if csrf != expected:
+def check_same_origin(request: Request, settings: Settings) -> None:
+    """Refuse a form posted from another origin (another site, a sibling subdomain, another port)."""
+    reason = cross_site_reason(request.headers, own_origin=settings.public_origin, host=request.url.netloc)
+    if reason is not None:
+        raise Forbidden(f"the form did not come from this portal ({reason}); open the portal and try again")
+
+
+def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, Form(max_length=200)] = "") -> None:
+    """Every state-changing form: posted from the portal's own origin, with the session's token."""
+    check_same_origin(request, settings)
+    if not csrf_matches(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""), csrf):
         raise Forbidden("the form expired or did not come from this portal (CSRF check failed); reload the page")
 
 
@@ -104,7 +113,10 @@ def login_submit(
     password: Annotated[str, Form(max_length=128)],
 ) -> Response:
     """Check e-mail and password (rate-limited, as the API) and set the HttpOnly session cookie."""
+    # No session exists yet to bind a token to; the origin check stops a cross-site page from
+    # signing the victim's browser in to the attacker's account (login CSRF).
     try:
+        check_same_origin(request, settings)
         token, _ = do_login(session, settings, request, email, password)
     except PortalError as exc:
         return templates.TemplateResponse(
@@ -165,7 +177,7 @@ def create_federation(
 
 
 def _fid(federation_id: int) -> int:
-    if not 1 <= federation_id <= 2_147_483_647:
+    if not 1 <= federation_id <= MAX_ID:
         raise BadRequest("no such id")
     return federation_id
 
@@ -219,14 +231,14 @@ def invite(
         federation=federation,
         token=token,
         membership=membership,
-        portal_url=str(request.base_url).rstrip("/"),
+        portal_url=request.app.state.settings.public_url,  # never the Host header: a poisoned one would be shown
         expires_at=invite_expiry(session, membership.id),
     )
 
 
 @router.post("/federations/{federation_id}/auditors", dependencies=[Csrf])
 def assign_auditor(
-    session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[int, Form()]
+    session: SessionDep, me: Me, federation_id: int, organisation_id: Annotated[DbId, Form()]
 ) -> Response:
     """Make an auditor organisation an auditor of the federation (anchor admins)."""
     federations.assign_auditor(session, me, _fid(federation_id), organisation_id)

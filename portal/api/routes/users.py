@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from portal import crud
 from portal.api.deps import CurrentUser, SessionDep
@@ -19,9 +19,12 @@ def read_me(session: SessionDep, principal: CurrentUser) -> UserPublic:
 
 
 @router.patch("/me", response_model=UserPublic)
-def update_me(session: SessionDep, principal: CurrentUser, data: UserUpdate) -> UserPublic:
-    """Change one's own name or password."""
-    return crud.user_public(session, users.update_me(session, principal, data))
+def update_me(session: SessionDep, principal: CurrentUser, data: UserUpdate, request: Request) -> UserPublic:
+    """Change one's own name or password (a new password needs the current one)."""
+    from portal.core.limits import client_address
+
+    limiter = request.app.state.login_limiter
+    return crud.user_public(session, users.update_me(session, principal, data, limiter, client_address(request)))
 
 
 @router.post("", response_model=UserPublic, status_code=201)
