@@ -85,7 +85,7 @@ def test_organisation_created_concurrently_with_the_same_name_is_409_not_500(por
         crud.create_org(other, "Daehan Forging", OrgKind.supplier)
 
     body = {"name": "Daehan Forging", "kind": "supplier"}
-    with concurrent_insert_after(app.state.engine, "organisation.name =", insert) as fired:
+    with concurrent_insert_after(app.state.engine, "organisation.name_key =", insert) as fired:
         response = client.post(f"{API}/organisations", headers=anchor.headers, json=body)
     assert fired, "the request never looked the name up"
     assert response.status_code == 409, response.text
