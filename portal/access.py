@@ -4,7 +4,13 @@ Roles: an anchor admin (user of an anchor organisation) runs the federations of 
 organisation; a supplier admin sees its own organisation's memberships and data; an auditor
 reads the privacy reports, audit trail and model cards of the federations it is assigned
 to; a coordinator token acts for one federation; a client token for one site (membership).
-A federation the caller has no part in is reported as not found.
+A federation the caller has no part in is reported as not found, in the same words as one
+that does not exist; so is any object in it (pass the object's own `NotFound` as `missing`).
+
+A supplier organisation takes part in a federation through its live memberships: a revoked
+or rejected site gives its organisation no access. A suspended site's client token is refused
+until the anchor reinstates the site; its supplier admins still see the federation (and the
+suspension).
 """
 
 from __future__ import annotations
@@ -31,11 +37,25 @@ from portal.models import (
     utcnow,
 )
 
-__all__ = ["Role", "Principal", "authenticate", "federation_view", "require", "visible_federations", "READ_ONLY"]
+__all__ = [
+    "Role",
+    "Principal",
+    "authenticate",
+    "federation_view",
+    "require",
+    "visible_federations",
+    "own_sites",
+    "READ_ONLY",
+    "LIVE",
+]
 
 Role = Literal["anchor", "supplier", "auditor", "coordinator", "client"]
 READ_ONLY = "auditors have read-only access"
-_SITE_OK = (MembershipStatus.enrolled, MembershipStatus.approved, MembershipStatus.active, MembershipStatus.suspended)
+# A site whose client token works.
+_SITE_OK = (MembershipStatus.enrolled, MembershipStatus.approved, MembershipStatus.active)
+# Memberships through which a supplier organisation takes part in a federation.
+LIVE = (*_SITE_OK, MembershipStatus.invited, MembershipStatus.suspended)
+_LIVE_VALUES = [s.value for s in LIVE]
 
 
 @dataclass
@@ -84,6 +104,10 @@ def authenticate(session: Session, raw_token: str | None) -> Principal:
         return Principal(token=token, user=user, org=session.get(Organisation, user.organisation_id))
     if token.kind == TokenKind.client:
         membership = session.get(Membership, token.membership_id)
+        if membership is not None and membership.status == MembershipStatus.suspended:
+            raise Forbidden(
+                f"site '{membership.site_name}' is suspended: its tokens work again once the anchor reinstates it"
+            )
         if membership is None or membership.status not in _SITE_OK:
             raise Unauthorized("site credential is no longer valid")
         if membership.status == MembershipStatus.approved:
@@ -104,10 +128,17 @@ def authenticate(session: Session, raw_token: str | None) -> Principal:
     return Principal(token=token)
 
 
-def federation_view(session: Session, principal: Principal, federation_id: int) -> tuple[Federation, Role]:
-    """The federation and the caller's role in it; `NotFound` if the caller has no part in it."""
+def federation_view(
+    session: Session, principal: Principal, federation_id: int, *, missing: NotFound | None = None
+) -> tuple[Federation, Role]:
+    """The federation and the caller's role in it; `NotFound` if the caller has no part in it.
+
+    Looking up an object of the federation (a membership, run, release, token), pass the
+    object's own not-found error as `missing`: another tenant's object then reads exactly
+    like one that does not exist, and its federation's id is not disclosed.
+    """
     federation = session.get(Federation, federation_id)
-    missing = NotFound(f"federation {federation_id} not found")
+    missing = missing or NotFound(f"federation {federation_id} not found")
     if federation is None:
         raise missing
     kind = principal.kind
@@ -125,6 +156,7 @@ def federation_view(session: Session, principal: Principal, federation_id: int) 
             select(Membership.id).where(
                 Membership.federation_id == federation.id,
                 Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+                col(Membership.status).in_(_LIVE_VALUES),
             )
         ).first()
         if found is None:
@@ -157,7 +189,10 @@ def visible_federations(session: Session, principal: Principal) -> list[Federati
     if kind == "anchor":
         query = query.where(Federation.anchor_org_id == principal.org.id)  # type: ignore[union-attr]
     elif kind == "supplier":
-        ids = select(Membership.federation_id).where(Membership.organisation_id == principal.org.id)  # type: ignore[union-attr]
+        ids = select(Membership.federation_id).where(
+            Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+            col(Membership.status).in_(_LIVE_VALUES),
+        )
         query = query.where(col(Federation.id).in_(ids))
     elif kind == "auditor":
         ids = select(AuditorAssignment.federation_id).where(AuditorAssignment.organisation_id == principal.org.id)  # type: ignore[union-attr]
@@ -179,6 +214,7 @@ def own_sites(session: Session, principal: Principal, federation_id: int) -> set
         select(Membership.site_name).where(
             Membership.federation_id == federation_id,
             Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+            col(Membership.status).in_(_LIVE_VALUES),
         )
     ).all()
     return set(names)

@@ -17,6 +17,7 @@ from portal.models import (
     TokenKind,
     User,
     UserPublic,
+    name_key,
     utcnow,
 )
 
@@ -39,7 +40,8 @@ def get_user_by_email(session: Session, email: str) -> User | None:
 
 
 def get_org_by_name(session: Session, name: str) -> Organisation | None:
-    return session.exec(select(Organisation).where(Organisation.name == name)).first()
+    """The organisation whose name equals `name` after NFKC, case folding and collapsed spaces."""
+    return session.exec(select(Organisation).where(Organisation.name_key == name_key(name))).first()
 
 
 def create_org(session: Session, name: str, kind: OrgKind) -> Organisation:

@@ -6,14 +6,16 @@ short strings so SQLite and PostgreSQL share one schema. Timestamps are UTC.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, StringConstraints, field_validator, model_validator
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, String, UniqueConstraint
+from pydantic import AfterValidator, StringConstraints, field_validator
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, String, UniqueConstraint, event
 from sqlmodel import Field, SQLModel
 
 from portal.api.params import DbId
@@ -45,6 +47,17 @@ def _printable(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
     return value
+
+
+def name_key(name: str) -> str:
+    """The key two names clash on: SHA-256 of the name after NFKC, case folding and collapsed spaces.
+
+    "ACME Ｐarts", "acme parts" and "Acme  Parts" share one key, so a look-alike name cannot
+    pose as a second organisation or site. The digest keeps the indexed column at 64
+    characters however far NFKC expands a name.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return hashlib.sha256(" ".join(folded.split()).encode("utf-8")).hexdigest()
 
 
 Name = Annotated[
@@ -112,8 +125,14 @@ class OrganisationCreate(OrganisationBase):
 
 
 class Organisation(OrganisationBase, table=True):
+    """An organisation; `owner_org_id` is the anchor organisation that created it through the API (if any)."""
+
     __tablename__ = "organisation"
     id: int | None = Field(default=None, primary_key=True)
+    # Set from `name` on every insert and update (see `_keep_organisation_key`); the unique index makes
+    # the database refuse a look-alike name even when two requests race.
+    name_key: str = Field(default="", sa_column=Column(String(64), unique=True, index=True, nullable=False))
+    owner_org_id: int | None = Field(default=None, foreign_key="organisation.id", index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
 
 
@@ -134,17 +153,11 @@ class UserCreate(UserBase):
 
 
 class UserUpdate(SQLModel):
-    """One's own name or password; a new password needs the current one."""
+    """One's own name and/or password; a new password needs the current one and ends one's other sessions."""
 
     full_name: Name | None = None
     password: Password | None = None
     current_password: str | None = Field(default=None, max_length=128)
-
-    @model_validator(mode="after")
-    def _current_password_for_a_new_one(self) -> UserUpdate:
-        if self.password is not None and not self.current_password:
-            raise ValueError("current_password is required to change the password")
-        return self
 
 
 class User(UserBase, table=True):
@@ -263,11 +276,15 @@ class AuditorAssign(SQLModel):
 # -- memberships and enrolment ------------------------------------------------------------------
 class Membership(SQLModel, table=True):
     __tablename__ = "membership"
-    __table_args__ = (UniqueConstraint("federation_id", "site_name"),)
+    __table_args__ = (
+        UniqueConstraint("federation_id", "site_name"),
+        Index("ix_membership_federation_site_key", "federation_id", "site_key", unique=True),
+    )
     id: int | None = Field(default=None, primary_key=True)
     federation_id: int = Field(foreign_key="federation.id", index=True)
     organisation_id: int = Field(foreign_key="organisation.id", index=True)
     site_name: str = Field(max_length=100)
+    site_key: str = Field(default="", max_length=64)  # name_key(site_name), kept by `_keep_site_key`
     status: MembershipStatus = Field(sa_column=Column(String(20), nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
@@ -598,7 +615,20 @@ class Message(SQLModel):
     message: str
 
 
+@event.listens_for(Organisation, "before_insert")
+@event.listens_for(Organisation, "before_update")
+def _keep_organisation_key(mapper: Any, connection: Any, target: Organisation) -> None:
+    target.name_key = name_key(target.name)
+
+
+@event.listens_for(Membership, "before_insert")
+@event.listens_for(Membership, "before_update")
+def _keep_site_key(mapper: Any, connection: Any, target: Membership) -> None:
+    target.site_key = name_key(target.site_name)
+
+
 __all__ = [
+    "name_key",
     "utcnow",
     "as_utc",
     "OrgKind",

@@ -22,6 +22,7 @@ from portal.models import (
     SiteCredential,
     TokenKind,
     as_utc,
+    name_key,
     utcnow,
 )
 from portal.services._db import commit
@@ -48,7 +49,9 @@ def invite_site(
     elif org.kind != OrgKind.supplier:
         raise BadRequest(f"organisation '{org.name}' is a {org.kind}, not a supplier; only suppliers run sites")
     taken = session.exec(
-        select(Membership.id).where(Membership.federation_id == federation_id, Membership.site_name == data.site_name)
+        select(Membership.id).where(
+            Membership.federation_id == federation_id, Membership.site_key == name_key(data.site_name)
+        )
     ).first()
     if taken is not None:
         raise Conflict(f"site name '{data.site_name}' is already used in federation {federation_id}")

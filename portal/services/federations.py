@@ -51,11 +51,13 @@ def create_federation(session: Session, principal: Principal, data: FederationCr
 
 
 def assign_auditor(session: Session, principal: Principal, federation_id: int, organisation_id: int) -> None:
-    """The federation's anchor admin makes an auditor organisation its auditor; refuses other kinds and repeats."""
+    """Assign an auditor organisation: one this anchor created, or one with no owner (made by the operator)."""
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("anchor",), "assign auditors")
     org = session.get(Organisation, organisation_id)
-    if org is None:
+    # Another anchor's auditor organisation reads as absent: that anchor creates its accounts,
+    # so assigning it here would let that anchor read this federation.
+    if org is None or org.owner_org_id not in (None, principal.org.id):  # type: ignore[union-attr]
         raise NotFound(f"organisation {organisation_id} not found")
     if org.kind != OrgKind.auditor:
         raise BadRequest(f"organisation '{org.name}' is a {org.kind}, not an auditor organisation")

@@ -30,7 +30,7 @@ def get_membership(session: Session, principal: Principal, membership_id: int) -
     missing = NotFound(f"membership {membership_id} not found")
     if membership is None:
         raise missing
-    _, role = federation_view(session, principal, membership.federation_id)
+    _, role = federation_view(session, principal, membership.federation_id, missing=missing)
     if role == "auditor":
         raise Forbidden(f"{READ_ONLY}; they do not see membership details")
     sites = own_sites(session, principal, membership.federation_id)

@@ -87,9 +87,10 @@ def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummar
 
 def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[TrainingRun, str]:
     run = session.get(TrainingRun, run_id)
+    missing = NotFound(f"run {run_id} not found")
     if run is None:
-        raise NotFound(f"run {run_id} not found")
-    _, role = federation_view(session, principal, run.federation_id)
+        raise missing
+    _, role = federation_view(session, principal, run.federation_id, missing=missing)
     return run, role
 
 

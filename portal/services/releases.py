@@ -115,7 +115,7 @@ def _get_release(session: Session, principal: Principal, release_id: int) -> tup
     missing = NotFound(f"release {release_id} not found")
     if release is None:
         raise missing
-    federation, role = federation_view(session, principal, release.federation_id)
+    federation, role = federation_view(session, principal, release.federation_id, missing=missing)
     if role in ("supplier", "client") and release.status not in (ReleaseStatus.published, ReleaseStatus.withdrawn):
         raise missing
     return release, federation, role

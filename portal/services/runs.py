@@ -99,7 +99,7 @@ def run_public(session: Session, principal: Principal, run_id: int) -> RunPublic
     missing = NotFound(f"run {run_id} not found")
     if run is None:
         raise missing
-    _, role = federation_view(session, principal, run.federation_id)
+    _, role = federation_view(session, principal, run.federation_id, missing=missing)
     require(role, ("anchor", "coordinator", "supplier", "client"), "see runs")
     sites = own_sites(session, principal, run.federation_id)
     if sites is not None and not sites & set(run.sites):

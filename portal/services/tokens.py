@@ -39,9 +39,10 @@ def issue_coordinator_token(
 def revoke_token(session: Session, principal: Principal, token_id: int) -> ApiToken:
     """The anchor admin revokes a federation's machine token; refuses session tokens (not found) and repeats."""
     token = session.get(ApiToken, token_id)
+    missing = NotFound(f"token {token_id} not found")
     if token is None or token.kind == TokenKind.session or token.federation_id is None:
-        raise NotFound(f"token {token_id} not found")
-    _, role = federation_view(session, principal, token.federation_id)
+        raise missing
+    _, role = federation_view(session, principal, token.federation_id, missing=missing)
     require(role, ("anchor",), "revoke tokens")
     if token.revoked_at is not None:
         raise Conflict(f"token {token_id} is already revoked")

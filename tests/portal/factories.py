@@ -285,3 +285,127 @@ def network(portal: PortalFactory) -> Network:
         auditor=auditor,
         coordinator=portal.coordinator(anchor, fid),
     )
+
+
+def session_token(portal: PortalFactory, email: str) -> str:
+    """A fresh session token for an existing account (no login round trip, no rate limit)."""
+    with portal.session() as session:
+        user = crud.get_user_by_email(session, email)
+        assert user is not None, email
+        plain, _ = crud.issue_token(session, TokenKind.session, lifetime=timedelta(hours=1), user_id=user.id)
+        session.commit()
+    return plain
+
+
+@dataclass
+class Tenant:
+    """Everything of one anchor, built the way the portal is used: every part through the API.
+
+    `names` holds the strings that belong to this tenant alone (names, e-mails, run
+    reference, token prefixes, key fingerprint, report hash): another tenant's response must
+    contain none of them.
+    """
+
+    anchor: Person
+    federation: dict
+    supplier_org_id: int
+    supplier_email: str
+    site: Site
+    auditor_org_id: int
+    auditor_email: str
+    coordinator: dict[str, str]
+    coordinator_token_id: int
+    run: dict
+    release: dict
+    draft: dict
+    names: list[str]
+
+    @property
+    def fid(self) -> int:
+        return self.federation["id"]
+
+    @property
+    def org_ids(self) -> list[int]:
+        return [self.anchor.org_id, self.supplier_org_id, self.auditor_org_id]
+
+
+def tenant(portal: PortalFactory, prefix: str) -> Tenant:
+    """An anchor with a federation, an approved supplier site (admin from enrolment), an auditor
+    organisation it created with one auditor assigned, a coordinator token, a DP run with its
+    signed privacy report, a published release and a draft."""
+    import base64
+
+    from privacy.keys import PUBLIC_NAME, load_signing_key
+    from privacy.report import build_report, write_signed_report
+    from tests.factories import dp_manifest
+
+    client, n = portal.client, next(_counter)
+    anchor = portal.person(OrgKind.anchor, org_name=f"{prefix} Motors {n}")
+    created = client.post(
+        f"{API}/federations",
+        headers=anchor.headers,
+        json={"name": f"{prefix} Federation {n}", "task_name": "predictive-maintenance", "threshold": 0.5},
+    )
+    assert created.status_code == 201, created.text
+    federation = created.json()
+    fid = federation["id"]
+    supplier_email = f"{prefix.lower()}-supplier-{n}@example.com"
+    site = portal.site(anchor, fid, f"{prefix} Parts {n}", f"{prefix.lower()}-line-{n}", admin_email=supplier_email)
+    auditor_org = client.post(
+        f"{API}/organisations", headers=anchor.headers, json={"name": f"{prefix} Audit {n}", "kind": "auditor"}
+    )
+    assert auditor_org.status_code == 201, auditor_org.text
+    auditor_email = f"{prefix.lower()}-auditor-{n}@example.com"
+    body = {"email": auditor_email, "password": PASSWORD, "organisation_id": auditor_org.json()["id"]}
+    assert client.post(f"{API}/users", headers=anchor.headers, json=body).status_code == 201
+    assigned = client.post(
+        f"{API}/federations/{fid}/auditors", headers=anchor.headers, json={"organisation_id": auditor_org.json()["id"]}
+    )
+    assert assigned.status_code == 201, assigned.text
+    issued = client.post(f"{API}/federations/{fid}/tokens", headers=anchor.headers, json={"name": f"{prefix} coord"})
+    assert issued.status_code == 201, issued.text
+    coordinator = bearer(issued.json()["token"])
+    privacy = {site.site_name: {"epsilon": 2.0, "budget_epsilon": 4.0}}
+    run = portal.run(coordinator, fid, [site.site_name], privacy=privacy)
+    key = load_signing_key(portal.tmp_path / f"{prefix}-coordinator-key", create=True)
+    path = write_signed_report(
+        build_report(dp_manifest(run["run_ref"], sites=(site.site_name,))), portal.tmp_path / f"{prefix}-privacy", key
+    )
+    upload = {
+        "report_b64": base64.b64encode(path.read_bytes()).decode(),
+        "signature_b64": base64.b64encode(path.with_name("report.json.sig").read_bytes()).decode(),
+        "public_key_pem": path.with_name(PUBLIC_NAME).read_text(),
+    }
+    report = client.post(f"{API}/runs/{run['id']}/privacy-report", headers=coordinator, json=upload)
+    assert report.status_code == 201, report.text
+    release = portal.published(anchor, coordinator, fid, run["id"], "1.0.0")
+    draft = portal.candidate(coordinator, fid, run["id"], "1.1.0")
+    names = [
+        federation["name"],
+        anchor.org_name,
+        anchor.email,
+        site.org_name,
+        site.site_name,
+        supplier_email,
+        auditor_org.json()["name"],
+        auditor_email,
+        run["run_ref"],
+        issued.json()["prefix"],
+        site.extra["membership"]["key_fingerprint"],
+        report.json()["sha256"],
+    ]
+    return Tenant(
+        anchor=anchor,
+        federation=federation,
+        supplier_org_id=site.extra["membership"]["organisation_id"],
+        supplier_email=supplier_email,
+        site=site,
+        auditor_org_id=auditor_org.json()["id"],
+        auditor_email=auditor_email,
+        coordinator=coordinator,
+        coordinator_token_id=issued.json()["id"],
+        run=run,
+        release=release,
+        draft=draft,
+        names=names,
+    )

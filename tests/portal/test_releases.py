@@ -110,7 +110,10 @@ def test_suspended_site_cannot_download(portal, client, net):
     release = portal.published(net.anchor, net.coordinator, net.fid, run["id"])
     client.post(f"{API}/memberships/{net.site_a.membership_id}/suspend", headers=net.anchor.headers)
     refused = client.get(f"{API}/releases/{release['id']}/artifact", headers=net.site_a.headers)
-    assert refused.status_code == 403 and "approved or active" in refused.json()["detail"]
+    # The suspended site's token is refused outright (tests/portal/test_tenancy.py); its admin is refused the download.
+    assert refused.status_code == 403 and "is suspended" in refused.json()["detail"]
+    by_admin = client.get(f"{API}/releases/{release['id']}/artifact", headers=net.supplier_a.headers)
+    assert by_admin.status_code == 403 and "approved or active" in by_admin.json()["detail"]
 
 
 def _upload(client, net, body):

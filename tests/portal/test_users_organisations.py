@@ -82,10 +82,11 @@ def test_organisation_created_concurrently_with_the_same_name_is_409_not_500(por
     anchor = portal.anchor()
 
     def insert(other: Session) -> None:
-        crud.create_org(other, "Daehan Forging", OrgKind.supplier)
+        # The same anchor's concurrent request: the organisation is its own, so it is listed.
+        crud.create_org(other, "Daehan Forging", OrgKind.supplier).owner_org_id = anchor.org_id
 
     body = {"name": "Daehan Forging", "kind": "supplier"}
-    with concurrent_insert_after(app.state.engine, "organisation.name =", insert) as fired:
+    with concurrent_insert_after(app.state.engine, "organisation.name_key =", insert) as fired:
         response = client.post(f"{API}/organisations", headers=anchor.headers, json=body)
     assert fired, "the request never looked the name up"
     assert response.status_code == 409, response.text

@@ -13,11 +13,14 @@ router = APIRouter(prefix="/organisations", tags=["organisations"])
 
 @router.get("", response_model=list[OrganisationPublic])
 def list_organisations(session: SessionDep, principal: CurrentUser) -> list[Organisation]:
-    """All organisations for an anchor admin; one's own for everyone else."""
+    """The organisations the caller shares a federation with; for an anchor also those it created."""
     return organisations.organisations_of(session, principal)
 
 
 @router.post("", response_model=OrganisationPublic, status_code=201)
 def create_organisation(session: SessionDep, principal: CurrentUser, data: OrganisationCreate) -> Organisation:
-    """An anchor admin creates an organisation (names are unique: a taken one is a 409)."""
+    """An anchor admin creates a supplier or auditor organisation, which it owns.
+
+    Names are unique after Unicode NFKC, case folding and collapsed spaces: a taken one is a 409.
+    """
     return organisations.create_organisation(session, principal, data)
