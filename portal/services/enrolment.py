@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from portal import audit, crud
 from portal.access import Principal, federation_view, require
@@ -25,6 +26,9 @@ from portal.models import (
     utcnow,
 )
 from portal.services._db import commit
+
+_USED = "invite token has already been used; ask the anchor for a new invitation"
+_EXPIRED = "invite token has expired; ask the anchor for a new invitation"
 
 
 def invite_site(
@@ -83,6 +87,37 @@ def invite_expiry(session: Session, membership_id: int) -> Any:
     return invite.expires_at if invite else None
 
 
+def _consume_invite(session: Session, invite: Invite, membership: Membership, now: datetime) -> None:
+    """Mark the invite used and the site enrolled, or raise if another request got there first.
+
+    The checks above read the invite; two requests can both read it unused. Each conditional
+    UPDATE below changes its row only while the row is still unused (invited); the database
+    holds the row lock until commit, so exactly one request sees a row changed and the others
+    see none (PostgreSQL re-checks the WHERE after the winner commits; SQLite has one writer).
+    """
+    used = session.execute(
+        update(Invite)
+        .where(col(Invite.id) == invite.id, col(Invite.used_at).is_(None), col(Invite.expires_at) > now)
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    enrolled = None
+    if used.rowcount == 1:  # type: ignore[attr-defined]
+        enrolled = session.execute(
+            update(Membership)
+            .where(col(Membership.id) == membership.id, col(Membership.status) == MembershipStatus.invited.value)
+            .values(status=MembershipStatus.enrolled.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    if enrolled is None or enrolled.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        session.refresh(invite)
+        if invite.used_at is None and as_utc(invite.expires_at) <= now:
+            raise Gone(_EXPIRED)
+        raise Conflict(_USED)
+    session.refresh(membership)
+
+
 def enrol_site(
     session: Session,
     settings: Settings,
@@ -99,9 +134,9 @@ def enrol_site(
     if invite is None:
         raise Unauthorized("invite token is not valid (unknown or forged)")
     if invite.used_at is not None:
-        raise Conflict("invite token has already been used; ask the anchor for a new invitation")
+        raise Conflict(_USED)
     if as_utc(invite.expires_at) <= utcnow():
-        raise Gone("invite token has expired; ask the anchor for a new invitation")
+        raise Gone(_EXPIRED)
     membership = session.get(Membership, invite.membership_id)
     assert membership is not None
     if membership.status != MembershipStatus.invited:
@@ -116,10 +151,7 @@ def enrol_site(
     if admin_email is not None and crud.get_user_by_email(session, admin_email) is not None:
         raise Conflict(f"a user with e-mail '{admin_email}' already exists")
     now = utcnow()
-    invite.used_at = now
-    membership.status = MembershipStatus.enrolled
-    membership.updated_at = now
-    session.add_all([invite, membership])
+    _consume_invite(session, invite, membership, now)
     session.add(
         SiteCredential(
             membership_id=membership.id,  # type: ignore[arg-type]
