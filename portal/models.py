@@ -112,6 +112,10 @@ class OrganisationCreate(OrganisationBase):
 class Organisation(OrganisationBase, table=True):
     __tablename__ = "organisation"
     id: int | None = Field(default=None, primary_key=True)
+    # The anchor whose invite created this supplier organisation (None: created any other way).
+    # Only that anchor may attach new sites and accounts to it without the organisation's own
+    # admin; see portal.services.enrolment. Never in a Public schema: it names another tenant.
+    created_by_org_id: int | None = Field(default=None, foreign_key="organisation.id")
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
 
 
@@ -295,6 +299,11 @@ class InviteIssued(SQLModel):
     membership: MembershipPublic
     token: str  # shown once; single use
     expires_at: datetime
+    organisation_admin_required: bool = Field(
+        default=False,
+        description="The organisation already existed outside the inviter's control: a signed-in admin of that "
+        "organisation must make the enrolment (Authorization: Bearer), and it cannot create accounts",
+    )
 
 
 class SiteCredential(SQLModel, table=True):
