@@ -124,11 +124,24 @@ def _load_site(site_dir: Path) -> tuple[dict[str, Any], str]:
     return record, token
 
 
-def verify_release(release: dict[str, Any], artifact: bytes, signing_key_pem: str) -> None:
-    """Refuse anything but a published release whose artifact hash and signature check out."""
+_SEMVER = r"(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})(-[0-9A-Za-z-]{1,20}(\.[0-9A-Za-z-]{1,20}){0,4})?"
+
+
+def verify_release(
+    release: dict[str, Any], artifact: bytes, signing_key_pem: str, *, federation_id: int, version: str
+) -> dict[str, Any]:
+    """Refuse anything but this federation's published `version` whose artifact hash and signature check out.
+
+    Returns the signed model card. Everything the site acts on afterwards (the file name, the
+    version) comes from that card, never from the unsigned fields around it: the portal signs
+    every federation's releases with one key, so a valid signature alone does not say the
+    release is this site's (a release of another federation, or another version, verifies too).
+    """
+    import re
+
     from portal.protocol import signing_payload
 
-    name = f"release {release.get('version')}"
+    name = f"release {version}"
     if release.get("status") != "published":
         raise PortalClientError(f"{name} is {release.get('status')}, not published: refused")
     card = release.get("model_card") or {}
@@ -143,6 +156,21 @@ def verify_release(release: dict[str, Any], artifact: bytes, signing_key_pem: st
         raise PortalClientError(f"{name}: {exc}: refused") from None
     if not verify_b64(key, str(release.get("signature") or ""), signing_payload(card)):
         raise PortalClientError(f"{name}: signature does not verify with the portal key pinned at enrolment: refused")
+    # Only now is the card trusted; it must name this site's federation and the version asked for.
+    signed_federation = (card.get("federation") or {}).get("id")
+    if type(signed_federation) is not int or signed_federation != federation_id:
+        raise PortalClientError(
+            f"{name}: the signed model card is for federation {signed_federation!r}, not this site's federation "
+            f"{federation_id}: refused"
+        )
+    signed_version = card.get("version")
+    if not isinstance(signed_version, str) or not re.fullmatch(_SEMVER, signed_version):
+        raise PortalClientError(f"{name}: the signed model card names no valid version ({signed_version!r}): refused")
+    if signed_version != version or release.get("version") != version:
+        raise PortalClientError(
+            f"{name}: the signed model card is for version {signed_version}, not {version}: refused"
+        )
+    return card
 
 
 def pull_model(site_dir: Path = DEFAULT_SITE_DIR, *, version: str | None = None, http: Any = None) -> Path:
@@ -170,10 +198,16 @@ def _pull_release(api: Any, site_dir: Path, record: dict[str, Any], version: str
     else:
         raise PortalClientError(f"federation {fed} has no published release yet")
     artifact = _ask(api, "GET", f"{API_PREFIX}/releases/{release['id']}/artifact", f"downloading {release['version']}")
-    verify_release(release, artifact.content, record["portal_signing_key"])
+    card = verify_release(
+        release,
+        artifact.content,
+        record["portal_signing_key"],
+        federation_id=fed,
+        version=version or release["version"],
+    )
     out_dir = site_dir / "models"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"federation-{fed}-{release['version']}.zip"
+    target = out_dir / f"federation-{card['federation']['id']}-{card['version']}.zip"  # signed fields only
     target.write_bytes(artifact.content)
     target.with_suffix(".release.json").write_text(json.dumps(release, indent=2), encoding="utf-8")
     return target

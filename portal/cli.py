@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -248,10 +249,43 @@ def site_keys(
     if out is None:
         _show(keys)
         return
+    from sangsaeng.files import write_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    for key in keys:
-        (out / f"{key['site_name']}.pub").write_text(key["public_key"] + "\n", encoding="utf-8")
+    for key, name in zip(keys, key_file_names(keys), strict=True):
+        # write_atomic renames a new file into place: a symlink planted under that name is replaced, not followed.
+        write_atomic(out / name, f"{key['public_key']}\n".encode())
+        typer.echo(f"{key['site_name']!r} (membership {key['membership_id']}): {out / name}")
     typer.echo(f"{len(keys)} key(s) written to {out}")
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def key_file_names(keys: list[dict[str, Any]]) -> list[str]:
+    """One file name per key, each a plain name inside the output directory, whatever the sites are called.
+
+    A site name made only of letters, digits and ``._-`` (not starting with a dot) and at most
+    100 characters is kept: ``alpha-line-1.pub``. Any other name (``../x``, ``a/b``, ``.``,
+    NUL, non-ASCII, too long) has each other character replaced by ``_``, is cut to 100
+    characters and gets its membership id: ``a_b-m7.pub``. So does a name that another site's
+    file already took, compared case-insensitively (macOS and Windows file systems).
+    """
+    names: list[str] = []
+    taken: set[str] = set()
+    for key in keys:
+        site, membership = str(key["site_name"]), int(key["membership_id"])
+        stem = site if _SAFE_NAME.fullmatch(site) else None
+        if stem is None or stem.casefold() in taken:
+            slug = re.sub(r"[^A-Za-z0-9._-]", "_", site)[:100].lstrip("._-") or "site"
+            stem = f"{slug}-m{membership}"
+            counter = 1
+            while stem.casefold() in taken:  # only if another site is literally named like this one's fallback
+                counter += 1
+                stem = f"{slug}-m{membership}-{counter}"
+        taken.add(stem.casefold())
+        names.append(f"{stem}.pub")
+    return names
 
 
 @app.command("upload-run")

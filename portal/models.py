@@ -132,6 +132,10 @@ class Organisation(OrganisationBase, table=True):
     # Set from `name` on every insert and update (see `_keep_organisation_key`); the unique index makes
     # the database refuse a look-alike name even when two requests race.
     name_key: str = Field(default="", sa_column=Column(String(64), unique=True, index=True, nullable=False))
+    # The anchor organisation that created this one: through the API (an auditor organisation) or
+    # by inviting a new supplier by name. Only that anchor may attach new sites and accounts to a
+    # supplier organisation without its own admin (portal.services.enrolment). Never in a Public
+    # schema: it names another tenant.
     owner_org_id: int | None = Field(default=None, foreign_key="organisation.id", index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
 
@@ -323,6 +327,11 @@ class InviteIssued(SQLModel):
     membership: MembershipPublic
     token: str  # shown once; single use
     expires_at: datetime
+    organisation_admin_required: bool = Field(
+        default=False,
+        description="The organisation already existed outside the inviter's control: a signed-in admin of that "
+        "organisation must make the enrolment (Authorization: Bearer), and it cannot create accounts",
+    )
 
 
 class SiteCredential(SQLModel, table=True):

@@ -1,23 +1,45 @@
-"""Invitations and enrolment: an anchor invites a supplier's site; the site registers its key."""
+"""Invitations and enrolment: an anchor invites a supplier's site; the site registers its key.
+
+Who may attach a site to an organisation named in an invite (issue 12, finding 2):
+
+* A name no organisation has yet: the invite creates a supplier organisation, recorded as
+  created by the inviting anchor. Its enrolment may create the organisation's first admin
+  account (``admin_email``).
+* An organisation the inviting anchor *controls* -- its own invite created it, and it has no
+  membership (in any state) in a federation of another anchor: as above; a second site, or a
+  site in another federation of the same anchor.
+* Any other organisation (a supplier in another anchor's federation, one created by the
+  portal operator or by ``POST /organisations``): the invite is issued, marked
+  ``organisation_admin_required``, and only a signed-in admin of that organisation can enrol
+  it (``Authorization: Bearer`` with their session token; the web cookie does not count, so a
+  cross-site form cannot enrol in their name). Such an enrolment never creates an account.
+  Otherwise the anchor invites the site under a new organisation name.
+
+So an invite never hands out membership of an organisation the inviter does not control: the
+person holding the invite gets neither an account in it nor a site in its name.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from portal import audit, crud
 from portal.access import Principal, federation_view, require
 from portal.core.config import Settings
-from portal.core.errors import BadRequest, Conflict, Gone, Unauthorized
+from portal.core.errors import BadRequest, Conflict, Forbidden, Gone, Unauthorized
 from portal.core.security import enrolment_message, new_token, parse_site_public_key, token_digest
 from portal.models import (
     ApiToken,
+    Federation,
     Invite,
     InviteCreate,
     Membership,
     MembershipStatus,
+    Organisation,
     OrgKind,
     SiteCredential,
     TokenKind,
@@ -27,7 +49,47 @@ from portal.models import (
 )
 from portal.services._db import commit
 
-__all__ = ["invite_site", "invite_expiry", "enrol_site"]
+__all__ = ["invite_site", "invite_expiry", "enrol_site", "controls", "organisation_admin_required"]
+
+_USED = "invite token has already been used; ask the anchor for a new invitation"
+_EXPIRED = "invite token has expired; ask the anchor for a new invitation"
+
+
+def _locked_organisation(session: Session, organisation_id: int) -> Organisation:
+    """The organisation row, locked until commit on PostgreSQL.
+
+    Invites that attach to an organisation and enrolments into it take this lock, so the
+    control check below cannot interleave with another anchor's invite (SQLite serialises
+    the writers instead: the check runs after the enrolment's first write).
+    """
+    return session.exec(select(Organisation).where(Organisation.id == organisation_id).with_for_update()).one()
+
+
+def controls(session: Session, anchor_org_id: int, organisation: Organisation) -> bool:
+    """Whether the anchor controls a supplier organisation (the rule in the module docstring)."""
+    if organisation.owner_org_id != anchor_org_id:
+        return False
+    elsewhere = session.exec(
+        select(Membership.id)
+        .join(Federation, col(Federation.id) == col(Membership.federation_id))
+        .where(Membership.organisation_id == organisation.id, Federation.anchor_org_id != anchor_org_id)
+        .limit(1)
+    ).first()
+    return elsewhere is None
+
+
+def organisation_admin_required(session: Session, membership: Membership, *, lock: bool = False) -> bool:
+    """Whether only a signed-in admin of the site's organisation may enrol this membership.
+
+    `lock` holds the organisation row until commit, for the check that decides an enrolment.
+    """
+    federation = session.get(Federation, membership.federation_id)
+    if lock:
+        organisation = _locked_organisation(session, membership.organisation_id)
+    else:
+        organisation = session.get(Organisation, membership.organisation_id)  # type: ignore[assignment]
+    assert federation is not None and organisation is not None
+    return not controls(session, federation.anchor_org_id, organisation)
 
 
 def invite_site(
@@ -39,6 +101,8 @@ def invite_site(
     org = crud.get_org_by_name(session, data.organisation_name)
     if org is None:
         org = crud.create_org(session, data.organisation_name, OrgKind.supplier)
+        org.owner_org_id = principal.org.id if principal.org else None
+        session.add(org)
         audit.record(
             session,
             actor=principal.label,
@@ -47,7 +111,10 @@ def invite_site(
             detail={"name": org.name, "kind": "supplier"},
         )
     elif org.kind != OrgKind.supplier:
-        raise BadRequest(f"organisation '{org.name}' is a {org.kind}, not a supplier; only suppliers run sites")
+        # Not naming its kind: which organisations are anchors or auditors is theirs to say.
+        raise BadRequest(f"organisation '{org.name}' is not a supplier organisation; only suppliers run sites")
+    else:
+        org = _locked_organisation(session, org.id)  # type: ignore[arg-type]
     taken = session.exec(
         select(Membership.id).where(
             Membership.federation_id == federation_id, Membership.site_key == name_key(data.site_name)
@@ -77,7 +144,12 @@ def invite_site(
         action="membership.invited",
         target=f"membership {membership.id}",
         federation_id=federation.id,
-        detail={"organisation": org.name, "site": data.site_name, "expires_at": invite.expires_at.isoformat()},
+        detail={
+            "organisation": org.name,
+            "site": data.site_name,
+            "expires_at": invite.expires_at.isoformat(),
+            "organisation_admin_required": not controls(session, federation.anchor_org_id, org),
+        },
     )
     commit(session, f"site '{data.site_name}'")
     return token, membership
@@ -87,6 +159,69 @@ def invite_expiry(session: Session, membership_id: int) -> Any:
     """When the invite of a membership expires (None if it has none); no role check, callers have made one."""
     invite = session.exec(select(Invite).where(Invite.membership_id == membership_id)).first()
     return invite.expires_at if invite else None
+
+
+def _consume_invite(session: Session, invite: Invite, membership: Membership, now: datetime) -> None:
+    """Mark the invite used and the site enrolled, or raise if another request got there first.
+
+    The checks above read the invite; two requests can both read it unused. Each conditional
+    UPDATE below changes its row only while the row is still unused (invited); the database
+    holds the row lock until commit, so exactly one request sees a row changed and the others
+    see none (PostgreSQL re-checks the WHERE after the winner commits; SQLite has one writer).
+    """
+    used = session.execute(
+        update(Invite)
+        .where(col(Invite.id) == invite.id, col(Invite.used_at).is_(None), col(Invite.expires_at) > now)
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    enrolled = None
+    if used.rowcount == 1:  # type: ignore[attr-defined]
+        enrolled = session.execute(
+            update(Membership)
+            .where(col(Membership.id) == membership.id, col(Membership.status) == MembershipStatus.invited.value)
+            .values(status=MembershipStatus.enrolled.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    if enrolled is None or enrolled.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        session.refresh(invite)
+        if invite.used_at is None and as_utc(invite.expires_at) <= now:
+            raise Gone(_EXPIRED)
+        raise Conflict(_USED)
+    session.refresh(membership)
+
+
+def _check_enroller(
+    session: Session, membership: Membership, enroller: Principal | None, *, creates_account: bool
+) -> None:
+    """Refuse an enrolment into an organisation the inviter does not control unless its own admin makes it.
+
+    Runs after the invite is consumed: the organisation row is locked (PostgreSQL) or the
+    database's one write lock is held (SQLite), so no other anchor's invite lands in between.
+    The reasons name neither the organisation nor anything else of it.
+    """
+    if not organisation_admin_required(session, membership, lock=True):
+        return
+    own_admin = (
+        enroller is not None
+        and enroller.token.kind == TokenKind.session
+        and enroller.org is not None
+        and enroller.org.id == membership.organisation_id
+    )
+    if not own_admin:
+        session.rollback()
+        raise Forbidden(
+            f"site '{membership.site_name}' is invited into an organisation that already exists on this portal: "
+            "a signed-in admin of that organisation must enrol it (send their session token as "
+            "'Authorization: Bearer'), or the anchor invites the site under a new organisation name"
+        )
+    if creates_account:
+        session.rollback()
+        raise Forbidden(
+            "admin_email cannot add an account to an organisation that already exists; its own admins manage "
+            "its accounts: enrol without admin_email"
+        )
 
 
 def enrol_site(
@@ -99,15 +234,21 @@ def enrol_site(
     admin_email: str | None = None,
     admin_password: str | None = None,
     admin_name: str = "",
+    enroller: Principal | None = None,
 ) -> tuple[Membership, str, ApiToken]:
-    """Register a site's public key with a single-use invite; returns the site's client token."""
+    """Register a site's public key with a single-use invite; returns the site's client token.
+
+    `enroller` is whoever signed the request (``Authorization: Bearer``), if anyone: an
+    invite into an organisation the inviting anchor does not control needs one of that
+    organisation's signed-in users (see the module docstring).
+    """
     invite = session.exec(select(Invite).where(Invite.token_hash == token_digest(invite_token))).first()
     if invite is None:
         raise Unauthorized("invite token is not valid (unknown or forged)")
     if invite.used_at is not None:
-        raise Conflict("invite token has already been used; ask the anchor for a new invitation")
+        raise Conflict(_USED)
     if as_utc(invite.expires_at) <= utcnow():
-        raise Gone("invite token has expired; ask the anchor for a new invitation")
+        raise Gone(_EXPIRED)
     membership = session.get(Membership, invite.membership_id)
     assert membership is not None
     if membership.status != MembershipStatus.invited:
@@ -122,10 +263,8 @@ def enrol_site(
     if admin_email is not None and crud.get_user_by_email(session, admin_email) is not None:
         raise Conflict(f"a user with e-mail '{admin_email}' already exists")
     now = utcnow()
-    invite.used_at = now
-    membership.status = MembershipStatus.enrolled
-    membership.updated_at = now
-    session.add_all([invite, membership])
+    _consume_invite(session, invite, membership, now)
+    _check_enroller(session, membership, enroller, creates_account=admin_email is not None)
     session.add(
         SiteCredential(
             membership_id=membership.id,  # type: ignore[arg-type]
@@ -156,7 +295,7 @@ def enrol_site(
         session,
         TokenKind.client,
         lifetime=timedelta(days=settings.client_token_days),
-        name=f"site {membership.site_name}",
+        name=f"site {membership.site_name}"[:100],  # the column holds 100: a 100-character site name fits
         federation_id=membership.federation_id,
         membership_id=membership.id,
     )

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlmodel import select
 
 from client.portal_commands import sign_enrolment
-from portal.models import Invite, Membership, SiteCredential, utcnow
-from tests.portal.factories import API
+from portal.models import Invite, Membership, SiteCredential, User, utcnow
+from tests.portal.factories import API, PASSWORD
 
 
 def _keys(client, fid, headers):
@@ -209,3 +209,123 @@ def test_enrolment_can_create_the_supplier_admin(portal, client):
     assert client.get(f"{API}/users/me", headers=headers).json()["role"] == "supplier"
     mine = client.get(f"{API}/federations/{fid}/memberships", headers=headers).json()
     assert [m["site_name"] for m in mine] == ["ad-1"]
+
+
+# -- invites by organisation name (issue 12, finding 2) ------------------------------------------
+def _login(client, email: str) -> dict[str, str]:
+    response = client.post(f"{API}/login/access-token", data={"username": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def _visible(client, headers) -> list[int]:
+    response = client.get(f"{API}/federations", headers=headers)
+    assert response.status_code == 200, response.text
+    return sorted(f["id"] for f in response.json())
+
+
+def test_invite_by_name_hands_out_no_membership_of_another_anchors_supplier(portal, client):
+    anchor_y = portal.anchor()
+    fed_y = portal.federation(anchor_y)
+    portal.site(anchor_y, fed_y["id"], "Delta Forge", "delta-y-1", admin_email="admin@delta.example")
+    anchor_x = portal.anchor()
+    fid_x = portal.federation(anchor_x)["id"]
+
+    invite = portal.invite(anchor_x, fid_x, "Delta Forge", "delta-x-1")
+    assert invite["organisation_admin_required"] is True
+    body, _ = portal.enrol_body(invite["token"])
+    mole = {"admin_email": "mole@x.example", "admin_password": PASSWORD}
+    attempts = {
+        "an account in Delta Forge": client.post(f"{API}/sites/enrol", json=body | mole),
+        "a site in Delta Forge's name": client.post(f"{API}/sites/enrol", json=body),
+        "signed in as the inviting anchor": client.post(f"{API}/sites/enrol", json=body, headers=anchor_x.headers),
+        "signed in as another supplier": client.post(
+            f"{API}/sites/enrol", json=body, headers=portal.person("supplier").headers
+        ),
+    }
+    for attempt, response in attempts.items():
+        assert response.status_code == 403, f"{attempt}: {response.status_code} {response.text}"
+        detail = response.json()["detail"]
+        assert "signed-in admin of that organisation" in detail and "new organisation name" in detail, attempt
+        for leaked in ("Delta Forge", fed_y["name"], "delta-y-1", "admin@delta.example"):
+            assert leaked not in detail, f"{attempt}: '{leaked}' in {detail!r}"
+    rejected = client.post(f"{API}/login/access-token", data={"username": "mole@x.example", "password": PASSWORD})
+    assert rejected.status_code == 401
+    with portal.session() as session:
+        assert session.exec(select(User).where(User.email == "mole@x.example")).first() is None
+        mid = invite["membership"]["id"]
+        assert session.get(Membership, mid).status == "invited"
+        assert session.exec(select(Invite).where(Invite.membership_id == mid)).one().used_at is None
+        assert session.exec(select(SiteCredential).where(SiteCredential.membership_id == mid)).first() is None
+
+    # Delta Forge joins X's federation through its own admin, signed in; that creates no account.
+    delta_admin = _login(client, "admin@delta.example")
+    with_account = client.post(f"{API}/sites/enrol", json=body | mole, headers=delta_admin)
+    assert with_account.status_code == 403 and "admin_email cannot add an account" in with_account.json()["detail"]
+    joined = client.post(f"{API}/sites/enrol", json=body, headers=delta_admin)
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["membership"]["organisation_name"] == "Delta Forge"
+    assert _visible(client, delta_admin) == sorted([fed_y["id"], fid_x])
+    cookie_only = portal.invite(anchor_x, fid_x, "Delta Forge", "delta-x-2")
+    cookie_body, _ = portal.enrol_body(cookie_only["token"])
+    client.cookies.set("sangsaeng_session", delta_admin["Authorization"].split()[1])
+    try:  # the web session cookie is not a signature: a cross-site form could send it
+        assert client.post(f"{API}/sites/enrol", json=cookie_body).status_code == 403
+    finally:
+        client.cookies.clear()
+
+
+def test_a_separate_organisation_name_sees_only_the_inviting_anchors_federation(portal, client):
+    anchor_y = portal.anchor()
+    fed_y = portal.federation(anchor_y)
+    portal.site(anchor_y, fed_y["id"], "Epsilon Cast", "eps-y-1")
+    anchor_x = portal.anchor()
+    fid_x = portal.federation(anchor_x)["id"]
+    invite = portal.invite(anchor_x, fid_x, "Epsilon Cast (X)", "eps-x-1")
+    assert invite["organisation_admin_required"] is False
+    body, _ = portal.enrol_body(invite["token"])
+    body |= {"admin_email": "boss@eps-x.example", "admin_password": PASSWORD}
+    assert client.post(f"{API}/sites/enrol", json=body).status_code == 201
+    boss = _login(client, "boss@eps-x.example")
+    assert _visible(client, boss) == [fid_x]  # before approval, and
+    assert client.get(f"{API}/federations/{fed_y['id']}", headers=boss).status_code == 404
+    assert client.get(f"{API}/federations/{fed_y['id']}/memberships", headers=boss).status_code == 404
+
+
+def test_the_anchor_keeps_control_of_its_own_suppliers_until_another_anchor_invites_them(portal, client):
+    anchor_x = portal.anchor()
+    first = portal.federation(anchor_x)["id"]
+    second = portal.federation(anchor_x)["id"]
+    portal.site(anchor_x, first, "Own Forge", "own-1", admin_email="one@own.example")
+    # A second site, and a site in the anchor's other federation, still enrol with an account.
+    for fid, site, email in ((first, "own-2", "two@own.example"), (second, "own-3", "three@own.example")):
+        invite = portal.invite(anchor_x, fid, "Own Forge", site)
+        assert invite["organisation_admin_required"] is False, site
+        body, _ = portal.enrol_body(invite["token"])
+        answer = client.post(f"{API}/sites/enrol", json=body | {"admin_email": email, "admin_password": PASSWORD})
+        assert answer.status_code == 201, answer.text
+
+    # Another anchor inviting the name gets the admin-only invite, and X's control ends with it:
+    # an account X's invite made now would read the other anchor's federation.
+    anchor_y = portal.anchor()
+    fed_y = portal.federation(anchor_y)["id"]
+    assert portal.invite(anchor_y, fed_y, "Own Forge", "own-y")["organisation_admin_required"] is True
+    late = portal.invite(anchor_x, first, "Own Forge", "own-4")
+    assert late["organisation_admin_required"] is True
+    body, _ = portal.enrol_body(late["token"])
+    mole = {"admin_email": "mole@own.example", "admin_password": PASSWORD}
+    refused = client.post(f"{API}/sites/enrol", json=body | mole)
+    assert refused.status_code == 403, refused.text
+
+
+def test_an_organisation_no_invite_created_needs_its_own_admin(portal, client):
+    anchor = portal.anchor()
+    fid = portal.federation(anchor)["id"]
+    made = client.post(f"{API}/organisations", headers=anchor.headers, json={"name": "Zeta Works", "kind": "supplier"})
+    assert made.status_code == 201, made.text
+    invite = portal.invite(anchor, fid, "Zeta Works", "zeta-1")
+    assert invite["organisation_admin_required"] is True
+    body, _ = portal.enrol_body(invite["token"])
+    assert client.post(f"{API}/sites/enrol", json=body).status_code == 403
+    zeta_admin = portal.supplier_user("Zeta Works")
+    assert client.post(f"{API}/sites/enrol", json=body, headers=zeta_admin.headers).status_code == 201

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from portal import crud
+from portal.access import authenticate
 from portal.api.deps import CurrentPrincipal, SessionDep, SettingsDep, SignerDep
 from portal.core.errors import Forbidden
 from portal.models import EnrolRequest, EnrolResponse, Federation, FederationPublic, SiteStatus
 from portal.services.enrolment import enrol_site
 
 router = APIRouter(prefix="/sites", tags=["sites"])
+# Enrolment is open to anyone holding an invite; a bearer token, when sent, says which signed-in
+# admin makes it. Only the header counts, never the web session cookie (no cross-site enrolment).
+_optional_bearer = HTTPBearer(
+    auto_error=False, description="Optional: the session token of the supplier admin enrolling the site"
+)
 
 
 @router.post("/enrol", response_model=EnrolResponse, status_code=201)
-def enrol(session: SessionDep, settings: SettingsDep, signer: SignerDep, data: EnrolRequest) -> EnrolResponse:
+def enrol(
+    session: SessionDep,
+    settings: SettingsDep,
+    signer: SignerDep,
+    data: EnrolRequest,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
+) -> EnrolResponse:
     """Register the public key a site generated on-site (single-use invite, proof of possession).
 
     Optionally creates the supplier admin's portal account. Returns the site's client token
     and the portal's release-signing public key, which the site pins to verify releases.
+    An invite into an organisation that existed outside the inviting anchor's control
+    (``organisation_admin_required``) is enrolled by a signed-in admin of that organisation,
+    with their session token as ``Authorization: Bearer``, and creates no account.
     """
+    enroller = authenticate(session, credentials.credentials) if credentials is not None else None
     membership, plain, token = enrol_site(
         session,
         settings,
@@ -29,6 +48,7 @@ def enrol(session: SessionDep, settings: SettingsDep, signer: SignerDep, data: E
         admin_email=data.admin_email,
         admin_password=data.admin_password,
         admin_name=data.admin_name,
+        enroller=enroller,
     )
     return EnrolResponse(
         membership=crud.membership_public(session, membership),

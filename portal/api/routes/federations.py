@@ -61,6 +61,7 @@ def invite_site(
         membership=crud.membership_public(session, membership),
         token=token,
         expires_at=enrolment.invite_expiry(session, membership.id),
+        organisation_admin_required=enrolment.organisation_admin_required(session, membership),
     )
 
 
