@@ -182,12 +182,18 @@ class PortalFactory:
     def supplier_user(self, org_name: str) -> Person:
         return self.person(OrgKind.supplier, org_name=org_name)
 
-    def coordinator(self, anchor: Person, federation_id: int) -> dict[str, str]:
-        response = self.client.post(
-            f"{API}/federations/{federation_id}/tokens",
-            headers=anchor.headers,
-            json={"name": "coordinator", "days": 30},
-        )
+    def coordinator_key_pem(self) -> str:
+        """The public key of this test's coordinator signing key (in tmp_path/coordinator-key, made once)."""
+        from privacy.keys import load_signing_key, public_pem
+
+        return public_pem(load_signing_key(self.tmp_path / "coordinator-key", create=True).public_key()).decode()
+
+    def coordinator(self, anchor: Person, federation_id: int, *, pin_key: bool = True) -> dict[str, str]:
+        """A coordinator token; by default the federation pins this test's coordinator signing key with it."""
+        body: dict[str, Any] = {"name": "coordinator", "days": 30}
+        if pin_key:
+            body["coordinator_public_key_pem"] = self.coordinator_key_pem()
+        response = self.client.post(f"{API}/federations/{federation_id}/tokens", headers=anchor.headers, json=body)
         assert response.status_code == 201, response.text
         return bearer(response.json()["token"])
 
