@@ -218,7 +218,10 @@ def _agrees_with_run(run: TrainingRun, report: dict[str, Any]) -> None:
                 f"{label} records privacy for site '{site}', which its signed privacy report does not have"
             )
         for field in ("epsilon", "budget_epsilon"):
-            if not _close(float(entry[field]), float(recorded[field])):
+            value = entry.get(field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise UnprocessableContent(f"site '{site}': the signed privacy report has no numeric {field}")
+            if not _close(float(value), float(recorded[field])):
                 raise UnprocessableContent(
                     f"site '{site}': {label} records {field} {recorded[field]:g}, its signed privacy report "
                     f"{entry[field]:g}"

@@ -326,6 +326,16 @@ def test_report_whose_epsilons_do_not_recompute_is_refused(portal, client, tmp_p
     refused = client.post(f"{API}/runs/{run['id']}/privacy-report", headers=net.coordinator, json=upload)
     assert refused.status_code == 422 and "lacks what its epsilons are recomputed from" in refused.json()["detail"]
 
+    # A report that recomputes but states no numeric budget is refused by name, not a 500.
+    run = _dp_run(portal, net)
+    odd = _report(run["run_ref"])
+    odd["sites"]["beta-line-1"]["budget_epsilon"] = "four"
+    body = json.dumps(odd).encode()
+    upload = {"report_b64": base64.b64encode(body).decode(), "signature_b64": base64.b64encode(key.sign(body)).decode()}
+    refused = client.post(f"{API}/runs/{run['id']}/privacy-report", headers=net.coordinator, json=upload)
+    assert refused.status_code == 422, refused.text
+    assert "site 'beta-line-1': the signed privacy report has no numeric budget_epsilon" in refused.json()["detail"]
+
 
 def test_anchor_pins_and_rotates_the_key_and_the_rotation_is_audited(portal, client, tmp_path):
     net = network(portal)
