@@ -227,13 +227,29 @@ for _action in ("approve", "reject", "suspend", "reinstate", "revoke"):
 @app.command("coordinator-token")
 def coordinator_token(
     federation: Annotated[int, typer.Option(help="Federation id.")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="The coordinator's report-signing key (KEY_DIR/coordinator.pub.pem, from `sangsaeng privacy "
+            "init-key`): the federation pins it, and its privacy reports verify against it only.",
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Token name.")] = "coordinator",
     days: Annotated[int, typer.Option(help="Validity in days.")] = 90,
     portal: PortalUrl = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Issue a coordinator API token for a federation (printed once)."""
-    answer = _call(portal, token, "POST", f"/federations/{federation}/tokens", json={"name": name, "days": days})
+    """Issue a coordinator API token for a federation (printed once), pinning its signing key with --public-key."""
+    body: dict[str, Any] = {"name": name, "days": days}
+    if public_key is not None:
+        try:
+            body["coordinator_public_key_pem"] = public_key.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read the coordinator public key {public_key}: {exc}")
+    answer = _call(portal, token, "POST", f"/federations/{federation}/tokens", json=body)
+    if answer.get("coordinator_key_fingerprint"):
+        typer.secho(f"federation {federation} pins coordinator key {answer['coordinator_key_fingerprint']}", err=True)
     typer.echo(answer["token"])
 
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, StringConstraints, field_validator
-from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, String, UniqueConstraint, event
+from sqlalchemy import JSON, Boolean, Column, DateTime, Index, LargeBinary, String, UniqueConstraint, event, false
 from sqlmodel import Field, SQLModel
 
 from portal.api.params import DbId
@@ -201,6 +201,13 @@ class ApiToken(SQLModel, table=True):
 class TokenCreate(SQLModel):
     name: Name = "coordinator"
     days: int = Field(default=90, ge=1, le=730)
+    coordinator_public_key_pem: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="the coordinator's Ed25519 report-signing key (coordinator.pub.pem), pinned for the federation "
+        "if it pins none yet; a different key than the pinned one is refused (rotate it instead)",
+    )
 
 
 class TokenPublic(SQLModel):
@@ -217,6 +224,7 @@ class TokenPublic(SQLModel):
 
 class TokenIssued(TokenPublic):
     token: str  # shown once
+    coordinator_key_fingerprint: str | None = None  # the federation's pinned report-signing key
 
 
 class AccessToken(SQLModel):
@@ -245,6 +253,8 @@ class FederationCreate(FederationBase):
 
 
 class Federation(FederationBase, table=True):
+    """A federation. It pins the one key its coordinator's privacy reports verify against, and its DP policy."""
+
     __tablename__ = "federation"
     id: int | None = Field(default=None, primary_key=True)
     anchor_org_id: int = Field(foreign_key="organisation.id", index=True)
@@ -253,6 +263,12 @@ class Federation(FederationBase, table=True):
     higher_is_better: bool = True
     task_spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    # The coordinator's Ed25519 report-signing key, pinned by the anchor (SubjectPublicKeyInfo PEM).
+    coordinator_key_pem: str | None = Field(default=None, max_length=2000)
+    coordinator_key_fingerprint: str | None = Field(default=None, max_length=64)
+    coordinator_key_pinned_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    # The DP policy: set, the federation is a DP federation, and no site may spend more per released run.
+    dp_max_epsilon: float | None = None
 
 
 class FederationPublic(FederationBase):
@@ -262,6 +278,41 @@ class FederationPublic(FederationBase):
     threshold: float
     higher_is_better: bool
     created_at: datetime
+    coordinator_key_fingerprint: str | None = None
+    dp_max_epsilon: float | None = None
+
+
+class CoordinatorKeyRegister(SQLModel):
+    """The anchor pins (or rotates to) its coordinator's report-signing key."""
+
+    public_key_pem: str = Field(
+        min_length=1, max_length=2000, description="coordinator.pub.pem: Ed25519, SubjectPublicKeyInfo PEM"
+    )
+
+
+class CoordinatorKeyPublic(SQLModel):
+    """A federation's pinned coordinator key: the only key its privacy reports verify against."""
+
+    federation_id: int
+    algorithm: str = "Ed25519"
+    public_key_pem: str
+    fingerprint: str
+    pinned_at: datetime
+
+
+def _positive_finite(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ValueError("must be a positive finite number, or null for no DP policy")
+    return value
+
+
+class PrivacyPolicyUpdate(SQLModel):
+    """The federation's DP policy; null makes it a federation without one."""
+
+    dp_max_epsilon: Annotated[float | None, AfterValidator(_positive_finite)] = Field(
+        description="the most epsilon any site may spend in a released run; set, every release needs a "
+        "signed privacy report verified against the pinned coordinator key",
+    )
 
 
 class AuditorAssignment(SQLModel, table=True):
@@ -475,6 +526,11 @@ class PrivacyReport(SQLModel, table=True):
     public_key_pem: str = Field(max_length=2000)
     sha256: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    # True when the signature was checked against the federation's pinned key and every epsilon
+    # recomputed; rows stored before keys were pinned were checked against the key sent with them.
+    verified_with_pinned_key: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, default=False, server_default=false())
+    )
 
 
 class PrivacyReportUpload(SQLModel):
@@ -482,7 +538,13 @@ class PrivacyReportUpload(SQLModel):
     signature_b64: str = Field(
         min_length=4, max_length=200, description="report.json.sig: raw Ed25519 signature, base64"
     )
-    public_key_pem: str = Field(min_length=1, max_length=2000, description="coordinator.pub.pem (SubjectPublicKeyInfo)")
+    public_key_pem: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="coordinator.pub.pem, optional: if sent it must be the federation's pinned key; "
+        "the signature is checked against the pinned key only",
+    )
 
 
 class PrivacyReportSummary(SQLModel):
@@ -492,6 +554,7 @@ class PrivacyReportSummary(SQLModel):
     size: int
     public_key_fingerprint: str
     signature_verified_at_upload: bool = True
+    verified_with_pinned_key: bool = True
     created_at: datetime
 
 
@@ -660,6 +723,9 @@ __all__ = [
     "Federation",
     "FederationCreate",
     "FederationPublic",
+    "CoordinatorKeyRegister",
+    "CoordinatorKeyPublic",
+    "PrivacyPolicyUpdate",
     "AuditorAssignment",
     "AuditorAssign",
     "Membership",

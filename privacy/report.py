@@ -32,7 +32,7 @@ from privacy.errors import ReportInvalid
 from privacy.keys import PUBLIC_NAME, load_public_key, public_pem
 from sangsaeng.signing import Ed25519PrivateKey, verify
 
-__all__ = ["build_report", "write_signed_report", "verify_report", "REL_TOLERANCE"]
+__all__ = ["build_report", "write_signed_report", "verify_report", "check_epsilons", "REL_TOLERANCE"]
 
 REL_TOLERANCE = 1e-6
 MECHANISM = (
@@ -186,16 +186,39 @@ def verify_report(
     except json.JSONDecodeError as exc:
         raise ReportInvalid(f"{report_path} is not JSON: {exc}") from None
 
+    check_epsilons(report)
     for site, entry in report.get("sites", {}).items():
-        _recompute(f"site '{site}'", entry, prior=entry.get("prior_history", []))
-        final = entry["rounds"][-1]["epsilon"] if entry["rounds"] else 0.0
-        if not _close(final, entry["epsilon"]):
-            raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
         if not _within(entry):
             raise ReportInvalid(
                 f"site '{site}' is over budget: epsilon {entry['epsilon']:.4f} > budget {entry['budget_epsilon']:.4f}"
             )
-    central = report.get("central_dp")
+    return report
+
+
+def check_epsilons(report: dict[str, Any]) -> None:
+    """Recompute every epsilon of a parsed report (each site's rounds, the supplier-level rounds).
+
+    What `verify_report` checks after the signature, less the budgets: raises `ReportInvalid`
+    naming the first site or round whose recorded epsilon the accountant does not give, or a
+    report that lacks the records to recompute from. The portal calls it on each upload.
+    """
+    sites = report.get("sites", {})
+    if not isinstance(sites, dict):
+        raise ReportInvalid("the report's 'sites' is not a mapping of site names to their records")
+    try:
+        _check_epsilons(sites, report.get("central_dp"))
+    except (KeyError, TypeError, ValueError) as exc:  # a record without the fields to recompute from
+        raise ReportInvalid(
+            f"the report lacks what its epsilons are recomputed from: {type(exc).__name__} {exc}"
+        ) from None
+
+
+def _check_epsilons(sites: dict[str, Any], central: dict[str, Any] | None) -> None:
+    for site, entry in sites.items():
+        _recompute(f"site '{site}'", entry, prior=entry.get("prior_history", []))
+        final = entry["rounds"][-1]["epsilon"] if entry["rounds"] else 0.0
+        if not _close(final, entry["epsilon"]):
+            raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
     if central:
         _recompute("central DP", central, prior=[])
         adaptive = central.get("adaptive_clipping")
@@ -208,7 +231,6 @@ def verify_report(
                     f"to a noise multiplier of {combined:.6f} (Andrew et al. 2021, Theorem 1), but epsilon is "
                     f"accounted at {central['noise_multiplier']:g}"
                 )
-    return report
 
 
 def _plot_png(report: dict[str, Any]) -> str:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+from typing import Any
 
 from sqlmodel import Session, col, select
 
 from portal import audit
 from portal.access import Principal, federation_view, own_sites, require
 from portal.core.config import Settings
-from portal.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from portal.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnprocessableContent
 from portal.core.security import sha256_hex
 from portal.models import (
+    Federation,
     PrivacyEntry,
     PrivacyReport,
     PrivacyReportPublic,
@@ -22,10 +25,12 @@ from portal.models import (
     TrainingRun,
 )
 from portal.services._db import commit
+from portal.services.privacy_policy import KEY_ROUTE, pinned_key
+from privacy.errors import ReportInvalid
+from privacy.report import REL_TOLERANCE, check_epsilons
 from sangsaeng import signing
 from sangsaeng.errors import KeyFormatError
-
-__all__ = ["privacy_entries", "upload_privacy_report", "privacy_report_of", "privacy_reports_of"]
+from sangsaeng.signing import Ed25519PublicKey, fingerprint, load_public_pem, public_pem, verify
 
 
 def privacy_entries(session: Session, principal: Principal, federation_id: int) -> list[PrivacyEntry]:
@@ -68,9 +73,9 @@ def _b64(value: str, field: str) -> bytes:
 def _coordinator_key(pem: str) -> signing.Ed25519PublicKey:
     """The coordinator's Ed25519 public key from the upload; a malformed one is a 400 naming the field."""
     try:
-        return signing.load_public_pem(pem, source="public_key_pem")
+        return load_public_pem(pem, source="public_key_pem")
     except KeyFormatError as exc:
-        raise BadRequest(str(exc)) from exc
+        raise BadRequest(str(exc)) from None
 
 
 def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummary:
@@ -80,7 +85,8 @@ def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummar
         run_ref=run.run_ref,
         sha256=row.sha256,
         size=len(row.report),
-        public_key_fingerprint=signing.fingerprint(key),
+        public_key_fingerprint=fingerprint(key),
+        verified_with_pinned_key=row.verified_with_pinned_key,
         created_at=row.created_at,
     )
 
@@ -97,9 +103,18 @@ def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[Traini
 def upload_privacy_report(
     session: Session, settings: Settings, principal: Principal, run_id: int, data: PrivacyReportUpload
 ) -> PrivacyReportSummary:
-    """The coordinator stores a run's signed privacy report; the signature and the run are checked first."""
+    """The coordinator stores a run's signed privacy report, once it holds up as `privacy verify` checks it.
+
+    Refused unless: the federation pins a coordinator key, the signature verifies over the exact
+    report bytes under that key (a key sent along must be it), the report is this run's, every
+    epsilon recomputes from its recorded noise, sampling rate and steps, and the per-site
+    epsilons and budgets are those the run recorded. A report over budget is stored (it is the
+    evidence); the release gate refuses its run.
+    """
     run, role = _run_of(session, principal, run_id)
     require(role, ("coordinator",), "upload privacy reports")  # type: ignore[arg-type]
+    federation = session.get(Federation, run.federation_id)
+    assert federation is not None
     if session.exec(select(PrivacyReport.id).where(PrivacyReport.run_id == run.id)).first() is not None:
         raise Conflict(f"run '{run.run_ref}' already has a signed privacy report; it cannot be replaced")
     if len(data.report_b64) > settings.max_upload_bytes * 4 // 3 + 8:
@@ -110,9 +125,13 @@ def upload_privacy_report(
         raise PayloadTooLarge(f"privacy report is {len(body)} bytes; the limit is {settings.max_upload_bytes}")
     if len(signature) != 64:
         raise BadRequest(f"signature_b64 decodes to {len(signature)} bytes; a raw Ed25519 signature has 64")
-    key = _coordinator_key(data.public_key_pem)
-    if not signing.verify(key, signature, body):
-        raise BadRequest("bad signature: it does not sign the exact bytes of the report under the given key")
+    key = _pinned_key_for_upload(federation, data.public_key_pem)
+    pinned = federation.coordinator_key_fingerprint
+    if not verify(key, signature, body):
+        raise BadRequest(
+            f"bad signature: it does not sign the exact bytes of the report under federation {federation.id}'s "
+            f"pinned coordinator key {pinned}"
+        )
     try:
         report = json.loads(body)
     except (ValueError, RecursionError):
@@ -120,12 +139,18 @@ def upload_privacy_report(
     reported = report.get("run_id") if isinstance(report, dict) else None
     if reported != run.run_ref:
         raise BadRequest(f"the report is for run_id {reported!r}, not for run {run.id} ('{run.run_ref}')")
+    try:
+        check_epsilons(report)
+    except ReportInvalid as exc:
+        raise UnprocessableContent(f"the signed privacy report does not verify: {exc}") from None
+    _agrees_with_run(run, report)
     row = PrivacyReport(
         run_id=run.id,  # type: ignore[arg-type]
         report=body,
         signature=signature,
-        public_key_pem=signing.public_pem(key).decode(),
+        public_key_pem=public_pem(key).decode("ascii"),
         sha256=sha256_hex(body),
+        verified_with_pinned_key=True,
     )
     session.add(row)
     session.flush()
@@ -142,10 +167,74 @@ def upload_privacy_report(
             "size": summary.size,
             "key": summary.public_key_fingerprint,
             "signature_verified": True,
+            "verified_with_pinned_key": True,
         },  # fmt: skip
     )
     commit(session, f"privacy report of run '{run.run_ref}'")
     return summary
+
+
+def _pinned_key_for_upload(federation: Federation, sent_pem: str | None) -> Ed25519PublicKey:
+    """The key a report must verify under: the federation's pinned one; a key sent along must be it."""
+    key = pinned_key(federation)
+    if key is None:
+        raise Conflict(
+            f"federation {federation.id} has no pinned coordinator signing key, so no privacy report can be "
+            "verified: the anchor pins it with `sangsaeng portal coordinator-token --public-key coordinator.pub.pem` "
+            f"or {KEY_ROUTE.format(federation_id=federation.id)}"
+        )
+    if sent_pem is not None:
+        sent = fingerprint(_coordinator_key(sent_pem))
+        if sent != federation.coordinator_key_fingerprint:
+            raise Conflict(
+                f"the report comes with coordinator key {sent}, but federation {federation.id} pins "
+                f"{federation.coordinator_key_fingerprint}; reports verify against the pinned key only "
+                f"(a new coordinator key is the anchor's rotation: {KEY_ROUTE.format(federation_id=federation.id)})"
+            )
+    return key
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL_TOLERANCE, abs_tol=1e-9)
+
+
+def _agrees_with_run(run: TrainingRun, report: dict[str, Any]) -> None:
+    """Refuse (`UnprocessableContent`) a signed report whose per-site privacy contradicts the run's record."""
+    signed = report.get("sites") or {}
+    label = f"run '{run.run_ref}'"
+    if run.privacy is None:
+        if signed:
+            raise UnprocessableContent(
+                f"{label} was reported without privacy data, but its signed privacy report records DP "
+                f"for site(s) {sorted(signed)}"
+            )
+        return
+    extra = sorted(set(signed) - set(run.privacy))
+    if extra:
+        raise UnprocessableContent(
+            f"the signed privacy report records site(s) {extra} for which {label} recorded no privacy"
+        )
+    for site, recorded in sorted(run.privacy.items()):
+        entry = signed.get(site)
+        if entry is None:
+            raise UnprocessableContent(
+                f"{label} records privacy for site '{site}', which its signed privacy report does not have"
+            )
+        for field in ("epsilon", "budget_epsilon"):
+            value = entry.get(field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise UnprocessableContent(f"site '{site}': the signed privacy report has no numeric {field}")
+            if not _close(float(value), float(recorded[field])):
+                raise UnprocessableContent(
+                    f"site '{site}': {label} records {field} {recorded[field]:g}, its signed privacy report "
+                    f"{entry[field]:g}"
+                )
+        by_round = [float(r["epsilon"]) for r in entry.get("rounds", [])]
+        claimed = recorded.get("epsilon_by_round") or []
+        if claimed and (len(claimed) != len(by_round) or not all(map(_close, claimed, by_round))):
+            raise UnprocessableContent(
+                f"site '{site}': {label} records epsilon by round {claimed}, its signed privacy report {by_round}"
+            )
 
 
 _REPORT_READERS = ("anchor", "auditor")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -29,6 +30,7 @@ from portal.models import (
     Membership,
     ModelArtifact,
     ModelRelease,
+    PrivacyReport,
     ReleaseCreate,
     ReleasePublic,
     ReleaseStatus,
@@ -38,6 +40,9 @@ from portal.models import (
 from portal.protocol import signing_payload
 from portal.services._db import commit
 from portal.services.memberships import ADMITTED
+from privacy.errors import ReportInvalid
+from privacy.report import REL_TOLERANCE, check_epsilons
+from sangsaeng.signing import load_public_pem, verify
 
 __all__ = [
     "create_release",
@@ -121,13 +126,78 @@ def _get_release(session: Session, principal: Principal, release_id: int) -> tup
     return release, federation, role
 
 
+def _verified_report(session: Session, run: TrainingRun) -> tuple[PrivacyReport | None, dict[str, Any] | None]:
+    """The run's stored signed privacy report and, if it was verified against the pinned key, its content.
+
+    The signature and every epsilon are checked again here, so the gate decides from what
+    verifies now, not from a flag.
+    """
+    row = session.exec(select(PrivacyReport).where(PrivacyReport.run_id == run.id)).first()
+    if row is None or not row.verified_with_pinned_key:
+        return row, None
+    key = load_public_pem(row.public_key_pem, source=f"the key of run '{run.run_ref}'s privacy report")
+    if not verify(key, row.signature, row.report):
+        raise PolicyViolation(f"run '{run.run_ref}': its stored signed privacy report no longer verifies")
+    report = json.loads(row.report)
+    try:
+        check_epsilons(report)
+    except ReportInvalid as exc:
+        raise PolicyViolation(f"run '{run.run_ref}': its stored signed privacy report does not verify: {exc}") from None
+    return row, report
+
+
+def _gate_on_report(release: ModelRelease, federation: Federation, run: TrainingRun, report: dict[str, Any]) -> None:
+    """Every site of the run in the signed report, within its budget and the federation's DP policy."""
+    sites = report.get("sites") or {}
+    policy = federation.dp_max_epsilon
+    if not sites and policy is None:  # no record-level DP, and the federation requires none
+        return
+    for site in run.sites:
+        entry = sites.get(site)
+        if entry is None:
+            raise PolicyViolation(
+                f"release {release.version}: site '{site}' has no record in run '{run.run_ref}'s signed privacy report"
+            )
+        epsilon, budget = float(entry["epsilon"]), float(entry["budget_epsilon"])
+        if epsilon > budget * (1 + REL_TOLERANCE):
+            raise PolicyViolation(
+                f"release {release.version}: site '{site}' spent epsilon {epsilon:g} over its budget {budget:g} "
+                "(signed privacy report)"
+            )
+        if policy is not None and epsilon > policy * (1 + REL_TOLERANCE):
+            raise PolicyViolation(
+                f"release {release.version}: site '{site}' spent epsilon {epsilon:g}, over the federation's DP "
+                f"policy of at most {policy:g} (signed privacy report)"
+            )
+
+
 def release_gate(session: Session, release: ModelRelease, federation: Federation) -> None:
-    """Refuse (`PolicyViolation`) a release whose run broke a privacy policy or misses the metric threshold."""
+    """Refuse (`PolicyViolation`) a release whose run broke a privacy policy or misses the metric threshold.
+
+    Privacy is decided from the run's signed privacy report when one verified against the
+    pinned coordinator key is stored. A DP federation (one with a DP policy) cannot release
+    without one. Only in a federation without a DP policy, for a run without such a report,
+    does the gate fall back to the per-site privacy the run recorded.
+    """
     run = session.get(TrainingRun, release.run_id)
     assert run is not None
     if run.status != "completed":
         raise PolicyViolation(f"release {release.version}: its run '{run.run_ref}' is {run.status}, not completed")
-    if run.privacy is not None:
+    row, report = _verified_report(session, run)
+    if report is not None:
+        _gate_on_report(release, federation, run, report)
+    elif federation.dp_max_epsilon is not None:
+        why = (
+            "has no signed privacy report"
+            if row is None
+            else "has a signed privacy report stored before the federation pinned a coordinator key"
+        )
+        raise PolicyViolation(
+            f"release {release.version}: federation {federation.id} requires DP (at most epsilon "
+            f"{federation.dp_max_epsilon:g} per site), and run '{run.run_ref}' {why} verified against the pinned "
+            "coordinator key"
+        )
+    elif run.privacy is not None:
         for site in run.sites:
             entry = run.privacy.get(site)
             if entry is None:
@@ -179,7 +249,10 @@ def model_card(
     stored = session.get(ModelArtifact, release.artifact_id)
     assert run is not None and stored is not None
     content = read_artifact(stored.content)  # checked at upload; read again for what the card says of it
+    row, report = _verified_report(session, run)
     privacy = run.privacy
+    if report is not None and report.get("sites"):  # the gate decided from the signed report: so does the card
+        privacy = report["sites"]
     return {
         "federation": {"id": federation.id, "name": federation.name},
         "task": federation.task_spec,
@@ -198,6 +271,8 @@ def model_card(
                 "sites": len(privacy),
                 "all_within_budget": True,
                 "max_epsilon": max(e["epsilon"] for e in privacy.values()) if privacy else 0.0,
+                "signed_report_sha256": row.sha256 if report is not None and row is not None else None,
+                "dp_policy_max_epsilon": federation.dp_max_epsilon,
             }
             if privacy is not None
             else {"differential_privacy": False}

@@ -11,16 +11,28 @@ from portal.access import Principal, federation_view, require
 from portal.core.errors import Conflict, NotFound
 from portal.models import ApiToken, TokenKind, utcnow
 from portal.services._db import commit
+from portal.services.privacy_policy import pin_coordinator_key
 
 __all__ = ["issue_coordinator_token", "revoke_token", "tokens_of"]
 
 
 def issue_coordinator_token(
-    session: Session, principal: Principal, federation_id: int, name: str, days: int
+    session: Session,
+    principal: Principal,
+    federation_id: int,
+    name: str,
+    days: int,
+    *,
+    coordinator_public_key_pem: str | None = None,
 ) -> tuple[str, ApiToken]:
-    """The anchor admin issues a coordinator token for the federation; returns it once, in plain, with its row."""
+    """A coordinator token (plain text shown once); with a public key, the federation pins it first.
+
+    A key other than the one already pinned is refused (`Conflict`): replacing it is a rotation.
+    """
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("anchor",), "issue coordinator tokens")
+    if coordinator_public_key_pem is not None:
+        pin_coordinator_key(session, principal, federation, coordinator_public_key_pem, rotate=False)
     plain, token = crud.issue_token(
         session, TokenKind.coordinator, lifetime=timedelta(days=days), name=name, federation_id=federation.id
     )
@@ -30,7 +42,12 @@ def issue_coordinator_token(
         action="token.issued",
         target=f"token {token.id}",
         federation_id=federation.id,
-        detail={"kind": "coordinator", "name": name, "prefix": token.prefix},
+        detail={
+            "kind": "coordinator",
+            "name": name,
+            "prefix": token.prefix,
+            "coordinator_key": federation.coordinator_key_fingerprint,
+        },  # fmt: skip
     )
     commit(session, "token")
     return plain, token

@@ -182,12 +182,18 @@ class PortalFactory:
     def supplier_user(self, org_name: str) -> Person:
         return self.person(OrgKind.supplier, org_name=org_name)
 
-    def coordinator(self, anchor: Person, federation_id: int) -> dict[str, str]:
-        response = self.client.post(
-            f"{API}/federations/{federation_id}/tokens",
-            headers=anchor.headers,
-            json={"name": "coordinator", "days": 30},
-        )
+    def coordinator_key_pem(self) -> str:
+        """The public key of this test's coordinator signing key (in tmp_path/coordinator-key, made once)."""
+        from privacy.keys import load_signing_key, public_pem
+
+        return public_pem(load_signing_key(self.tmp_path / "coordinator-key", create=True).public_key()).decode()
+
+    def coordinator(self, anchor: Person, federation_id: int, *, pin_key: bool = True) -> dict[str, str]:
+        """A coordinator token; by default the federation pins this test's coordinator signing key with it."""
+        body: dict[str, Any] = {"name": "coordinator", "days": 30}
+        if pin_key:
+            body["coordinator_public_key_pem"] = self.coordinator_key_pem()
+        response = self.client.post(f"{API}/federations/{federation_id}/tokens", headers=anchor.headers, json=body)
         assert response.status_code == 201, response.text
         return bearer(response.json()["token"])
 
@@ -335,7 +341,7 @@ def tenant(portal: PortalFactory, prefix: str) -> Tenant:
     signed privacy report, a published release and a draft."""
     import base64
 
-    from privacy.keys import PUBLIC_NAME, load_signing_key
+    from privacy.keys import PUBLIC_NAME, load_signing_key, public_pem
     from privacy.report import build_report, write_signed_report
     from tests.factories import dp_manifest
 
@@ -362,12 +368,16 @@ def tenant(portal: PortalFactory, prefix: str) -> Tenant:
         f"{API}/federations/{fid}/auditors", headers=anchor.headers, json={"organisation_id": auditor_org.json()["id"]}
     )
     assert assigned.status_code == 201, assigned.text
-    issued = client.post(f"{API}/federations/{fid}/tokens", headers=anchor.headers, json={"name": f"{prefix} coord"})
+    key = load_signing_key(portal.tmp_path / f"{prefix}-coordinator-key", create=True)
+    issued = client.post(
+        f"{API}/federations/{fid}/tokens",
+        headers=anchor.headers,
+        json={"name": f"{prefix} coord", "coordinator_public_key_pem": public_pem(key).decode()},
+    )
     assert issued.status_code == 201, issued.text
     coordinator = bearer(issued.json()["token"])
-    privacy = {site.site_name: {"epsilon": 2.0, "budget_epsilon": 4.0}}
+    privacy = recorded_privacy(build_report(dp_manifest("any", sites=(site.site_name,))))
     run = portal.run(coordinator, fid, [site.site_name], privacy=privacy)
-    key = load_signing_key(portal.tmp_path / f"{prefix}-coordinator-key", create=True)
     path = write_signed_report(
         build_report(dp_manifest(run["run_ref"], sites=(site.site_name,))), portal.tmp_path / f"{prefix}-privacy", key
     )
@@ -409,3 +419,15 @@ def tenant(portal: PortalFactory, prefix: str) -> Tenant:
         draft=draft,
         names=names,
     )
+
+
+def recorded_privacy(report: dict[str, Any]) -> dict[str, Any]:
+    """The per-site privacy a run records, as the uploader derives it from its signed report."""
+    return {
+        site: {
+            "epsilon": e["epsilon"],
+            "budget_epsilon": e["budget_epsilon"],
+            "epsilon_by_round": [r["epsilon"] for r in e["rounds"]],
+        }
+        for site, e in report["sites"].items()
+    }

@@ -15,8 +15,7 @@ from tests.portal.test_site_client import make_run_dir
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
-DP = {"north-press": {"epsilon": 2.5, "budget_epsilon": 8.0, "epsilon_by_round": [1.0, 2.0]},
-      "south-mould": {"epsilon": 3.5, "budget_epsilon": 8.0, "epsilon_by_round": [1.5, 3.5]}}  # fmt: skip
+DP = {"north-press": {"budget_epsilon": 8.0}, "south-mould": {"budget_epsilon": 8.0}}
 
 
 def sign_in(page, base: str, email: str) -> None:
@@ -70,7 +69,8 @@ def test_anchor_invites_approves_publishes_and_supplier_sees_only_its_own(
 
     # 5. The coordinator reports a DP run and uploads the candidate model.
     with httpx.Client(base_url=base, headers=anchor.headers) as http:
-        token = http.post(f"{API}/federations/{fid}/tokens", json={"name": "coordinator"}).json()["token"]
+        body = {"name": "coordinator", "coordinator_public_key_pem": portal.coordinator_key_pem()}
+        token = http.post(f"{API}/federations/{fid}/tokens", json=body).json()["token"]
     run_dir, frame = make_run_dir(tmp_path, sites=("north-press", "south-mould"), auc=0.9, privacy=DP)
     with httpx.Client(base_url=base, headers=bearer(token)) as http:
         run, _ = upload_run(http, fid, run_dir, version="1.0.0")

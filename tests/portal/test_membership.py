@@ -321,7 +321,10 @@ def test_the_anchor_keeps_control_of_its_own_suppliers_until_another_anchor_invi
 def test_an_organisation_no_invite_created_needs_its_own_admin(portal, client):
     anchor = portal.anchor()
     fid = portal.federation(anchor)["id"]
-    made = client.post(f"{API}/organisations", headers=anchor.headers, json={"name": "Zeta Works", "kind": "supplier"})
+    other_anchor = portal.anchor()  # the organisation is another anchor's: this one does not control it
+    made = client.post(
+        f"{API}/organisations", headers=other_anchor.headers, json={"name": "Zeta Works", "kind": "supplier"}
+    )
     assert made.status_code == 201, made.text
     invite = portal.invite(anchor, fid, "Zeta Works", "zeta-1")
     assert invite["organisation_admin_required"] is True

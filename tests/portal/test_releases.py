@@ -171,3 +171,137 @@ def test_bad_run_reports(portal, client, net):
     assert post({"run_ref": "r1", "sites": SITES}).status_code == 201
     again = post({"run_ref": "r1", "sites": SITES})
     assert again.status_code == 409 and "already been reported" in again.json()["detail"]
+
+
+# -- finding 9: the gate decides from the verified signed report -----------------------------------------------------
+def _policy(client, net, epsilon):  # type: ignore[no-untyped-def]
+    return client.put(f"{API}/federations/{net.fid}/privacy-policy", headers=net.anchor.headers,
+                      json={"dp_max_epsilon": epsilon})  # fmt: skip
+
+
+def _signed_run(portal, client, net, tmp_path, **dp):  # type: ignore[no-untyped-def]
+    """A DP run whose real report (with `dp` overrides, e.g. budgets) is signed by the pinned key and stored."""
+    from privacy.keys import load_signing_key
+    from tests.portal.test_privacy_report import _recorded, _report, _upload_of
+
+    run = portal.run(net.coordinator, net.fid, SITES, privacy=_recorded(_report("any", **dp)))
+    key = load_signing_key(tmp_path / "coordinator-key", create=True)
+    upload, body = _upload_of(_report(run["run_ref"], **dp), key, tmp_path / run["run_ref"])
+    stored = client.post(f"{API}/runs/{run['id']}/privacy-report", headers=net.coordinator, json=upload)
+    assert stored.status_code == 201, stored.text
+    return run, hashlib.sha256(body).hexdigest()
+
+
+def test_dp_federation_without_a_signed_report_cannot_release(portal, client, net):
+    """The pen test: a run uploaded without privacy data got a release approved in a DP federation."""
+    early = portal.candidate(net.coordinator, net.fid, portal.run(net.coordinator, net.fid, SITES)["id"], "0.9.0")
+    assert _step(client, net, early["id"], "approve").status_code == 200  # before the DP policy
+    assert _policy(client, net, 3.5).status_code == 200
+    claims = {s: {"epsilon": 1.0, "budget_epsilon": 8.0} for s in SITES}  # the coordinator's word only
+    for privacy, version in ((None, "1.0.0"), (claims, "1.1.0")):
+        run = portal.run(net.coordinator, net.fid, SITES, privacy=privacy)
+        draft = portal.candidate(net.coordinator, net.fid, run["id"], version)
+        refused = _step(client, net, draft["id"], "approve")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"] == (
+            f"release {version}: federation {net.fid} requires DP (at most epsilon 3.5 per site), and run "
+            f"'{run['run_ref']}' has no signed privacy report verified against the pinned coordinator key"
+        )
+    refused = _step(client, net, early["id"], "publish")  # approved before: publication checks the gate again
+    assert refused.status_code == 409 and "requires DP" in refused.json()["detail"]
+
+
+def test_dp_federation_releases_from_the_verified_signed_report(portal, client, net, tmp_path):
+    assert _policy(client, net, 3.5).status_code == 200
+    run, sha = _signed_run(portal, client, net, tmp_path)
+    release = portal.published(net.anchor, net.coordinator, net.fid, run["id"])
+    privacy = release["model_card"]["privacy"]
+    assert privacy["differential_privacy"] and privacy["signed_report_sha256"] == sha
+    assert privacy["dp_policy_max_epsilon"] == 3.5 and privacy["max_epsilon"] == pytest.approx(3.0104, abs=1e-4)
+
+
+def test_site_over_its_budget_or_the_policy_in_the_signed_report_cannot_release(portal, client, net, tmp_path):
+    over, _ = _signed_run(portal, client, net, tmp_path, budget_epsilon=2.5)  # stored: it is the evidence
+    draft = portal.candidate(net.coordinator, net.fid, over["id"], "1.0.0")
+    refused = _step(client, net, draft["id"], "approve")  # no DP policy: the signed report still decides
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "release 1.0.0: site 'alpha-line-1' spent epsilon 3.01038 over its budget 2.5 (signed privacy report)"
+    )
+    within, _ = _signed_run(portal, client, net, tmp_path)
+    draft = portal.candidate(net.coordinator, net.fid, within["id"], "1.1.0")
+    assert _policy(client, net, 2.0).status_code == 200
+    refused = _step(client, net, draft["id"], "approve")
+    assert refused.status_code == 409
+    assert (
+        "site 'alpha-line-1' spent epsilon 3.01038, over the federation's DP policy of at most 2"
+        in (refused.json()["detail"])
+    )
+    assert _policy(client, net, 3.5).status_code == 200
+    assert _step(client, net, draft["id"], "approve").status_code == 200
+
+
+def test_site_missing_from_the_signed_report_cannot_release(portal, client, net, tmp_path):
+    from privacy.keys import load_signing_key
+    from tests.portal.test_privacy_report import _recorded, _report, _upload_of
+
+    only_alpha = _report("any", sites=("alpha-line-1",))
+    run = portal.run(net.coordinator, net.fid, SITES, privacy=_recorded(only_alpha))
+    key = load_signing_key(tmp_path / "coordinator-key", create=True)
+    upload, _ = _upload_of(_report(run["run_ref"], sites=("alpha-line-1",)), key, tmp_path / "alpha")
+    assert (
+        client.post(f"{API}/runs/{run['id']}/privacy-report", headers=net.coordinator, json=upload).status_code == 201
+    )
+    draft = portal.candidate(net.coordinator, net.fid, run["id"])
+    refused = _step(client, net, draft["id"], "approve")
+    assert refused.status_code == 409
+    assert (
+        f"site 'beta-line-1' has no record in run '{run['run_ref']}'s signed privacy report" in refused.json()["detail"]
+    )
+
+
+def test_a_stored_report_is_verified_again_by_the_gate(portal, client, net, tmp_path):
+    """A report row edited in the database, or stored before keys were pinned, does not open the gate."""
+    from sqlalchemy import text
+
+    assert _policy(client, net, 3.5).status_code == 200
+    tampered, _ = _signed_run(portal, client, net, tmp_path)
+    legacy, _ = _signed_run(portal, client, net, tmp_path)
+    with portal.session() as session:
+        row = session.exec(text("SELECT report FROM privacy_report WHERE run_id = :r"), params={"r": tampered["id"]})
+        body = row.one()[0].replace(b'"budget_epsilon": 4.0', b'"budget_epsilon": 9.0')
+        session.exec(text("UPDATE privacy_report SET report = :b WHERE run_id = :r"),
+                     params={"b": body, "r": tampered["id"]})  # fmt: skip
+        session.exec(text("UPDATE privacy_report SET verified_with_pinned_key = false WHERE run_id = :r"),
+                     params={"r": legacy["id"]})  # fmt: skip
+        session.commit()
+    draft = portal.candidate(net.coordinator, net.fid, tampered["id"], "1.0.0")
+    refused = _step(client, net, draft["id"], "approve")
+    assert refused.status_code == 409 and "stored signed privacy report no longer verifies" in refused.json()["detail"]
+    draft = portal.candidate(net.coordinator, net.fid, legacy["id"], "1.1.0")
+    refused = _step(client, net, draft["id"], "approve")
+    assert (
+        refused.status_code == 409
+        and "stored before the federation pinned a coordinator key" in (refused.json()["detail"])
+    )
+
+
+def test_dp_policy_is_an_audited_anchor_setting(portal, client, net):
+    url = f"{API}/federations/{net.fid}/privacy-policy"
+    assert client.get(f"{API}/federations/{net.fid}", headers=net.anchor.headers).json()["dp_max_epsilon"] is None
+    for headers, status in ((net.coordinator, 403), (net.auditor.headers, 403), (net.supplier_a.headers, 403),
+                            (net.site_a.headers, 403), (portal.anchor().headers, 404)):  # fmt: skip
+        refused = client.put(url, headers=headers, json={"dp_max_epsilon": 0.1})
+        assert refused.status_code == status, refused.text
+    for bad in (0, -1, "inf", "nan", "three"):
+        assert client.put(url, headers=net.anchor.headers, json={"dp_max_epsilon": bad}).status_code == 422, bad
+    assert client.put(url, headers=net.anchor.headers, json={}).status_code == 422  # say null to lift it
+    set_ = client.put(url, headers=net.anchor.headers, json={"dp_max_epsilon": 3})
+    assert set_.status_code == 200 and set_.json()["dp_max_epsilon"] == 3
+    seen = client.get(f"{API}/federations/{net.fid}", headers=net.supplier_a.headers).json()
+    assert seen["dp_max_epsilon"] == 3
+    assert client.put(url, headers=net.anchor.headers, json={"dp_max_epsilon": None}).json()["dp_max_epsilon"] is None
+    events = client.get(f"{API}/federations/{net.fid}/audit", headers=net.anchor.headers).json()["events"]
+    changes = [e["detail"] for e in reversed(events) if e["action"] == "federation.dp_policy_set"]
+    assert changes == [{"old_dp_max_epsilon": None, "new_dp_max_epsilon": 3.0},
+                       {"old_dp_max_epsilon": 3.0, "new_dp_max_epsilon": None}]  # fmt: skip

@@ -43,16 +43,18 @@ def make_run_dir(tmp_path, sites=("alpha-line-1", "beta-line-1"), auc=0.9, priva
             per_site={s: {"roc_auc": auc, "examples": 5} for s in sites},
         )
     recorder.set(status="completed")
-    if privacy is not None:  # signed as the coordinator signs it: Ed25519 over the exact bytes
-        from privacy.keys import PUBLIC_NAME, load_signing_key, public_pem
+    if privacy is not None:  # a real report, signed with the key the factories' federations pin
+        from privacy.keys import load_signing_key
+        from privacy.report import build_report, write_signed_report
+        from tests.factories import dp_manifest
 
         key = load_signing_key(tmp_path / "coordinator-key", create=True)
         run_id = json.loads((out / "manifest.json").read_text())["run_id"]
-        body = json.dumps({"run_id": run_id, "sites": privacy}).encode()
-        (out / "privacy").mkdir()
-        (out / "privacy" / "report.json").write_bytes(body)
-        (out / "privacy" / "report.json.sig").write_bytes(key.sign(body))
-        (out / "privacy" / PUBLIC_NAME).write_bytes(public_pem(key.public_key()))
+        manifest = dp_manifest(run_id, sites=tuple(privacy), rounds=2)
+        for record in manifest["rounds"]:  # per-site overrides of what the accountant does not use (budgets)
+            for site, dp in record["dp"].items():
+                dp.update(privacy[site])
+        write_signed_report(build_report(manifest), out / "privacy", key)
     return out, frame
 
 
@@ -214,13 +216,11 @@ def test_pull_model_takes_the_version_and_file_name_from_the_signed_card(portal,
 
 def test_upload_run_reads_privacy_report_and_gate_refuses(portal, client, tmp_path):
     net = network(portal)
-    privacy = {
-        "alpha-line-1": {"epsilon": 12.0, "budget_epsilon": 8.0, "rounds": [{"epsilon": 6}, {"epsilon": 12}]},
-        "beta-line-1": {"epsilon": 2.0, "budget_epsilon": 8.0},
-    }
+    privacy = {"alpha-line-1": {"budget_epsilon": 2.0}, "beta-line-1": {"budget_epsilon": 8.0}}
     run_dir, _ = make_run_dir(tmp_path, privacy=privacy)
     report = run_report(run_dir)
-    assert report["privacy"]["alpha-line-1"]["epsilon_by_round"] == [6.0, 12.0]
+    signed = json.loads((run_dir / "privacy" / "report.json").read_text())["sites"]["alpha-line-1"]
+    assert report["privacy"]["alpha-line-1"]["epsilon_by_round"] == [r["epsilon"] for r in signed["rounds"]]
     client.headers.update(net.coordinator)
     run, release = upload_run(client, net.fid, run_dir, version="2.0.0")
     client.headers.pop("Authorization")
@@ -229,7 +229,8 @@ def test_upload_run_reads_privacy_report_and_gate_refuses(portal, client, tmp_pa
     assert base64.b64decode(stored.json()["report_b64"]) == (run_dir / "privacy" / "report.json").read_bytes()
     assert run["privacy_report"]["sha256"] == stored.json()["sha256"]
     refused = client.post(f"{API}/releases/{release['id']}/approve", headers=net.anchor.headers)
-    assert refused.status_code == 409 and "epsilon 12 over its budget 8" in refused.json()["detail"]
+    assert refused.status_code == 409, refused.text
+    assert f"'alpha-line-1' spent epsilon {signed['epsilon']:g} over its budget 2" in refused.json()["detail"]
     with pytest.raises(UploadError, match="no manifest"):
         run_report(tmp_path / "nowhere")
 

@@ -189,7 +189,16 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "PrivacyReportUpload": lambda b: [{"report_b64": "e30=", "signature_b64": "AAAA", "public_key_pem": "probe"}],
     "ReleaseCreate": lambda b: [release_body(b.run["id"], "9.9.9")],
     "WithdrawRequest": lambda b: [{"reason": "tenancy probe"}],
+    "CoordinatorKeyRegister": lambda b: [{"public_key_pem": _probe_key_pem()}],
+    "PrivacyPolicyUpdate": lambda b: [{"dp_max_epsilon": 100.0}, {"dp_max_epsilon": None}],
 }
+
+
+def _probe_key_pem() -> str:
+    """A fresh Ed25519 public key: an attacker's attempt to pin or rotate the other tenant's coordinator key."""
+    from sangsaeng.signing import generate_private_key, public_pem
+
+    return public_pem(generate_private_key()).decode()
 # Body fields that name an object by id: a body with one of the other tenant's must be refused.
 ID_FIELDS = {"organisation_id", "run_id"}
 

@@ -1,20 +1,28 @@
-"""Training runs reported by the coordinator, and the privacy spend they record."""
+"""Training runs reported by the coordinator, the privacy spend they record, and what privacy is trusted from.
+
+The anchor pins the coordinator's report-signing key (``/coordinator-key``) and sets the
+federation's DP policy (``/privacy-policy``); signed privacy reports verify against the pinned key only.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal.api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep, SettingsDep
 from portal.api.params import FederationId, RunId
 from portal.models import (
+    CoordinatorKeyPublic,
+    CoordinatorKeyRegister,
+    FederationPublic,
     PrivacyEntry,
+    PrivacyPolicyUpdate,
     PrivacyReportPublic,
     PrivacyReportSummary,
     PrivacyReportUpload,
     RunPublic,
     RunReport,
 )
-from portal.services import privacy, runs
+from portal.services import privacy, privacy_policy, runs
 
 router = APIRouter(prefix="/federations/{federation_id}", tags=["runs"])
 run_router = APIRouter(prefix="/runs", tags=["runs"])
@@ -40,6 +48,28 @@ def list_privacy(session: SessionDep, principal: CurrentPrincipal, federation_id
     return privacy.privacy_entries(session, principal, federation_id)
 
 
+@router.get("/coordinator-key", response_model=CoordinatorKeyPublic)
+def read_coordinator_key(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> object:
+    """The federation's pinned coordinator signing key and its fingerprint (404 before one is pinned)."""
+    return privacy_policy.coordinator_key_of(session, principal, federation_id)
+
+
+@router.put("/coordinator-key", response_model=CoordinatorKeyPublic)
+def pin_coordinator_key(
+    session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: CoordinatorKeyRegister
+) -> object:
+    """The anchor pins its coordinator's Ed25519 report-signing key, or rotates the pinned one (audited)."""
+    return privacy_policy.register_coordinator_key(session, principal, federation_id, data.public_key_pem)
+
+
+@router.put("/privacy-policy", response_model=FederationPublic)
+def set_privacy_policy(
+    session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: PrivacyPolicyUpdate
+) -> object:
+    """The anchor sets the DP policy: with ``dp_max_epsilon`` set, a release needs a verified signed report."""
+    return privacy_policy.set_privacy_policy(session, principal, federation_id, data.dp_max_epsilon)
+
+
 @run_router.get("/{run_id}", response_model=RunPublic)
 def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
     return runs.run_public(session, principal, run_id)
@@ -49,9 +79,11 @@ def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) ->
 def upload_privacy_report(
     session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, run_id: RunId, data: PrivacyReportUpload
 ) -> object:
-    """The coordinator stores the run's signed privacy report (report.json, its Ed25519 signature, the key).
+    """The coordinator stores the run's signed privacy report (report.json and its Ed25519 signature).
 
-    Refused unless the signature verifies over the exact report bytes and the report's run_id is this run's.
+    Refused unless the signature verifies over the exact report bytes under the federation's pinned
+    coordinator key, the report's run_id is this run's, every epsilon recomputes, and the per-site
+    epsilons and budgets are those the run recorded.
     """
     return privacy.upload_privacy_report(session, settings, principal, run_id, data)
 

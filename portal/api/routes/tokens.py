@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from portal.api.deps import CurrentUser, SessionDep
 from portal.api.params import FederationId, TokenId
-from portal.models import TokenCreate, TokenIssued, TokenPublic
+from portal.models import Federation, TokenCreate, TokenIssued, TokenPublic
 from portal.services import tokens
 
 router = APIRouter(prefix="/federations/{federation_id}/tokens", tags=["tokens"])
@@ -17,9 +17,25 @@ token_router = APIRouter(prefix="/tokens", tags=["tokens"])
 def issue_coordinator_token(
     session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: TokenCreate
 ) -> TokenIssued:
-    """A coordinator token for this federation (shown once)."""
-    plain, token = tokens.issue_coordinator_token(session, principal, federation_id, data.name, data.days)
-    return TokenIssued(**TokenPublic.model_validate(token, from_attributes=True).model_dump(), token=plain)
+    """A coordinator token for this federation (shown once).
+
+    With ``coordinator_public_key_pem`` the federation pins that key for its privacy reports
+    (if it pins none yet; a different key is refused: rotate it with ``PUT .../coordinator-key``).
+    """
+    plain, token = tokens.issue_coordinator_token(
+        session,
+        principal,
+        federation_id,
+        data.name,
+        data.days,
+        coordinator_public_key_pem=data.coordinator_public_key_pem,
+    )
+    federation = session.get(Federation, federation_id)
+    return TokenIssued(
+        **TokenPublic.model_validate(token, from_attributes=True).model_dump(),
+        token=plain,
+        coordinator_key_fingerprint=federation.coordinator_key_fingerprint if federation else None,
+    )
 
 
 @router.get("", response_model=list[TokenPublic])

@@ -1,7 +1,7 @@
 """tenant isolation: look-alike names and the anchor that owns an organisation
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 
 Organisation and site names become unique after Unicode NFKC, case folding and collapsed
