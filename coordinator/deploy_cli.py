@@ -98,6 +98,7 @@ def up(
         SuperLinkSettings,
         ensure_certificate,
         portal_site_keys,
+        program_name,
         start_gateway,
         start_superlink,
         stop_processes,
@@ -126,7 +127,7 @@ def up(
         sync.run_forever(sync_interval, stop=lambda: stopping.is_set() or any(p.poll() is not None for p in processes))
         dead = [p for p in processes if p.poll() is not None]
         if dead and not stopping.is_set():
-            fail(f"{Path(str(dead[0].args[0])).name} stopped (exit code {dead[0].returncode}); see {layout.root}")
+            fail(f"{program_name(dead[0])} stopped (exit code {dead[0].returncode}); see {layout.root}")
     except SangsaengError as exc:
         fail(exc)
     finally:
@@ -187,7 +188,7 @@ def write_deployment_results(out_dir: Path) -> dict[str, Any]:
 
     manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
     rounds = sorted(manifest["rounds"], key=lambda r: r["round"])
-    last = next((r for r in reversed(rounds) if r.get("federated_eval")), {})
+    last: dict[str, Any] = next((r for r in reversed(rounds) if r.get("federated_eval")), {})
     sites = manifest.get("sites", {})
     results: dict[str, Any] = {
         "task": manifest["task"],

@@ -270,6 +270,7 @@ def _run_flower_simulation(
     site_policies: Mapping[str, SitePrivacyPolicy],
 ) -> None:
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime."""
+    from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
 
     sites = [
@@ -284,7 +285,7 @@ def _run_flower_simulation(
     server_app = make_server_app(config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites))
     client_app = make_client_app(sites)
     cpus = max(1, os.cpu_count() or 1)
-    backend_config = {
+    backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False},
     }
