@@ -9,7 +9,7 @@ import json
 from sqlmodel import Session, col, select
 
 from portal import audit
-from portal.access import Principal, federation_view, own_sites, require
+from portal.access import Principal, Role, federation_view, own_sites, require
 from portal.core.config import Settings
 from portal.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from portal.core.security import sha256_hex
@@ -45,7 +45,7 @@ def privacy_entries(session: Session, principal: Principal, federation_id: int) 
                 continue
             out.append(
                 PrivacyEntry(
-                    run_id=run_id,
+                    run_id=run_id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
                     run_ref=run_ref,
                     site=site,
                     epsilon=entry["epsilon"],
@@ -76,7 +76,7 @@ def _coordinator_key(pem: str) -> signing.Ed25519PublicKey:
 def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummary:
     key = _coordinator_key(row.public_key_pem)
     return PrivacyReportSummary(
-        run_id=run.id,  # type: ignore[arg-type]
+        run_id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         run_ref=run.run_ref,
         sha256=row.sha256,
         size=len(row.report),
@@ -85,7 +85,7 @@ def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummar
     )
 
 
-def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[TrainingRun, str]:
+def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[TrainingRun, Role]:
     run = session.get(TrainingRun, run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
@@ -98,7 +98,7 @@ def upload_privacy_report(
 ) -> PrivacyReportSummary:
     """The coordinator stores a run's signed privacy report; the signature and the run are checked first."""
     run, role = _run_of(session, principal, run_id)
-    require(role, ("coordinator",), "upload privacy reports")  # type: ignore[arg-type]
+    require(role, ("coordinator",), "upload privacy reports")
     if session.exec(select(PrivacyReport.id).where(PrivacyReport.run_id == run.id)).first() is not None:
         raise Conflict(f"run '{run.run_ref}' already has a signed privacy report; it cannot be replaced")
     if len(data.report_b64) > settings.max_upload_bytes * 4 // 3 + 8:
@@ -120,7 +120,7 @@ def upload_privacy_report(
     if reported != run.run_ref:
         raise BadRequest(f"the report is for run_id {reported!r}, not for run {run.id} ('{run.run_ref}')")
     row = PrivacyReport(
-        run_id=run.id,  # type: ignore[arg-type]
+        run_id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         report=body,
         signature=signature,
         public_key_pem=signing.public_pem(key).decode(),
@@ -147,14 +147,14 @@ def upload_privacy_report(
     return summary
 
 
-_REPORT_READERS = ("anchor", "auditor")
+_REPORT_READERS: tuple[Role, ...] = ("anchor", "auditor")
 _REPORT_WHY = "read signed privacy reports (they hold every site's spend)"
 
 
 def privacy_report_of(session: Session, principal: Principal, run_id: int) -> PrivacyReportPublic:
     """A run's signed privacy report, for the anchor and the federation's auditors."""
     run, role = _run_of(session, principal, run_id)
-    require(role, _REPORT_READERS, _REPORT_WHY)  # type: ignore[arg-type]
+    require(role, _REPORT_READERS, _REPORT_WHY)
     row = session.exec(select(PrivacyReport).where(PrivacyReport.run_id == run.id)).first()
     if row is None:
         raise NotFound(f"run {run.id} ('{run.run_ref}') has no signed privacy report")
