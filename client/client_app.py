@@ -26,7 +26,7 @@ from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
-from flwr.common import Scalar
+from flwr.common import Config, NDArrays, Scalar
 
 from client.site import SiteConfig
 from models.datasets import holdout_split
@@ -118,7 +118,7 @@ class SiteClient(NumPyClient):
         set_weights(model, parameters)
         return spec, scaler, model
 
-    def get_properties(self, config):  # type: ignore[override]
+    def get_properties(self, config: Config) -> dict[str, Scalar]:
         """The site's name; in the profile phase also its data's aggregate statistics (no rows)."""
         if config.get(ConfigKey.PHASE) != PHASE_PROFILE:
             return {ReplyKey.SITE: self.site.name}
@@ -130,7 +130,7 @@ class SiteClient(NumPyClient):
             ReplyKey.N_TEST: len(data.test),
         }
 
-    def fit(self, parameters, config):  # type: ignore[override]
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train the global model on the site's training split (with DP-SGD if asked); returns the update."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
@@ -176,7 +176,7 @@ class SiteClient(NumPyClient):
         }
         return get_weights(model), len(x), metrics
 
-    def evaluate(self, parameters, config):  # type: ignore[override]
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
         """Score the global model on the site's held-out split."""
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class RunRecorder:
         self,
         server_round: int,
         weights: Sequence[np.ndarray],
-        strategy_state: dict[str, Sequence[np.ndarray]] | None = None,
+        strategy_state: Mapping[str, Sequence[np.ndarray]] | None = None,
     ) -> Path:
         """Write the round's weights (and strategy state) to checkpoints/round_NNN.npz atomically; record its path."""
         path = self.out_dir / "checkpoints" / f"round_{server_round:03d}.npz"
@@ -85,7 +85,7 @@ class RunRecorder:
         for key, values in (strategy_state or {}).items():
             arrays.update({f"s_{key}_{i:03d}": np.asarray(v) for i, v in enumerate(values)})
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # mypy also matches **arrays to allow_pickle: bool
         os.replace(tmp, path)
         self.update_round(server_round, checkpoint=str(path.relative_to(self.out_dir)))
         return path

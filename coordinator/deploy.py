@@ -48,7 +48,7 @@ from sangsaeng.identity import APP_ID, CLIENTAPP_REF, SERVERAPP_REF, sangsaeng_v
 
 __all__ = [
     "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
-    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "CONNECTION",
+    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "program_name", "CONNECTION",
 ]  # fmt: skip
 
 log = logging.getLogger("sangsaeng.coordinator")
@@ -122,12 +122,19 @@ def _executable(name: str) -> str:
     return found
 
 
+def program_name(process: subprocess.Popen) -> str:
+    """The name of the program ``process`` runs (``flower-superlink``, ``nginx``), for messages."""
+    args = process.args
+    first = args if isinstance(args, str | bytes | os.PathLike) else args[0]
+    return Path(os.fsdecode(first)).name
+
+
 def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.Popen | None = None) -> None:
     """Wait until something accepts TCP connections on host:port (or the process died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise DeploymentError(f"{Path(process.args[0]).name} exited with code {process.returncode} while starting")
+            raise DeploymentError(f"{program_name(process)} exited with code {process.returncode} while starting")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return

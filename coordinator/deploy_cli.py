@@ -97,6 +97,7 @@ def up(
         SuperLinkSettings,
         ensure_certificate,
         portal_site_keys,
+        program_name,
         start_gateway,
         start_superlink,
         stop_processes,
@@ -125,7 +126,7 @@ def up(
         sync.run_forever(sync_interval, stop=lambda: stopping.is_set() or any(p.poll() is not None for p in processes))
         dead = [p for p in processes if p.poll() is not None]
         if dead and not stopping.is_set():
-            fail(f"{Path(str(dead[0].args[0])).name} stopped (exit code {dead[0].returncode}); see {layout.root}")
+            fail(f"{program_name(dead[0])} stopped (exit code {dead[0].returncode}); see {layout.root}")
     except SangsaengError as exc:
         fail(exc)
     finally:

@@ -170,6 +170,6 @@ def training_options(command: _Command) -> _Command:
         return command(**own_params, options=options)
 
     signature = own.replace(parameters=[*kept, *shared])
-    with_options.__signature__ = signature  # type: ignore[attr-defined]
+    with_options.__signature__ = signature  # type: ignore[attr-defined]  # read by inspect.signature (typer)
     with_options.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
-    return with_options  # type: ignore[return-value]
+    return with_options  # type: ignore[return-value]  # same command; typer reads the new __signature__

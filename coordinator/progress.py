@@ -69,7 +69,7 @@ class ProgressGrid(Grid):
         """The wrapped grid's run."""
         return self._inner.run
 
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
         """Delegate to the wrapped grid."""
         return self._inner.create_message(*args, **kwargs)
 

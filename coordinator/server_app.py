@@ -207,7 +207,8 @@ def run_federation(
         for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
             if record.get("central_dp"):
                 central.history.append((config.central_dp_noise, record["central_dp"]["sample_rate"], 1))
-                if adaptive and "next_clipping_norm" in record["central_dp"]:  # and adapting its clipping norm
+                # ... and an adaptive run the clipping norm it had reached
+                if isinstance(inner, AdaptiveClipping) and "next_clipping_norm" in record["central_dp"]:
                     inner.clipping_norm = record["central_dp"]["next_clipping_norm"]
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,

@@ -219,6 +219,7 @@ def _run_flower_simulation(
     Flower's `run_simulation` runs the ServerApp in a thread of this process, so its
     `RunResult` comes back through the app's ``on_result`` callback, not through files.
     """
+    from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
 
     sites = [
@@ -236,7 +237,7 @@ def _run_flower_simulation(
     )
     client_app = make_client_app(sites)
     cpus = max(1, os.cpu_count() or 1)
-    backend_config = {
+    backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False},
     }

@@ -278,7 +278,7 @@ class SangsaengStrategy(Strategy):
             if problem is None:
                 kept.append((proxy, res))
             else:
-                site = res.metrics.get(ReplyKey.SITE, f"node {proxy.cid}")
+                site = str(res.metrics.get(ReplyKey.SITE, f"node {proxy.cid}"))
                 rejected.append(f"site '{site}': update rejected: {problem}")
         return kept, rejected
 
@@ -308,7 +308,7 @@ class SangsaengStrategy(Strategy):
         if self.central_dp is not None and results:
             # Noise is calibrated to an unweighted mean of the updates that arrived.
             results = [(p, FitRes(r.status, r.parameters, 1, r.metrics)) for p, r in results]
-            self.inner.num_sampled_clients = len(results)  # type: ignore[attr-defined]
+            self.inner.num_sampled_clients = len(results)  # type: ignore[attr-defined]  # with central_dp, inner is Flower's DP wrapper
             clip = getattr(self.inner, "clipping_norm", None)  # this round's; adaptive clipping moves it after
             extra["central_dp"] = self.central_dp.account_round(len(results), clipping_norm=clip)
             failures = []  # Flower's DP wrapper drops the whole round on any failure; they are recorded above

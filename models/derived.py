@@ -104,7 +104,7 @@ def _evaluate(node: ast.expr, frame: pd.DataFrame | Mapping[str, np.ndarray], na
         if node.id in names:
             return np.asarray(frame[names[node.id]], dtype=np.float64)
         return CONSTANTS[node.id]
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):  # parse() let only numbers through
         return float(node.value)
     if isinstance(node, ast.BinOp):
         left, right = _evaluate(node.left, frame, names), _evaluate(node.right, frame, names)

@@ -59,7 +59,9 @@ class TabularMLP(nn.Module):
     @property
     def head(self) -> nn.Linear:
         """The output layer."""
-        return self.net[-1]
+        head = self.net[-1]
+        assert isinstance(head, nn.Linear)  # built as one in __init__; Sequential indexing is typed Module
+        return head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the output layer sees: the input through every layer before it."""
@@ -84,6 +86,9 @@ class PiecewiseLinearEncoding(nn.Module):
     clip or noise. (The ``rtdl_num_embeddings`` implementation stores its bins as persistent
     buffers, which would travel with every model update; these are not persistent.)
     """
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    offset: torch.Tensor
 
     def __init__(self, knots: Sequence[float] = PLE_KNOTS):
         super().__init__()

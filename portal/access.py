@@ -74,7 +74,19 @@ class Principal:
         if self.token.kind == TokenKind.client:
             return "client"
         assert self.org is not None
-        return OrgKind(self.org.kind).value  # type: ignore[return-value]
+        return OrgKind(self.org.kind).value
+
+    @property
+    def org_id(self) -> int:
+        """The caller's organisation id; only user principals (anchor, supplier, auditor) have one."""
+        assert self.org is not None and self.org.id is not None, "a token principal has no organisation"
+        return self.org.id
+
+    @property
+    def site(self) -> Membership:
+        """The membership a client token acts for; only client principals have one."""
+        assert self.membership is not None, "only a client token acts for a site"
+        return self.membership
 
     @property
     def label(self) -> str:
@@ -155,7 +167,7 @@ def federation_view(
         found = session.exec(
             select(Membership.id).where(
                 Membership.federation_id == federation.id,
-                Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+                Membership.organisation_id == principal.org_id,
                 col(Membership.status).in_(_LIVE_VALUES),
             )
         ).first()
@@ -165,7 +177,7 @@ def federation_view(
         found = session.exec(
             select(AuditorAssignment.id).where(
                 AuditorAssignment.federation_id == federation.id,
-                AuditorAssignment.organisation_id == principal.org.id,  # type: ignore[union-attr]
+                AuditorAssignment.organisation_id == principal.org_id,
             )
         ).first()
         if found is None:
@@ -187,20 +199,20 @@ def visible_federations(session: Session, principal: Principal) -> list[Federati
     kind = principal.kind
     query = select(Federation)
     if kind == "anchor":
-        query = query.where(Federation.anchor_org_id == principal.org.id)  # type: ignore[union-attr]
+        query = query.where(Federation.anchor_org_id == principal.org_id)
     elif kind == "supplier":
         ids = select(Membership.federation_id).where(
-            Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+            Membership.organisation_id == principal.org_id,
             col(Membership.status).in_(_LIVE_VALUES),
         )
         query = query.where(col(Federation.id).in_(ids))
     elif kind == "auditor":
-        ids = select(AuditorAssignment.federation_id).where(AuditorAssignment.organisation_id == principal.org.id)  # type: ignore[union-attr]
+        ids = select(AuditorAssignment.federation_id).where(AuditorAssignment.organisation_id == principal.org_id)
         query = query.where(col(Federation.id).in_(ids))
     elif kind == "coordinator":
         query = query.where(Federation.id == principal.token.federation_id)
     else:
-        query = query.where(Federation.id == principal.membership.federation_id)  # type: ignore[union-attr]
+        query = query.where(Federation.id == principal.site.federation_id)
     return list(session.exec(query.order_by(col(Federation.id))).all())
 
 
@@ -209,11 +221,11 @@ def own_sites(session: Session, principal: Principal, federation_id: int) -> set
     if principal.kind in ("anchor", "auditor", "coordinator"):
         return None
     if principal.kind == "client":
-        return {principal.membership.site_name}  # type: ignore[union-attr]
+        return {principal.site.site_name}
     names = session.exec(
         select(Membership.site_name).where(
             Membership.federation_id == federation_id,
-            Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+            Membership.organisation_id == principal.org_id,
             col(Membership.status).in_(_LIVE_VALUES),
         )
     ).all()

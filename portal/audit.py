@@ -47,7 +47,7 @@ def record(
     """Append one event (flushed, committed with the caller's transaction)."""
     if session.get_bind().dialect.name == "postgresql":
         # Serialise appends to one chain so two concurrent writers never share a prev_hash.
-        session.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=7_000_000 + (federation_id or 0)))  # type: ignore[call-overload]
+        session.exec(text("SELECT pg_advisory_xact_lock(:k)").bindparams(k=7_000_000 + (federation_id or 0)))  # type: ignore[call-overload]  # exec() is typed for select()
     last = session.exec(
         select(AuditEvent.hash)
         .where(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,7 +147,7 @@ def create_admin(
             fail(f"organisation '{org}' is a {organisation.kind}, not an anchor")
         if crud.get_user_by_email(session, email) is not None:
             fail(f"a user with e-mail '{email}' already exists")
-        user = crud.create_user(session, email=email, password=password, organisation_id=organisation.id)  # type: ignore[arg-type]
+        user = crud.create_user(session, email=email, password=password, organisation_id=organisation.id)  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         audit.record(session, actor="sangsaeng portal create-admin", action="user.created", target=f"user {user.id}",
                      detail={"email": user.email, "organisation": organisation.name, "kind": "anchor"})  # fmt: skip
         session.commit()
@@ -206,7 +207,7 @@ def invite(
     typer.echo(answer["token"])
 
 
-def _transition(action: str):  # type: ignore[no-untyped-def]
+def _transition(action: str) -> Callable[..., None]:
     def command(
         membership: Annotated[int, typer.Argument(help="Membership id.")],
         reason: Annotated[str, typer.Option(help="Reason, recorded in the audit trail.")] = "",

@@ -95,7 +95,7 @@ def issue_token(
 def user_public(session: Session, user: User) -> UserPublic:
     org = session.get(Organisation, user.organisation_id)
     return UserPublic(
-        id=user.id,  # type: ignore[arg-type]
+        id=user.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         email=user.email,
         full_name=user.full_name,
         organisation_id=user.organisation_id,
@@ -135,12 +135,12 @@ def membership_public(
         org = session.get(Organisation, membership.organisation_id)
         org_name = org.name if org else "?"
     if fingerprints is not None:
-        fingerprint = fingerprints.get(membership.id)  # type: ignore[arg-type]
+        fingerprint = fingerprints.get(membership.id)  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
     else:
-        credential = current_credential(session, membership.id)  # type: ignore[arg-type]
+        credential = current_credential(session, membership.id)  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         fingerprint = credential.fingerprint if credential else None
     return MembershipPublic(
-        id=membership.id,  # type: ignore[arg-type]
+        id=membership.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         federation_id=membership.federation_id,
         organisation_id=membership.organisation_id,
         organisation_name=org_name,

@@ -82,11 +82,12 @@ def _trains_only_its_head(model: nn.Module) -> bool:
 
 def _head_gradients(model: nn.Module, criterion: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Per-sample gradients of a model whose only trainable layer is its output `nn.Linear`."""
-    head: nn.Linear = model.head
+    head, features = model.head, model.features
+    assert isinstance(head, nn.Linear) and callable(features)  # checked by _trains_only_its_head
 
     def gradients(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            activations = model.features(inputs)  # no weights before the head: nothing to differentiate
+            activations = features(inputs)  # no weights before the head: nothing to differentiate
         bias = None if head.bias is None else head.bias.detach()
         logits = nn.functional.linear(activations, head.weight.detach(), bias).squeeze(-1).requires_grad_()
         loss = criterion(logits, targets)

@@ -107,7 +107,7 @@ class PrivacyLedger:
         if request.target_epsilon is None and not policy.dp_required:
             return None
         budgets = [e for e in (policy.max_epsilon, request.target_epsilon) if e is not None]
-        budget = policy.max_epsilon if policy.max_epsilon is not None else float(request.target_epsilon)  # type: ignore[arg-type]
+        budget = policy.max_epsilon if policy.max_epsilon is not None else float(request.target_epsilon)  # type: ignore[arg-type]  # policy: dp_required needs max_epsilon
         target = min(budgets)
         delta = policy.delta_for(records)
         accountant = policy.accountant

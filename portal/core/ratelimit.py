@@ -13,7 +13,7 @@ import math
 from datetime import timedelta
 
 from sqlalchemy import Engine, delete, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from portal.core.errors import TooManyRequests
 from portal.core.security import token_digest
@@ -61,12 +61,12 @@ class LoginLimiter:
         now = utcnow()
         with Session(self.engine) as session:
             session.add_all(LoginAttempt(key=key, at=now) for key in self._keys(email, ip))
-            session.exec(delete(LoginAttempt).where(LoginAttempt.at <= now - self.window))  # type: ignore[call-overload]
+            session.exec(delete(LoginAttempt).where(col(LoginAttempt.at) <= now - self.window))
             session.commit()
 
     def succeeded(self, email: str) -> None:
         """Clear the e-mail's failures (the address keeps its count)."""
         email_key, _ = self._keys(email, "")
         with Session(self.engine) as session:
-            session.exec(delete(LoginAttempt).where(LoginAttempt.key == email_key))  # type: ignore[call-overload]
+            session.exec(delete(LoginAttempt).where(col(LoginAttempt.key) == email_key))
             session.commit()

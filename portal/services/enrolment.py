@@ -124,15 +124,15 @@ def invite_site(
         raise Conflict(f"site name '{data.site_name}' is already used in federation {federation_id}")
     membership = Membership(
         federation_id=federation_id,
-        organisation_id=org.id,
+        organisation_id=org.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         site_name=data.site_name,
-        status=MembershipStatus.invited,  # type: ignore[arg-type]
+        status=MembershipStatus.invited,
     )
     session.add(membership)
     session.flush()
     token = new_token("ssi")
     invite = Invite(
-        membership_id=membership.id,  # type: ignore[arg-type]
+        membership_id=membership.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         token_hash=token_digest(token),
         expires_at=utcnow() + timedelta(hours=data.expires_hours),
         created_by_id=principal.user.id if principal.user else None,
@@ -267,7 +267,7 @@ def enrol_site(
     _check_enroller(session, membership, enroller, creates_account=admin_email is not None)
     session.add(
         SiteCredential(
-            membership_id=membership.id,  # type: ignore[arg-type]
+            membership_id=membership.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
             algorithm=key.algorithm,
             public_key=key.openssh,
             fingerprint=key.fingerprint,

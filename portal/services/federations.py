@@ -30,7 +30,7 @@ def create_federation(session: Session, principal: Principal, data: FederationCr
         name=data.name,
         task_name=spec.name,
         description=data.description,
-        anchor_org_id=principal.org.id,  # type: ignore[union-attr]
+        anchor_org_id=principal.org_id,
         metric=metric,
         threshold=data.threshold,
         higher_is_better=metric not in ("rmse", "mae"),

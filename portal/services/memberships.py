@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlmodel import Session, col, select
 
 from portal import audit
-from portal.access import READ_ONLY, Principal, federation_view, own_sites, require
+from portal.access import READ_ONLY, Principal, Role, federation_view, own_sites, require
 from portal.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from portal.models import ApiToken, Invite, Membership, MembershipStatus, SiteCredential, SiteKeyPublic, as_utc, utcnow
 from portal.services._db import commit
@@ -24,7 +24,7 @@ TRANSITIONS: dict[str, tuple[tuple[MembershipStatus, ...], MembershipStatus]] = 
 ADMITTED = (S.approved, S.active)
 
 
-def get_membership(session: Session, principal: Principal, membership_id: int) -> tuple[Membership, str]:
+def get_membership(session: Session, principal: Principal, membership_id: int) -> tuple[Membership, Role]:
     """A membership and the caller's role in its federation; auditors are refused, other sites' are not found."""
     membership = session.get(Membership, membership_id)
     missing = NotFound(f"membership {membership_id} not found")
@@ -46,7 +46,7 @@ def transition_membership(
     if action not in TRANSITIONS:
         raise BadRequest(f"unknown action '{action}' (choose from {sorted(TRANSITIONS)})")
     membership, role = get_membership(session, principal, membership_id)
-    require(role, ("anchor",), f"{action} sites")  # type: ignore[arg-type]
+    require(role, ("anchor",), f"{action} sites")
     sources, target = TRANSITIONS[action]
     if membership.status not in sources:
         if membership.status == target:
@@ -91,9 +91,9 @@ def memberships_of(session: Session, principal: Principal, federation_id: int) -
         raise Forbidden(f"{READ_ONLY}; they do not see membership details")
     query = select(Membership).where(Membership.federation_id == federation_id)
     if role == "supplier":
-        query = query.where(Membership.organisation_id == principal.org.id)  # type: ignore[union-attr]
+        query = query.where(Membership.organisation_id == principal.org_id)
     elif role == "client":
-        query = query.where(Membership.id == principal.membership.id)  # type: ignore[union-attr]
+        query = query.where(Membership.id == principal.site.id)
     return list(session.exec(query.order_by(col(Membership.id))).all())
 
 
@@ -114,10 +114,10 @@ def active_site_keys(session: Session, principal: Principal, federation_id: int)
     ).all()
     return [
         SiteKeyPublic(
-            membership_id=m.id,
+            membership_id=m.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
             site_name=m.site_name,
             algorithm=c.algorithm,
-            public_key=c.public_key,  # type: ignore[arg-type]
+            public_key=c.public_key,
             fingerprint=c.fingerprint,
             not_after=c.not_after,
         )

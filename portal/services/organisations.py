@@ -7,6 +7,8 @@ else sees only its own organisation. An organisation outside that set reads as n
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import Session, col, or_, select
 
 from portal import audit, crud
@@ -18,9 +20,9 @@ from portal.services._db import conflict_on_clash
 __all__ = ["create_organisation", "organisations_of", "visible_organisation"]
 
 
-def _visible(principal: Principal):  # type: ignore[no-untyped-def]
+def _visible(principal: Principal) -> Any:
     """The WHERE clause selecting the organisations `principal` may see."""
-    own = principal.org.id  # type: ignore[union-attr]
+    own = principal.org_id
     if principal.kind != "anchor":
         return Organisation.id == own
     federations = select(Federation.id).where(Federation.anchor_org_id == own)

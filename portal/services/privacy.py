@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from portal import audit
-from portal.access import Principal, federation_view, own_sites, require
+from portal.access import Principal, Role, federation_view, own_sites, require
 from portal.core.config import Settings
 from portal.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnprocessableContent
 from portal.core.security import sha256_hex
@@ -50,7 +50,7 @@ def privacy_entries(session: Session, principal: Principal, federation_id: int) 
                 continue
             out.append(
                 PrivacyEntry(
-                    run_id=run_id,
+                    run_id=run_id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
                     run_ref=run_ref,
                     site=site,
                     epsilon=entry["epsilon"],
@@ -81,7 +81,7 @@ def _coordinator_key(pem: str) -> signing.Ed25519PublicKey:
 def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummary:
     key = _coordinator_key(row.public_key_pem)
     return PrivacyReportSummary(
-        run_id=run.id,  # type: ignore[arg-type]
+        run_id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         run_ref=run.run_ref,
         sha256=row.sha256,
         size=len(row.report),
@@ -91,7 +91,7 @@ def _report_summary(run: TrainingRun, row: PrivacyReport) -> PrivacyReportSummar
     )
 
 
-def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[TrainingRun, str]:
+def _run_of(session: Session, principal: Principal, run_id: int) -> tuple[TrainingRun, Role]:
     run = session.get(TrainingRun, run_id)
     missing = NotFound(f"run {run_id} not found")
     if run is None:
@@ -112,7 +112,7 @@ def upload_privacy_report(
     evidence); the release gate refuses its run.
     """
     run, role = _run_of(session, principal, run_id)
-    require(role, ("coordinator",), "upload privacy reports")  # type: ignore[arg-type]
+    require(role, ("coordinator",), "upload privacy reports")
     federation = session.get(Federation, run.federation_id)
     assert federation is not None
     if session.exec(select(PrivacyReport.id).where(PrivacyReport.run_id == run.id)).first() is not None:
@@ -145,7 +145,7 @@ def upload_privacy_report(
         raise UnprocessableContent(f"the signed privacy report does not verify: {exc}") from None
     _agrees_with_run(run, report)
     row = PrivacyReport(
-        run_id=run.id,  # type: ignore[arg-type]
+        run_id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         report=body,
         signature=signature,
         public_key_pem=public_pem(key).decode("ascii"),
@@ -237,14 +237,14 @@ def _agrees_with_run(run: TrainingRun, report: dict[str, Any]) -> None:
             )
 
 
-_REPORT_READERS = ("anchor", "auditor")
+_REPORT_READERS: tuple[Role, ...] = ("anchor", "auditor")
 _REPORT_WHY = "read signed privacy reports (they hold every site's spend)"
 
 
 def privacy_report_of(session: Session, principal: Principal, run_id: int) -> PrivacyReportPublic:
     """A run's signed privacy report, for the anchor and the federation's auditors."""
     run, role = _run_of(session, principal, run_id)
-    require(role, _REPORT_READERS, _REPORT_WHY)  # type: ignore[arg-type]
+    require(role, _REPORT_READERS, _REPORT_WHY)
     row = session.exec(select(PrivacyReport).where(PrivacyReport.run_id == run.id)).first()
     if row is None:
         raise NotFound(f"run {run.id} ('{run.run_ref}') has no signed privacy report")

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from models.architectures import ARCHITECTURES
 from portal import audit
-from portal.access import Principal, federation_view, own_sites, require
+from portal.access import Principal, Role, federation_view, own_sites, require
 from portal.artifact import read_artifact
 from portal.core.config import Settings
 from portal.core.errors import (
@@ -92,9 +92,9 @@ def create_release(
     session.flush()
     release = ModelRelease(
         federation_id=federation_id,
-        run_id=run.id,
-        artifact_id=artifact.id,
-        version=data.version,  # type: ignore[arg-type]
+        run_id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
+        artifact_id=artifact.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
+        version=data.version,
         status=ReleaseStatus.draft,
         metrics=dict(run.final_metrics),
         privacy=run.privacy,
@@ -115,7 +115,7 @@ def create_release(
     return release
 
 
-def _get_release(session: Session, principal: Principal, release_id: int) -> tuple[ModelRelease, Federation, str]:
+def _get_release(session: Session, principal: Principal, release_id: int) -> tuple[ModelRelease, Federation, Role]:
     release = session.get(ModelRelease, release_id)
     missing = NotFound(f"release {release_id} not found")
     if release is None:
@@ -222,7 +222,7 @@ def release_gate(session: Session, release: ModelRelease, federation: Federation
 def approve_release(session: Session, principal: Principal, release_id: int) -> ModelRelease:
     """The anchor admin approves a draft release; refused unless it passes the release gate."""
     release, federation, role = _get_release(session, principal, release_id)
-    require(role, ("anchor",), "approve releases")  # type: ignore[arg-type]
+    require(role, ("anchor",), "approve releases")
     if release.status != ReleaseStatus.draft:
         raise Conflict(f"release {release.version} is {release.status}; only a draft can be approved")
     release_gate(session, release, federation)
@@ -292,7 +292,7 @@ def model_card(
 def publish_release(session: Session, principal: Principal, signer: ReleaseSigner, release_id: int) -> ModelRelease:
     """The anchor admin publishes an approved release: the gate again, then the model card signed with `signer`."""
     release, federation, role = _get_release(session, principal, release_id)
-    require(role, ("anchor",), "publish releases")  # type: ignore[arg-type]
+    require(role, ("anchor",), "publish releases")
     if release.status == ReleaseStatus.published:
         raise Conflict(f"release {release.version} is already published")
     if release.status != ReleaseStatus.approved:
@@ -325,7 +325,7 @@ def publish_release(session: Session, principal: Principal, signer: ReleaseSigne
 def withdraw_release(session: Session, principal: Principal, release_id: int, reason: str) -> ModelRelease:
     """The anchor admin withdraws a release with a reason; sites can no longer download it."""
     release, federation, role = _get_release(session, principal, release_id)
-    require(role, ("anchor",), "withdraw releases")  # type: ignore[arg-type]
+    require(role, ("anchor",), "withdraw releases")
     if release.status == ReleaseStatus.withdrawn:
         raise Conflict(f"release {release.version} is already withdrawn")
     release.status = ReleaseStatus.withdrawn
@@ -381,9 +381,9 @@ def release_artifact(session: Session, principal: Principal, release_id: int) ->
             select(Membership.id).where(
                 Membership.federation_id == release.federation_id,
                 col(Membership.status).in_([s.value for s in ADMITTED]),
-                Membership.id == principal.membership.id  # type: ignore[union-attr]
+                Membership.id == principal.site.id
                 if role == "client"
-                else Membership.organisation_id == principal.org.id,  # type: ignore[union-attr]
+                else Membership.organisation_id == principal.org_id,
             )
         ).first()
         if admitted is None:

@@ -36,7 +36,7 @@ def report_run(session: Session, principal: Principal, federation_id: int, repor
             raise BadRequest(f"privacy names site(s) {extra} that did not take part in the run")
     rounds = sorted((r.model_dump() for r in report.rounds), key=lambda r: r["round"])
     run = TrainingRun(
-        federation_id=federation.id,  # type: ignore[arg-type]
+        federation_id=federation.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         run_ref=report.run_ref,
         status=report.status,
         sites=list(report.sites),
@@ -70,10 +70,10 @@ def _filter_run(run: TrainingRun, sites: set[str] | None) -> RunPublic:
     rounds = [{**r, "per_site": {k: v for k, v in r.get("per_site", {}).items() if k in sites}} for r in run.rounds]
     privacy = {k: v for k, v in run.privacy.items() if k in sites} if run.privacy is not None else None
     return RunPublic(
-        id=run.id,
+        id=run.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         federation_id=run.federation_id,
         run_ref=run.run_ref,
-        status=run.status,  # type: ignore[arg-type]
+        status=run.status,
         sites=[s for s in run.sites if s in sites],
         rounds=rounds,
         final_metrics=run.final_metrics,

@@ -128,7 +128,7 @@ def login_submit(
         token,
         httponly=True,
         samesite="strict",
-        secure=settings.cookie_secure,
+        secure=bool(settings.cookie_secure),  # settled by Settings: production means Secure
         max_age=settings.session_minutes * 60,
     )
     return response
@@ -183,12 +183,12 @@ def _fid(federation_id: int) -> int:
 
 
 @router.get("/federations/{federation_id}", response_class=HTMLResponse)
-def federation_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+def federation_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> Response:
     """A federation's members (auditors go to the privacy page: they do not see membership details)."""
     federation, role = federation_view(session, me, _fid(federation_id))
     if role == "auditor":  # auditors do not see membership details
-        return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)  # type: ignore[return-value]
-    members = memberships_of(session, me, federation.id)  # type: ignore[arg-type]
+        return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)
+    members = memberships_of(session, me, federation_id)
     names = dict(session.exec(select(Organisation.id, Organisation.name)).all())
     auditors = []
     if role == "anchor":
@@ -201,8 +201,8 @@ def federation_page(request: Request, session: SessionDep, me: Me, federation_id
         me,
         federation=federation,
         role=role,
-        members=[crud.membership_public(session, m, names) for m in members],
-        auditors=auditors,  # type: ignore[arg-type]
+        members=[crud.membership_public(session, m, names) for m in members],  # type: ignore[arg-type]  # Organisation.id keys are Optional
+        auditors=auditors,
         tab="members",
     )
 
@@ -232,7 +232,7 @@ def invite(
         token=token,
         membership=membership,
         portal_url=request.app.state.settings.public_url,  # never the Host header: a poisoned one would be shown
-        expires_at=invite_expiry(session, membership.id),
+        expires_at=invite_expiry(session, membership.id),  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
     )
 
 
@@ -259,7 +259,7 @@ def change_membership(
 def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     """The runs the person may see, with only their own sites for a supplier."""
     federation, role = federation_view(session, me, _fid(federation_id))
-    runs = runs_of(session, me, federation.id)  # type: ignore[arg-type]
+    runs = runs_of(session, me, federation_id)
     return page(request, "runs.html", me, federation=federation, role=role, runs=runs, tab="runs")
 
 
@@ -288,7 +288,7 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
 def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     """Privacy spend per site over rounds against the budget; signed reports for the anchor and auditors."""
     federation, role = federation_view(session, me, _fid(federation_id))
-    entries = privacy_entries(session, me, federation.id)  # type: ignore[arg-type]
+    entries = privacy_entries(session, me, federation_id)
     series: dict[str, list[tuple[float, float]]] = {}
     offset: dict[str, int] = {}
     for entry in entries:  # runs in order: a site's rounds continue across runs
@@ -303,7 +303,7 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
         y_label="epsilon",
         hline=(f"budget {budget:g}", budget) if budget else None,
     )
-    signed = privacy_reports_of(session, me, federation.id) if role in ("anchor", "auditor") else []  # type: ignore[arg-type]
+    signed = privacy_reports_of(session, me, federation_id) if role in ("anchor", "auditor") else []
     return page(
         request,
         "privacy.html",
@@ -322,7 +322,7 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
 def releases_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     """A federation's releases as the person may see them."""
     federation, role = federation_view(session, me, _fid(federation_id))
-    releases = releases_of(session, me, federation.id)  # type: ignore[arg-type]
+    releases = releases_of(session, me, federation_id)
     runs = {
         r.id: r.run_ref for r in session.exec(select(TrainingRun).where(TrainingRun.federation_id == federation.id))
     }
@@ -359,5 +359,5 @@ def release_action(
 def audit_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     """The federation's audit trail and its hash-chain check (anchor admins and auditors)."""
     federation, role = federation_view(session, me, _fid(federation_id))
-    events, broken = audit_trail(session, me, federation.id, limit=1000)  # type: ignore[arg-type]
+    events, broken = audit_trail(session, me, federation_id, limit=1000)
     return page(request, "audit.html", me, federation=federation, role=role, events=events, broken=broken, tab="audit")

@@ -199,6 +199,8 @@ def _probe_key_pem() -> str:
     from sangsaeng.signing import generate_private_key, public_pem
 
     return public_pem(generate_private_key()).decode()
+
+
 # Body fields that name an object by id: a body with one of the other tenant's must be refused.
 ID_FIELDS = {"organisation_id", "run_id"}
 

@@ -60,7 +60,7 @@ def invite_site(
     return InviteIssued(
         membership=crud.membership_public(session, membership),
         token=token,
-        expires_at=enrolment.invite_expiry(session, membership.id),
+        expires_at=enrolment.invite_expiry(session, membership.id),  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         organisation_admin_required=enrolment.organisation_admin_required(session, membership),
     )
 
@@ -71,8 +71,8 @@ def list_memberships(session: SessionDep, principal: CurrentPrincipal, federatio
     memberships = memberships_of(session, principal, federation_id)
     ids = {m.organisation_id for m in memberships}
     names = dict(session.exec(select(Organisation.id, Organisation.name).where(col(Organisation.id).in_(ids))).all())
-    fingerprints = crud.latest_fingerprints(session, [m.id for m in memberships])  # type: ignore[misc]
-    return [crud.membership_public(session, m, names, fingerprints) for m in memberships]  # type: ignore[arg-type]
+    fingerprints = crud.latest_fingerprints(session, [m.id for m in memberships])  # type: ignore[misc]  # loaded rows have ids
+    return [crud.membership_public(session, m, names, fingerprints) for m in memberships]  # type: ignore[arg-type]  # Organisation.id keys
 
 
 @router.get("/{federation_id}/site-keys", response_model=list[SiteKeyPublic])

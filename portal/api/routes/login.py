@@ -30,7 +30,7 @@ def login(session: SessionDep, settings: SettingsDep, request: Request, email: s
         ok = False
     else:
         ok = verify_password(password, user.hashed_password) and user.is_active
-    if not ok:
+    if not ok or user is None:
         limiter.failed(email, ip)
         raise Unauthorized("incorrect e-mail or password")
     limiter.succeeded(email)
@@ -42,7 +42,7 @@ def login(session: SessionDep, settings: SettingsDep, request: Request, email: s
         user_id=user.id,
     )
     session.commit()
-    return plain, user  # type: ignore[return-value]
+    return plain, user
 
 
 @router.post("/access-token", response_model=AccessToken)

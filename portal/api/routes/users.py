@@ -17,7 +17,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 @router.get("/me", response_model=UserPublic)
 def read_me(session: SessionDep, principal: CurrentUser) -> UserPublic:
     """The signed-in user's account and role."""
-    return crud.user_public(session, principal.user)  # type: ignore[arg-type]
+    return crud.user_public(session, principal.user)  # type: ignore[arg-type]  # CurrentUser has a user
 
 
 @router.patch("/me", response_model=UserPublic)

@@ -57,7 +57,9 @@ def upgrade() -> None:
     with op.batch_alter_table("membership", schema=None) as batch_op:
         batch_op.add_column(sa.Column("site_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
 
-    orgs = [(None, r.id, r.name) for r in bind.execute(sa.text("SELECT id, name FROM organisation ORDER BY id"))]
+    orgs: list[tuple[int | None, int, str]] = [
+        (None, r.id, r.name) for r in bind.execute(sa.text("SELECT id, name FROM organisation ORDER BY id"))
+    ]
     sites = [
         (r.federation_id, r.id, r.site_name)
         for r in bind.execute(sa.text("SELECT id, federation_id, site_name FROM membership ORDER BY id"))
