@@ -16,7 +16,7 @@ from portal.api.deps import SESSION_COOKIE
 from portal.core.config import Settings
 from portal.core.db import make_engine
 from portal.main import create_app
-from portal.models import ApiToken, LoginAttempt, OrgKind, TokenKind, utcnow
+from portal.models import LoginAttempt, OrgKind, utcnow
 from tests.portal.factories import API, PASSWORD, network, password_hash
 from tests.portal.test_web import csrf_of, sign_in
 
@@ -302,34 +302,3 @@ def test_login_failures_expire_and_success_clears_them(two_workers, settings):
 
 
 # -- password change ---------------------------------------------------------------------------------
-def test_password_change_needs_the_current_password_and_ends_other_sessions(portal, client):
-    anchor = portal.anchor()
-    portal.coordinator(anchor, portal.federation(anchor)["id"])
-    other = _login(client, anchor.email, PASSWORD).json()["access_token"]  # e.g. a stolen session
-    me = f"{API}/users/me"
-    missing = client.patch(me, headers=anchor.headers, json={"password": "a new password"})
-    assert missing.status_code == 400 and "current_password" in missing.text
-    wrong = client.patch(me, headers=anchor.headers, json={"password": "a new password", "current_password": "nope"})
-    assert wrong.status_code == 403 and "current password" in wrong.json()["detail"]
-    changed = client.patch(
-        me, headers=anchor.headers, json={"password": "a new password", "current_password": PASSWORD}
-    )
-    assert changed.status_code == 200, changed.text
-    assert client.get(me, headers=anchor.headers).status_code == 200  # this session goes on
-    ended = client.get(me, headers={"Authorization": f"Bearer {other}"})
-    assert ended.status_code == 401 and "revoked" in ended.json()["detail"]
-    assert _login(client, anchor.email, PASSWORD).status_code == 401
-    assert _login(client, anchor.email, "a new password").status_code == 200
-    with portal.session() as session:  # machine tokens are not sessions: a password change leaves them
-        machine = session.exec(select(ApiToken).where(ApiToken.kind == TokenKind.coordinator)).one()
-    assert machine.revoked_at is None
-
-
-def test_wrong_current_passwords_count_as_failed_logins(portal, client):
-    anchor = portal.anchor()
-    for _ in range(5):
-        client.patch(f"{API}/users/me", headers=anchor.headers, json={"password": "x" * 10, "current_password": "no"})
-    blocked = client.patch(
-        f"{API}/users/me", headers=anchor.headers, json={"password": "x" * 10, "current_password": PASSWORD}
-    )
-    assert blocked.status_code == 429
