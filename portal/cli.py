@@ -20,12 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from sangsaeng.console import fail
+from sangsaeng.paths import PORTAL_TOKEN_FILE
 
 __all__ = ["app"]
 
 app = typer.Typer(help="The membership and release portal (server and anchor scripting).", no_args_is_help=True)
 
-TOKEN_FILE = Path(os.environ.get("SANGSAENG_PORTAL_TOKEN_FILE", Path.home() / ".sangsaeng" / "portal-token"))
+TOKEN_FILE = Path(os.environ.get("SANGSAENG_PORTAL_TOKEN_FILE", PORTAL_TOKEN_FILE))
 PortalUrl = Annotated[str, typer.Option("--portal", envvar="SANGSAENG_PORTAL_URL", help="Portal base URL.")]
 Token = Annotated[
     str | None, typer.Option("--token", envvar="SANGSAENG_PORTAL_TOKEN", help="API token (default: from `login`).")
