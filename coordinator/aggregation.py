@@ -52,6 +52,7 @@ class FedAvgAggregation(Aggregation, name="fedavg"):
     """Flower's FedAvg: the mean of the updates, weighted by examples."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `FedAvg` with the common arguments only."""
         from flwr.server.strategy import FedAvg
 
         return FedAvg(**common)
@@ -61,6 +62,7 @@ class FedProxAggregation(Aggregation, name="fedprox"):
     """Flower's FedProx: FedAvg, with each site's training pulled towards the global model by ``proximal_mu``."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `FedProx`, with the run's ``proximal_mu``."""
         from flwr.server.strategy import FedProx
 
         return FedProx(proximal_mu=config.proximal_mu, **common)
@@ -70,6 +72,7 @@ class FedAdamAggregation(Aggregation, name="fedadam"):
     """Flower's FedAdam: Adam at the server on the mean update, at rate ``server_lr`` (its state is checkpointed)."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `FedAdam`: server rate ``server_lr``, client rate ``lr``, adaptivity ``tau`` 1e-3."""
         from flwr.server.strategy import FedAdam
 
         return FedAdam(eta=config.server_lr, eta_l=config.lr, tau=1e-3, **common)
@@ -79,6 +82,7 @@ class FedMedianAggregation(Aggregation, name="fedmedian", robust=True):
     """Flower's FedMedian: the coordinate-wise median of the updates."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `FedMedian` with the common arguments only."""
         from flwr.server.strategy import FedMedian
 
         return FedMedian(**common)
@@ -88,6 +92,7 @@ class FedTrimmedAvgAggregation(Aggregation, name="fedtrimmedavg", robust=True):
     """Flower's FedTrimmedAvg: the coordinate-wise mean once ``trim_fraction`` is cut from each end."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `FedTrimmedAvg`, cutting the run's ``trim_fraction`` (its ``beta``) from each end."""
         from flwr.server.strategy import FedTrimmedAvg
 
         return FedTrimmedAvg(beta=config.trim_fraction, **common)

@@ -69,6 +69,7 @@ class Principal:
 
     @property
     def kind(self) -> Role:
+        """The caller's role: coordinator or client for a machine token, else its organisation's kind."""
         if self.token.kind == TokenKind.coordinator:
             return "coordinator"
         if self.token.kind == TokenKind.client:

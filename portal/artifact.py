@@ -44,18 +44,22 @@ class ModelArtifactContent:
 
     @property
     def task(self) -> dict[str, Any]:
+        """The manifest's task specification (a `models.tasks.TaskSpec` as a dict)."""
         return self.manifest["task"]
 
     @property
     def scaler_json(self) -> str:
+        """The fitted `models.scaler.FederatedScaler`, as its JSON text."""
         return self.manifest["scaler"]
 
     @property
     def model(self) -> str:
+        """The architecture's name; ``mlp`` when the manifest names none."""
         return str(self.manifest.get("model", "mlp"))
 
     @property
     def hidden(self) -> list[int]:
+        """The hidden layers' widths, as integers."""
         return [int(h) for h in self.manifest["hidden"]]
 
 

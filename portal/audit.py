@@ -24,6 +24,7 @@ GENESIS = "0" * 64
 
 
 def event_hash(event: AuditEvent) -> str:
+    """SHA-256 of `prev_hash` and the canonical JSON of the event's time, actor, federation, action, target, detail."""
     body = {
         "at": as_utc(event.at).replace(tzinfo=None).isoformat(timespec="microseconds"),
         "actor": event.actor,

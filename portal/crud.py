@@ -36,6 +36,7 @@ TOKEN_PREFIX = {TokenKind.session: "sss", TokenKind.coordinator: "ssc", TokenKin
 
 
 def get_user_by_email(session: Session, email: str) -> User | None:
+    """The user with `email` (matched stripped and lower-cased), or None."""
     return session.exec(select(User).where(User.email == email.strip().lower())).first()
 
 
@@ -45,6 +46,7 @@ def get_org_by_name(session: Session, name: str) -> Organisation | None:
 
 
 def create_org(session: Session, name: str, kind: OrgKind) -> Organisation:
+    """Add an organisation and flush it so it has an id (no access check, no commit)."""
     org = Organisation(name=name, kind=kind)
     session.add(org)
     session.flush()
@@ -54,6 +56,7 @@ def create_org(session: Session, name: str, kind: OrgKind) -> Organisation:
 def create_user(
     session: Session, *, email: str, password: str, organisation_id: int, full_name: str = "", hashed: str | None = None
 ) -> User:
+    """Add a user with an argon2id hash of `password` (or `hashed` as given) and flush it; no access check."""
     user = User(
         email=email.strip().lower(),
         full_name=full_name,
@@ -93,6 +96,7 @@ def issue_token(
 
 
 def user_public(session: Session, user: User) -> UserPublic:
+    """The user's public view; `role` is its organisation's kind (supplier if the organisation is gone)."""
     org = session.get(Organisation, user.organisation_id)
     return UserPublic(
         id=user.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
@@ -105,6 +109,7 @@ def user_public(session: Session, user: User) -> UserPublic:
 
 
 def current_credential(session: Session, membership_id: int) -> SiteCredential | None:
+    """The membership's newest site credential, revoked or not; None before the site enrols."""
     return session.exec(
         select(SiteCredential)
         .where(SiteCredential.membership_id == membership_id)
@@ -129,6 +134,10 @@ def membership_public(
     org_names: dict[int, str] | None = None,
     fingerprints: dict[int, str] | None = None,
 ) -> MembershipPublic:
+    """The membership's public view, with its organisation's name and its current key fingerprint.
+
+    `org_names` and `fingerprints`, when given, answer those look-ups without a query per membership.
+    """
     if org_names is not None and membership.organisation_id in org_names:
         org_name = org_names[membership.organisation_id]
     else:

@@ -22,6 +22,7 @@ from portal.api.params import DbId
 
 
 def utcnow() -> datetime:
+    """Now, as a timezone-aware UTC datetime: the default of every stored time."""
     return datetime.now(UTC)
 
 
@@ -80,12 +81,16 @@ MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{
 
 
 class OrgKind(StrEnum):
+    """An organisation's kind: an anchor runs federations, a supplier's sites train, an auditor reads."""
+
     anchor = "anchor"
     supplier = "supplier"
     auditor = "auditor"
 
 
 class MembershipStatus(StrEnum):
+    """A site's lifecycle, invited to active; the moves are `portal.services.memberships.TRANSITIONS`."""
+
     invited = "invited"
     enrolled = "enrolled"
     approved = "approved"
@@ -96,6 +101,8 @@ class MembershipStatus(StrEnum):
 
 
 class ReleaseStatus(StrEnum):
+    """A release's lifecycle: draft (uploaded), approved, published (signed), or withdrawn from any of them."""
+
     draft = "draft"
     approved = "approved"
     published = "published"
@@ -103,12 +110,16 @@ class ReleaseStatus(StrEnum):
 
 
 class TokenKind(StrEnum):
+    """Whom a bearer token acts for: a signed-in user (session), a federation's coordinator, one site (client)."""
+
     session = "session"
     coordinator = "coordinator"
     client = "client"
 
 
 class RunStatus(StrEnum):
+    """How a reported training run stands: still running, completed or failed."""
+
     running = "running"
     completed = "completed"
     failed = "failed"
@@ -116,11 +127,15 @@ class RunStatus(StrEnum):
 
 # -- organisations ---------------------------------------------------------------------------
 class OrganisationBase(SQLModel):
+    """An organisation's name (1-100 printable characters) and kind, shared by its create, table and public forms."""
+
     name: Name = Field(sa_column=Column(String(100), unique=True, nullable=False))
     kind: OrgKind = Field(sa_column=Column(String(20), nullable=False))
 
 
 class OrganisationCreate(OrganisationBase):
+    """An anchor admin's new supplier or auditor organisation (``POST /organisations``)."""
+
     pass
 
 
@@ -141,17 +156,23 @@ class Organisation(OrganisationBase, table=True):
 
 
 class OrganisationPublic(OrganisationBase):
+    """An organisation as the API shows it to those who may see it; no name key, no owner."""
+
     id: int
     created_at: datetime
 
 
 # -- users -----------------------------------------------------------------------------------
 class UserBase(SQLModel):
+    """A user's e-mail (lower-cased; one ``@`` and a dot in the domain) and name, shared by create, table and public."""
+
     email: Email = Field(sa_column=Column(String(254), unique=True, index=True, nullable=False))
     full_name: str = Field(default="", max_length=100)
 
 
 class UserCreate(UserBase):
+    """A new account (``POST /users``; ``portal create-admin`` checks with it): a password of 8-128 characters."""
+
     password: Password
     organisation_id: DbId
 
@@ -165,6 +186,8 @@ class UserUpdate(SQLModel):
 
 
 class User(UserBase, table=True):
+    """A person's account; only this table holds the argon2id password hash."""
+
     __tablename__ = "user_account"
     id: int | None = Field(default=None, primary_key=True)
     hashed_password: str = Field(max_length=200)
@@ -174,6 +197,8 @@ class User(UserBase, table=True):
 
 
 class UserPublic(UserBase):
+    """An account as its owner or the anchor admin who made it sees it: no hash; `role` is its organisation's kind."""
+
     id: int
     organisation_id: int
     role: OrgKind
@@ -199,6 +224,8 @@ class ApiToken(SQLModel, table=True):
 
 
 class TokenCreate(SQLModel):
+    """An anchor admin's request for a coordinator token: a name, 1-730 days, optionally the key to pin."""
+
     name: Name = "coordinator"
     days: int = Field(default=90, ge=1, le=730)
     coordinator_public_key_pem: str | None = Field(
@@ -211,6 +238,8 @@ class TokenCreate(SQLModel):
 
 
 class TokenPublic(SQLModel):
+    """A machine token as its federation's anchor admin sees it: the prefix, never the secret or its hash."""
+
     id: int
     kind: TokenKind
     name: str
@@ -223,11 +252,15 @@ class TokenPublic(SQLModel):
 
 
 class TokenIssued(TokenPublic):
+    """A new coordinator token with its secret, shown this once, and the federation's pinned key fingerprint."""
+
     token: str  # shown once
     coordinator_key_fingerprint: str | None = None  # the federation's pinned report-signing key
 
 
 class AccessToken(SQLModel):
+    """The password login's answer (OAuth2 form): a session bearer token and when it expires."""
+
     access_token: str
     token_type: str = "bearer"
     expires_at: datetime
@@ -235,12 +268,19 @@ class AccessToken(SQLModel):
 
 # -- federations -------------------------------------------------------------------------------
 class FederationBase(SQLModel):
+    """A federation's name, task and description, shared by its create, table and public forms."""
+
     name: Name = Field(sa_column=Column(String(100), unique=True, nullable=False))
     task_name: Name = Field(max_length=100)
     description: Text = Field(default="", max_length=1000)
 
 
 class FederationCreate(FederationBase):
+    """An anchor admin's new federation: the release metric (default: the task's primary) and threshold.
+
+    A threshold that is not a finite number is refused.
+    """
+
     metric: MetricName | None = None  # default: the task's primary metric
     threshold: float = 0.0
 
@@ -272,6 +312,8 @@ class Federation(FederationBase, table=True):
 
 
 class FederationPublic(FederationBase):
+    """A federation as anyone with a part in it sees it: the release gate and the pinned key's fingerprint."""
+
     id: int
     anchor_org_id: int
     metric: str
@@ -316,6 +358,8 @@ class PrivacyPolicyUpdate(SQLModel):
 
 
 class AuditorAssignment(SQLModel, table=True):
+    """An auditor organisation assigned to read one federation (one row per pair)."""
+
     __tablename__ = "auditor_assignment"
     __table_args__ = (UniqueConstraint("federation_id", "organisation_id"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -325,11 +369,19 @@ class AuditorAssignment(SQLModel, table=True):
 
 
 class AuditorAssign(SQLModel):
+    """An anchor admin's choice of auditor organisation for its federation, by id."""
+
     organisation_id: DbId
 
 
 # -- memberships and enrolment ------------------------------------------------------------------
 class Membership(SQLModel, table=True):
+    """One site of a supplier organisation in a federation and its lifecycle status.
+
+    Two sites of a federation cannot share a name, nor a look-alike one (`site_key`). Never
+    returned as is: responses go through `MembershipPublic`.
+    """
+
     __tablename__ = "membership"
     __table_args__ = (
         UniqueConstraint("federation_id", "site_name"),
@@ -346,6 +398,8 @@ class Membership(SQLModel, table=True):
 
 
 class MembershipPublic(SQLModel):
+    """A site as the anchor, the coordinator and its own organisation see it (auditors do not)."""
+
     id: int
     federation_id: int
     organisation_id: int
@@ -358,6 +412,8 @@ class MembershipPublic(SQLModel):
 
 
 class Invite(SQLModel, table=True):
+    """A site's single-use invite: only the token's SHA-256 is kept, and `used_at` marks it spent."""
+
     __tablename__ = "invite"
     id: int | None = Field(default=None, primary_key=True)
     membership_id: int = Field(foreign_key="membership.id", index=True)
@@ -369,12 +425,16 @@ class Invite(SQLModel, table=True):
 
 
 class InviteCreate(SQLModel):
+    """An anchor admin's invite: the supplier organisation's and the site's names, and 1-720 hours to use it."""
+
     organisation_name: Name
     site_name: Name
     expires_hours: int = Field(default=72, ge=1, le=24 * 30)
 
 
 class InviteIssued(SQLModel):
+    """The invite the anchor admin hands to the site: the token, shown this once, and who must enrol with it."""
+
     membership: MembershipPublic
     token: str  # shown once; single use
     expires_at: datetime
@@ -386,6 +446,8 @@ class InviteIssued(SQLModel):
 
 
 class SiteCredential(SQLModel, table=True):
+    """A site's registered ECDSA P-384 public key, its (unique) fingerprint and validity window."""
+
     __tablename__ = "site_credential"
     id: int | None = Field(default=None, primary_key=True)
     membership_id: int = Field(foreign_key="membership.id", index=True)
@@ -399,6 +461,8 @@ class SiteCredential(SQLModel, table=True):
 
 
 class SiteKeyPublic(SQLModel):
+    """An admitted site's public key, for the anchor, coordinator and auditors to register with the SuperLink."""
+
     membership_id: int
     site_name: str
     algorithm: str
@@ -408,6 +472,11 @@ class SiteKeyPublic(SQLModel):
 
 
 class EnrolRequest(SQLModel):
+    """What an enrolling site sends: the invite token, its new public key, the proof, optionally an admin account.
+
+    The admin password is refused outside 8-128 characters; the e-mail must look like one.
+    """
+
     invite_token: str = Field(min_length=1, max_length=200)
     public_key: str = Field(min_length=1, max_length=4000)
     proof: str = Field(
@@ -419,6 +488,8 @@ class EnrolRequest(SQLModel):
 
 
 class EnrolResponse(SQLModel):
+    """What an enrolled site gets: its membership, its client token (shown once), the portal key to pin."""
+
     membership: MembershipPublic
     client_token: str
     client_token_expires_at: datetime
@@ -427,6 +498,8 @@ class EnrolResponse(SQLModel):
 
 
 class SiteStatus(SQLModel):
+    """A site's view of itself through its client token: its membership and federation."""
+
     membership: MembershipPublic
     federation: FederationPublic
 
@@ -445,12 +518,20 @@ Metrics = Annotated[
 
 
 class RoundReport(SQLModel):
+    """One round of a reported run: its number (1-100000), metrics overall and per site; non-finite ones refused."""
+
     round: int = Field(ge=1, le=100000)
     metrics: Metrics = Field(default_factory=dict)
     per_site: dict[Annotated[str, StringConstraints(max_length=100)], Metrics] = Field(default_factory=dict)
 
 
 class SitePrivacy(SQLModel):
+    """One site's privacy spend in a run, as the coordinator reports it.
+
+    Refuses an epsilon that is negative or not finite, a budget that is not positive and
+    finite, a delta outside (0, 1), and a per-round epsilon that is negative or not finite.
+    """
+
     epsilon: float = Field(ge=0)
     budget_epsilon: float = Field(gt=0)
     delta: float | None = Field(default=None, gt=0, lt=1)
@@ -472,6 +553,8 @@ class SitePrivacy(SQLModel):
 
 
 class RunReport(SQLModel):
+    """What the coordinator reports of a run: its reference, status, sites, rounds and each site's privacy spend."""
+
     run_ref: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
     status: RunStatus = RunStatus.completed
     sites: list[Name] = Field(min_length=1, max_length=10000)
@@ -480,6 +563,8 @@ class RunReport(SQLModel):
 
 
 class TrainingRun(SQLModel, table=True):
+    """A run the coordinator reported: per-round metrics (the last round's as `final_metrics`) and privacy."""
+
     __tablename__ = "training_run"
     __table_args__ = (UniqueConstraint("federation_id", "run_ref"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -494,6 +579,8 @@ class TrainingRun(SQLModel, table=True):
 
 
 class RunPublic(SQLModel):
+    """A run as the anchor and coordinator see it; a supplier or site sees only its own sites in it."""
+
     id: int
     federation_id: int
     run_ref: str
@@ -506,6 +593,8 @@ class RunPublic(SQLModel):
 
 
 class PrivacyEntry(SQLModel):
+    """One site's spend in one run against its budget: all for anchor and auditors, its own for a supplier or site."""
+
     run_id: int
     run_ref: str
     site: str
@@ -534,6 +623,8 @@ class PrivacyReport(SQLModel, table=True):
 
 
 class PrivacyReportUpload(SQLModel):
+    """What the coordinator sends to store a run's signed privacy report: the exact bytes and signature, base64."""
+
     report_b64: str = Field(min_length=4, description="report.json, base64 (the exact signed bytes)")
     signature_b64: str = Field(
         min_length=4, max_length=200, description="report.json.sig: raw Ed25519 signature, base64"
@@ -548,6 +639,8 @@ class PrivacyReportUpload(SQLModel):
 
 
 class PrivacyReportSummary(SQLModel):
+    """A stored signed privacy report without its content: its hash, size, key fingerprint and verification."""
+
     run_id: int
     run_ref: str
     sha256: str
@@ -559,6 +652,8 @@ class PrivacyReportSummary(SQLModel):
 
 
 class PrivacyReportPublic(PrivacyReportSummary):
+    """A run's signed privacy report, byte-exact with signature and key, for the anchor and auditors."""
+
     report_b64: str
     signature_b64: str
     public_key_pem: str
@@ -566,6 +661,8 @@ class PrivacyReportPublic(PrivacyReportSummary):
 
 # -- releases ----------------------------------------------------------------------------------
 class ModelArtifact(SQLModel, table=True):
+    """A release candidate's model artifact: the zip's bytes, size and SHA-256."""
+
     __tablename__ = "model_artifact"
     id: int | None = Field(default=None, primary_key=True)
     sha256: str = Field(max_length=64, index=True)
@@ -575,6 +672,8 @@ class ModelArtifact(SQLModel, table=True):
 
 
 class ReleaseCreate(SQLModel):
+    """What the coordinator uploads as a candidate: the run, a semantic version, the zip and its SHA-256."""
+
     run_id: DbId
     version: SemVer
     artifact_sha256: Sha256Hex
@@ -582,6 +681,8 @@ class ReleaseCreate(SQLModel):
 
 
 class ModelRelease(SQLModel, table=True):
+    """A release of a run's model: draft, approved, published with a signed model card, or withdrawn."""
+
     __tablename__ = "model_release"
     __table_args__ = (UniqueConstraint("federation_id", "version"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -605,6 +706,8 @@ class ModelRelease(SQLModel, table=True):
 
 
 class ReleasePublic(SQLModel):
+    """A release as the caller sees it; a supplier or site sees only its own sites' privacy spend."""
+
     id: int
     federation_id: int
     run_id: int
@@ -624,10 +727,14 @@ class ReleasePublic(SQLModel):
 
 
 class WithdrawRequest(SQLModel):
+    """An anchor admin's reason for withdrawing a release (1-500 characters once stripped)."""
+
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class SigningKeyPublic(SQLModel):
+    """The portal's release-signing public key and its fingerprint, for anyone."""
+
     algorithm: str = "Ed25519"
     public_key: str
     fingerprint: str
@@ -650,6 +757,8 @@ class AuditEvent(SQLModel, table=True):
 
 
 class AuditEventPublic(SQLModel):
+    """One audit event with its hash-chain links, as the anchor admin and auditors read it."""
+
     id: int
     at: datetime
     actor: str
@@ -662,6 +771,8 @@ class AuditEventPublic(SQLModel):
 
 
 class AuditTrail(SQLModel):
+    """A federation's audit events, newest first, and whether the whole chain holds (if not, where it breaks)."""
+
     events: list[AuditEventPublic]
     chain_intact: bool
     first_broken_id: int | None = None
@@ -684,6 +795,8 @@ class LoginAttempt(SQLModel, table=True):
 
 
 class Message(SQLModel):
+    """A plain confirmation in words, such as ``signed out``."""
+
     message: str
 
 

@@ -16,6 +16,7 @@ API_PREFIX = "/api/v1"
 
 
 def enrolment_message(invite_token: str, public_key_openssh: str) -> bytes:
+    """What an enrolling site signs with its new private key: a ``sangsaeng-enrol`` line, the invite token, the key."""
     return f"sangsaeng-enrol\n{invite_token}\n{public_key_openssh.strip()}".encode()
 
 
@@ -25,4 +26,5 @@ def canonical_json(value: Any) -> bytes:
 
 
 def signing_payload(model_card: dict[str, Any]) -> bytes:
+    """The bytes the portal's Ed25519 key signs to publish: the model card, tagged ``sangsaeng-release``, as JSON."""
     return canonical_json({"sangsaeng-release": 1, "model_card": model_card})

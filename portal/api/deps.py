@@ -22,15 +22,18 @@ _bearer = HTTPBearer(auto_error=False, description="A session, coordinator or cl
 
 
 def get_settings(request: Request) -> Settings:
+    """The portal's settings, from the application's state."""
     return request.app.state.settings
 
 
 def get_session(request: Request) -> Iterator[Session]:
+    """A database session for one request, closed after it; loaded objects stay readable after commit."""
     with Session(request.app.state.engine, expire_on_commit=False) as session:
         yield session
 
 
 def get_signer(request: Request) -> ReleaseSigner:
+    """The portal's release signer, from the application's state."""
     return request.app.state.signer
 
 

@@ -94,4 +94,5 @@ class Settings(BaseSettings):
 
     @property
     def resolved_signing_key_path(self) -> Path:
+        """The release-signing key file: `signing_key_path`, else ``release-signing-key.pem`` in `data_dir`."""
         return self.signing_key_path or self.data_dir / "release-signing-key.pem"

@@ -12,6 +12,7 @@ __all__ = ["BodySizeLimit", "client_address"]
 
 
 def client_address(request: Request) -> str:
+    """The client's address as the ASGI server gives it (``portal serve`` trusts no proxy headers), or ``unknown``."""
     return request.client.host if request.client else "unknown"
 
 

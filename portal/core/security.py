@@ -55,10 +55,12 @@ _DUMMY_HASH = _hasher.hash("sangsaeng-dummy-password")
 
 
 def hash_password(password: str) -> str:
+    """The salted argon2id hash of `password`, as a PHC string."""
     return _hasher.hash(password)
 
 
 def verify_password(password: str, hashed: str) -> bool:
+    """Whether `password` matches `hashed`; a mismatch or a malformed hash is False, never an error."""
     try:
         return _hasher.verify(hashed, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
@@ -81,6 +83,7 @@ def token_digest(token: str) -> str:
 
 
 def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of `data`, in lower-case hex."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -136,6 +139,7 @@ class SitePublicKey:
     algorithm: str = "ecdsa-sha2-nistp384"
 
     def verify(self, signature_b64: str, message: bytes) -> bool:
+        """Whether `signature_b64` is this key's ECDSA-SHA256 signature of `message`; a malformed one is False."""
         try:
             signature = base64.b64decode(signature_b64, validate=True)
             self.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))

@@ -40,6 +40,7 @@ def create_federation(session: SessionDep, principal: CurrentUser, data: Federat
 
 @router.get("/{federation_id}", response_model=FederationPublic)
 def read_federation(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> object:
+    """One federation, for anyone with a part in it; for anyone else it is not found."""
     return federation_view(session, principal, federation_id)[0]
 
 
@@ -47,6 +48,7 @@ def read_federation(session: SessionDep, principal: CurrentPrincipal, federation
 def assign_auditor(
     session: SessionDep, principal: CurrentUser, federation_id: FederationId, data: AuditorAssign
 ) -> Message:
+    """An anchor admin lets an auditor organisation (its own or the operator's) read the federation."""
     federations.assign_auditor(session, principal, federation_id, data.organisation_id)
     return Message(message=f"organisation {data.organisation_id} now audits federation {federation_id}")
 

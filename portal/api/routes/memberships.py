@@ -20,11 +20,14 @@ Action = Literal["approve", "reject", "suspend", "reinstate", "revoke"]
 
 
 class TransitionRequest(SQLModel):
+    """An optional reason for a lifecycle move (up to 500 characters), kept in the audit trail."""
+
     reason: str = Field(default="", max_length=500)
 
 
 @router.get("/{membership_id}", response_model=MembershipPublic)
 def read_membership(session: SessionDep, principal: CurrentPrincipal, membership_id: MembershipId) -> MembershipPublic:
+    """One membership: any for the anchor and coordinator, its own for a supplier or site; auditors refused."""
     membership, _ = get_membership(session, principal, membership_id)
     return crud.membership_public(session, membership)
 

@@ -35,6 +35,7 @@ def list_releases(session: SessionDep, principal: CurrentPrincipal, federation_i
 
 @release_router.get("/{release_id}", response_model=ReleasePublic)
 def read_release(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> ReleasePublic:
+    """One release as the caller may see it; drafts and approved ones are not found for sites."""
     return releases.get_release_public(session, principal, release_id)
 
 
@@ -57,6 +58,7 @@ def publish_release(
 def withdraw_release(
     session: SessionDep, principal: CurrentUser, release_id: ReleaseId, data: WithdrawRequest
 ) -> ReleasePublic:
+    """The anchor admin withdraws a release with a reason; sites can no longer download it."""
     release = releases.withdraw_release(session, principal, release_id, data.reason)
     return releases.release_public(session, principal, release)
 

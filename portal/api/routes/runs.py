@@ -72,6 +72,7 @@ def set_privacy_policy(
 
 @run_router.get("/{run_id}", response_model=RunPublic)
 def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
+    """One run, for the anchor, coordinator or a site that took part (showing only its sites); auditors refused."""
     return runs.run_public(session, principal, run_id)
 
 

@@ -40,9 +40,11 @@ def issue_coordinator_token(
 
 @router.get("", response_model=list[TokenPublic])
 def list_tokens(session: SessionDep, principal: CurrentUser, federation_id: FederationId) -> list:
+    """A federation's machine tokens (coordinator and site), never their secrets; anchor admin only."""
     return tokens.tokens_of(session, principal, federation_id)
 
 
 @token_router.post("/{token_id}/revoke", response_model=TokenPublic)
 def revoke_token(session: SessionDep, principal: CurrentUser, token_id: TokenId) -> object:
+    """The anchor admin revokes a federation's machine token; a session token is not found, a revoked one a 409."""
     return tokens.revoke_token(session, principal, token_id)
