@@ -87,7 +87,7 @@ def organisation_admin_required(session: Session, membership: Membership, *, loc
     if lock:
         organisation = _locked_organisation(session, membership.organisation_id)
     else:
-        organisation = session.get(Organisation, membership.organisation_id)  # type: ignore[assignment]
+        organisation = session.get(Organisation, membership.organisation_id)  # type: ignore[assignment]  # a membership's organisation exists (foreign key)
     assert federation is not None and organisation is not None
     return not controls(session, federation.anchor_org_id, organisation)
 
@@ -114,7 +114,7 @@ def invite_site(
         # Not naming its kind: which organisations are anchors or auditors is theirs to say.
         raise BadRequest(f"organisation '{org.name}' is not a supplier organisation; only suppliers run sites")
     else:
-        org = _locked_organisation(session, org.id)  # type: ignore[arg-type]
+        org = _locked_organisation(session, org.id)  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
     taken = session.exec(
         select(Membership.id).where(
             Membership.federation_id == federation_id, Membership.site_key == name_key(data.site_name)
@@ -176,14 +176,14 @@ def _consume_invite(session: Session, invite: Invite, membership: Membership, no
         .execution_options(synchronize_session=False)
     )
     enrolled = None
-    if used.rowcount == 1:  # type: ignore[attr-defined]
+    if used.rowcount == 1:  # type: ignore[attr-defined]  # exec(update) is typed as a select result
         enrolled = session.execute(
             update(Membership)
             .where(col(Membership.id) == membership.id, col(Membership.status) == MembershipStatus.invited.value)
             .values(status=MembershipStatus.enrolled.value, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    if enrolled is None or enrolled.rowcount != 1:  # type: ignore[attr-defined]
+    if enrolled is None or enrolled.rowcount != 1:  # type: ignore[attr-defined]  # exec(update) is typed as a select result
         session.rollback()
         session.refresh(invite)
         if invite.used_at is None and as_utc(invite.expires_at) <= now:

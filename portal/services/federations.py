@@ -57,7 +57,7 @@ def assign_auditor(session: Session, principal: Principal, federation_id: int, o
     org = session.get(Organisation, organisation_id)
     # Another anchor's auditor organisation reads as absent: that anchor creates its accounts,
     # so assigning it here would let that anchor read this federation.
-    if org is None or org.owner_org_id not in (None, principal.org.id):  # type: ignore[union-attr]
+    if org is None or org.owner_org_id not in (None, principal.org_id):
         raise NotFound(f"organisation {organisation_id} not found")
     if org.kind != OrgKind.auditor:
         raise BadRequest(f"organisation '{org.name}' is a {org.kind}, not an auditor organisation")

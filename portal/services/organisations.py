@@ -71,7 +71,7 @@ def create_organisation(session: Session, principal: Principal, data: Organisati
         raise Conflict(duplicate)
     with conflict_on_clash(session, duplicate):
         org = crud.create_org(session, data.name, data.kind)
-        org.owner_org_id = principal.org.id  # type: ignore[union-attr]
+        org.owner_org_id = principal.org_id
         session.add(org)
         audit.record(
             session,

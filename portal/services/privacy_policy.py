@@ -87,7 +87,7 @@ def _key_public(federation: Federation) -> CoordinatorKeyPublic:
     assert federation.coordinator_key_pem and federation.coordinator_key_fingerprint
     assert federation.coordinator_key_pinned_at is not None
     return CoordinatorKeyPublic(
-        federation_id=federation.id,  # type: ignore[arg-type]
+        federation_id=federation.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         public_key_pem=federation.coordinator_key_pem,
         fingerprint=federation.coordinator_key_fingerprint,
         pinned_at=as_utc(federation.coordinator_key_pinned_at),

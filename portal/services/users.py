@@ -70,7 +70,7 @@ def create_user(session: Session, principal: Principal, data: UserCreate) -> Use
     a visible one it may not add people to is a 403 saying why; a taken e-mail is a 409.
     """
     require(principal.kind, ("anchor",), "create users")
-    own = principal.org.id  # type: ignore[union-attr]
+    own = principal.org_id
     org = visible_organisation(session, principal, data.organisation_id)
     if org.id != own:
         if org.kind == OrgKind.supplier:

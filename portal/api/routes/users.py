@@ -30,7 +30,7 @@ def update_me(session: SessionDep, principal: CurrentUser, request: Request, dat
     if data.password is None:
         return crud.user_public(session, users.update_me(session, principal, data))
     limiter = request.app.state.login_limiter
-    email, ip = principal.user.email, client_address(request)  # type: ignore[union-attr]
+    email, ip = principal.user.email, client_address(request)  # type: ignore[union-attr]  # CurrentUser has a user
     limiter.check(email, ip)
     try:
         user = users.update_me(session, principal, data)
