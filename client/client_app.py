@@ -113,7 +113,10 @@ class SiteClient(NumPyClient):
         spec = _spec_from(config)
         scaler = FederatedScaler.from_json(str(config[ConfigKey.SCALER]))
         model = build_model(
-            scaler.n_inputs, name=str(config.get(ConfigKey.MODEL, TRAINING_DEFAULTS.model)), hidden=_hidden(config)
+            scaler.n_inputs,
+            name=str(config.get(ConfigKey.MODEL, TRAINING_DEFAULTS.model)),
+            hidden=_hidden(config),
+            outputs=scaler.n_outputs,
         )
         set_weights(model, parameters)
         return spec, scaler, model

@@ -214,7 +214,12 @@ def _pull_release(api: Any, site_dir: Path, record: dict[str, Any], version: str
 
 
 def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dict[str, float]]:
-    """Score a local CSV with a pulled model; returns the scores file and, if labels are present, metrics."""
+    """Score a local CSV with a pulled model; returns the scores file and, if labels are present, metrics.
+
+    Binary tasks get ``p_<label>``, regression ``predicted_<label>``; multiclass tasks get the
+    most probable class, ``predicted_<label>``, and its probability, ``p_<label>``.
+    """
+    import numpy as np
     import pandas as pd
 
     from models.metrics import compute_metrics
@@ -241,25 +246,39 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
     spec = TaskSpec.from_dict(content.task, source=str(model))
     scaler = FederatedScaler.from_json(content.scaler_json)
     raw = read_table(data)
-    has_label = spec.label in raw.columns
+    has_label = all(c in raw.columns for c in spec.label_columns)
     if has_label:
         frame = load_site_data(data, spec)
     else:
         # Scoring new parts: no label yet. Validate the features with a placeholder label.
         from models.schema import validate_frame
 
-        frame = validate_frame(raw.assign(**{spec.label: 0}), spec, source=data)
-    net = build_model(scaler.n_inputs, name=content.model, hidden=content.hidden)
+        placeholder = {c: 0 for c in spec.label_from} if spec.label_from else {spec.label: _placeholder(spec, scaler)}
+        frame = validate_frame(raw.assign(**placeholder), spec, source=data)
+    net = build_model(scaler.n_inputs, name=content.model, hidden=content.hidden, outputs=scaler.n_outputs)
     set_weights(net, content.weights)
     scores = predict_scores(net, scaler.transform(frame), spec=spec, scaler=scaler)
-    column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"
     keep = [c for c in spec.id_columns if c in raw.columns]
     result = raw[keep].reset_index(drop=True).copy() if keep else pd.DataFrame(index=range(len(frame)))
-    result[column] = scores
+    if spec.kind == "multiclass":
+        best = scores.argmax(axis=1)
+        result[f"predicted_{spec.label}"] = [scaler.classes[k] for k in best]
+        result[f"p_{spec.label}"] = scores[np.arange(len(best)), best]
+    else:
+        column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"
+        result[column] = scores
     out = Path(out) if out else data.with_name(f"{data.stem}.scores.csv")
     result.to_csv(out, index=False)
-    metrics = compute_metrics(spec.kind, frame[spec.label].to_numpy(), scores) if has_label else {}
+    metrics: dict[str, float] = {}
+    if has_label:
+        truth = scaler.class_index(frame[spec.label].to_numpy()) if spec.kind == "multiclass" else frame[spec.label]
+        metrics = compute_metrics(spec.kind, np.asarray(truth), scores, classes=scaler.classes)
     return out, metrics
+
+
+def _placeholder(spec: Any, scaler: Any) -> object:
+    """A label value that passes validation, for rows that have no label yet."""
+    return scaler.classes[0] if spec.kind == "multiclass" else 0
 
 
 # -- typer commands (registered on `sangsaeng client` in client/cli.py) ------------------------------------

@@ -162,11 +162,11 @@ class FederationConfig:
             given = {**DP_TRAINING_DEFAULTS, **given}
         return cls(**given)
 
-    def new_model(self, n_inputs: int, *, seed: int = 0) -> Any:
-        """A freshly initialised model of this run's architecture (`model`, `hidden`)."""
+    def new_model(self, n_inputs: int, *, outputs: int = 1, seed: int = 0) -> Any:
+        """A freshly initialised model of this run's architecture (`model`, `hidden`); `outputs`: one per class."""
         from models.nets import build_model  # torch only where a model is built
 
-        return build_model(n_inputs, name=self.model, hidden=self.hidden, seed=seed)
+        return build_model(n_inputs, name=self.model, hidden=self.hidden, outputs=outputs, seed=seed)
 
     def replace(self, **changes: Any) -> FederationConfig:
         """A copy with `changes` applied (the config is frozen)."""

@@ -54,7 +54,7 @@ class RunResult:
 
         result = run_federation(grid, context, config)
         if result.status == "completed" and result.weights is not None:
-            model = config.new_model(result.scaler.n_inputs)
+            model = config.new_model(result.scaler.n_inputs, outputs=result.scaler.n_outputs)
             set_weights(model, result.weights)
     """
 

@@ -155,7 +155,7 @@ def run_federation(
         if not healthy:
             raise FederationError("no site supplied usable data: " + "; ".join(problems.values()))
         scaler = FederatedScaler.combine([p for _, p, _, _ in healthy.values()], spec)
-        initial, done = get_weights(config.new_model(scaler.n_inputs, seed=config.seed)), 0
+        initial, done = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed)), 0
 
     recorder = RunRecorder(
         config.out_dir,

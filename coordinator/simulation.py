@@ -6,6 +6,7 @@ Used by ``sangsaeng demo`` and ``sangsaeng simulate`` and by the utility benchma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -83,7 +84,7 @@ def _train_alone(
     spec: TaskSpec, train: pd.DataFrame, config: FederationConfig, seed_offset: int
 ) -> tuple[Any, FederatedScaler]:
     scaler = FederatedScaler.fit_pooled(train, spec)
-    model = config.new_model(scaler.n_inputs, seed=config.seed)
+    model = config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed)
     x, y = prepare(train, spec, scaler)
     train_local(
         model, x, y, spec=spec, scaler=scaler,
@@ -98,14 +99,14 @@ def _train_alone(
 
 def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFrame) -> dict[str, float]:
     x, y = prepare(frame, spec, scaler)
-    return compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler))
+    return compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler), classes=scaler.classes)
 
 
 def evaluate_weights(
     weights: list[np.ndarray], spec: TaskSpec, scaler: FederatedScaler, config: FederationConfig, frame: pd.DataFrame
 ) -> dict[str, float]:
     """The metrics of a model with `weights` (fitted to `scaler`) on the rows of `frame`."""
-    model = config.new_model(scaler.n_inputs)
+    model = config.new_model(scaler.n_inputs, outputs=scaler.n_outputs)
     set_weights(model, weights)
     return _score(model, spec, scaler, frame)
 
@@ -127,27 +128,29 @@ def run_experiment(
         raise SiteDataError(out_dir, "no site has usable data: " + "; ".join(problems.values()))
     held_out = pd.concat([s.test for s in splits], ignore_index=True)
     timings: dict[str, float] = {}
+    # The scaler the coordinator will build from the sites' profiles (same rows, same math).
+    fed_scaler = FederatedScaler.combine([profile_site(s.train, spec) for s in splits], spec)
+    # Multiclass classes left undeclared are the federation's: the baselines, each trained on
+    # fewer rows, get the same ones, so a site lacking a class still scores on every held-out row.
+    baseline = dataclasses.replace(spec, classes=fed_scaler.classes) if fed_scaler.classes else spec
 
     start = time.perf_counter()
     pooled = pd.concat([s.train for s in splits], ignore_index=True)
-    model, scaler = _train_alone(spec, pooled, config, 0)
-    centralized = _score(model, spec, scaler, held_out)
+    model, scaler = _train_alone(baseline, pooled, config, 0)
+    centralized = _score(model, baseline, scaler, held_out)
     timings["centralized_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     local_only = {}
     for i, split in enumerate(splits):
-        model, scaler = _train_alone(spec, split.train, config, i + 1)
-        local_only[split.name] = _score(model, spec, scaler, held_out)
+        model, scaler = _train_alone(baseline, split.train, config, i + 1)
+        local_only[split.name] = _score(model, baseline, scaler, held_out)
     timings["local_only_s"] = time.perf_counter() - start
-
-    # The scaler the coordinator will build from the sites' profiles (same rows, same math).
-    fed_scaler = FederatedScaler.combine([profile_site(s.train, spec) for s in splits], spec)
 
     x_held, y_held = prepare(held_out, spec, fed_scaler)
 
     def evaluate_fn(_round: int, weights: list[np.ndarray]) -> tuple[float, dict[str, float]]:
-        model = config.new_model(fed_scaler.n_inputs)
+        model = config.new_model(fed_scaler.n_inputs, outputs=fed_scaler.n_outputs)
         set_weights(model, weights)
         return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
 

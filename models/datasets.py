@@ -28,6 +28,8 @@ class SampleDataset:
 SAMPLES: dict[str, SampleDataset] = {
     "injection-molding-quality": SampleDataset("injection-molding-quality", "kamp_injection_molding.csv", "PART_NAME"),
     "predictive-maintenance": SampleDataset("predictive-maintenance", "ai4i2020.csv", "Type"),
+    # The same AI4I sample; its label is derived from the five failure-mode flags (models.tasks).
+    "failure-mode": SampleDataset("failure-mode", "ai4i2020.csv", "Type"),
 }
 
 
@@ -68,7 +70,7 @@ def split_by(frame: pd.DataFrame, column: str, *, min_rows: int = 20) -> tuple[d
 def holdout_split(
     frame: pd.DataFrame, spec: TaskSpec, *, test_fraction: float = 0.3, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The fixed (train, held-out) split of one site, stratified by label for binary tasks.
+    """The fixed (train, held-out) split of one site, stratified by label for binary and multiclass tasks.
 
     Deterministic in (rows, seed): the site and the benchmark harness compute the same split.
     """
@@ -76,6 +78,11 @@ def holdout_split(
     if spec.kind == "binary":
         counts = frame[spec.label].value_counts()
         if len(counts) == 2 and counts.min() >= 2:
+            stratify = frame[spec.label]
+    elif spec.kind == "multiclass":
+        # Stratified where every class has 2 rows at least (a rare mode may have fewer).
+        counts = frame[spec.label].value_counts()
+        if len(counts) >= 2 and counts.min() >= 2:
             stratify = frame[spec.label]
     train, test = train_test_split(frame, test_size=test_fraction, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), test.reset_index(drop=True)

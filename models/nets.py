@@ -44,16 +44,17 @@ def implements(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 @implements("mlp")
 class TabularMLP(nn.Module):
-    """A small multilayer perceptron with one output (a logit or a scaled regression value)."""
+    """A small multilayer perceptron: one output (a logit or a scaled regression value), or one logit per class."""
 
-    def __init__(self, n_inputs: int, hidden: Sequence[int] = TRAINING_DEFAULTS.hidden):
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = TRAINING_DEFAULTS.hidden, outputs: int = 1):
         super().__init__()
+        self.outputs = outputs
         layers: list[nn.Module] = []
         width = n_inputs
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, outputs))
         self.net = nn.Sequential(*layers)
 
     @property
@@ -71,8 +72,9 @@ class TabularMLP(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One output per row: a logit (binary tasks) or a standardised value (regression)."""
-        return self.head(self.features(x)).squeeze(-1)
+        """Per row a logit (binary tasks), a standardised value (regression) or a (classes,) row of logits."""
+        out = self.head(self.features(x))
+        return out.squeeze(-1) if self.outputs == 1 else out
 
 
 class PiecewiseLinearEncoding(nn.Module):
@@ -109,8 +111,8 @@ class PiecewiseLinearEncoding(nn.Module):
 class EncodedMLP(TabularMLP):
     """`PiecewiseLinearEncoding` then `TabularMLP`; with ``hidden=()`` an additive model."""
 
-    def __init__(self, n_inputs: int, hidden: Sequence[int] = ()):
-        super().__init__(input_width("ple", n_inputs), hidden)
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = (), outputs: int = 1):
+        super().__init__(input_width("ple", n_inputs), hidden, outputs)
         self.encoding = PiecewiseLinearEncoding(PLE_KNOTS)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,12 +131,18 @@ def build_model(
     *,
     name: str = TRAINING_DEFAULTS.model,
     hidden: Sequence[int] = TRAINING_DEFAULTS.hidden,
+    outputs: int = 1,
     seed: int = 0,
 ) -> nn.Module:
-    """A freshly initialised model; the same seed gives the same initial weights everywhere."""
+    """A freshly initialised model (`outputs`: one per class of a multiclass task).
+
+    The same seed gives the same initial weights everywhere.
+    """
     check_architecture(name)
     torch.manual_seed(seed)
-    return MODEL_REGISTRY[name](n_inputs, hidden=tuple(hidden))
+    if outputs == 1:  # as before multiclass tasks, so every registered network keeps working
+        return MODEL_REGISTRY[name](n_inputs, hidden=tuple(hidden))
+    return MODEL_REGISTRY[name](n_inputs, hidden=tuple(hidden), outputs=outputs)
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:

@@ -72,17 +72,20 @@ class SiteProfile:
     numeric: dict[str, ColumnMoments]
     categories: dict[str, dict[str, int]]
     label: ColumnMoments
+    # Multiclass tasks: rows per class (the label moments then hold the count only).
+    label_counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The profile as JSON, as a site sends it to the coordinator."""
-        return json.dumps(
-            {
-                "count": self.count,
-                "numeric": {k: [v.count, v.mean, v.m2] for k, v in self.numeric.items()},
-                "categories": self.categories,
-                "label": [self.label.count, self.label.mean, self.label.m2],
-            }
-        )
+        data: dict[str, Any] = {
+            "count": self.count,
+            "numeric": {k: [v.count, v.mean, v.m2] for k, v in self.numeric.items()},
+            "categories": self.categories,
+            "label": [self.label.count, self.label.mean, self.label.m2],
+        }
+        if self.label_counts:  # absent for binary and regression tasks, whose profiles stay as they were
+            data["label_counts"] = self.label_counts
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> SiteProfile:
@@ -93,6 +96,7 @@ class SiteProfile:
             numeric={k: ColumnMoments(int(c), float(m), float(s)) for k, (c, m, s) in raw["numeric"].items()},
             categories={k: {str(lv): int(n) for lv, n in v.items()} for k, v in raw["categories"].items()},
             label=ColumnMoments(*raw["label"]),
+            label_counts={str(k): int(n) for k, n in raw.get("label_counts", {}).items()},
         )
 
 
@@ -102,6 +106,9 @@ def profile_site(frame: pd.DataFrame, spec: TaskSpec) -> SiteProfile:
     categories = {
         c: {str(k): int(v) for k, v in frame[c].value_counts().sort_index().items()} for c in spec.categorical_features
     }
+    if spec.kind == "multiclass":
+        counts = {str(k): int(v) for k, v in frame[spec.label].value_counts().sort_index().items()}
+        return SiteProfile(len(frame), numeric, categories, ColumnMoments(len(frame), 0.0, 0.0), counts)
     return SiteProfile(len(frame), numeric, categories, ColumnMoments.of(frame[spec.label].to_numpy()))
 
 
@@ -119,6 +126,9 @@ class FederatedScaler:
     count: int
     positives: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Multiclass tasks: the classes in output order, and the federation's rows per class.
+    classes: tuple[str, ...] = ()
+    class_counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def combine(cls, profiles: list[SiteProfile], spec: TaskSpec) -> FederatedScaler:
@@ -128,7 +138,10 @@ class FederatedScaler:
         moments = {c: ColumnMoments(0, 0.0, 0.0) for c in spec.numeric_features}
         label = ColumnMoments(0, 0.0, 0.0)
         counts: dict[str, dict[str, int]] = {c: {} for c in spec.categorical_features}
+        class_counts: dict[str, int] = {c: 0 for c in spec.classes}
         for profile in profiles:
+            for cls_name, n in profile.label_counts.items():
+                class_counts[cls_name] = class_counts.get(cls_name, 0) + n
             for c in spec.numeric_features:
                 moments[c] = moments[c].merge(profile.numeric[c])
             label = label.merge(profile.label)
@@ -151,6 +164,7 @@ class FederatedScaler:
             label_std=float(np.sqrt(label.variance)) or 1.0,
             count=label.count,
             positives=int(round(label.mean * label.count)) if spec.kind == "binary" else 0,
+            **(_classes(spec, class_counts) if spec.kind == "multiclass" else {}),
         )
 
     @classmethod
@@ -162,6 +176,33 @@ class FederatedScaler:
     def n_inputs(self) -> int:
         """Width of the model input: numeric columns plus one-hot levels."""
         return len(self.numeric) + sum(len(v) for v in self.levels.values())
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the model output: one per class for multiclass tasks, else one."""
+        return len(self.classes) if self.classes else 1
+
+    def class_weights(self) -> np.ndarray:
+        """Balanced weight of each class, ``count / (K * count_k)``, from the federation's label counts.
+
+        A class no site has weighs 1 (it appears in no loss). When every class is present the
+        weights average 1 over the federation's rows, so the loss keeps the unweighted scale.
+        """
+        k = len(self.classes)
+        total = sum(self.class_counts.get(c, 0) for c in self.classes)
+        return np.array(
+            [total / (k * n) if (n := self.class_counts.get(c, 0)) else 1.0 for c in self.classes], dtype=np.float64
+        )
+
+    def class_index(self, labels: np.ndarray) -> np.ndarray:
+        """Each class label's output index (int64); raises `TaskSpecError` for a class the federation lacks."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.array([index[str(v)] for v in labels], dtype=np.int64)
+        except KeyError as exc:
+            raise TaskSpecError(
+                f"label {exc.args[0]!r} is not one of the model's classes {list(self.classes)}"
+            ) from None
 
     @property
     def pos_weight(self) -> float:
@@ -190,6 +231,8 @@ class FederatedScaler:
                 "label_std": self.label_std,
                 "count": self.count,
                 "positives": self.positives,
+                # Multiclass only, so binary and regression scalers keep their JSON.
+                **({"classes": list(self.classes), "class_counts": self.class_counts} if self.classes else {}),
             }  # fmt: skip
         )
 
@@ -199,4 +242,16 @@ class FederatedScaler:
         raw = json.loads(text)
         raw["numeric"] = tuple(raw["numeric"])
         raw["levels"] = {k: tuple(v) for k, v in raw["levels"].items()}
+        raw["classes"] = tuple(raw.get("classes", ()))
         return cls(**raw)
+
+
+def _classes(spec: TaskSpec, counts: dict[str, int]) -> dict[str, Any]:
+    """The classes in output order (declared, else sorted) and their merged counts."""
+    classes = spec.classes or tuple(sorted(counts))
+    undeclared = sorted(set(counts) - set(classes))
+    if undeclared:  # sites validate against declared classes, so only a tampered profile gets here
+        raise TaskSpecError(f"sites reported label(s) {undeclared} outside the classes {list(classes)}")
+    if len(classes) < 2:
+        raise TaskSpecError(f"a multiclass task needs at least 2 classes; the sites' labels hold {list(classes)}")
+    return {"classes": tuple(classes), "class_counts": {c: counts.get(c, 0) for c in classes}}

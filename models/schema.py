@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from models.errors import SiteDataError
-from models.tasks import TaskSpec
+from models.tasks import NO_FLAG_CLASS, TaskSpec
 
 __all__ = ["read_table", "validate_frame", "load_site_data"]
 
@@ -136,6 +136,9 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
                 )
         out[column] = values
 
+    if spec.kind == "multiclass":
+        out[spec.label] = _class_labels(frame, spec, source)
+        return out.reset_index(drop=True)
     label = _numeric(frame, spec.label, source)
     arr = label.to_numpy()
     if spec.kind == "binary":
@@ -154,6 +157,39 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
             )
     out[spec.label] = arr
     return out.reset_index(drop=True)
+
+
+def _class_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarray:
+    """A multiclass label as text, read from the label column or derived from its `label_from` flags."""
+    if spec.label_from:
+        # The first flag set names the class (documented in models.tasks); no flag set: "none".
+        labels = np.full(len(frame), NO_FLAG_CLASS, dtype=object)
+        for column in reversed(spec.label_from):
+            flags = _numeric(frame, column, source).to_numpy()
+            bad = ~np.isin(flags, (0.0, 1.0))
+            if bad.any():
+                raise SiteDataError(
+                    source, f"label flag must be 0 or 1, found other values in {_first_bad(bad, frame[column])}",
+                    column=column,
+                )  # fmt: skip
+            labels[flags == 1.0] = column
+        return labels
+    raw = frame[spec.label]
+    if raw.isna().any():
+        raise SiteDataError(source, f"missing label in {_first_bad(raw.isna().to_numpy(), raw)}", column=spec.label)
+    if pd.api.types.is_float_dtype(raw) and np.all(np.mod(raw.to_numpy(), 1) == 0):
+        raw = raw.astype(np.int64)  # integer classes in a float column: 2.0 is class "2"
+    labels = raw.astype(str).to_numpy(dtype=object)
+    if spec.classes:
+        unknown = ~np.isin(labels, spec.classes)
+        if unknown.any():
+            raise SiteDataError(
+                source,
+                f"label value not among the task's classes (known classes: {list(spec.classes)}) in "
+                f"{_first_bad(unknown, pd.Series(labels))}",
+                column=spec.label,
+            )
+    return labels
 
 
 def load_site_data(path: str | Path, spec: TaskSpec) -> pd.DataFrame:

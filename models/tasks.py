@@ -6,7 +6,7 @@ tasks are registered by name; any other task comes from a TOML file::
 
     [task]
     name = "spindle-temperature"
-    kind = "regression"            # or "binary"
+    kind = "regression"            # or "binary", "multiclass"
     label = "Process temperature [K]"
     features = ["Air temperature [K]", "Rotational speed [rpm]", "Type"]
     categorical = ["Type"]         # optional; categorical features
@@ -24,6 +24,19 @@ tasks are registered by name; any other task comes from a TOML file::
 
 A derived feature (see `models.derived`) is computed from measured numeric features after
 validation and before scaling, identically at every site; exports need not contain it.
+
+A multiclass task's label holds one of K classes (strings or integers). ``classes = [...]``
+fixes them and their order (the model's outputs); without it the classes are the sorted
+labels the sites report. Its label may instead be derived from 0/1 flag columns::
+
+    [task]
+    kind = "multiclass"
+    label = "Failure mode"
+    label_from = ["TWF", "HDF", "PWF", "OSF", "RNF"]   # the first flag set names the class
+    classes = ["none", "TWF", "HDF", "PWF", "OSF", "RNF"]
+
+A row with no flag set is class ``none``; a row with several flags set takes the first of
+them in ``label_from`` order. Flag columns may (and usually should) be leak columns too.
 """
 
 from __future__ import annotations
@@ -39,15 +52,19 @@ from typing import Any, Literal
 from models.derived import DerivedExpression
 from models.errors import TaskSpecError
 
-__all__ = ["KINDS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
+__all__ = ["KINDS", "NO_FLAG_CLASS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
 
-Kind = Literal["binary", "regression"]
-KINDS: tuple[str, ...] = ("binary", "regression")
+Kind = Literal["binary", "regression", "multiclass"]
+KINDS: tuple[str, ...] = ("binary", "regression", "multiclass")
 _METRICS: dict[str, tuple[str, ...]] = {
     "binary": ("roc_auc", "pr_auc", "f1"),
     "regression": ("rmse", "mae"),
+    # Plus `recall_<class>` per class (see models.metrics).
+    "multiclass": ("macro_f1", "accuracy", "balanced_accuracy", "macro_roc_auc"),
 }
-_PRIMARY = {"binary": "roc_auc", "regression": "rmse"}
+_PRIMARY = {"binary": "roc_auc", "regression": "rmse", "multiclass": "macro_f1"}
+NO_FLAG_CLASS = "none"
+"""The class of a row none of whose `label_from` flags is set."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,10 @@ class TaskSpec:
     description: str = ""
     # (name, expression) in input order; a tuple, not a mapping: the order fixes the model's inputs.
     derived: tuple[tuple[str, str], ...] = ()
+    # Multiclass only: the classes in output order (empty: the sorted labels the sites report).
+    classes: tuple[str, ...] = ()
+    # Multiclass only: 0/1 flag columns the label is derived from (see the module docstring).
+    label_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,13 +128,18 @@ class TaskSpec:
 
     @property
     def higher_is_better(self) -> bool:
-        """Whether a larger primary metric is better (binary tasks: yes; regression: no)."""
-        return self.kind == "binary"
+        """Whether a larger primary metric is better (binary and multiclass tasks: yes; regression: no)."""
+        return self.kind != "regression"
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """The export's columns the label is read from: the label itself, or its `label_from` flags."""
+        return self.label_from or (self.label,)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
-        """The columns a site's export must have: features, then the label."""
-        return (*self.features, self.label)
+        """The columns a site's export must have: features, then the label (or its flags)."""
+        return (*self.features, *self.label_columns)
 
     def schema_hash(self) -> str:
         """SHA-256 of the canonical JSON form: two runs with equal hashes share a schema."""
@@ -132,6 +158,10 @@ class TaskSpec:
         data["derived"] = [list(pair) for pair in self.derived]
         if not self.derived:
             del data["derived"]
+        for key in ("classes", "label_from"):  # likewise absent unless used
+            data[key] = list(data[key])
+            if not data[key]:
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -143,7 +173,7 @@ class TaskSpec:
         """A spec from `to_dict`'s data; unknown keys or bad values raise `TaskSpecError` naming `source`."""
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
-            "leak_columns", "ranges", "levels", "description", "derived",
+            "leak_columns", "ranges", "levels", "description", "derived", "classes", "label_from",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -178,6 +208,9 @@ class TaskSpec:
                 levels={str(k): tuple(str(x) for x in v) for k, v in dict(data.get("levels", {})).items()},
                 description=str(data.get("description", "")),
                 derived=derived,
+                # Integer classes (TOML `classes = [0, 1, 2]`) compare as the text of the labels.
+                classes=tuple(_class_name(c) for c in data.get("classes", ())),
+                label_from=tuple(str(c) for c in data.get("label_from", ())),
             )
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
@@ -208,6 +241,7 @@ class TaskSpec:
         if self.label in self.leak_columns or self.label in self.id_columns:
             raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
         self._validate_derived()
+        self._validate_classes()
         for col, (lo, hi) in self.ranges.items():
             if col not in self.numeric_features:
                 raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
@@ -241,14 +275,46 @@ class TaskSpec:
                     f"(numeric features: {list(self.measured_features)})"
                 )
 
+    def _validate_classes(self) -> None:
+        if self.kind != "multiclass":
+            if self.classes or self.label_from:
+                raise TaskSpecError(f"'classes' and 'label_from' are for multiclass tasks, not {self.kind}")
+            return
+        dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if dupes:
+            raise TaskSpecError(f"class(es) listed twice: {dupes}")
+        if self.classes and len(self.classes) < 2:
+            raise TaskSpecError(f"a multiclass task needs at least 2 classes, got {list(self.classes)}")
+        if not self.label_from:
+            return
+        if self.label in self.label_from:
+            raise TaskSpecError(f"label '{self.label}' cannot be one of its own 'label_from' columns")
+        bad = [c for c in self.label_from if c in self.features]
+        if bad:
+            raise TaskSpecError(f"label_from column(s) {bad} must never be features: remove them from 'features'")
+        if self.classes:
+            missing = [c for c in (NO_FLAG_CLASS, *self.label_from) if c not in self.classes]
+            if missing:
+                raise TaskSpecError(f"label_from gives class(es) {missing}, which 'classes' does not list")
+
     def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
-        """Refuse a spec whose label or features are not in a data file's header."""
+        """Refuse a spec whose label (or its flags) or features are not in a data file's header."""
         present = set(columns)
-        if self.label not in present:
+        absent = [c for c in self.label_columns if c not in present]
+        if self.label_from and absent:
+            raise TaskSpecError(f"{source}: label_from column(s) {absent} are not in the data")
+        if absent:
             raise TaskSpecError(f"{source}: label column '{self.label}' is not in the data")
         missing = [f for f in self.features if f not in present]
         if missing:
             raise TaskSpecError(f"{source}: feature column(s) {missing} are not in the data")
+
+
+def _class_name(value: Any) -> str:
+    """A class as text: integers (also 2.0 read from a float column) print without a decimal point."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _as_range(value: Any) -> tuple[float, float]:
@@ -365,5 +431,28 @@ PREDICTIVE_MAINTENANCE = register_task(
             ("Temperature difference [K]", "`Process temperature [K]` - `Air temperature [K]`"),
             ("Strain [min Nm]", "`Tool wear [min]` * `Torque [Nm]`"),
         ),
+    )
+)
+
+FAILURE_MODE = register_task(
+    TaskSpec(
+        name="failure-mode",
+        kind="multiclass",
+        label="Failure mode",
+        features=PREDICTIVE_MAINTENANCE.features,
+        categorical=PREDICTIVE_MAINTENANCE.categorical,
+        id_columns=PREDICTIVE_MAINTENANCE.id_columns,
+        # The flags the label comes from, and the failure they add up to, must never be inputs.
+        leak_columns=("Machine failure", "TWF", "HDF", "PWF", "OSF", "RNF"),
+        ranges=PREDICTIVE_MAINTENANCE.ranges,
+        levels=PREDICTIVE_MAINTENANCE.levels,
+        description=(
+            "Which failure mode a milling operation ends in (AI4I 2020): none, tool wear (TWF), heat "
+            "dissipation (HDF), power (PWF), overstrain (OSF) or random (RNF). A row with several modes "
+            "takes the first in that order."
+        ),
+        derived=PREDICTIVE_MAINTENANCE.derived,
+        classes=(NO_FLAG_CLASS, "TWF", "HDF", "PWF", "OSF", "RNF"),
+        label_from=("TWF", "HDF", "PWF", "OSF", "RNF"),
     )
 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import expit
+from scipy.special import expit, softmax
 from torch import nn
 
 from models.defaults import TRAINING_DEFAULTS
@@ -26,6 +26,7 @@ __all__ = [
     "loss_fn",
     "targets_of",
     "CLASS_WEIGHTS",
+    "WeightedCrossEntropy",
 ]
 
 
@@ -43,23 +44,55 @@ class TrainConfig:
 
 
 def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and raw targets of a validated frame."""
+    """Model inputs and raw targets of a validated frame (class indices for multiclass tasks)."""
+    if spec.kind == "multiclass":
+        return scaler.transform(frame), scaler.class_index(frame[spec.label].to_numpy())
     return scaler.transform(frame), frame[spec.label].to_numpy(dtype=np.float32)
 
 
 CLASS_WEIGHTS = {
-    # Weight of a positive (defect) relative to a negative, from the federation's label counts.
+    # Weight of a positive (defect) relative to a negative, from the federation's label counts;
+    # for multiclass tasks applied to each class's balanced weight (`FederatedScaler.class_weights`).
     "balanced": lambda ratio: ratio,  # negatives per positive: both classes weigh the same in total
     "sqrt": math.sqrt,  # milder
     "none": lambda ratio: 1.0,
 }
 
 
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy with a weight per class, reduced as the plain mean (or sum) of per-row losses.
+
+    PyTorch's weighted `nn.CrossEntropyLoss` divides by the batch's summed weights instead, which
+    ties each row's gradient to the other rows of its batch; DP-SGD's per-sample clipping needs
+    each row's loss to be its own (as BCE's ``pos_weight`` is). Opacus' ghost clipping sets
+    ``reduction = "none"`` to read the per-row losses.
+    """
+
+    weight: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, reduction: str = "mean"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted loss of (rows, classes) logits against class indices."""
+        per_row = nn.functional.cross_entropy(logits, target, weight=self.weight, reduction="none")
+        if self.reduction == "mean":
+            return per_row.mean()
+        if self.reduction == "sum":
+            return per_row.sum()
+        return per_row
+
+
 def loss_fn(spec: TaskSpec, scaler: FederatedScaler, class_weight: str = "balanced") -> nn.Module:
-    """Class-weighted BCE for rare defects; MSE on the scaled target for regression."""
-    if spec.kind == "binary":
+    """Class-weighted BCE for rare defects or cross-entropy for multiclass; MSE on the scaled regression target."""
+    if spec.kind in ("binary", "multiclass"):
         if class_weight not in CLASS_WEIGHTS:
             raise ValueError(f"unknown class weighting '{class_weight}' (choose from {sorted(CLASS_WEIGHTS)})")
+        if spec.kind == "multiclass":
+            weights = [CLASS_WEIGHTS[class_weight](float(w)) for w in scaler.class_weights()]
+            return WeightedCrossEntropy(torch.tensor(weights, dtype=torch.float32))
         weight = CLASS_WEIGHTS[class_weight](scaler.pos_weight)
         return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, dtype=torch.float32))
     return nn.MSELoss()
@@ -67,6 +100,8 @@ def loss_fn(spec: TaskSpec, scaler: FederatedScaler, class_weight: str = "balanc
 
 def targets_of(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.Tensor:
     """The training targets as a tensor; regression labels standardised with the scaler's label moments."""
+    if spec.kind == "multiclass":
+        return torch.as_tensor(y, dtype=torch.int64)
     if spec.kind == "regression":
         y = (y - scaler.label_mean) / scaler.label_std
     return torch.as_tensor(y, dtype=torch.float32)
@@ -114,9 +149,11 @@ def train_local(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, *, spec: TaskSpec, scaler: FederatedScaler) -> np.ndarray:
-    """Defect/failure probabilities for binary tasks; values in the label's unit for regression."""
+    """Defect/failure probabilities (binary), (rows, classes) probabilities (multiclass), label units (regression)."""
     model.eval()
     out = model(torch.as_tensor(x, dtype=torch.float32)).numpy().astype(np.float64)
+    if spec.kind == "multiclass":
+        return softmax(out, axis=1)
     if spec.kind == "binary":
         return expit(out)
     return out * scaler.label_std + scaler.label_mean
@@ -130,4 +167,5 @@ def evaluate_model(
     model.eval()
     logits = model(torch.as_tensor(x, dtype=torch.float32))
     loss = float(loss_fn(spec, scaler)(logits, targets_of(y, spec, scaler)))
-    return loss, compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler))
+    scores = predict(model, x, spec=spec, scaler=scaler)
+    return loss, compute_metrics(spec.kind, y, scores, classes=scaler.classes)

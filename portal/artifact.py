@@ -176,7 +176,7 @@ def _read_npy(archive: zipfile.ZipFile, entry: str) -> np.ndarray:
 
 
 def _check_consistency(content: ModelArtifactContent) -> None:
-    """The task parses, the scaler fits it and the first layer takes the scaler's inputs."""
+    """The task parses, the scaler fits it, the first layer takes the scaler's inputs and the last gives its outputs."""
     from models.architectures import input_width
     from models.scaler import FederatedScaler
     from models.tasks import TaskSpec
@@ -203,6 +203,11 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         raise ModelArtifactError(
             f"first layer has shape {first.shape}; a '{content.model}' model on the scaler's "
             f"{scaler.n_inputs} inputs takes {width}"
+        )
+    head = content.weights[-2]  # the output layer's weight (the last array is its bias)
+    if head.ndim != 2 or head.shape[0] != scaler.n_outputs:
+        raise ModelArtifactError(
+            f"output layer has shape {head.shape}; the scaler's task needs {scaler.n_outputs} output(s)"
         )
 
 

@@ -89,12 +89,16 @@ def _head_gradients(model: nn.Module, criterion: nn.Module) -> Callable[[torch.T
         with torch.no_grad():
             activations = features(inputs)  # no weights before the head: nothing to differentiate
         bias = None if head.bias is None else head.bias.detach()
-        logits = nn.functional.linear(activations, head.weight.detach(), bias).squeeze(-1).requires_grad_()
+        logits = nn.functional.linear(activations, head.weight.detach(), bias)
+        if head.out_features == 1:  # one logit or value per row, as the model's forward gives it
+            logits = logits.squeeze(-1)
+        logits.requires_grad_()
         loss = criterion(logits, targets)
         (dlogits,) = torch.autograd.grad(loss, logits)
         # Opacus' hooks scale the backprops of a mean-reduced loss by the batch size, so that
         # each row is one sample's own gradient; the optimiser divides by the expected batch size.
-        backprops = (dlogits * len(inputs)).unsqueeze(-1)
+        # Backprops are (rows, outputs): one column for a single output, one per class otherwise.
+        backprops = (dlogits * len(inputs)).reshape(len(inputs), head.out_features)
         for param, grad_sample in compute_linear_grad_sample(head, [activations], backprops).items():
             param.grad_sample = grad_sample
         return loss.detach()

@@ -47,7 +47,7 @@ def test_toml_spec_loads(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (('kind = "regression"', 'kind = "multiclass"'), "unknown kind 'multiclass'"),
+        (('kind = "regression"', 'kind = "ranking"'), "unknown kind 'ranking'"),
         (('id_columns = ["UDI"]', 'leak_columns = ["Type"]'), "leak column(s) ['Type'] must never be features"),
         (('id_columns = ["UDI"]', 'id_columns = ["Rotational speed [rpm]"]'), "id column(s)"),
         (('label = "Process temperature [K]"', 'label = "Type"'), "label 'Type' is also listed as a feature"),

@@ -241,6 +241,14 @@ def approve_release(session: Session, principal: Principal, release_id: int) -> 
     return release
 
 
+def _classes_of(content: Any) -> dict[str, Any]:
+    """A multiclass model's kind and classes in output order (from its scaler); nothing for other kinds."""
+    from models.scaler import FederatedScaler
+
+    classes = FederatedScaler.from_json(content.scaler_json).classes
+    return {"kind": "multiclass", "classes": list(classes)} if classes else {}
+
+
 def model_card(
     session: Session, release: ModelRelease, federation: Federation, signer: ReleaseSigner
 ) -> dict[str, Any]:
@@ -256,6 +264,7 @@ def model_card(
     return {
         "federation": {"id": federation.id, "name": federation.name},
         "task": federation.task_spec,
+        **_classes_of(content),
         "version": release.version,
         "run": {"id": run.id, "run_ref": run.run_ref, "rounds": len(run.rounds), "sites": len(run.sites)},
         "metrics": release.metrics,
