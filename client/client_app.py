@@ -36,7 +36,7 @@ from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, prepare, train_local
+from models.training import TrainConfig, evaluate_model, last_windows, prepare, train_local
 from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
@@ -181,7 +181,7 @@ class SiteClient(NumPyClient):
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)
-        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler)
+        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(data.test, spec))
         return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
 
 

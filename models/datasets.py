@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from models.errors import TaskSpecError
+from models.errors import SiteDataError, TaskSpecError
 from models.tasks import TaskSpec
 
-__all__ = ["SampleDataset", "SAMPLES", "sample_path", "split_by", "holdout_split", "site_slug"]
+__all__ = ["SampleDataset", "SAMPLES", "sample_path", "split_by", "holdout_split", "group_holdout_split", "site_slug"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SampleDataset:
 SAMPLES: dict[str, SampleDataset] = {
     "injection-molding-quality": SampleDataset("injection-molding-quality", "kamp_injection_molding.csv", "PART_NAME"),
     "predictive-maintenance": SampleDataset("predictive-maintenance", "ai4i2020.csv", "Type"),
+    "turbofan-rul": SampleDataset("turbofan-rul", "cmapss_fd003.csv", "operator"),
 }
 
 
@@ -71,7 +73,11 @@ def holdout_split(
     """The fixed (train, held-out) split of one site, stratified by label for binary tasks.
 
     Deterministic in (rows, seed): the site and the benchmark harness compute the same split.
+    A task that declares a group (`TaskSpec.group_by`) is split by whole groups instead: no
+    engine, tool or lot is on both sides (`group_holdout_split`).
     """
+    if spec.group_by is not None:
+        return group_holdout_split(frame, spec.group_by, test_fraction=test_fraction, seed=seed)
     stratify = None
     if spec.kind == "binary":
         counts = frame[spec.label].value_counts()
@@ -79,3 +85,24 @@ def holdout_split(
             stratify = frame[spec.label]
     train, test = train_test_split(frame, test_size=test_fraction, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def group_holdout_split(
+    frame: pd.DataFrame, group: str, *, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fixed (train, held-out) split of one site by whole groups of `group`.
+
+    A seeded shuffle of the site's groups (sorted first, so the row order does not matter);
+    about `test_fraction` of them, at least one, are held out, and at least one trains.
+    """
+    values = pd.Series(frame[group].unique())
+    names = values.iloc[np.argsort(values.astype(str).to_numpy(), kind="stable")].to_numpy()
+    if len(names) < 2:
+        raise SiteDataError(
+            "site data", f"only {len(names)} group(s) of '{group}': a held-out split by group needs at least 2",
+            column=group,
+        )  # fmt: skip
+    n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+    held = set(np.random.default_rng(seed).permutation(len(names))[:n_test].tolist())
+    test_mask = frame[group].isin([names[i] for i in sorted(held)]).to_numpy()
+    return frame[~test_mask].reset_index(drop=True), frame[test_mask].reset_index(drop=True)

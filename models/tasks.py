@@ -24,6 +24,10 @@ tasks are registered by name; any other task comes from a TOML file::
 
 A derived feature (see `models.derived`) is computed from measured numeric features after
 validation and before scaling, identically at every site; exports need not contain it.
+
+A task whose rows belong to machines, engines or tools declares the group, so the held-out
+split keeps every group wholly on one side: ``group_column = "unit"`` in ``[task]``, or a
+``[task.sequence]`` table (`models.sequence`), where the model also sees windows of rows.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from typing import Any, Literal
 
 from models.derived import DerivedExpression
 from models.errors import TaskSpecError
+from models.rul import RUL_METRICS
+from models.sequence import SequenceSpec
 
 __all__ = ["KINDS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
 
@@ -66,6 +72,8 @@ class TaskSpec:
     description: str = ""
     # (name, expression) in input order; a tuple, not a mapping: the order fixes the model's inputs.
     derived: tuple[tuple[str, str], ...] = ()
+    group_column: str | None = None  # rows of one group stay on one side of the held-out split
+    sequence: SequenceSpec | None = None  # windows of rows per group (models.sequence)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,8 +105,15 @@ class TaskSpec:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The metrics reported for this kind of task."""
+        """The metrics reported for this kind of task (regression on sequences: `models.rul`)."""
+        if self.sequence is not None and self.kind == "regression":
+            return RUL_METRICS
         return _METRICS[self.kind]
+
+    @property
+    def group_by(self) -> str | None:
+        """The column whose groups the held-out split keeps whole (the sequence's group), or None."""
+        return self.sequence.group if self.sequence is not None else self.group_column
 
     @property
     def primary_metric(self) -> str:
@@ -132,6 +147,10 @@ class TaskSpec:
         data["derived"] = [list(pair) for pair in self.derived]
         if not self.derived:
             del data["derived"]
+        # Likewise absent when not declared.
+        for key in ("group_column", "sequence"):
+            if data[key] is None:
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -143,7 +162,7 @@ class TaskSpec:
         """A spec from `to_dict`'s data; unknown keys or bad values raise `TaskSpecError` naming `source`."""
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
-            "leak_columns", "ranges", "levels", "description", "derived",
+            "leak_columns", "ranges", "levels", "description", "derived", "group_column", "sequence",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -162,6 +181,10 @@ class TaskSpec:
             derived = tuple((str(name), str(text)) for name, text in pairs)
         except (TypeError, ValueError) as exc:
             raise TaskSpecError(f"{source}: [task.derived] must map feature names to expressions") from exc
+        try:
+            sequence = SequenceSpec.from_dict(data["sequence"]) if "sequence" in data else None
+        except TaskSpecError as exc:
+            raise TaskSpecError(f"{source}: {exc}") from None
         features = tuple(str(f) for f in data["features"])
         # A categorical column named only under `categorical` is still a feature.
         features += tuple(c for c in categorical if c not in features)
@@ -178,6 +201,8 @@ class TaskSpec:
                 levels={str(k): tuple(str(x) for x in v) for k, v in dict(data.get("levels", {})).items()},
                 description=str(data.get("description", "")),
                 derived=derived,
+                group_column=str(data["group_column"]) if data.get("group_column") is not None else None,
+                sequence=sequence,
             )
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
@@ -208,6 +233,7 @@ class TaskSpec:
         if self.label in self.leak_columns or self.label in self.id_columns:
             raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
         self._validate_derived()
+        self._validate_groups()
         for col, (lo, hi) in self.ranges.items():
             if col not in self.numeric_features:
                 raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
@@ -240,6 +266,22 @@ class TaskSpec:
                     f"derived feature '{name}' uses {unusable}, which must be numeric features of the task "
                     f"(numeric features: {list(self.measured_features)})"
                 )
+
+    def _validate_groups(self) -> None:
+        if self.sequence is not None and self.group_column is not None and self.group_column != self.sequence.group:
+            raise TaskSpecError(
+                f"group_column '{self.group_column}' differs from [task.sequence] group '{self.sequence.group}'"
+            )
+        roles = [("group_column", self.group_column)]
+        if self.sequence is not None:
+            roles += [("[task.sequence] group", self.sequence.group), ("[task.sequence] order", self.sequence.order)]
+        for role, column in roles:
+            if column is None:
+                continue
+            if column in self.features or column in self.derived_features:
+                raise TaskSpecError(f"{role} '{column}' is also a feature: remove it from 'features'")
+            if column == self.label:
+                raise TaskSpecError(f"{role} '{column}' is the label")
 
     def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
         """Refuse a spec whose label or features are not in a data file's header."""
@@ -365,5 +407,23 @@ PREDICTIVE_MAINTENANCE = register_task(
             ("Temperature difference [K]", "`Process temperature [K]` - `Air temperature [K]`"),
             ("Strain [min Nm]", "`Tool wear [min]` * `Torque [Nm]`"),
         ),
+    )
+)
+
+# The informative C-MAPSS FD003 sensors: the constant (sensor_1, 5, 16, 18, 19, op_setting_3)
+# and near-constant (sensor_6, 10) columns carry nothing; FD003 has one operating condition, so
+# op_setting_1-2 are noise (../shared/datasets/README.md).
+_CMAPSS_SENSORS: tuple[str, ...] = tuple(f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21))
+
+TURBOFAN_RUL = register_task(
+    TaskSpec(
+        name="turbofan-rul",
+        kind="regression",
+        label="RUL",
+        features=_CMAPSS_SENSORS,
+        id_columns=("unit", "cycle", "operator"),
+        description="Remaining useful life of a turbofan engine (NASA C-MAPSS FD003), from windows of 30 cycles.",
+        # Each engine's cycles form one time series: split and windows by engine, never by row.
+        sequence=SequenceSpec(group="unit", order="cycle", window=30),
     )
 )
