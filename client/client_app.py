@@ -64,7 +64,7 @@ def _load(path: str, mtime_ns: int, spec_json: str, fraction: float, seed: int) 
     frame = load_site_data(path, spec)
     if len(frame) < 10:
         raise SiteDataError(path, f"only {len(frame)} valid rows; a site needs at least 10")
-    train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed)
+    train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed, source=path)
     return SiteData(train, test, profile_site(train, spec))
 
 

@@ -71,10 +71,10 @@ def _load_splits(spec: TaskSpec, site_files: Mapping[str, Path], seed: int) -> t
     for name, path in site_files.items():
         try:
             frame = load_site_data(path, spec)
+            train, test = holdout_split(frame, spec, seed=seed, source=str(path))
         except SiteDataError as exc:
             problems[name] = str(exc)
             continue
-        train, test = holdout_split(frame, spec, seed=seed)
         if spec.sequence is not None:
             # Pooled (centralised, held-out) tables must not join two sites' groups of the same name
             # into one series: each site's group becomes (site, group), so windows stay within a site.

@@ -68,16 +68,16 @@ def split_by(frame: pd.DataFrame, column: str, *, min_rows: int = 20) -> tuple[d
 
 
 def holdout_split(
-    frame: pd.DataFrame, spec: TaskSpec, *, test_fraction: float = 0.3, seed: int = 0
+    frame: pd.DataFrame, spec: TaskSpec, *, test_fraction: float = 0.3, seed: int = 0, source: str = "site data"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The fixed (train, held-out) split of one site, stratified by label for binary tasks.
 
     Deterministic in (rows, seed): the site and the benchmark harness compute the same split.
     A task that declares a group (`TaskSpec.group_by`) is split by whole groups instead: no
-    engine, tool or lot is on both sides (`group_holdout_split`).
+    engine, tool or lot is on both sides (`group_holdout_split`; `source` names the file in its errors).
     """
     if spec.group_by is not None:
-        return group_holdout_split(frame, spec.group_by, test_fraction=test_fraction, seed=seed)
+        return group_holdout_split(frame, spec.group_by, test_fraction=test_fraction, seed=seed, source=source)
     stratify = None
     if spec.kind == "binary":
         counts = frame[spec.label].value_counts()
@@ -88,9 +88,9 @@ def holdout_split(
 
 
 def group_holdout_split(
-    frame: pd.DataFrame, group: str, *, test_fraction: float = 0.3, seed: int = 0
+    frame: pd.DataFrame, group: str, *, test_fraction: float = 0.3, seed: int = 0, source: str = "site data"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The fixed (train, held-out) split of one site by whole groups of `group`.
+    """The fixed (train, held-out) split of one site by whole groups of `group`; `SiteDataError` under 2 groups.
 
     A seeded shuffle of the site's groups (sorted first, so the row order does not matter);
     about `test_fraction` of them, at least one, are held out, and at least one trains.
@@ -99,7 +99,7 @@ def group_holdout_split(
     names = values.iloc[np.argsort(values.astype(str).to_numpy(), kind="stable")].to_numpy()
     if len(names) < 2:
         raise SiteDataError(
-            "site data", f"only {len(names)} group(s) of '{group}': a held-out split by group needs at least 2",
+            source, f"only {len(names)} group(s) of '{group}': a held-out split by group needs at least 2",
             column=group,
         )  # fmt: skip
     n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))

@@ -273,9 +273,12 @@ def test_simulate_runs_a_sequence_regression_task_end_to_end(tmp_path):
 
     raw = pd.read_csv(dataset_path("cmapss_fd003.csv"))
     raw = raw[raw["operator"].isin(["OP01", "OP02", "OP03"])]
-    raw = raw[raw["unit"].isin(raw.groupby("operator")["unit"].apply(lambda u: sorted(u)[:4]).explode())]
+    raw = raw[raw["unit"].isin(raw.groupby("operator")["unit"].apply(lambda u: sorted(u.unique())[:4]).explode())]
+    # A fourth operator whose export repeats a cycle: left out with its message, and the run goes on.
+    broken = raw[raw["operator"] == "OP03"].assign(operator="OP04", unit=lambda f: f["unit"] + 1000)
+    broken.loc[broken.index[5], "cycle"] = broken["cycle"].iloc[4]
     data = tmp_path / "fd003.csv"
-    raw.to_csv(data, index=False)
+    pd.concat([raw, broken]).to_csv(data, index=False)
     spec = tmp_path / "task.toml"
     sensors = ", ".join(f'"sensor_{i}"' for i in (2, 3, 4, 7, 11, 12, 15, 20, 21))
     spec.write_text(f"""
@@ -301,6 +304,7 @@ stride = 2
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["task"]["primary_metric"] == "rmse"
+    assert "appears twice in group" in results["excluded_sites"]["op04"]
     for figures in (results["federated"]["global"], results["centralized"]):
         assert set(figures) >= {"rmse", "mae", "phm08_score", "rmse_last"}
         assert all(np.isfinite(figures[k]) for k in ("rmse", "mae", "phm08_score", "rmse_last"))
