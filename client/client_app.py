@@ -36,7 +36,7 @@ from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, prepare, train_local
+from models.training import TrainConfig, evaluate_model, last_windows, prepare, train_local
 from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
@@ -64,7 +64,7 @@ def _load(path: str, mtime_ns: int, spec_json: str, fraction: float, seed: int) 
     frame = load_site_data(path, spec)
     if len(frame) < 10:
         raise SiteDataError(path, f"only {len(frame)} valid rows; a site needs at least 10")
-    train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed)
+    train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed, source=path)
     return SiteData(train, test, profile_site(train, spec))
 
 
@@ -184,7 +184,7 @@ class SiteClient(NumPyClient):
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)
-        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler)
+        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(data.test, spec))
         return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
 
 

@@ -111,9 +111,16 @@ def simulate(
 
 @commands.command("tasks")
 def list_tasks() -> None:
-    """List the built-in value-chain tasks."""
+    """List the built-in value-chain tasks: kind, label, sample split, metric."""
+    from models.datasets import SAMPLES
+
     for spec in builtin_tasks().values():
-        summary = f"{spec.kind}, label '{spec.label}', {len(spec.features)} features"
+        split = f"split by '{SAMPLES[spec.name].split_by}'" if spec.name in SAMPLES else "no sample data"
+        sequence = f", windows of {spec.sequence.window} rows per '{spec.sequence.group}'" if spec.sequence else ""
+        summary = (
+            f"{spec.kind}, label '{spec.label}', {len(spec.features)} features{sequence}, {split}, "
+            f"metric {spec.primary_metric}"
+        )
         console.print(f"[bold]{spec.name}[/] ({summary}): {spec.description}")
 
 

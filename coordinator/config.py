@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.aggregation import AGGREGATIONS
-from models.architectures import check_architecture
+from models.architectures import SEQUENCE_ARCHITECTURES, check_architecture
 from models.defaults import TRAINING_DEFAULTS
 from models.tasks import TaskSpec, builtin_tasks, get_task
 from sangsaeng.paths import DEFAULT_KEY_DIR
@@ -104,6 +104,12 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         check_architecture(self.model)
+        if self.task.sequence is not None and self.model not in SEQUENCE_ARCHITECTURES:
+            # A sequence task's inputs are windows of rows, which only a sequence model reads.
+            object.__setattr__(self, "model", SEQUENCE_ARCHITECTURES[0])
+        elif self.task.sequence is None and self.model in SEQUENCE_ARCHITECTURES:
+            raise ValueError(f"model '{self.model}' reads windows of rows; task '{self.task.name}' declares no "
+                             "[task.sequence]")  # fmt: skip
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{self.strategy}' (choose from {list(STRATEGIES)})")
         if self.num_rounds < 1:

@@ -27,12 +27,12 @@ from coordinator.run_result import RunResult
 from coordinator.server_app import make_server_app
 from models.datasets import holdout_split, split_by
 from models.errors import SiteDataError, TaskSpecError
-from models.metrics import compute_metrics, mean_of
+from models.metrics import mean_of
 from models.nets import set_weights
 from models.scaler import FederatedScaler, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, predict, prepare, train_local
+from models.training import TrainConfig, evaluate_model, last_windows, predict, prepare, task_metrics, train_local
 from privacy.policy import SitePrivacyPolicy
 from sangsaeng.errors import SangsaengError
 
@@ -72,12 +72,20 @@ def _load_splits(spec: TaskSpec, site_files: Mapping[str, Path], seed: int) -> t
     for name, path in site_files.items():
         try:
             frame = load_site_data(path, spec)
+            train, test = holdout_split(frame, spec, seed=seed, source=str(path))
         except SiteDataError as exc:
             problems[name] = str(exc)
             continue
-        train, test = holdout_split(frame, spec, seed=seed)
+        if spec.sequence is not None:
+            # Pooled (centralised, held-out) tables must not join two sites' groups of the same name
+            # into one series: each site's group becomes (site, group), so windows stay within a site.
+            train, test = _own_groups(train, spec.sequence.group, name), _own_groups(test, spec.sequence.group, name)
         splits.append(SiteSplit(name, train, test))
     return splits, problems
+
+
+def _own_groups(frame: pd.DataFrame, group: str, site: str) -> pd.DataFrame:
+    return frame.assign(**{group: [f"{site}/{g}" for g in frame[group]]})
 
 
 def _train_alone(
@@ -99,7 +107,9 @@ def _train_alone(
 
 def _score(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFrame) -> dict[str, float]:
     x, y = prepare(frame, spec, scaler)
-    return compute_metrics(spec.kind, y, predict(model, x, spec=spec, scaler=scaler), classes=scaler.classes)
+    return task_metrics(
+        spec, y, predict(model, x, spec=spec, scaler=scaler), last_windows(frame, spec), classes=scaler.classes
+    )
 
 
 def evaluate_weights(
@@ -148,11 +158,12 @@ def run_experiment(
     timings["local_only_s"] = time.perf_counter() - start
 
     x_held, y_held = prepare(held_out, spec, fed_scaler)
+    last_held = last_windows(held_out, spec)
 
     def evaluate_fn(_round: int, weights: list[np.ndarray]) -> tuple[float, dict[str, float]]:
         model = config.new_model(fed_scaler.n_inputs, outputs=fed_scaler.n_outputs)
         set_weights(model, weights)
-        return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler)
+        return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler, last=last_held)
 
     start = time.perf_counter()
     result = _run_flower_simulation(

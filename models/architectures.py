@@ -7,11 +7,15 @@
   additive model: one learned piecewise-linear curve per input, summed. It is the default
   under DP-SGD: a convex model on good features loses far less to the noise than a deep net
   (Tramèr & Boneh, "Differentially Private Learning Needs Better Features", ICLR 2021).
+- ``tcn``: for sequence tasks (`models.sequence`), a temporal 1-D convolutional network over
+  each window of rows (dilated convolutions, GroupNorm, no BatchNorm), read out from the last
+  row's features and the window's mean. With no hidden layer: a linear model of the last row
+  and the window mean.
 """
 
 from __future__ import annotations
 
-__all__ = ["ARCHITECTURES", "PLE_KNOTS", "check_architecture", "input_width"]
+__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width"]
 
 # Bin edges in standard deviations from the federation's mean (the inputs are standardised by
 # the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
@@ -21,7 +25,10 @@ PLE_KNOTS: tuple[float, ...] = tuple(k / 2 for k in range(-6, 7))
 ARCHITECTURES: dict[str, str] = {
     "mlp": "multilayer perceptron on the standardised inputs",
     "ple": "piecewise-linear encoding of each input, then a perceptron (none: an additive model)",
+    "tcn": "temporal convolutional network over a window of rows (sequence tasks only)",
 }
+# The architectures that read windows (batch, window, inputs) rather than rows.
+SEQUENCE_ARCHITECTURES: tuple[str, ...] = ("tcn",)
 
 
 def check_architecture(name: str) -> str:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from models.errors import TaskSpecError
+from models.errors import SiteDataError, TaskSpecError
 from models.tasks import TaskSpec
 
-__all__ = ["SampleDataset", "SAMPLES", "sample_path", "split_by", "holdout_split", "site_slug"]
+__all__ = ["SampleDataset", "SAMPLES", "sample_path", "split_by", "holdout_split", "group_holdout_split", "site_slug"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ SAMPLES: dict[str, SampleDataset] = {
     "predictive-maintenance": SampleDataset("predictive-maintenance", "ai4i2020.csv", "Type"),
     # The same AI4I sample; its label is derived from the five failure-mode flags (models.tasks).
     "failure-mode": SampleDataset("failure-mode", "ai4i2020.csv", "Type"),
+    "turbofan-rul": SampleDataset("turbofan-rul", "cmapss_fd003.csv", "operator"),
 }
 
 
@@ -68,12 +70,16 @@ def split_by(frame: pd.DataFrame, column: str, *, min_rows: int = 20) -> tuple[d
 
 
 def holdout_split(
-    frame: pd.DataFrame, spec: TaskSpec, *, test_fraction: float = 0.3, seed: int = 0
+    frame: pd.DataFrame, spec: TaskSpec, *, test_fraction: float = 0.3, seed: int = 0, source: str = "site data"
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The fixed (train, held-out) split of one site, stratified by label for binary and multiclass tasks.
 
     Deterministic in (rows, seed): the site and the benchmark harness compute the same split.
+    A task that declares a group (`TaskSpec.group_by`) is split by whole groups instead: no
+    engine, tool or lot is on both sides (`group_holdout_split`; `source` names the file in its errors).
     """
+    if spec.group_by is not None:
+        return group_holdout_split(frame, spec.group_by, test_fraction=test_fraction, seed=seed, source=source)
     stratify = None
     if spec.kind == "binary":
         counts = frame[spec.label].value_counts()
@@ -86,3 +92,24 @@ def holdout_split(
             stratify = frame[spec.label]
     train, test = train_test_split(frame, test_size=test_fraction, random_state=seed, stratify=stratify)
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def group_holdout_split(
+    frame: pd.DataFrame, group: str, *, test_fraction: float = 0.3, seed: int = 0, source: str = "site data"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fixed (train, held-out) split of one site by whole groups of `group`; `SiteDataError` under 2 groups.
+
+    A seeded shuffle of the site's groups (sorted first, so the row order does not matter);
+    about `test_fraction` of them, at least one, are held out, and at least one trains.
+    """
+    values = pd.Series(frame[group].unique())
+    names = values.iloc[np.argsort(values.astype(str).to_numpy(), kind="stable")].to_numpy()
+    if len(names) < 2:
+        raise SiteDataError(
+            source, f"only {len(names)} group(s) of '{group}': a held-out split by group needs at least 2",
+            column=group,
+        )  # fmt: skip
+    n_test = min(len(names) - 1, max(1, round(test_fraction * len(names))))
+    held = set(np.random.default_rng(seed).permutation(len(names))[:n_test].tolist())
+    test_mask = frame[group].isin([names[i] for i in sorted(held)]).to_numpy()
+    return frame[~test_mask].reset_index(drop=True), frame[test_mask].reset_index(drop=True)

@@ -19,6 +19,7 @@ __all__ = [
     "TabularMLP",
     "PiecewiseLinearEncoding",
     "EncodedMLP",
+    "TemporalConvNet",
     "build_model",
     "get_weights",
     "set_weights",
@@ -118,6 +119,52 @@ class EncodedMLP(TabularMLP):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The hidden features of the encoded inputs."""
         return super().features(self.encoding(x))
+
+
+@implements("tcn")
+class TemporalConvNet(nn.Module):
+    """A temporal 1-D convolutional network over windows of rows, shape (batch, window, inputs).
+
+    Each hidden width is one block: a dilated Conv1d (kernel 3, dilation 1, 2, 4, ..., the
+    window length kept), GroupNorm and ReLU. No BatchNorm: Opacus computes per-sample gradients
+    of Conv1d, GroupNorm and Linear, so it trains under DP-SGD (by ghost clipping). The output
+    layer reads the last row's features and the window's mean features. With ``hidden=()`` only
+    the output layer is trained, on the raw last row and window mean: a linear model.
+    """
+
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = (32, 32)):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        width = n_inputs
+        for i, h in enumerate(hidden):
+            dilation = 2**i
+            blocks += [
+                nn.Conv1d(width, h, kernel_size=3, dilation=dilation, padding=dilation),
+                nn.GroupNorm(_groups_of(h), h),
+                nn.ReLU(),
+            ]
+            width = h
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(2 * width, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer sees: the last row's and the window's mean features."""
+        if x.ndim != 3:
+            raise ValueError(f"the tcn model reads windows (batch, window, inputs), got shape {tuple(x.shape)}")
+        h = self.body(x.transpose(1, 2))  # Conv1d wants (batch, channels, time)
+        return torch.cat([h[:, :, -1], h.mean(dim=2)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One output per window: a logit (binary tasks) or a standardised value (regression)."""
+        return self.head(self.features(x)).squeeze(-1)
+
+
+def _groups_of(width: int) -> int:
+    # GroupNorm needs groups that divide the channels; 8 channels a group where it can.
+    for groups in (width // 8, 4, 2):
+        if groups >= 1 and width % groups == 0:
+            return groups
+    return 1
 
 
 # The torch-free list of names (checked in artifacts without torch) and the networks cannot drift apart.

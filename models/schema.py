@@ -95,6 +95,7 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
         raise SiteDataError(source, f"{role} {missing} not found (columns present: {list(frame.columns)[:12]}...)")
     if len(frame) == 0:
         raise SiteDataError(source, "no data rows")
+    groups = _group_columns(frame, spec, source)
 
     out = pd.DataFrame(index=frame.index)
     for column in spec.measured_features:
@@ -156,6 +157,8 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
                 source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
             )
     out[spec.label] = arr
+    for column in groups.columns:  # the group (and order) travel with the rows: split and windows need them
+        out[column] = groups[column].to_numpy()
     return out.reset_index(drop=True)
 
 
@@ -190,6 +193,24 @@ def _class_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarra
                 column=spec.label,
             )
     return labels
+
+
+def _group_columns(frame: pd.DataFrame, spec: TaskSpec, source: str) -> pd.DataFrame:
+    """The task's group (and sequence order) columns, checked; empty for a task without groups."""
+    if spec.sequence is not None:
+        from models.sequence import check_sequence_frame  # only sequence tasks pay for it
+
+        return check_sequence_frame(frame, spec, source=source).set_axis(frame.index)
+    if spec.group_column is None:
+        return pd.DataFrame(index=frame.index)
+    column = spec.group_column
+    if column not in frame.columns:
+        present = list(frame.columns)[:12]
+        raise SiteDataError(source, f"group column '{column}' not found (columns present: {present}...)")
+    if frame[column].isna().any():
+        raise SiteDataError(source, f"missing group in {_first_bad(frame[column].isna().to_numpy(), frame[column])}",
+                            column=column)  # fmt: skip
+    return frame[[column]]
 
 
 def load_site_data(path: str | Path, spec: TaskSpec) -> pd.DataFrame:

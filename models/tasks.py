@@ -37,6 +37,10 @@ labels the sites report. Its label may instead be derived from 0/1 flag columns:
 
 A row with no flag set is class ``none``; a row with several flags set takes the first of
 them in ``label_from`` order. Flag columns may (and usually should) be leak columns too.
+
+A task whose rows belong to machines, engines or tools declares the group, so the held-out
+split keeps every group wholly on one side: ``group_column = "unit"`` in ``[task]``, or a
+``[task.sequence]`` table (`models.sequence`), where the model also sees windows of rows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from typing import Any, Literal
 
 from models.derived import DerivedExpression
 from models.errors import TaskSpecError
+from models.rul import RUL_METRICS
+from models.sequence import SequenceSpec
 
 __all__ = ["KINDS", "NO_FLAG_CLASS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
 
@@ -87,6 +93,8 @@ class TaskSpec:
     classes: tuple[str, ...] = ()
     # Multiclass only: 0/1 flag columns the label is derived from (see the module docstring).
     label_from: tuple[str, ...] = ()
+    group_column: str | None = None  # rows of one group stay on one side of the held-out split
+    sequence: SequenceSpec | None = None  # windows of rows per group (models.sequence)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -118,8 +126,15 @@ class TaskSpec:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The metrics reported for this kind of task."""
+        """The metrics reported for this kind of task (regression on sequences: `models.rul`)."""
+        if self.sequence is not None and self.kind == "regression":
+            return RUL_METRICS
         return _METRICS[self.kind]
+
+    @property
+    def group_by(self) -> str | None:
+        """The column whose groups the held-out split keeps whole (the sequence's group), or None."""
+        return self.sequence.group if self.sequence is not None else self.group_column
 
     @property
     def primary_metric(self) -> str:
@@ -162,6 +177,9 @@ class TaskSpec:
             data[key] = list(data[key])
             if not data[key]:
                 del data[key]
+        for key in ("group_column", "sequence"):  # likewise absent when not declared
+            if data[key] is None:
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -174,6 +192,7 @@ class TaskSpec:
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
             "leak_columns", "ranges", "levels", "description", "derived", "classes", "label_from",
+            "group_column", "sequence",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -192,6 +211,10 @@ class TaskSpec:
             derived = tuple((str(name), str(text)) for name, text in pairs)
         except (TypeError, ValueError) as exc:
             raise TaskSpecError(f"{source}: [task.derived] must map feature names to expressions") from exc
+        try:
+            sequence = SequenceSpec.from_dict(data["sequence"]) if "sequence" in data else None
+        except TaskSpecError as exc:
+            raise TaskSpecError(f"{source}: {exc}") from None
         features = tuple(str(f) for f in data["features"])
         # A categorical column named only under `categorical` is still a feature.
         features += tuple(c for c in categorical if c not in features)
@@ -211,6 +234,8 @@ class TaskSpec:
                 # Integer classes (TOML `classes = [0, 1, 2]`) compare as the text of the labels.
                 classes=tuple(_class_name(c) for c in data.get("classes", ())),
                 label_from=tuple(str(c) for c in data.get("label_from", ())),
+                group_column=str(data["group_column"]) if data.get("group_column") is not None else None,
+                sequence=sequence,
             )
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
@@ -242,6 +267,7 @@ class TaskSpec:
             raise TaskSpecError(f"label '{self.label}' is listed as a leak or id column")
         self._validate_derived()
         self._validate_classes()
+        self._validate_groups()
         for col, (lo, hi) in self.ranges.items():
             if col not in self.numeric_features:
                 raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
@@ -296,6 +322,22 @@ class TaskSpec:
             missing = [c for c in (NO_FLAG_CLASS, *self.label_from) if c not in self.classes]
             if missing:
                 raise TaskSpecError(f"label_from gives class(es) {missing}, which 'classes' does not list")
+
+    def _validate_groups(self) -> None:
+        if self.sequence is not None and self.group_column is not None and self.group_column != self.sequence.group:
+            raise TaskSpecError(
+                f"group_column '{self.group_column}' differs from [task.sequence] group '{self.sequence.group}'"
+            )
+        roles = [("group_column", self.group_column)]
+        if self.sequence is not None:
+            roles += [("[task.sequence] group", self.sequence.group), ("[task.sequence] order", self.sequence.order)]
+        for role, column in roles:
+            if column is None:
+                continue
+            if column in self.features or column in self.derived_features:
+                raise TaskSpecError(f"{role} '{column}' is also a feature: remove it from 'features'")
+            if column == self.label:
+                raise TaskSpecError(f"{role} '{column}' is the label")
 
     def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
         """Refuse a spec whose label (or its flags) or features are not in a data file's header."""
@@ -454,5 +496,23 @@ FAILURE_MODE = register_task(
         derived=PREDICTIVE_MAINTENANCE.derived,
         classes=(NO_FLAG_CLASS, "TWF", "HDF", "PWF", "OSF", "RNF"),
         label_from=("TWF", "HDF", "PWF", "OSF", "RNF"),
+    )
+)
+
+# The informative C-MAPSS FD003 sensors: the constant (sensor_1, 5, 16, 18, 19, op_setting_3)
+# and near-constant (sensor_6, 10) columns carry nothing; FD003 has one operating condition, so
+# op_setting_1-2 are noise (../shared/datasets/README.md).
+_CMAPSS_SENSORS: tuple[str, ...] = tuple(f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21))
+
+TURBOFAN_RUL = register_task(
+    TaskSpec(
+        name="turbofan-rul",
+        kind="regression",
+        label="RUL",
+        features=_CMAPSS_SENSORS,
+        id_columns=("unit", "cycle", "operator"),
+        description="Remaining useful life of a turbofan engine (NASA C-MAPSS FD003), from windows of 30 cycles.",
+        # Each engine's cycles form one time series: split and windows by engine, never by row.
+        sequence=SequenceSpec(group="unit", order="cycle", window=30),
     )
 )

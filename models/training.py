@@ -14,7 +14,9 @@ from torch import nn
 
 from models.defaults import TRAINING_DEFAULTS
 from models.metrics import compute_metrics
+from models.rul import rul_metrics
 from models.scaler import FederatedScaler
+from models.sequence import windows
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "evaluate_model",
     "loss_fn",
     "targets_of",
+    "task_metrics",
+    "last_windows",
     "CLASS_WEIGHTS",
     "WeightedCrossEntropy",
 ]
@@ -44,7 +48,14 @@ class TrainConfig:
 
 
 def prepare(frame: pd.DataFrame, spec: TaskSpec, scaler: FederatedScaler) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and raw targets of a validated frame (class indices for multiclass tasks)."""
+    """Model inputs and raw targets of a validated frame (of one site: windows never cross sites).
+
+    Multiclass targets are class indices. A sequence task's inputs are windows, shape
+    (windows, window, inputs), labelled by their last row (`models.sequence.windows`).
+    """
+    if spec.sequence is not None:
+        x, y, _ = windows(frame, spec, scaler)
+        return x, (scaler.class_index(y) if spec.kind == "multiclass" else y)
     if spec.kind == "multiclass":
         return scaler.transform(frame), scaler.class_index(frame[spec.label].to_numpy())
     return scaler.transform(frame), frame[spec.label].to_numpy(dtype=np.float32)
@@ -161,11 +172,43 @@ def predict(model: nn.Module, x: np.ndarray, *, spec: TaskSpec, scaler: Federate
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, spec: TaskSpec, scaler: FederatedScaler
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    spec: TaskSpec,
+    scaler: FederatedScaler,
+    last: np.ndarray | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """(loss, metrics) on held-out rows."""
+    """(loss, metrics) on held-out rows; with `last` (the windows at each group's last row, see
+    `last_windows`) a sequence regression task also gets the remaining-useful-life metrics."""
     model.eval()
     logits = model(torch.as_tensor(x, dtype=torch.float32))
     loss = float(loss_fn(spec, scaler)(logits, targets_of(y, spec, scaler)))
-    scores = predict(model, x, spec=spec, scaler=scaler)
-    return loss, compute_metrics(spec.kind, y, scores, classes=scaler.classes)
+    predictions = predict(model, x, spec=spec, scaler=scaler)
+    return loss, task_metrics(spec, y, predictions, last, classes=scaler.classes)
+
+
+def task_metrics(
+    spec: TaskSpec,
+    y: np.ndarray,
+    predictions: np.ndarray,
+    last: np.ndarray | None = None,
+    *,
+    classes: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """The metrics of `spec` (`TaskSpec.metrics`) of these predictions (`classes`: a multiclass task's)."""
+    metrics = compute_metrics(spec.kind, y, predictions, classes=classes)
+    if last is not None and spec.sequence is not None and spec.kind == "regression":
+        metrics.update(rul_metrics(y, predictions, last))
+    return metrics
+
+
+def last_windows(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray | None:
+    """For a sequence task, which of `prepare`'s windows end at their group's last row; else None."""
+    if spec.sequence is None:
+        return None
+    from models.sequence import plan_windows
+
+    return plan_windows(frame[spec.sequence.group].to_numpy(), frame[spec.sequence.order].to_numpy(),
+                        spec.sequence).last  # fmt: skip
