@@ -48,6 +48,7 @@ from portal.models import (
     utcnow,
 )
 from portal.services._db import commit
+from portal.services.organisations import create_owned
 
 __all__ = ["invite_site", "invite_expiry", "enrol_site", "controls", "organisation_admin_required"]
 
@@ -100,16 +101,7 @@ def invite_site(
     require(role, ("anchor",), "invite sites")
     org = crud.get_org_by_name(session, data.organisation_name)
     if org is None:
-        org = crud.create_org(session, data.organisation_name, OrgKind.supplier)
-        org.owner_org_id = principal.org.id if principal.org else None
-        session.add(org)
-        audit.record(
-            session,
-            actor=principal.label,
-            action="organisation.created",
-            target=f"organisation {org.id}",
-            detail={"name": org.name, "kind": "supplier"},
-        )
+        org = create_owned(session, principal, data.organisation_name, OrgKind.supplier)
     elif org.kind != OrgKind.supplier:
         # Not naming its kind: which organisations are anchors or auditors is theirs to say.
         raise BadRequest(f"organisation '{org.name}' is not a supplier organisation; only suppliers run sites")

@@ -17,7 +17,7 @@ from portal.core.errors import Conflict, Forbidden, NotFound
 from portal.models import AuditorAssignment, Federation, Membership, Organisation, OrganisationCreate, OrgKind
 from portal.services._db import conflict_on_clash
 
-__all__ = ["create_organisation", "organisations_of", "visible_organisation"]
+__all__ = ["create_organisation", "create_owned", "organisations_of", "visible_organisation"]
 
 
 def _visible(principal: Principal) -> Any:
@@ -70,15 +70,25 @@ def create_organisation(session: Session, principal: Principal, data: Organisati
             duplicate += f" (as '{existing.name}')"
         raise Conflict(duplicate)
     with conflict_on_clash(session, duplicate):
-        org = crud.create_org(session, data.name, data.kind)
-        org.owner_org_id = principal.org_id
-        session.add(org)
-        audit.record(
-            session,
-            actor=principal.label,
-            action="organisation.created",
-            target=f"organisation {org.id}",
-            detail={"name": org.name, "kind": org.kind},
-        )
+        org = create_owned(session, principal, data.name, data.kind)
         session.commit()
+    return org
+
+
+def create_owned(session: Session, principal: Principal, name: str, kind: OrgKind) -> Organisation:
+    """A new organisation owned by the calling anchor's organisation (`owner_org_id`), with its audit event.
+
+    Through the API (an auditor organisation) or through an invite by a new supplier name
+    (`portal.services.enrolment`); the caller commits.
+    """
+    org = crud.create_org(session, name, kind)
+    org.owner_org_id = principal.org_id
+    session.add(org)
+    audit.record(
+        session,
+        actor=principal.label,
+        action="organisation.created",
+        target=f"organisation {org.id}",
+        detail={"name": org.name, "kind": org.kind},
+    )
     return org
