@@ -65,7 +65,9 @@ def test_twelve_concurrent_enrolments_with_one_invite_enrol_one_site(portal, liv
         if response is won:
             continue
         assert response.status_code in (409, 410), f"{response.status_code}: {response.text}"
-        assert "already been used" in response.json()["detail"], response.text
+        # A loser that reads the invite after the winner committed meets the membership's own check first.
+        detail = response.json()["detail"]
+        assert "already been used" in detail or "is already enrolled" in detail, response.text
 
     with portal.session() as session:
         credentials = session.exec(select(SiteCredential)).all()
