@@ -11,13 +11,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from client import node, portal_commands
 from models.errors import SangsaengError
 from sangsaeng.console import fail
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.tasks import TaskSpec
 
 __all__ = ["app"]
 
@@ -34,7 +39,11 @@ def validate(
     data: Annotated[Path, typer.Option(help="The site's CSV or Parquet export.")],
     task: Annotated[str, typer.Option(help="Built-in task name or task-spec TOML file.")],
 ) -> None:
-    """Check a site's export against a task's schema before joining a federation."""
+    """Check a site's export against a task's schema before joining a federation.
+
+    Binary tasks print their positives; multiclass tasks their rows per class (naming a declared
+    class this site lacks: fine, sites differ); sequence tasks their groups, rows and windows.
+    """
     from models.schema import load_site_data
     from models.tasks import get_task
 
@@ -45,3 +54,37 @@ def validate(
         fail(exc)
     positives = f", {int(frame[spec.label].sum())} positive label(s)" if spec.kind == "binary" else ""
     typer.echo(f"ok: {data}: {len(frame)} rows fit task '{spec.name}'{positives}")
+    if spec.kind == "multiclass":
+        typer.echo(_class_counts(frame[spec.label], spec.classes))
+    if spec.sequence is not None:
+        typer.echo(_window_counts(frame, spec))
+
+
+def _class_counts(labels: pd.Series, declared: tuple[str, ...]) -> str:
+    """Rows per class, declared classes first (in their order), and the declared classes absent here."""
+    counts = labels.astype(str).value_counts()
+    names = [*declared, *sorted(c for c in counts.index if c not in declared)]
+    line = "classes: " + ", ".join(f"{c} {int(counts.get(c, 0))}" for c in names)
+    absent = [c for c in declared if c not in counts.index]
+    if absent:
+        line += f"; no row of class(es) {absent} at this site (fine: the federation's other sites may have them)"
+    return line
+
+
+def _window_counts(frame: pd.DataFrame, spec: TaskSpec) -> str:
+    """Groups, rows and windows of a sequence task's validated rows, and what ``short = "drop"`` leaves out."""
+    from models.sequence import plan_windows
+
+    sequence = spec.sequence
+    assert sequence is not None
+    plan = plan_windows(frame[sequence.group].to_numpy(), frame[sequence.order].to_numpy(), sequence)
+    line = (
+        f"sequence: {len(plan.lengths)} group(s) of '{sequence.group}', {len(frame)} rows, {plan.n_windows} "
+        f'window(s) of {sequence.window} rows (stride {sequence.stride}, short = "{sequence.short}")'
+    )
+    if sequence.short == "drop":
+        line += (
+            f"; dropped: {plan.dropped_groups} group(s) shorter than the window, {plan.dropped_rows} row(s) "
+            "ending no full window"
+        )
+    return line

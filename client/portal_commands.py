@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from sangsaeng.errors import ModelArtifactError, PortalRequestError, SangsaengEr
 from sangsaeng.files import write_private
 
 __all__ = [
-    "generate_site_key", "enroll", "pull_model", "predict",
+    "generate_site_key", "enroll", "pull_model", "predict", "PredictReport",
     "enroll_command", "pull_model_command", "predict_command", "DEFAULT_SITE_DIR",
 ]  # fmt: skip
 
@@ -213,21 +214,45 @@ def _pull_release(api: Any, site_dir: Path, record: dict[str, Any], version: str
     return target
 
 
-def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dict[str, float]]:
-    """Score a local CSV with a pulled model; returns the scores file and, if labels are present, metrics.
+@dataclass(frozen=True)
+class PredictReport:
+    """What `predict` wrote and measured.
+
+    `predictions` counts the rows of the scores file. For a sequence task `groups` counts the
+    groups in the data, `windows` the windows scored, and `dropped_groups` / `dropped_rows`
+    what ``short = "drop"`` left without a window (no prediction); all four are 0 otherwise.
+    """
+
+    path: Path
+    metrics: dict[str, float]
+    predictions: int
+    groups: int = 0
+    windows: int = 0
+    dropped_groups: int = 0
+    dropped_rows: int = 0
+
+
+def predict(model: Path, data: Path, out: Path | None = None, *, all_windows: bool = False) -> PredictReport:
+    """Score a local CSV with a pulled model; writes the scores file and, if labels are present, measures.
 
     Binary tasks get ``p_<label>``, regression ``predicted_<label>``; multiclass tasks get the
-    most probable class, ``predicted_<label>``, and its probability, ``p_<label>``.
+    most probable class, ``predicted_<label>``, and its probability, ``p_<label>``. A row task
+    scores every row, next to its id columns. A sequence task (``[task.sequence]``) scores
+    windows: by default one row per group, its prediction at its latest row (the group, the
+    order value of that row, its other id columns); with `all_windows` one row per window
+    (the order value of the window's last row). Rows of the scores file are sorted by group and
+    order, whatever the order of the data. With labels present the metrics are computed over
+    every window (sequence regression adds the remaining-useful-life metrics at each group's
+    last row), whichever rows are written.
     """
     import numpy as np
     import pandas as pd
 
-    from models.metrics import compute_metrics
     from models.nets import build_model, set_weights
     from models.scaler import FederatedScaler
     from models.schema import load_site_data, read_table
     from models.tasks import TaskSpec
-    from models.training import predict as predict_scores
+    from models.training import predict_frame, task_metrics
     from portal.artifact import read_artifact
 
     model, data = Path(model), Path(data)
@@ -257,9 +282,14 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
         frame = validate_frame(raw.assign(**placeholder), spec, source=data)
     net = build_model(scaler.n_inputs, name=content.model, hidden=content.hidden, outputs=scaler.n_outputs)
     set_weights(net, content.weights)
-    scores = predict_scores(net, scaler.transform(frame), spec=spec, scaler=scaler)
-    keep = [c for c in spec.id_columns if c in raw.columns]
-    result = raw[keep].reset_index(drop=True).copy() if keep else pd.DataFrame(index=range(len(frame)))
+    scored = predict_frame(net, frame, spec=spec, scaler=scaler)
+    shown = scored if all_windows else scored.latest()
+    # The rows of `frame` are the rows of `raw`, in the same order: ids are read from the file as written.
+    sequence = spec.sequence
+    leading = [sequence.group, sequence.order] if sequence is not None else []
+    keep = [*leading, *(c for c in spec.id_columns if c in raw.columns and c not in leading)]
+    result = raw.iloc[shown.rows][keep].reset_index(drop=True) if keep else pd.DataFrame(index=range(len(shown.rows)))
+    scores = shown.predictions
     if spec.kind == "multiclass":
         best = scores.argmax(axis=1)
         result[f"predicted_{spec.label}"] = [scaler.classes[k] for k in best]
@@ -270,10 +300,17 @@ def predict(model: Path, data: Path, out: Path | None = None) -> tuple[Path, dic
     out = Path(out) if out else data.with_name(f"{data.stem}.scores.csv")
     result.to_csv(out, index=False)
     metrics: dict[str, float] = {}
-    if has_label:
-        truth = scaler.class_index(frame[spec.label].to_numpy()) if spec.kind == "multiclass" else frame[spec.label]
-        metrics = compute_metrics(spec.kind, np.asarray(truth), scores, classes=scaler.classes)
-    return out, metrics
+    if has_label and len(scored.rows):
+        labels = frame[spec.label].to_numpy()[scored.rows]
+        truth = scaler.class_index(labels) if spec.kind == "multiclass" else labels.astype(np.float64)
+        metrics = task_metrics(spec, truth, scored.predictions, scored.last, classes=scaler.classes)
+    plan = scored.plan
+    if plan is None:
+        return PredictReport(out, metrics, predictions=len(result))
+    return PredictReport(
+        out, metrics, predictions=len(result), groups=len(plan.lengths), windows=plan.n_windows,
+        dropped_groups=plan.dropped_groups, dropped_rows=plan.dropped_rows,
+    )  # fmt: skip
 
 
 def _placeholder(spec: Any, scaler: Any) -> object:
@@ -323,12 +360,27 @@ def predict_command(
     model: Annotated[Path, typer.Argument(help="A pulled model (.zip).")],
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file to score.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the scores (CSV).")] = None,
+    all_windows: Annotated[
+        bool,
+        typer.Option(
+            "--all-windows",
+            help="Sequence tasks: one prediction per window (at each window's last row), not only each group's latest.",
+        ),
+    ] = False,
 ) -> None:
     """Score a local file with a pulled model; the data stays here."""
     try:
-        path, metrics = predict(model, data, out)
+        report = predict(model, data, out, all_windows=all_windows)
     except SangsaengError as exc:
         fail(exc)
-    typer.echo(f"scores: {path}")
-    for name, value in metrics.items():
+    typer.echo(f"scores: {report.path} ({report.predictions} prediction(s))")
+    if report.groups:
+        each = "one per window" if all_windows else "one per group, at its latest row"
+        typer.echo(f"{report.groups} group(s), {report.windows} window(s); written: {each}")
+    if report.dropped_groups or report.dropped_rows:
+        typer.echo(
+            f"no prediction for {report.dropped_groups} group(s) shorter than the window and for "
+            f'{report.dropped_rows} row(s) before a group\'s first full window (short = "drop")'
+        )
+    for name, value in report.metrics.items():
         typer.echo(f"{name}: {value:.4f}")

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width"]
+__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width", "weight_shapes"]
 
 # Bin edges in standard deviations from the federation's mean (the inputs are standardised by
 # the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
@@ -43,3 +43,25 @@ def input_width(name: str, n_inputs: int) -> int:
     if check_architecture(name) == "ple":
         return n_inputs * len(PLE_KNOTS)  # the input itself and len(PLE_KNOTS) - 1 bins
     return n_inputs
+
+
+def weight_shapes(
+    name: str, n_inputs: int, hidden: list[int] | tuple[int, ...], outputs: int = 1
+) -> list[tuple[int, ...]]:
+    """The shape of each weight array of architecture `name`, in `models.nets.get_weights` order.
+
+    ``mlp``/``ple``: a (width, inputs) matrix and a bias per linear layer. ``tcn``: per hidden
+    block a (width, inputs, 3) Conv1d kernel, its bias, and GroupNorm's scale and shift; then the
+    output layer on the last row's and the window mean's features, (outputs, 2 * width).
+    """
+    width = input_width(name, n_inputs)
+    shapes: list[tuple[int, ...]] = []
+    if name in SEQUENCE_ARCHITECTURES:
+        for h in hidden:
+            shapes += [(h, width, 3), (h,), (h,), (h,)]
+            width = h
+        return [*shapes, (outputs, 2 * width), (outputs,)]
+    for h in hidden:
+        shapes += [(h, width), (h,)]
+        width = h
+    return [*shapes, (outputs, width), (outputs,)]

@@ -139,7 +139,7 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
 
     if spec.kind == "multiclass":
         out[spec.label] = _class_labels(frame, spec, source)
-        return out.reset_index(drop=True)
+        return _with_groups(out, groups)
     label = _numeric(frame, spec.label, source)
     arr = label.to_numpy()
     if spec.kind == "binary":
@@ -157,7 +157,12 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
                 source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
             )
     out[spec.label] = arr
-    for column in groups.columns:  # the group (and order) travel with the rows: split and windows need them
+    return _with_groups(out, groups)
+
+
+def _with_groups(out: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """The validated columns and the group (and order) columns: split and windows need them."""
+    for column in groups.columns:
         out[column] = groups[column].to_numpy()
     return out.reset_index(drop=True)
 

@@ -16,7 +16,7 @@ from models.defaults import TRAINING_DEFAULTS
 from models.metrics import compute_metrics
 from models.rul import rul_metrics
 from models.scaler import FederatedScaler
-from models.sequence import windows
+from models.sequence import WindowPlan, plan_windows, windows
 from models.tasks import TaskSpec
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "targets_of",
     "task_metrics",
     "last_windows",
+    "FramePredictions",
+    "predict_frame",
     "CLASS_WEIGHTS",
     "WeightedCrossEntropy",
 ]
@@ -208,7 +210,48 @@ def last_windows(frame: pd.DataFrame, spec: TaskSpec) -> np.ndarray | None:
     """For a sequence task, which of `prepare`'s windows end at their group's last row; else None."""
     if spec.sequence is None:
         return None
-    from models.sequence import plan_windows
-
     return plan_windows(frame[spec.sequence.group].to_numpy(), frame[spec.sequence.order].to_numpy(),
                         spec.sequence).last  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FramePredictions:
+    """What a model predicts for a validated frame, and for which of its rows.
+
+    A row task predicts every row: `rows` is ``0 .. len(frame) - 1``. A sequence task predicts
+    each window: `rows` holds the frame position of each window's last row, grouped by the
+    sequence's group (sorted) and in order within it, and `last` flags the window at its
+    group's last row; `plan` tells what was left without a window (``short = "drop"``).
+    """
+
+    rows: np.ndarray
+    predictions: np.ndarray  # `predict`'s output, one entry (multiclass: one row of probabilities) per row of `rows`
+    last: np.ndarray | None = None
+    plan: WindowPlan | None = None
+
+    def latest(self) -> FramePredictions:
+        """Only each group's latest window (a sequence task's one prediction per group); a row task unchanged."""
+        if self.last is None:
+            return self
+        return FramePredictions(self.rows[self.last], self.predictions[self.last], self.last[self.last], self.plan)
+
+
+def predict_frame(
+    model: nn.Module, frame: pd.DataFrame, *, spec: TaskSpec, scaler: FederatedScaler, batch_size: int = 4096
+) -> FramePredictions:
+    """`predict` on a validated frame: per row, or for a sequence task per window (`models.sequence`).
+
+    The frame needs the label column (any placeholder value will do: it is not read here); the
+    predictions do not depend on the order of the frame's rows.
+    """
+    if spec.sequence is None:
+        x, rows, last, plan = scaler.transform(frame), np.arange(len(frame)), None, None
+    else:
+        x, _, last = windows(frame, spec, scaler)
+        plan = plan_windows(frame[spec.sequence.group].to_numpy(), frame[spec.sequence.order].to_numpy(), spec.sequence)
+        rows = plan.ends
+    if len(x) == 0:
+        shape = (0, scaler.n_outputs) if spec.kind == "multiclass" else (0,)
+        return FramePredictions(rows, np.zeros(shape), last, plan)
+    parts = [predict(model, x[i : i + batch_size], spec=spec, scaler=scaler) for i in range(0, len(x), batch_size)]
+    return FramePredictions(rows, np.concatenate(parts), last, plan)

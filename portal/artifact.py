@@ -27,7 +27,7 @@ import numpy as np
 
 from sangsaeng.errors import ModelArtifactError, SangsaengError
 
-__all__ = ["FORMAT", "ModelArtifactContent", "build_artifact", "read_artifact", "artifact_from_run"]
+__all__ = ["FORMAT", "ModelArtifactContent", "build_artifact", "read_artifact", "artifact_from_run", "describe_inputs"]
 
 FORMAT = "sangsaeng-model/1"
 _MANIFEST = "artifact.json"
@@ -177,7 +177,7 @@ def _read_npy(archive: zipfile.ZipFile, entry: str) -> np.ndarray:
 
 def _check_consistency(content: ModelArtifactContent) -> None:
     """The task parses, the scaler fits it, the first layer takes the scaler's inputs and the last gives its outputs."""
-    from models.architectures import input_width
+    from models.architectures import weight_shapes
     from models.scaler import FederatedScaler
     from models.tasks import TaskSpec
 
@@ -188,18 +188,18 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         raise ModelArtifactError(f"artifact's task or scaler is invalid: {exc}") from None
     if scaler.spec_name != spec.name:
         raise ModelArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
+    hidden = content.hidden
     try:
-        width = input_width(content.model, scaler.n_inputs)
+        shapes = weight_shapes(content.model, scaler.n_inputs, hidden, scaler.n_outputs)
     except ValueError as exc:
         raise ModelArtifactError(f"artifact's model: {exc}") from None
-    hidden = content.hidden
-    expected = 2 * (len(hidden) + 1)
-    if len(content.weights) != expected:
+    if len(content.weights) != len(shapes):
         raise ModelArtifactError(
-            f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs {expected}"
+            f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs {len(shapes)}"
         )
     first = content.weights[0]
-    if first.ndim != 2 or first.shape[1] != width:
+    if first.shape[1:] != shapes[0][1:]:
+        width = shapes[0][1]
         raise ModelArtifactError(
             f"first layer has shape {first.shape}; a '{content.model}' model on the scaler's "
             f"{scaler.n_inputs} inputs takes {width}"
@@ -209,6 +209,37 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         raise ModelArtifactError(
             f"output layer has shape {head.shape}; the scaler's task needs {scaler.n_outputs} output(s)"
         )
+    for i, (array, shape) in enumerate(zip(content.weights, shapes, strict=True)):
+        if array.shape != shape:
+            raise ModelArtifactError(
+                f"weight array {i} has shape {array.shape}; a '{content.model}' model {hidden} on "
+                f"{scaler.n_inputs} inputs with {scaler.n_outputs} output(s) needs {shape}"
+            )
+
+
+def describe_inputs(content: ModelArtifactContent) -> dict[str, Any]:
+    """What the model reads and what it gives, from the artifact's own task and scaler (for its card).
+
+    ``kind`` and ``label``; ``classes`` in output order (multiclass only); ``window``: the
+    ``[task.sequence]`` table (group, order, window, stride, short), or None for a row task;
+    ``input_columns``: the export's columns the model reads (numeric, then categorical);
+    ``derived_features``: the features each site computes from them (name: expression);
+    ``input_width``: the standardised inputs per row (one-hot levels counted).
+    """
+    from models.scaler import FederatedScaler
+    from models.tasks import TaskSpec
+
+    spec = TaskSpec.from_dict(content.task, source="artifact task")
+    scaler = FederatedScaler.from_json(content.scaler_json)
+    return {
+        "kind": spec.kind,
+        "label": spec.label,
+        **({"classes": list(scaler.classes)} if scaler.classes else {}),
+        "window": spec.sequence.to_dict() if spec.sequence is not None else None,
+        "input_columns": [*spec.measured_features, *spec.categorical_features],
+        "derived_features": dict(spec.derived),
+        "input_width": scaler.n_inputs,
+    }
 
 
 def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:

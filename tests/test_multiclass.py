@@ -230,7 +230,8 @@ def test_predict_gives_the_class_and_its_probability(ai4i, tmp_path):
     model.write_bytes(blob)
     data = tmp_path / "new.csv"
     ai4i.head(50).to_csv(data, index=False)
-    out, metrics = predict(model, data)
+    report = predict(model, data)
+    out, metrics = report.path, report.metrics
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["UDI", "Product ID", "predicted_Failure mode", "p_Failure mode"]
     assert set(scores["predicted_Failure mode"]) <= set(FM.classes)
@@ -239,8 +240,8 @@ def test_predict_gives_the_class_and_its_probability(ai4i, tmp_path):
     # Without the mode flags (new parts, no label yet) it still scores.
     unlabelled = tmp_path / "unlabelled.csv"
     ai4i.head(50).drop(columns=[*MODES]).to_csv(unlabelled, index=False)
-    out, metrics = predict(model, unlabelled)
-    assert metrics == {} and len(pd.read_csv(out)) == 50
+    report = predict(model, unlabelled)
+    assert report.metrics == {} and report.predictions == 50 and len(pd.read_csv(report.path)) == 50
 
 
 def test_an_artifact_whose_head_does_not_fit_the_classes_is_refused(ai4i):

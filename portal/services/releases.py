@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from models.architectures import ARCHITECTURES
 from portal import audit
 from portal.access import Principal, Role, federation_view, own_sites, require
-from portal.artifact import read_artifact
+from portal.artifact import describe_inputs, read_artifact
 from portal.core.config import Settings
 from portal.core.errors import (
     ArtifactError,
@@ -241,14 +241,6 @@ def approve_release(session: Session, principal: Principal, release_id: int) -> 
     return release
 
 
-def _classes_of(content: Any) -> dict[str, Any]:
-    """A multiclass model's kind and classes in output order (from its scaler); nothing for other kinds."""
-    from models.scaler import FederatedScaler
-
-    classes = FederatedScaler.from_json(content.scaler_json).classes
-    return {"kind": "multiclass", "classes": list(classes)} if classes else {}
-
-
 def model_card(
     session: Session, release: ModelRelease, federation: Federation, signer: ReleaseSigner
 ) -> dict[str, Any]:
@@ -264,7 +256,8 @@ def model_card(
     return {
         "federation": {"id": federation.id, "name": federation.name},
         "task": federation.task_spec,
-        **_classes_of(content),
+        # What the model reads and gives, from the artifact itself: kind, classes, window, input columns.
+        **describe_inputs(content),
         "version": release.version,
         "run": {"id": run.id, "run_ref": run.run_ref, "rounds": len(run.rounds), "sites": len(run.sites)},
         "metrics": release.metrics,

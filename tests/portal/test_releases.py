@@ -9,6 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from models.architectures import ARCHITECTURES
+from models.tasks import get_task
 from portal.artifact import read_artifact
 from portal.protocol import signing_payload
 from tests.portal.factories import API, model_artifact, network, release_body
@@ -41,6 +42,10 @@ def test_publish_signs_and_sites_download_verified_artifacts(portal, client, net
     assert card["architecture"] == {  # what the sites will run: an MLP with one hidden layer of 8
         "model": "mlp", "hidden": [8], "description": ARCHITECTURES["mlp"], "parameters": n_inputs * 8 + 8 + 8 + 1,
     }  # fmt: skip
+    spec = get_task("predictive-maintenance")  # what the sites will feed it, stated by the signed card
+    assert card["kind"] == "binary" and card["label"] == spec.label and card["window"] is None
+    assert card["input_columns"] == [*spec.measured_features, *spec.categorical_features]
+    assert card["derived_features"] == dict(spec.derived) and "classes" not in card
     download = client.get(f"{API}/releases/{release['id']}/artifact", headers=net.site_a.headers)
     assert download.status_code == 200 and download.content == model_artifact()
     assert download.headers["X-Artifact-SHA256"] == card["artifact"]["sha256"]
