@@ -26,6 +26,11 @@ the manifest), one ``.npy`` per image keyed by the file's path, modification tim
 by the target size and channels: a later round, or a later run on the same export, reads the
 cache and decodes nothing; a changed file is decoded again.
 
+A few bad images (missing, empty, unreadable or truncated files, paths leaving the folder
+under ``within_folder``) are skipped: their rows are dropped, counted and named (the first
+ten) in the frame's `IMAGE_REPORT` attribute and a warning of the site's log. A site where
+more than 5 % of the images are bad is refused with one error naming them.
+
 Pixels are normalised by the federation's per-channel mean and standard deviation
 (`models.scaler`), which the sites' pixel histograms give exactly; nothing else of an image
 leaves the site.
@@ -34,6 +39,7 @@ leaves the site.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +53,8 @@ from models.errors import MissingExtraError, SiteDataError, TaskSpecError
 
 __all__ = [
     "CACHE_FOLDER",
+    "IMAGE_REPORT",
+    "MAX_BAD_FRACTION",
     "PIXELS",
     "ImageAugment",
     "ImageCache",
@@ -62,6 +70,15 @@ PIXELS = "__pixels__"
 
 CACHE_FOLDER = Path(".sangsaeng-cache") / "images"
 """Where a site caches decoded images, relative to its manifest's folder."""
+
+IMAGE_REPORT = "sangsaeng_images"
+"""The `DataFrame.attrs` key of a loaded frame's image report: images, skipped (count), first_skipped."""
+
+MAX_BAD_FRACTION = 0.05
+"""A site whose bad images exceed this share of its manifest is refused rather than trained."""
+
+_SHOWN_BAD = 10  # bad images named in a report or an error
+logger = logging.getLogger("sangsaeng.site")
 
 _MAX_SIDE = 1024  # a CPU model has no use for more; a typo such as 12800 is refused early
 _MAX_SHIFT = 32
@@ -267,26 +284,42 @@ def attach_images(
 ) -> pd.DataFrame:
     """The validated manifest rows with absolute image paths and each decoded image in column `PIXELS`.
 
-    Relative paths are resolved against the manifest's folder. A missing, empty or unreadable
-    image raises `SiteDataError` naming the manifest, the data row and the file.
+    Relative paths are resolved against the manifest's folder. Rows whose image is missing,
+    empty or unreadable are dropped and reported (``out.attrs[IMAGE_REPORT]``); more than
+    `MAX_BAD_FRACTION` of them raises `SiteDataError` naming the manifest, data rows and files.
     """
     manifest_path = Path(manifest)
     folder = manifest_path.parent
     cache = cache if cache is not None else ImageCache(folder / CACHE_FOLDER)
     source = str(manifest_path)
-    paths, images = [], []
+    keep, paths, images, bad = [], [], [], []
     for row, raw in enumerate(frame[spec.column].tolist(), start=1):
-        path = _resolve(raw, folder, spec, source, row)
         try:
-            images.append(cache.load(path, spec))
+            path = _resolve(raw, folder, spec, source, row)
+            try:
+                images.append(cache.load(path, spec))
+            except SiteDataError as exc:
+                raise SiteDataError(source, f"data row {row}: {exc}", column=spec.column) from None
         except SiteDataError as exc:
-            raise SiteDataError(source, f"data row {row}: {exc}", column=spec.column) from None
+            bad.append(exc.problem)
+            continue
+        keep.append(row - 1)
         paths.append(str(path))
-    out = frame.copy()
+    total = len(frame)
+    if bad and (len(bad) > MAX_BAD_FRACTION * total or not keep):
+        shown = "; ".join(bad[:_SHOWN_BAD]) + ("; ..." if len(bad) > _SHOWN_BAD else "")
+        raise SiteDataError(
+            source, f"{len(bad)} of {total} images cannot be used (a site may have at most "
+            f"{MAX_BAD_FRACTION:.0%} bad images): {shown}", column=spec.column,
+        )  # fmt: skip
+    if bad:
+        logger.warning("%s: skipped %d bad image(s) of %d: %s", source, len(bad), total, "; ".join(bad[:_SHOWN_BAD]))
+    out = frame.iloc[keep].reset_index(drop=True)
     out[spec.column] = paths
     column = np.empty(len(images), dtype=object)
     column[:] = images
     out[PIXELS] = column
+    out.attrs[IMAGE_REPORT] = {"images": total, "skipped": len(bad), "first_skipped": bad[:_SHOWN_BAD]}
     return out
 
 

@@ -21,7 +21,16 @@ from coordinator.config import FederationConfig
 from models.architectures import CNN_WIDTHS
 from models.datasets import SAMPLES, demo_data, holdout_split, sample_path
 from models.errors import MissingExtraError, SiteDataError, TaskSpecError
-from models.images import CACHE_FOLDER, PIXELS, ImageAugment, ImageCache, ImageSpec, attach_images, pixel_array
+from models.images import (
+    CACHE_FOLDER,
+    IMAGE_REPORT,
+    PIXELS,
+    ImageAugment,
+    ImageCache,
+    ImageSpec,
+    attach_images,
+    pixel_array,
+)
 from models.nets import build_model
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
@@ -164,7 +173,10 @@ def test_a_missing_image_names_the_manifest_row_and_path(tmp_path):
     names = write_images(tmp_path / "site", 4)
     manifest = write_manifest(tmp_path / "site", [*names[:2], "gone.png", names[3]])
     said = _refusal(manifest, image_task())
-    assert said == f"{manifest}: column 'image': data row 3: image file not found: {tmp_path / 'site' / 'gone.png'}"
+    assert said == (
+        f"{manifest}: column 'image': 1 of 4 images cannot be used (a site may have at most 5% bad images): "
+        f"data row 3: image file not found: {tmp_path / 'site' / 'gone.png'}"
+    )
 
 
 def test_a_manifest_without_the_image_column_is_refused(tmp_path):
@@ -191,7 +203,10 @@ def test_an_unreadable_or_truncated_image_is_refused(tmp_path, damage):
     data = bad.read_bytes()
     bad.write_bytes(b"not an image at all" * 10 if damage == "garbage" else data[: len(data) // 2])
     said = _refusal(write_manifest(tmp_path / "site", names), image_task())
-    assert f"column 'image': data row 2: {bad}: cannot be read as an image" in said
+    assert (
+        f"1 of 3 images cannot be used (a site may have at most 5% bad images): data row 2: {bad}: cannot be "
+        "read as an image" in said
+    )
 
 
 def test_within_folder_refuses_paths_that_leave_it_by_dots_absolute_or_symlink(tmp_path):
@@ -205,6 +220,27 @@ def test_within_folder_refuses_paths_that_leave_it_by_dots_absolute_or_symlink(t
         assert "leads outside the manifest's folder" in said
         assert len(load_site_data(manifest, image_task())) == 2  # allowed unless the spec confines them
     assert len(load_site_data(write_manifest(tmp_path / "site", ["img0.png", "./img1.png"]), confined)) == 2
+
+
+def test_a_few_bad_images_are_skipped_counted_and_named_more_than_five_percent_refuse_the_site(tmp_path):
+    names = write_images(tmp_path / "site", 40, size=(8, 8))
+    (tmp_path / "site" / "empty.png").write_bytes(b"")
+    few = write_manifest(tmp_path / "site", [*names[:20], "gone.png", *names[20:39]], name="few.csv")
+    frame = load_site_data(few, image_task())
+    assert len(frame) == 39 and "gone.png" not in " ".join(frame["image"])
+    report = frame.attrs[IMAGE_REPORT]
+    assert report["images"] == 40 and report["skipped"] == 1
+    assert report["first_skipped"] == [f"data row 21: image file not found: {tmp_path / 'site' / 'gone.png'}"]
+    # 3 of 40 (7.5 %) is too many: one error naming them.
+    many = write_manifest(tmp_path / "site", ["gone.png", "empty.png", *names[:37], "gone2.png"], name="many.csv")
+    said = _refusal(many, image_task())
+    assert "3 of 40 images cannot be used" in said
+    assert "data row 1: image file not found" in said and "data row 2: image file is empty" in said
+    assert "data row 40: image file not found" in said
+    # Only the first ten are named.
+    most = write_manifest(tmp_path / "site", [f"gone{i}.png" for i in range(12)] + names[:8], name="most.csv")
+    said = _refusal(most, image_task())
+    assert "12 of 20 images" in said and "data row 10:" in said and "data row 11:" not in said
 
 
 # -- Pillow's formats ------------------------------------------------------------------------
