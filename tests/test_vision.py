@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from opacus.accountants import RDPAccountant
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -37,6 +38,8 @@ from models.schema import load_site_data
 from models.tasks import TaskSpec, get_task, load_task_spec
 from models.training import TrainConfig, augment_images, prepare, train_local
 from privacy.dp_sgd import make_private, train_private
+from privacy.ledger import PrivacyLedger
+from privacy.policy import DpRequest, SitePrivacyPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -386,6 +389,31 @@ def test_cnn_learns_a_defect_patch_with_and_without_dp_sgd():
     _, steps = train_private(private, x, y, spec=spec, scaler=scaler, config=TrainConfig(epochs=2, batch_size=32),
                              noise_multiplier=1.0, max_grad_norm=1.0)  # fmt: skip
     assert steps == 2 * 3  # 96 records, expected batches of 32: three steps an epoch
+
+
+def test_cnn_under_dp_sgd_keeps_its_ledger_exact(tmp_path):
+    frame = _loaded(tmp_path, "site", 40, seed=5, channels=1)
+    spec = image_task(augment=ImageAugment(flip=True, shift=1))
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    x, y = prepare(frame, spec, scaler)
+    ledger = PrivacyLedger(tmp_path / "site.ledger.json", "plant")
+    request = DpRequest(run_id="r1", target_epsilon=4.0, max_grad_norm=1.0, num_rounds=2)
+    independent = RDPAccountant()
+    for server_round in (1, 2):
+        model = build_model(scaler.n_inputs, name="cnn", hidden=(4, 8), seed=0)
+        before = [p.detach().clone() for p in model.parameters()]
+        plan = ledger.plan_round(SitePrivacyPolicy(), request, records=len(x), batch_size=16, epochs=1)
+        loss, steps = train_private(
+            model, x, y, spec=spec, scaler=scaler, config=TrainConfig(batch_size=16, epochs=1),
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        )  # fmt: skip
+        assert steps == plan.steps and np.isfinite(loss)
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+        epsilon = ledger.record_round(plan, server_round=server_round, steps=steps)
+        for _ in range(steps):
+            independent.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+        assert epsilon == pytest.approx(independent.get_epsilon(delta=plan.delta), rel=1e-9)
+    assert 3.9 < epsilon <= 4.0
 
 
 def test_augmentation_flips_and_shifts_each_image_on_its_own():
