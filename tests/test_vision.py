@@ -403,6 +403,7 @@ def test_cnn_under_dp_sgd_keeps_its_ledger_exact(tmp_path):
         model = build_model(scaler.n_inputs, name="cnn", hidden=(4, 8), seed=0)
         before = [p.detach().clone() for p in model.parameters()]
         plan = ledger.plan_round(SitePrivacyPolicy(), request, records=len(x), batch_size=16, epochs=1)
+        assert plan is not None  # a DP request always plans a private round
         loss, steps = train_private(
             model, x, y, spec=spec, scaler=scaler, config=TrainConfig(batch_size=16, epochs=1),
             noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
