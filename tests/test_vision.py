@@ -489,6 +489,8 @@ def test_simulate_an_image_task_end_to_end_on_a_subset_of_elpv(tmp_path):
     assert saved["task"]["primary_metric"] == "roc_auc" and not results["excluded_sites"]
     for figures in (saved["federated"]["global"], saved["centralized"]):
         assert 0.0 <= figures["roc_auc"] <= 1.0
+    # Two rounds improve on the initial model (measured: ROC-AUC 0.54 before, 0.79 after).
+    assert saved["federated"]["global"]["roc_auc"] > saved["initial"]["roc_auc"] + 0.1
     # Each site decoded its images once; the cache lies next to its manifest.
     assert len(list((tmp_path / "run" / "sites" / CACHE_FOLDER).glob("*.npy"))) == 210
 
