@@ -501,3 +501,28 @@ def test_held_out_split_of_an_image_manifest_keeps_decoded_images(tmp_path):
     train, test = holdout_split(frame, spec, seed=0)
     x, y = prepare(train, spec, FederatedScaler.fit_pooled(train, spec))
     assert x.shape == (len(train), 1, 12, 16) and len(test) == 6 and set(y) <= {0.0, 1.0}
+
+
+def test_a_multiclass_image_task_prepares_class_indices(tmp_path):
+    names = write_images(tmp_path / "s", 12, seed=4)
+    labels = ["ok", "crack", "stain"] * 4
+    frame = load_site_data(write_manifest(tmp_path / "s", names, labels=labels), image_task("multiclass"))
+    spec = image_task("multiclass")
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    x, y = prepare(frame, spec, scaler)
+    assert scaler.n_outputs == 3 and x.shape == (12, 1, 12, 16)
+    assert y.tolist() == [scaler.classes.index(label) for label in labels]
+
+
+def test_simulated_sites_get_the_manifest_relative_paths_resolved(tmp_path):
+    from coordinator.simulation import write_site_files
+
+    names = write_images(tmp_path / "export" / "pics", 40, size=(8, 8))
+    lines = ["L1"] * 20 + ["L2"] * 20
+    manifest = write_manifest(tmp_path / "export", [f"pics/{n}" for n in names])
+    frame = pd.read_csv(manifest).assign(line=lines)
+    files, _ = write_site_files(frame, "line", tmp_path / "run", spec=image_task(), base_dir=manifest.parent)
+    assert sorted(files) == ["l1", "l2"]
+    site = pd.read_csv(files["l1"])
+    assert site["image"].iloc[0] == str(tmp_path / "export" / "pics" / names[0])
+    assert len(load_site_data(files["l2"], image_task())) == 20  # the site manifest lies elsewhere, and loads
