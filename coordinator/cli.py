@@ -44,7 +44,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     frame: pd.DataFrame = read_table(frame_source)
     if split_column not in frame.columns:
         fail(SangsaengError(f"{frame_source}: split column '{split_column}' is not in the data"))
-    site_files, dropped = write_site_files(frame, split_column, config.out_dir, spec=spec)
+    site_files, dropped = write_site_files(frame, split_column, config.out_dir, spec=spec, base_dir=frame_source.parent)
     console.print(
         f"[bold]{spec.name}[/]: {len(site_files)} supplier sites from {frame_source.name} split by "
         f"'{split_column}' ({', '.join(site_files)}); {config.num_rounds} rounds of {config.strategy}"
@@ -78,14 +78,14 @@ def demo(
     options: TrainingOptions,
 ) -> None:
     """Train a shared model across supplier sites built from the embedded sample data."""
-    from models.datasets import SAMPLES, sample_path
+    from models.datasets import SAMPLES, demo_data
 
     try:
         if task not in SAMPLES:
             raise SangsaengError(f"unknown demo task '{task}' (choose from {sorted(SAMPLES)})")
         spec = get_task(task)
         config = _config(spec, out, options)
-        _run(spec, sample_path(task), SAMPLES[task].split_by, config)
+        _run(spec, demo_data(task, out), SAMPLES[task].split_by, config)
     except SangsaengError as exc:
         fail(exc)
 

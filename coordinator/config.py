@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.aggregation import AGGREGATIONS
-from models.architectures import SEQUENCE_ARCHITECTURES, check_architecture
+from models.architectures import CNN_WIDTHS, IMAGE_ARCHITECTURES, SEQUENCE_ARCHITECTURES, check_architecture
 from models.defaults import TRAINING_DEFAULTS
 from models.tasks import TaskSpec, builtin_tasks, get_task
 from sangsaeng.paths import DEFAULT_KEY_DIR
@@ -104,6 +104,14 @@ class FederationConfig:
 
     def __post_init__(self) -> None:
         check_architecture(self.model)
+        if self.task.image is not None and self.model not in IMAGE_ARCHITECTURES:
+            # An image task's inputs are images, which only an image model reads; the tabular
+            # default widths (or DP-SGD's additive model's none) mean nothing to it: its own widths.
+            object.__setattr__(self, "model", IMAGE_ARCHITECTURES[0])
+            if self.hidden in (TRAINING_DEFAULTS.hidden, ()):
+                object.__setattr__(self, "hidden", CNN_WIDTHS)
+        elif self.task.image is None and self.model in IMAGE_ARCHITECTURES:
+            raise ValueError(f"model '{self.model}' reads images; task '{self.task.name}' declares no [task.image]")
         if self.task.sequence is not None and self.model not in SEQUENCE_ARCHITECTURES:
             # A sequence task's inputs are windows of rows, which only a sequence model reads.
             object.__setattr__(self, "model", SEQUENCE_ARCHITECTURES[0])

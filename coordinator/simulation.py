@@ -51,10 +51,22 @@ class SiteSplit:
 
 
 def write_site_files(
-    frame: pd.DataFrame, column: str, out_dir: Path, *, spec: TaskSpec, min_rows: int = 20
+    frame: pd.DataFrame,
+    column: str,
+    out_dir: Path,
+    *,
+    spec: TaskSpec,
+    min_rows: int = 20,
+    base_dir: Path | None = None,
 ) -> tuple[dict[str, Path], dict[str, int]]:
-    """Split a table by `column` into one export per supplier site under `out_dir/sites/`."""
+    """Split a table by `column` into one export per supplier site under `out_dir/sites/`.
+
+    An image task's relative image paths are relative to the table's folder, `base_dir`: the
+    site manifests get them resolved (absolute), since they are written elsewhere.
+    """
     spec.check_columns(list(frame.columns), source="data")
+    if spec.image is not None and base_dir is not None:
+        frame = frame.assign(**{spec.image.column: [_absolute(p, base_dir) for p in frame[spec.image.column]]})
     sites, dropped = split_by(frame, column, min_rows=min_rows)
     if not sites:
         raise TaskSpecError(f"splitting by '{column}' gives no site with at least {min_rows} rows")
@@ -65,6 +77,13 @@ def write_site_files(
         paths[name] = site_dir / f"{name}.csv"
         part.to_csv(paths[name], index=False)
     return paths, dropped
+
+
+def _absolute(value: object, base_dir: Path) -> object:
+    if not isinstance(value, str) or not value.strip():
+        return value  # the site's validation names the row
+    path = Path(value.strip())
+    return str(path if path.is_absolute() else (Path(base_dir) / path).resolve())
 
 
 def _load_splits(spec: TaskSpec, site_files: Mapping[str, Path], seed: int) -> tuple[list[SiteSplit], dict[str, str]]:

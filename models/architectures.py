@@ -11,11 +11,24 @@
   each window of rows (dilated convolutions, GroupNorm, no BatchNorm), read out from the last
   row's features and the window's mean. With no hidden layer: a linear model of the last row
   and the window mean.
+- ``cnn``: for image tasks (`models.images`), a small 2-D convolutional network: one block per
+  hidden width (3x3 convolution, GroupNorm, ReLU, 2x2 max-pooling between blocks), global
+  average pooling and a linear output layer. The hidden widths are its width option
+  (``--hidden 16,32,64``, the default for image tasks, `CNN_WIDTHS`).
 """
 
 from __future__ import annotations
 
-__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width", "weight_shapes"]
+__all__ = [
+    "ARCHITECTURES",
+    "CNN_WIDTHS",
+    "IMAGE_ARCHITECTURES",
+    "PLE_KNOTS",
+    "SEQUENCE_ARCHITECTURES",
+    "check_architecture",
+    "input_width",
+    "weight_shapes",
+]
 
 # Bin edges in standard deviations from the federation's mean (the inputs are standardised by
 # the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
@@ -26,9 +39,15 @@ ARCHITECTURES: dict[str, str] = {
     "mlp": "multilayer perceptron on the standardised inputs",
     "ple": "piecewise-linear encoding of each input, then a perceptron (none: an additive model)",
     "tcn": "temporal convolutional network over a window of rows (sequence tasks only)",
+    "cnn": "small convolutional network with GroupNorm over images (image tasks only)",
 }
 # The architectures that read windows (batch, window, inputs) rather than rows.
 SEQUENCE_ARCHITECTURES: tuple[str, ...] = ("tcn",)
+# The architectures that read images (batch, channels, height, width).
+IMAGE_ARCHITECTURES: tuple[str, ...] = ("cnn",)
+# The cnn's block widths when a run names none: three blocks, about 23 thousand weights,
+# a few seconds an epoch per thousand 96x96 images on one CPU core.
+CNN_WIDTHS: tuple[int, ...] = (16, 32, 64)
 
 
 def check_architecture(name: str) -> str:
@@ -52,10 +71,17 @@ def weight_shapes(
 
     ``mlp``/``ple``: a (width, inputs) matrix and a bias per linear layer. ``tcn``: per hidden
     block a (width, inputs, 3) Conv1d kernel, its bias, and GroupNorm's scale and shift; then the
-    output layer on the last row's and the window mean's features, (outputs, 2 * width).
+    output layer on the last row's and the window mean's features, (outputs, 2 * width). ``cnn``:
+    per block a (width, channels, 3, 3) Conv2d kernel, its bias, GroupNorm's scale and shift;
+    then the output layer on the pooled channels, (outputs, width).
     """
     width = input_width(name, n_inputs)
     shapes: list[tuple[int, ...]] = []
+    if name in IMAGE_ARCHITECTURES:
+        for h in hidden:
+            shapes += [(h, width, 3, 3), (h,), (h,), (h,)]
+            width = h
+        return [*shapes, (outputs, width), (outputs,)]
     if name in SEQUENCE_ARCHITECTURES:
         for h in hidden:
             shapes += [(h, width, 3), (h,), (h,), (h,)]

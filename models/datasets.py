@@ -14,7 +14,16 @@ from sklearn.model_selection import train_test_split
 from models.errors import SiteDataError, TaskSpecError
 from models.tasks import TaskSpec
 
-__all__ = ["SampleDataset", "SAMPLES", "sample_path", "split_by", "holdout_split", "group_holdout_split", "site_slug"]
+__all__ = [
+    "SampleDataset",
+    "SAMPLES",
+    "sample_path",
+    "demo_data",
+    "split_by",
+    "holdout_split",
+    "group_holdout_split",
+    "site_slug",
+]
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,9 @@ class SampleDataset:
     task: str
     filename: str
     split_by: str
+    # Not embedded: a manifest written at run time that points at an optional package's files
+    # (`demo_data`); `filename` is then empty.
+    external: bool = False
 
 
 SAMPLES: dict[str, SampleDataset] = {
@@ -32,6 +44,9 @@ SAMPLES: dict[str, SampleDataset] = {
     # The same AI4I sample; its label is derived from the five failure-mode flags (models.tasks).
     "failure-mode": SampleDataset("failure-mode", "ai4i2020.csv", "Type"),
     "turbofan-rul": SampleDataset("turbofan-rul", "cmapss_fd003.csv", "operator"),
+    # ELPV's images stay in the elpv-dataset package (CC BY-NC-SA 4.0): see models.elpv.
+    "solar-cell-inspection": SampleDataset("solar-cell-inspection", "", "supplier", external=True),
+    "solar-cell-defect-level": SampleDataset("solar-cell-defect-level", "", "supplier", external=True),
 }
 
 
@@ -39,7 +54,21 @@ def sample_path(task: str) -> Path:
     """Path of the embedded CSV for a built-in task."""
     if task not in SAMPLES:
         raise TaskSpecError(f"no sample data for task '{task}' (have: {sorted(SAMPLES)})")
+    if SAMPLES[task].external:
+        raise TaskSpecError(f"the sample data of task '{task}' is not embedded: demo_data writes its manifest")
     return Path(str(resources.files("models") / "sample_data" / SAMPLES[task].filename))
+
+
+def demo_data(task: str, out_dir: str | Path) -> Path:
+    """The data file a demo of `task` reads: the embedded CSV, or a manifest written under `out_dir`.
+
+    An external sample whose package is missing raises `MissingExtraError` naming the install command.
+    """
+    if task in SAMPLES and SAMPLES[task].external:
+        from models.elpv import write_elpv_manifest
+
+        return write_elpv_manifest(out_dir)
+    return sample_path(task)
 
 
 def site_slug(value: object) -> str:

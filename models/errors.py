@@ -4,7 +4,8 @@ Exception tree::
 
     SangsaengError (sangsaeng.errors: the root of every tree)
      ├── TaskSpecError      a task definition is unusable; refused before any training
-     └── SiteDataError      a site's data file does not match its task's schema
+     ├── SiteDataError      a site's data file does not match its task's schema
+     └── MissingExtraError  an optional extra (`pip install "sangsaeng[vision]"`) is needed
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from pathlib import Path
 
 from sangsaeng.errors import SangsaengError
 
-__all__ = ["SangsaengError", "SiteDataError", "TaskSpecError"]
+__all__ = ["MissingExtraError", "SangsaengError", "SiteDataError", "TaskSpecError"]
 
 
 class TaskSpecError(SangsaengError):
     """A task specification is invalid (unknown kind, leak column as feature, ...)."""
+
+
+class MissingExtraError(SangsaengError):
+    """A feature needs an optional dependency that is not installed; the message names the install command."""
 
 
 class SiteDataError(SangsaengError):

@@ -1,4 +1,4 @@
-"""Network architectures for tabular value-chain tasks, by name (see `models.architectures`).
+"""Network architectures for value-chain tasks (tables, windows of rows, images), by name (see `models.architectures`).
 
 No BatchNorm anywhere: per-sample gradient clipping (DP-SGD) needs layers whose gradients
 separate by sample.
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.architectures import ARCHITECTURES, PLE_KNOTS, check_architecture, input_width
+from models.architectures import ARCHITECTURES, CNN_WIDTHS, PLE_KNOTS, check_architecture, input_width
 from models.defaults import TRAINING_DEFAULTS
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "PiecewiseLinearEncoding",
     "EncodedMLP",
     "TemporalConvNet",
+    "InspectionCNN",
     "build_model",
     "get_weights",
     "set_weights",
@@ -157,6 +158,43 @@ class TemporalConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per window: a logit (binary), a standardised value (regression) or one logit per class (multiclass)."""
+        out = self.head(self.features(x))
+        return out.squeeze(-1) if self.outputs == 1 else out
+
+
+@implements("cnn")
+class InspectionCNN(nn.Module):
+    """A small convolutional network over images, shape (batch, channels, height, width).
+
+    Each hidden width is one block: a 3x3 Conv2d (padding 1), GroupNorm and ReLU, with 2x2
+    max-pooling before every block but the first. Global average pooling then reads out any
+    image size, and a linear output layer gives one logit, or one per class. No BatchNorm:
+    Opacus computes per-sample gradients of Conv2d, GroupNorm and Linear, so it trains under
+    DP-SGD (ghost clipping). With ``hidden=()`` only the output layer is trained, on the mean
+    pixel of each channel.
+    """
+
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = CNN_WIDTHS, outputs: int = 1):
+        super().__init__()
+        self.outputs = outputs
+        blocks: list[nn.Module] = []
+        width = n_inputs
+        for i, h in enumerate(hidden):
+            if i > 0:
+                blocks.append(nn.MaxPool2d(2, ceil_mode=True))
+            blocks += [nn.Conv2d(width, h, kernel_size=3, padding=1), nn.GroupNorm(_groups_of(h), h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, outputs)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer sees: each channel of the last block, averaged over the image."""
+        if x.ndim != 4:
+            raise ValueError(f"the cnn model reads images (batch, channels, height, width), got shape {tuple(x.shape)}")
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per image a logit (binary tasks) or a (classes,) row of logits."""
         out = self.head(self.features(x))
         return out.squeeze(-1) if self.outputs == 1 else out
 

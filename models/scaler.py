@@ -5,6 +5,11 @@ numeric column, counts per category level, label counts); the coordinator combin
 summaries with the pairwise update of Chan, Golub & LeVeque (1979), which gives exactly the
 pooled mean and variance without any row leaving a site.
 
+For an image task (`models.images`) a site adds, per channel, the moments of its training
+images' pixel values (on a 0-1 scale), computed from its pixel histograms; merged the same
+way they give the federation's per-channel mean and standard deviation, which normalise
+every image.
+
 >>> import pandas as pd
 >>> from models.tasks import TaskSpec
 >>> spec = TaskSpec(name="t", kind="regression", label="y", features=("x",))
@@ -58,6 +63,16 @@ class ColumnMoments:
         m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
         return ColumnMoments(n, mean, m2)
 
+    @classmethod
+    def of_histogram(cls, counts: np.ndarray, values: np.ndarray) -> ColumnMoments:
+        """The moments of `counts[i]` occurrences of `values[i]` (exact: no pixel is visited twice)."""
+        counts = np.asarray(counts, dtype=np.float64)
+        n = int(counts.sum())
+        if n == 0:
+            return cls(0, 0.0, 0.0)
+        mean = float(counts @ values / n)
+        return cls(n, mean, float(counts @ (values - mean) ** 2))
+
     @property
     def variance(self) -> float:
         """Population variance (ddof=0), the convention of standard scaling."""
@@ -74,6 +89,8 @@ class SiteProfile:
     label: ColumnMoments
     # Multiclass tasks: rows per class (the label moments then hold the count only).
     label_counts: dict[str, int] = field(default_factory=dict)
+    # Image tasks: per channel ("0", "1", "2"), the moments of the pixel values on a 0-1 scale.
+    pixels: dict[str, ColumnMoments] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The profile as JSON, as a site sends it to the coordinator."""
@@ -85,6 +102,8 @@ class SiteProfile:
         }
         if self.label_counts:  # absent for binary and regression tasks, whose profiles stay as they were
             data["label_counts"] = self.label_counts
+        if self.pixels:  # likewise absent unless an image task
+            data["pixels"] = {k: [v.count, v.mean, v.m2] for k, v in self.pixels.items()}
         return json.dumps(data)
 
     @classmethod
@@ -97,6 +116,7 @@ class SiteProfile:
             categories={k: {str(lv): int(n) for lv, n in v.items()} for k, v in raw["categories"].items()},
             label=ColumnMoments(*raw["label"]),
             label_counts={str(k): int(n) for k, n in raw.get("label_counts", {}).items()},
+            pixels={k: ColumnMoments(int(c), float(m), float(s)) for k, (c, m, s) in raw.get("pixels", {}).items()},
         )
 
 
@@ -106,10 +126,23 @@ def profile_site(frame: pd.DataFrame, spec: TaskSpec) -> SiteProfile:
     categories = {
         c: {str(k): int(v) for k, v in frame[c].value_counts().sort_index().items()} for c in spec.categorical_features
     }
+    pixels = _pixel_moments(frame) if spec.image is not None else {}
     if spec.kind == "multiclass":
         counts = {str(k): int(v) for k, v in frame[spec.label].value_counts().sort_index().items()}
-        return SiteProfile(len(frame), numeric, categories, ColumnMoments(len(frame), 0.0, 0.0), counts)
-    return SiteProfile(len(frame), numeric, categories, ColumnMoments.of(frame[spec.label].to_numpy()))
+        return SiteProfile(len(frame), numeric, categories, ColumnMoments(len(frame), 0.0, 0.0), counts, pixels)
+    label = ColumnMoments.of(frame[spec.label].to_numpy())
+    return SiteProfile(len(frame), numeric, categories, label, pixels=pixels)
+
+
+_PIXEL_VALUES = np.arange(256, dtype=np.float64) / 255.0
+
+
+def _pixel_moments(frame: pd.DataFrame) -> dict[str, ColumnMoments]:
+    """Per channel, the moments of a loaded image frame's pixel values on a 0-1 scale."""
+    from models.images import pixel_array, pixel_histograms
+
+    histograms = pixel_histograms(pixel_array(frame))
+    return {str(c): ColumnMoments.of_histogram(h, _PIXEL_VALUES) for c, h in enumerate(histograms)}
 
 
 @dataclass(frozen=True)
@@ -129,6 +162,9 @@ class FederatedScaler:
     # Multiclass tasks: the classes in output order, and the federation's rows per class.
     classes: tuple[str, ...] = ()
     class_counts: dict[str, int] = field(default_factory=dict)
+    # Image tasks: the federation's per-channel pixel mean and standard deviation (0-1 scale).
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
 
     @classmethod
     def combine(cls, profiles: list[SiteProfile], spec: TaskSpec) -> FederatedScaler:
@@ -165,6 +201,7 @@ class FederatedScaler:
             count=label.count,
             positives=int(round(label.mean * label.count)) if spec.kind == "binary" else 0,
             **(_classes(spec, class_counts) if spec.kind == "multiclass" else {}),
+            **(_pixel_normalisation(profiles, spec.image.channels) if spec.image is not None else {}),
         )
 
     @classmethod
@@ -174,7 +211,9 @@ class FederatedScaler:
 
     @property
     def n_inputs(self) -> int:
-        """Width of the model input: numeric columns plus one-hot levels."""
+        """Width of the model input: numeric columns plus one-hot levels (image tasks: the channels)."""
+        if self.pixel_mean:
+            return len(self.pixel_mean)
         return len(self.numeric) + sum(len(v) for v in self.levels.values())
 
     @property
@@ -211,7 +250,13 @@ class FederatedScaler:
         return float(negatives / self.positives) if self.positives else 1.0
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Standardised numeric columns and one-hot levels, as float32."""
+        """Standardised numeric columns and one-hot levels, as float32 (image tasks: normalised images, NCHW)."""
+        if self.pixel_mean:
+            from models.images import pixel_array
+
+            mean = np.asarray(self.pixel_mean, dtype=np.float32)[None, :, None, None]
+            std = np.asarray(self.pixel_std, dtype=np.float32)[None, :, None, None]
+            return (pixel_array(frame).astype(np.float32) * np.float32(1 / 255) - mean) / std
         parts = [((frame[c].to_numpy(dtype=np.float64) - self.mean[c]) / self.std[c])[:, None] for c in self.numeric]
         for c, levels in self.levels.items():
             values = frame[c].astype(str).to_numpy()
@@ -233,6 +278,8 @@ class FederatedScaler:
                 "positives": self.positives,
                 # Multiclass only, so binary and regression scalers keep their JSON.
                 **({"classes": list(self.classes), "class_counts": self.class_counts} if self.classes else {}),
+                # Image tasks only, likewise.
+                **({"pixel_mean": list(self.pixel_mean), "pixel_std": list(self.pixel_std)} if self.pixel_mean else {}),
             }  # fmt: skip
         )
 
@@ -243,6 +290,8 @@ class FederatedScaler:
         raw["numeric"] = tuple(raw["numeric"])
         raw["levels"] = {k: tuple(v) for k, v in raw["levels"].items()}
         raw["classes"] = tuple(raw.get("classes", ()))
+        raw["pixel_mean"] = tuple(float(v) for v in raw.get("pixel_mean", ()))
+        raw["pixel_std"] = tuple(float(v) for v in raw.get("pixel_std", ()))
         return cls(**raw)
 
 
@@ -255,3 +304,17 @@ def _classes(spec: TaskSpec, counts: dict[str, int]) -> dict[str, Any]:
     if len(classes) < 2:
         raise TaskSpecError(f"a multiclass task needs at least 2 classes; the sites' labels hold {list(classes)}")
     return {"classes": tuple(classes), "class_counts": {c: counts.get(c, 0) for c in classes}}
+
+
+def _pixel_normalisation(profiles: list[SiteProfile], channels: int) -> dict[str, Any]:
+    """The merged per-channel pixel mean and standard deviation of the sites' image profiles."""
+    moments = [ColumnMoments(0, 0.0, 0.0) for _ in range(channels)]
+    for profile in profiles:
+        for c in range(channels):
+            moments[c] = moments[c].merge(profile.pixels.get(str(c), ColumnMoments(0, 0.0, 0.0)))
+    if any(m.count == 0 for m in moments):
+        raise TaskSpecError(
+            f"cannot normalise images: the sites reported no pixel statistics for {channels} channel(s)"
+        )
+    std = [float(np.sqrt(m.variance)) for m in moments]
+    return {"pixel_mean": tuple(m.mean for m in moments), "pixel_std": tuple(s if s > 1e-12 else 1.0 for s in std)}

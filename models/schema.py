@@ -98,6 +98,8 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
     groups = _group_columns(frame, spec, source)
 
     out = pd.DataFrame(index=frame.index)
+    if spec.image is not None:  # the paths, as given; `load_site_data` resolves and decodes them
+        out[spec.image.column] = frame[spec.image.column].to_numpy(dtype=object)
     for column in spec.measured_features:
         values = _numeric(frame, column, source)
         arr = values.to_numpy()
@@ -218,6 +220,17 @@ def _group_columns(frame: pd.DataFrame, spec: TaskSpec, source: str) -> pd.DataF
     return frame[[column]]
 
 
-def load_site_data(path: str | Path, spec: TaskSpec) -> pd.DataFrame:
-    """Read and validate one site's export."""
-    return validate_frame(read_table(path), spec, source=path)
+def load_site_data(path: str | Path, spec: TaskSpec, *, image_cache: Path | None = None) -> pd.DataFrame:
+    """Read and validate one site's export.
+
+    For an image task the export is a manifest: each row's image is decoded (through the
+    cache under `image_cache`, by default next to the manifest; see `models.images`).
+    """
+    frame = validate_frame(read_table(path), spec, source=path)
+    if spec.image is None:
+        return frame
+    from models.images import ImageCache, attach_images  # Pillow only for image tasks
+
+    return attach_images(
+        frame, spec.image, manifest=path, cache=ImageCache(image_cache) if image_cache is not None else None
+    )

@@ -41,6 +41,10 @@ them in ``label_from`` order. Flag columns may (and usually should) be leak colu
 A task whose rows belong to machines, engines or tools declares the group, so the held-out
 split keeps every group wholly on one side: ``group_column = "unit"`` in ``[task]``, or a
 ``[task.sequence]`` table (`models.sequence`), where the model also sees windows of rows.
+
+An image task (binary or multiclass) reads a manifest of image files instead of features:
+a ``[task.image]`` table (`models.images`) names the path column, the size and the channels;
+``features`` is then left out.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from typing import Any, Literal
 
 from models.derived import DerivedExpression
 from models.errors import TaskSpecError
+from models.images import ImageAugment, ImageSpec
 from models.rul import RUL_METRICS
 from models.sequence import SequenceSpec
 
@@ -95,6 +100,7 @@ class TaskSpec:
     label_from: tuple[str, ...] = ()
     group_column: str | None = None  # rows of one group stay on one side of the held-out split
     sequence: SequenceSpec | None = None  # windows of rows per group (models.sequence)
+    image: ImageSpec | None = None  # one image file per row of a manifest (models.images)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -153,8 +159,8 @@ class TaskSpec:
 
     @property
     def required_columns(self) -> tuple[str, ...]:
-        """The columns a site's export must have: features, then the label (or its flags)."""
-        return (*self.features, *self.label_columns)
+        """The columns a site's export must have: features, then the label (or its flags), then the image paths."""
+        return (*self.features, *self.label_columns, *((self.image.column,) if self.image is not None else ()))
 
     def schema_hash(self) -> str:
         """SHA-256 of the canonical JSON form: two runs with equal hashes share a schema."""
@@ -177,7 +183,7 @@ class TaskSpec:
             data[key] = list(data[key])
             if not data[key]:
                 del data[key]
-        for key in ("group_column", "sequence"):  # likewise absent when not declared
+        for key in ("group_column", "sequence", "image"):  # likewise absent when not declared
             if data[key] is None:
                 del data[key]
         return data
@@ -192,12 +198,13 @@ class TaskSpec:
         known = {
             "name", "kind", "label", "features", "categorical", "id_columns",
             "leak_columns", "ranges", "levels", "description", "derived", "classes", "label_from",
-            "group_column", "sequence",
+            "group_column", "sequence", "image",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
             raise TaskSpecError(f"{source}: unknown key(s) {unknown} in [task]")
-        for key in ("name", "kind", "label", "features"):
+        # An image task reads no tabular features: `features` may be left out.
+        for key in ("name", "kind", "label", *(() if "image" in data else ("features",))):
             if key not in data:
                 raise TaskSpecError(f"{source}: [task] needs '{key}'")
         try:
@@ -215,7 +222,11 @@ class TaskSpec:
             sequence = SequenceSpec.from_dict(data["sequence"]) if "sequence" in data else None
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
-        features = tuple(str(f) for f in data["features"])
+        try:
+            image = ImageSpec.from_dict(data["image"]) if "image" in data else None
+        except TaskSpecError as exc:
+            raise TaskSpecError(f"{source}: {exc}") from None
+        features = tuple(str(f) for f in data.get("features", ()))
         # A categorical column named only under `categorical` is still a feature.
         features += tuple(c for c in categorical if c not in features)
         try:
@@ -236,6 +247,7 @@ class TaskSpec:
                 label_from=tuple(str(c) for c in data.get("label_from", ())),
                 group_column=str(data["group_column"]) if data.get("group_column") is not None else None,
                 sequence=sequence,
+                image=image,
             )
         except TaskSpecError as exc:
             raise TaskSpecError(f"{source}: {exc}") from None
@@ -252,7 +264,7 @@ class TaskSpec:
             raise TaskSpecError(f"unknown kind '{self.kind}' (expected one of {list(KINDS)})")
         if not self.name.strip():
             raise TaskSpecError("task name is empty")
-        if not self.features:
+        if not self.features and self.image is None:
             raise TaskSpecError("task has no features")
         dupes = sorted({f for f in self.features if self.features.count(f) > 1})
         if dupes:
@@ -268,6 +280,7 @@ class TaskSpec:
         self._validate_derived()
         self._validate_classes()
         self._validate_groups()
+        self._validate_image()
         for col, (lo, hi) in self.ranges.items():
             if col not in self.numeric_features:
                 raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
@@ -339,6 +352,30 @@ class TaskSpec:
             if column == self.label:
                 raise TaskSpecError(f"{role} '{column}' is the label")
 
+    def _validate_image(self) -> None:
+        image = self.image
+        if image is None:
+            return
+        column = image.column
+        if column in self.features:
+            raise TaskSpecError(
+                f"[task.image] column '{column}' is also listed as a feature: remove it from 'features'"
+            )
+        if self.features:
+            raise TaskSpecError(
+                f"an image task reads only its images; tabular features {list(self.features)} are not supported "
+                "with [task.image]: leave 'features' out"
+            )
+        if self.kind not in ("binary", "multiclass"):
+            raise TaskSpecError(f"an image task is binary or multiclass, not {self.kind}")
+        if self.sequence is not None:
+            raise TaskSpecError("a task has either [task.sequence] or [task.image], not both")
+        roles = [("label", (self.label,)), ("label_from", self.label_from), ("id", self.id_columns),
+                 ("leak", self.leak_columns), ("group_column", (self.group_column,))]  # fmt: skip
+        for role, columns in roles:
+            if column in columns:
+                raise TaskSpecError(f"[task.image] column '{column}' is also the task's {role} column")
+
     def check_columns(self, columns: list[str] | tuple[str, ...], *, source: str) -> None:
         """Refuse a spec whose label (or its flags) or features are not in a data file's header."""
         present = set(columns)
@@ -350,6 +387,8 @@ class TaskSpec:
         missing = [f for f in self.features if f not in present]
         if missing:
             raise TaskSpecError(f"{source}: feature column(s) {missing} are not in the data")
+        if self.image is not None and self.image.column not in present:
+            raise TaskSpecError(f"{source}: [task.image] column '{self.image.column}' is not in the data")
 
 
 def _class_name(value: Any) -> str:
@@ -514,5 +553,43 @@ TURBOFAN_RUL = register_task(
         description="Remaining useful life of a turbofan engine (NASA C-MAPSS FD003), from windows of 30 cycles.",
         # Each engine's cycles form one time series: split and windows by engine, never by row.
         sequence=SequenceSpec(group="unit", order="cycle", window=30),
+    )
+)
+
+# ELPV (models.elpv): electroluminescence images of solar cells, read from the optional
+# elpv-dataset package (CC BY-NC-SA 4.0; never copied here). 96x96 keeps a round on a
+# 1,000-image site within a CPU core's minute; the cells are 300x300.
+_ELPV_IMAGE = ImageSpec(column="image", size=(96, 96), channels=1, augment=ImageAugment(flip=True, shift=2))
+
+SOLAR_CELL_INSPECTION = register_task(
+    TaskSpec(
+        name="solar-cell-inspection",
+        kind="binary",
+        label="defective",
+        features=(),
+        id_columns=("cell_type", "supplier"),
+        leak_columns=("probability", "defect_level"),
+        description=(
+            "Defective solar cell (probability of a defect at least 0.5) from its electroluminescence image "
+            '(ELPV; pip install "sangsaeng[vision]").'
+        ),
+        image=_ELPV_IMAGE,
+    )
+)
+
+SOLAR_CELL_DEFECT_LEVEL = register_task(
+    TaskSpec(
+        name="solar-cell-defect-level",
+        kind="multiclass",
+        label="defect_level",
+        features=(),
+        id_columns=("cell_type", "supplier"),
+        leak_columns=("probability", "defective"),
+        description=(
+            "How sure the experts were that a solar cell is defective, in four levels (0, 1/3, 2/3, 1) "
+            '(ELPV; pip install "sangsaeng[vision]").'
+        ),
+        classes=("0", "1", "2", "3"),
+        image=_ELPV_IMAGE,
     )
 )

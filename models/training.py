@@ -13,6 +13,7 @@ from scipy.special import expit, softmax
 from torch import nn
 
 from models.defaults import TRAINING_DEFAULTS
+from models.images import ImageAugment
 from models.metrics import compute_metrics
 from models.rul import rul_metrics
 from models.scaler import FederatedScaler
@@ -33,6 +34,8 @@ __all__ = [
     "predict_frame",
     "CLASS_WEIGHTS",
     "WeightedCrossEntropy",
+    "augment_images",
+    "augmentation_of",
 ]
 
 
@@ -120,6 +123,28 @@ def targets_of(y: np.ndarray, spec: TaskSpec, scaler: FederatedScaler) -> torch.
     return torch.as_tensor(y, dtype=torch.float32)
 
 
+def augment_images(batch: torch.Tensor, augment: ImageAugment, generator: torch.Generator) -> torch.Tensor:
+    """A randomly flipped and shifted copy of a batch of normalised images (N, C, H, W); shifts pad 0, the mean."""
+    out = batch
+    if augment.flip:
+        flip = torch.rand(len(batch), generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if augment.shift > 0:
+        s = augment.shift
+        height, width = out.shape[-2:]
+        padded = nn.functional.pad(out, (s, s, s, s))
+        offsets = torch.randint(0, 2 * s + 1, (len(batch), 2), generator=generator).tolist()
+        out = torch.stack([padded[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)])
+    return out
+
+
+def augmentation_of(spec: TaskSpec) -> ImageAugment | None:
+    """The on-site training augmentation an image task declares, or None."""
+    if spec.image is None or not spec.image.augment.active:
+        return None
+    return spec.image.augment
+
+
 def train_local(
     model: nn.Module,
     x: np.ndarray,
@@ -140,6 +165,7 @@ def train_local(
     anchor: Sequence[torch.Tensor] = []
     if config.proximal_mu > 0:
         anchor = [p.detach().clone() for p in model.parameters()]
+    augment = augmentation_of(spec)
     model.train()
     last = 0.0
     for _ in range(config.epochs):
@@ -148,7 +174,8 @@ def train_local(
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             optimiser.zero_grad()
-            loss = criterion(model(inputs[idx]), targets[idx])
+            batch = inputs[idx] if augment is None else augment_images(inputs[idx], augment, generator)
+            loss = criterion(model(batch), targets[idx])
             if anchor:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + 0.5 * config.proximal_mu * prox

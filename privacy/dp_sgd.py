@@ -40,9 +40,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from models.images import ImageAugment
 from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
-from models.training import TrainConfig, loss_fn, targets_of
+from models.training import TrainConfig, augment_images, augmentation_of, loss_fn, targets_of
 
 __all__ = ["PER_SAMPLE", "PerSample", "PrivateTraining", "make_private", "train_private"]
 
@@ -214,13 +215,23 @@ def train_private(
         # input gradient (the inputs are data); PyTorch warns, Opacus expects it.
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         for _ in range(config.epochs):
-            last = _epoch(private, inputs, targets, generator)
+            last = _epoch(private, inputs, targets, generator, augmentation_of(spec))
             steps += private.batches
     return last, steps
 
 
-def _epoch(private: PrivateTraining, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> float:
-    """One epoch of Poisson batches; the mean loss over the rows it saw."""
+def _epoch(
+    private: PrivateTraining,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    augment: ImageAugment | None = None,
+) -> float:
+    """One epoch of Poisson batches; the mean loss over the rows it saw.
+
+    Augmentation (image tasks) transforms each sampled image on its own, before its gradient is
+    clipped: a sample is still one record, so the accounting is unchanged.
+    """
     optimiser = private.optimiser
     # The loss is summed as a tensor and read once per epoch: a float() per step is a sync and a
     # Python round trip that the tiny models notice.
@@ -231,7 +242,8 @@ def _epoch(private: PrivateTraining, inputs: torch.Tensor, targets: torch.Tensor
         if len(idx) == 0:
             private.empty_batch()
         else:
-            total += private.gradients(inputs[idx], targets[idx]) * len(idx)
+            batch = inputs[idx] if augment is None else augment_images(inputs[idx], augment, generator)
+            total += private.gradients(batch, targets[idx]) * len(idx)
             seen += len(idx)
         optimiser.step()
     return float(total) / max(seen, 1)

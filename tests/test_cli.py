@@ -52,7 +52,7 @@ def test_client_validate_names_the_problem(tmp_path, ai4i):
 
 def test_demo_refuses_an_unknown_model_or_bad_hidden_layers(tmp_path):
     done = runner.invoke(app, ["demo", "--model", "forest", "--out", str(tmp_path / "out")])
-    assert done.exit_code == 2 and "unknown model 'forest' (known: ['mlp', 'ple', 'tcn'])" in said(done)
+    assert done.exit_code == 2 and "unknown model 'forest' (known: ['cnn', 'mlp', 'ple', 'tcn'])" in said(done)
     done = runner.invoke(app, ["demo", "--hidden", "64,x", "--out", str(tmp_path / "out")])
     assert done.exit_code == 2 and "hidden layers must be widths like 64,32 or 'none', got '64,x'" in said(done)
     done = runner.invoke(app, ["demo", "--hidden", "0", "--out", str(tmp_path / "out")])
