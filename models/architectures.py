@@ -15,7 +15,16 @@
 
 from __future__ import annotations
 
-__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width"]
+from collections.abc import Sequence
+
+__all__ = [
+    "ARCHITECTURES",
+    "PLE_KNOTS",
+    "SEQUENCE_ARCHITECTURES",
+    "check_architecture",
+    "input_width",
+    "weight_shapes",
+]
 
 # Bin edges in standard deviations from the federation's mean (the inputs are standardised by
 # the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
@@ -43,3 +52,25 @@ def input_width(name: str, n_inputs: int) -> int:
     if check_architecture(name) == "ple":
         return n_inputs * len(PLE_KNOTS)  # the input itself and len(PLE_KNOTS) - 1 bins
     return n_inputs
+
+
+def weight_shapes(name: str, n_inputs: int, hidden: Sequence[int], outputs: int = 1) -> list[tuple[int, ...]]:
+    """The shape of each array of `models.nets.get_weights` for this network, in that order.
+
+    ``mlp`` and ``ple``: a weight and a bias per layer. ``tcn``: per hidden width a Conv1d
+    (kernel 3) weight and bias and a GroupNorm weight and bias, then the output layer, which
+    reads the last row's and the window mean's features (twice the last width). Kept here, in
+    plain Python, so an artifact is checked without torch; `tests/test_nets.py` holds it to the
+    networks themselves.
+    """
+    width = input_width(name, n_inputs)
+    shapes: list[tuple[int, ...]] = []
+    for h in hidden:
+        if name in SEQUENCE_ARCHITECTURES:
+            shapes += [(h, width, 3), (h,), (h,), (h,)]
+        else:
+            shapes += [(h, width), (h,)]
+        width = h
+    if name in SEQUENCE_ARCHITECTURES:
+        width *= 2
+    return [*shapes, (outputs, width), (outputs,)]

@@ -130,10 +130,12 @@ class TemporalConvNet(nn.Module):
     of Conv1d, GroupNorm and Linear, so it trains under DP-SGD (by ghost clipping). The output
     layer reads the last row's features and the window's mean features. With ``hidden=()`` only
     the output layer is trained, on the raw last row and window mean: a linear model.
+    ``outputs``: one per class of a multiclass sequence task (the window's last row's class).
     """
 
-    def __init__(self, n_inputs: int, hidden: Sequence[int] = (32, 32)):
+    def __init__(self, n_inputs: int, hidden: Sequence[int] = (32, 32), outputs: int = 1):
         super().__init__()
+        self.outputs = outputs
         blocks: list[nn.Module] = []
         width = n_inputs
         for i, h in enumerate(hidden):
@@ -145,7 +147,7 @@ class TemporalConvNet(nn.Module):
             ]
             width = h
         self.body = nn.Sequential(*blocks)
-        self.head = nn.Linear(2 * width, 1)
+        self.head = nn.Linear(2 * width, outputs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the output layer sees: the last row's and the window's mean features."""
@@ -155,8 +157,9 @@ class TemporalConvNet(nn.Module):
         return torch.cat([h[:, :, -1], h.mean(dim=2)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One output per window: a logit (binary tasks) or a standardised value (regression)."""
-        return self.head(self.features(x)).squeeze(-1)
+        """Per window a logit (binary), a standardised value (regression) or a (classes,) row of logits."""
+        out = self.head(self.features(x))
+        return out.squeeze(-1) if self.outputs == 1 else out
 
 
 def _groups_of(width: int) -> int:
