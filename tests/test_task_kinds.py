@@ -1,0 +1,207 @@
+"""The new task kinds through every feature of a run (issue 13 item 7): multiclass (`failure-mode`,
+an MLP with one output per class) and sequence regression (`turbofan-rul`, the TCN).
+
+Unit level, on real networks' weights: the robust strategies, supplier-level DP, checkpoint and
+resume (the network rebuilt from the manifest's scaler). One slow simulation runs
+`turbofan-rul` with SecAgg+ and per-site DP-SGD at each site's own budget.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from scipy import stats
+
+from coordinator.checkpoint import RunRecorder, load_resume_point
+from coordinator.config import FederationConfig
+from coordinator.strategies import SangsaengStrategy, SiteClientManager, build_strategy
+from models.architectures import weight_shapes
+from models.nets import get_weights, set_weights
+from models.scaler import FederatedScaler
+from privacy.central import CentralDP
+from tests.factories import scored_model
+
+KINDS = ["failure-mode", "turbofan-rul"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind(request):
+    """(spec, scaler, model, metrics) of a real multiclass MLP or sequence TCN."""
+    return scored_model(request.param, hidden=(8, 8))
+
+
+def proxy(node_id: int) -> GridClientProxy:
+    return GridClientProxy(node_id=node_id, grid=None, run_id=1)  # type: ignore[arg-type]
+
+
+def _wrapped(kind, tmp_path, **options):
+    """`SangsaengStrategy` over the configured strategy, for this kind's network, after configure_fit."""
+    spec, scaler, model, _ = kind
+    config = FederationConfig(task=spec, out_dir=tmp_path, hidden=(8, 8), min_sites=2, **options)
+    initial = get_weights(model)
+    recorder = RunRecorder(tmp_path, header={"schema_hash": spec.schema_hash(), "scaler": scaler.to_json()})
+    central = None
+    if config.central_dp_noise is not None:
+        central = CentralDP(noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip,
+                            delta=1e-3, suppliers=6)  # fmt: skip
+    strategy = SangsaengStrategy(
+        build_strategy(config, initial, sites=6), config=config, scaler=scaler, recorder=recorder, central_dp=central
+    )
+    manager = SiteClientManager()
+    for i in range(1, 7):
+        manager.register(proxy(i))
+    strategy.configure_fit(1, ndarrays_to_parameters(initial), manager)
+    return config, initial, strategy
+
+
+def _fit(arrays, n, site):
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {"site": site, "train_loss": 0.1})
+
+
+def test_the_networks_are_the_kinds_own(kind):
+    spec, scaler, model, metrics = kind
+    assert [w.shape for w in get_weights(model)] == weight_shapes(
+        "tcn" if spec.sequence else "mlp", scaler.n_inputs, (8, 8), scaler.n_outputs
+    )
+    if spec.kind == "multiclass":
+        assert scaler.n_outputs == 6 and {"macro_f1", "recall_TWF", "recall_RNF"} <= set(metrics)
+    else:
+        assert {"rmse", "mae", "phm08_score", "rmse_last"} <= set(metrics)
+
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
+def test_robust_strategies_combine_each_array_coordinate_wise_and_resist_a_poisoned_site(kind, name, tmp_path):
+    """Every array keeps its shape (a 6-class head, 3-D convolutions), each coordinate is the median
+    (trimmed mean) of the sites' values, and a site boosting its update by -500 moves nothing."""
+    config, initial, strategy = _wrapped(kind, tmp_path, strategy=name)
+    rng = np.random.default_rng(0)
+    updates = [[w + 0.01 * rng.normal(size=w.shape).astype(np.float32) for w in initial] for _ in range(5)]
+    updates.append([w - 500.0 for w in initial])  # finite and well-formed: the screen lets it through
+    results = [(proxy(i + 1), _fit(u, 100, f"s{i}")) for i, u in enumerate(updates)]
+
+    params, _ = strategy.aggregate_fit(1, results, [])
+
+    got = parameters_to_ndarrays(params)
+    assert [a.shape for a in got] == [w.shape for w in initial]
+    for k, array in enumerate(got):
+        stack = np.stack([u[k] for u in updates])
+        want = np.median(stack, axis=0) if name == "fedmedian" else stats.trim_mean(stack, config.trim_fraction, axis=0)
+        np.testing.assert_allclose(array, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(array, initial[k], atol=0.05)  # the honest sites' value, not dragged
+
+
+def test_supplier_level_dp_clips_the_whole_update_of_every_array(kind, tmp_path):
+    """The clipping norm covers the update of every array together (the head and convolutions
+    included); the mean is unweighted, as the noise calibrated to it requires."""
+    _, initial, strategy = _wrapped(kind, tmp_path, central_dp_noise=1e-9, central_dp_clip=1.0)
+    rng = np.random.default_rng(1)
+    raw = [[rng.normal(size=w.shape).astype(np.float32) * scale for w in initial] for scale in (3.0, 1e-3)]
+    results = [(proxy(i + 1), _fit([w + u for w, u in zip(initial, update, strict=True)], n, f"s{i}"))
+               for i, (update, n) in enumerate(zip(raw, (10_000, 1), strict=True))]  # fmt: skip
+
+    params, _ = strategy.aggregate_fit(1, results, [])
+
+    def clipped(update):
+        norm = np.sqrt(sum(float((u.astype(np.float64) ** 2).sum()) for u in update))
+        return [u * min(1.0, 1.0 / norm) for u in update]
+
+    big, small = (clipped(u) for u in raw)
+    assert np.sqrt(sum(float((u**2).sum()) for u in big)) == pytest.approx(1.0, rel=1e-5)
+    for k, array in enumerate(parameters_to_ndarrays(params)):
+        np.testing.assert_allclose(array, initial[k] + (big[k] + small[k]) / 2, atol=1e-5)
+    record = json.loads((tmp_path / "manifest.json").read_text())["rounds"][0]["central_dp"]
+    assert record["sampled"] == 2 and record["epsilon"] > 0
+
+
+def test_a_resumed_run_rebuilds_the_network_from_its_checkpoint_and_scaler(kind, tmp_path):
+    """The resume point's weights load into a fresh network built from the manifest's scaler
+    (outputs per class, the TCN over windows), which then predicts as the checkpointed one."""
+    spec, scaler, model, _ = kind
+    config, initial, strategy = _wrapped(kind, tmp_path, strategy="fedadam")
+    moved = [[w + 0.1 * (i + 1) for w in initial] for i in range(2)]
+    strategy.aggregate_fit(1, [(proxy(i + 1), _fit(u, 10, f"s{i}")) for i, u in enumerate(moved)], [])
+
+    point = load_resume_point(tmp_path, schema_hash=spec.schema_hash())
+    assert point is not None and point.round == 1 and set(point.strategy_state) == {"m_t", "v_t"}
+    for got, want in zip(point.weights, strategy.global_weights or [], strict=True):
+        np.testing.assert_array_equal(got, want)
+    resumed_scaler = FederatedScaler.from_json(point.manifest["scaler"])
+    fresh = config.new_model(resumed_scaler.n_inputs, outputs=resumed_scaler.n_outputs)
+    set_weights(fresh, point.weights)
+    set_weights(model, strategy.global_weights or [])
+    shape = (4, spec.sequence.window, scaler.n_inputs) if spec.sequence else (4, scaler.n_inputs)
+    x = torch.as_tensor(np.random.default_rng(2).normal(size=shape), dtype=torch.float32)
+    with torch.no_grad():
+        out = fresh(x)
+        np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-6)
+    assert tuple(out.shape) == ((4, 6) if spec.kind == "multiclass" else (4,))
+    # A resume of the other kind's directory is refused: its schema differs.
+    with pytest.raises(ValueError, match="recorded for schema"):
+        other = next(k for k in KINDS if k != spec.name)
+        from models.tasks import get_task
+
+        load_resume_point(tmp_path, schema_hash=get_task(other).schema_hash())
+
+
+def test_a_multiclass_sequence_task_gets_a_tcn_with_a_head_per_class():
+    from models.nets import build_model
+
+    net = build_model(5, name="tcn", hidden=(8,), outputs=3)
+    assert tuple(net(torch.zeros(2, 10, 5)).shape) == (2, 3)
+    assert [w.shape for w in get_weights(net)] == weight_shapes("tcn", 5, (8,), 3)
+
+
+# -- end to end ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_turbofan_rul_under_secagg_with_each_sites_own_budget(tmp_path):
+    """`turbofan-rul` on three operators (two engines each), two rounds of SecAgg+ with per-site
+    DP-SGD, each site held to the lower of the run's target and its own policy's budget. (Resume
+    of these networks is checked above without an engine: starting one again costs a minute.)"""
+    import pandas as pd
+
+    from coordinator.simulation import run_experiment, write_site_files
+    from models.tasks import get_task
+    from privacy.ledger import PrivacyLedger
+    from privacy.policy import SitePrivacyPolicy
+    from privacy.report import verify_report
+    from tests.conftest import dataset_path
+
+    spec = get_task("turbofan-rul")
+    raw = pd.read_csv(dataset_path("cmapss_fd003.csv"))
+    raw = raw[raw["operator"].isin(["OP01", "OP02", "OP03"])]
+    raw = raw[raw["unit"].isin(raw.groupby("operator")["unit"].apply(lambda u: sorted(u.unique())[:2]).explode())]
+    out = tmp_path / "run"
+    site_files, _ = write_site_files(raw, "operator", out, spec=spec)
+    sites = sorted(site_files)
+    budgets = dict(zip(sites, (2.0, 3.0, 8.0), strict=True))  # each site's own ceiling; the run asks for 4
+    policies = {site: SitePrivacyPolicy(max_epsilon=budget) for site, budget in budgets.items()}
+    config = FederationConfig(
+        task=spec, num_rounds=2, local_epochs=1, batch_size=64, hidden=(8,), out_dir=out, min_sites=3,
+        dp_epsilon=4.0, secagg=True, key_dir=tmp_path / "keys",
+    )  # fmt: skip
+
+    results = run_experiment(spec, site_files, config, site_policies=policies)
+
+    assert "Secure aggregation completed" in (out / "flower.log").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and [r["round"] for r in manifest["rounds"]] == [1, 2]
+    assert all(r["sites_trained"] == sites for r in manifest["rounds"])
+    with np.load(out / "checkpoints" / "round_002.npz") as npz:
+        shapes = [npz[k].shape for k in sorted(k for k in npz.files if k.startswith("w"))]
+    scaler = FederatedScaler.from_json(manifest["scaler"])
+    assert shapes == weight_shapes("tcn", scaler.n_inputs, (8,), 1)
+    for figures in (results["federated"]["global"], *results["federated"]["per_site"].values()):
+        assert all(np.isfinite(figures[k]) for k in ("rmse", "mae", "phm08_score", "rmse_last"))
+    # The signed report: both rounds for every site, each within the lower of its budget and the target.
+    report = verify_report(out / "privacy" / "report.json", out / "privacy" / "coordinator.pub.pem")
+    for site, budget in budgets.items():
+        entry = report["sites"][site]
+        assert [r["round"] for r in entry["rounds"]] == [1, 2]
+        assert 0.9 * min(budget, 4.0) < entry["epsilon"] <= min(budget, 4.0) * (1 + 1e-6)
+        ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
