@@ -5,6 +5,7 @@ release gate on the federation's metric in its own direction (rmse, phm08_score:
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -152,7 +153,25 @@ def test_a_run_of_the_kind_uploads_and_shows_on_the_api_and_the_web_page(portal,
     assert page.status_code == 200, page.text[:300]
     assert "<svg" in page.text and all(f"<th>{key}</th>" in page.text for key in keys)
     assert f"Global {federation['metric']} over rounds" in page.text
+    sign = "&gt;=" if task == "failure-mode" else "&lt;="  # the gate's direction, as the header states it
+    assert f"release when {federation['metric']} {sign} {federation['threshold']}" in page.text
     listing = client.get(f"/federations/{federation['id']}/runs")
     assert listing.status_code == 200 and run["run_ref"] in listing.text
     releases = client.get(f"/federations/{federation['id']}/releases")
     assert releases.status_code == 200 and "1.0.0" in releases.text
+
+
+def test_two_class_recalls_the_portal_would_cut_to_one_name_are_refused(tmp_path):
+    from portal.uploader import UploadError, run_report
+
+    run_dir, _ = _run_dir(tmp_path, "failure-mode")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    long = "recall_overstrain_failure_of_the_spindle_"  # 41 characters: the portal keeps 40
+    manifest["rounds"][-1]["metrics"] |= {long + "A": 0.9, long + "B": 0.1}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UploadError, match=rf"round 2: metrics '{long}A' and '{long}B' both read '{long[:40]}'"):
+        run_report(run_dir)
+    manifest["rounds"][-1]["metrics"] |= {long + "B": None}
+    del manifest["rounds"][-1]["metrics"][long + "A"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert run_report(run_dir)["rounds"][-1]["metrics"][long[:40]] is None  # one long name alone is cut, as before
