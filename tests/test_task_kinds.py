@@ -205,3 +205,26 @@ def test_turbofan_rul_under_secagg_with_each_sites_own_budget(tmp_path):
         assert 0.9 * min(budget, 4.0) < entry["epsilon"] <= min(budget, 4.0) * (1 + 1e-6)
         ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
         assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
+
+
+def test_the_sites_rul_scores_pool_as_the_federations_own():
+    """Split held-out windows between two sites: the aggregate of their metrics is the pooled one
+    for rmse (root of the weighted mean of squares), mae (weighted mean) and phm08_score (a sum)."""
+    from coordinator.strategies import weighted_mean
+    from models.rul import phm08_score
+
+    rng = np.random.default_rng(3)
+    truth, pred = rng.uniform(0, 150, 90), rng.uniform(0, 150, 90)
+    last = np.zeros(90, bool)
+    last[::10] = True  # one engine's last window every ten
+
+    def scores(rows):
+        t, p = truth[rows], pred[rows]
+        return {"rmse": float(np.sqrt(np.mean((t - p) ** 2))), "mae": float(np.mean(np.abs(t - p))),
+                "phm08_score": phm08_score(t[last[rows]], p[last[rows]])}  # fmt: skip
+
+    a, b = np.arange(60), np.arange(60, 90)
+    pooled = weighted_mean([(60, scores(a)), (30, scores(b))])
+    whole = scores(np.arange(90))
+    for key in whole:
+        assert pooled[key] == pytest.approx(whole[key], rel=1e-9), key
