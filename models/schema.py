@@ -137,9 +137,16 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
                 )
         out[column] = values
 
-    if spec.kind == "multiclass":
-        out[spec.label] = _class_labels(frame, spec, source)
-        return out.reset_index(drop=True)
+    out[spec.label] = (
+        _class_labels(frame, spec, source) if spec.kind == "multiclass" else _number_labels(frame, spec, source)
+    )
+    for column in groups.columns:  # the group (and order) travel with the rows: split and windows need them
+        out[column] = groups[column].to_numpy()
+    return out.reset_index(drop=True)
+
+
+def _number_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarray:
+    """A binary (0 or 1) or regression (finite) label as numbers."""
     label = _numeric(frame, spec.label, source)
     arr = label.to_numpy()
     if spec.kind == "binary":
@@ -156,10 +163,7 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
             raise SiteDataError(
                 source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
             )
-    out[spec.label] = arr
-    for column in groups.columns:  # the group (and order) travel with the rows: split and windows need them
-        out[column] = groups[column].to_numpy()
-    return out.reset_index(drop=True)
+    return arr
 
 
 def _class_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarray:

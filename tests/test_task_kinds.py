@@ -148,12 +148,41 @@ def test_a_resumed_run_rebuilds_the_network_from_its_checkpoint_and_scaler(kind,
         load_resume_point(tmp_path, schema_hash=get_task(other).schema_hash())
 
 
-def test_a_multiclass_sequence_task_gets_a_tcn_with_a_head_per_class():
-    from models.nets import build_model
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp-sgd"])
+def test_a_multiclass_sequence_task_trains_a_tcn_with_a_head_per_class(private):
+    """C-MAPSS engines' windows labelled by remaining life (late / mid / early): the TCN has one
+    output per class, trains plainly and under DP-SGD, and scores with the multiclass metrics."""
+    import pandas as pd
 
-    net = build_model(5, name="tcn", hidden=(8,), outputs=3)
-    assert tuple(net(torch.zeros(2, 10, 5)).shape) == (2, 3)
-    assert [w.shape for w in get_weights(net)] == weight_shapes("tcn", 5, (8,), 3)
+    from models.datasets import sample_path
+    from models.nets import build_model
+    from models.schema import validate_frame
+    from models.sequence import SequenceSpec
+    from models.tasks import TaskSpec
+    from models.training import TrainConfig, evaluate_model, prepare, train_local
+    from privacy.dp_sgd import train_private
+
+    sensors = ("sensor_2", "sensor_3", "sensor_4", "sensor_7", "sensor_11")
+    spec = TaskSpec(name="life-stage", kind="multiclass", label="stage", features=sensors,
+                    id_columns=("unit", "cycle", "operator"), classes=("late", "mid", "early"),
+                    sequence=SequenceSpec(group="unit", order="cycle", window=10, stride=3))  # fmt: skip
+    raw = pd.read_csv(sample_path("turbofan-rul"))
+    raw = raw[raw["unit"].isin(sorted(raw["unit"].unique())[:4])]
+    raw = raw.assign(stage=pd.cut(raw["RUL"], [-1, 50, 120, 10**6], labels=["late", "mid", "early"]).astype(str))
+    frame = validate_frame(raw.drop(columns="RUL"), spec, source="fd003 stages")
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    x, y = prepare(frame, spec, scaler)
+    assert x.shape[1:] == (10, len(sensors)) and set(np.unique(y)) == {0, 1, 2}
+    net = build_model(scaler.n_inputs, name="tcn", hidden=(8,), outputs=scaler.n_outputs, seed=0)
+    assert [w.shape for w in get_weights(net)] == weight_shapes("tcn", len(sensors), (8,), 3)
+    config = TrainConfig(epochs=1, batch_size=64)
+    if private:
+        train_private(net, x, y, spec=spec, scaler=scaler, config=config, noise_multiplier=1.0, max_grad_norm=1.0)
+    else:
+        train_local(net, x, y, spec=spec, scaler=scaler, config=config)
+    loss, metrics = evaluate_model(net, x, y, spec=spec, scaler=scaler)
+    assert np.isfinite(loss) and 0 <= metrics["macro_f1"] <= 1
+    assert {"recall_late", "recall_mid", "recall_early"} <= set(metrics)
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -228,3 +257,19 @@ def test_the_sites_rul_scores_pool_as_the_federations_own():
     whole = scores(np.arange(90))
     for key in whole:
         assert pooled[key] == pytest.approx(whole[key], rel=1e-9), key
+
+
+def test_a_multiclass_task_with_a_group_splits_by_whole_groups(ai4i):
+    """A multiclass export keeps its group column through validation, as the other kinds do, so the
+    held-out split keeps every group on one side (it raised a KeyError for multiclass before)."""
+    import dataclasses
+
+    from models.datasets import holdout_split
+    from models.schema import validate_frame
+    from models.tasks import get_task
+
+    spec = dataclasses.replace(get_task("failure-mode"), name="failure-mode-by-lot", group_column="lot")
+    frame = validate_frame(ai4i.head(600).assign(lot=np.arange(600) // 20), spec, source="ai4i with lots")
+    assert frame["lot"].nunique() == 30
+    train, test = holdout_split(frame, spec, source="ai4i with lots")
+    assert len(train) + len(test) == 600 and not set(train["lot"]) & set(test["lot"])
