@@ -15,16 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-__all__ = [
-    "ARCHITECTURES",
-    "PLE_KNOTS",
-    "SEQUENCE_ARCHITECTURES",
-    "check_architecture",
-    "input_width",
-    "weight_shapes",
-]
+__all__ = ["ARCHITECTURES", "PLE_KNOTS", "SEQUENCE_ARCHITECTURES", "check_architecture", "input_width", "weight_shapes"]
 
 # Bin edges in standard deviations from the federation's mean (the inputs are standardised by
 # the federated scaler, so every site encodes alike). Every half deviation from -3 to 3:
@@ -54,23 +45,23 @@ def input_width(name: str, n_inputs: int) -> int:
     return n_inputs
 
 
-def weight_shapes(name: str, n_inputs: int, hidden: Sequence[int], outputs: int = 1) -> list[tuple[int, ...]]:
-    """The shape of each array of `models.nets.get_weights` for this network, in that order.
+def weight_shapes(
+    name: str, n_inputs: int, hidden: list[int] | tuple[int, ...], outputs: int = 1
+) -> list[tuple[int, ...]]:
+    """The shape of each weight array of architecture `name`, in `models.nets.get_weights` order.
 
-    ``mlp`` and ``ple``: a weight and a bias per layer. ``tcn``: per hidden width a Conv1d
-    (kernel 3) weight and bias and a GroupNorm weight and bias, then the output layer, which
-    reads the last row's and the window mean's features (twice the last width). Kept here, in
-    plain Python, so an artifact is checked without torch; `tests/test_nets.py` holds it to the
-    networks themselves.
+    ``mlp``/``ple``: a (width, inputs) matrix and a bias per linear layer. ``tcn``: per hidden
+    block a (width, inputs, 3) Conv1d kernel, its bias, and GroupNorm's scale and shift; then the
+    output layer on the last row's and the window mean's features, (outputs, 2 * width).
     """
     width = input_width(name, n_inputs)
     shapes: list[tuple[int, ...]] = []
-    for h in hidden:
-        if name in SEQUENCE_ARCHITECTURES:
-            shapes += [(h, width, 3), (h,), (h,), (h,)]
-        else:
-            shapes += [(h, width), (h,)]
-        width = h
     if name in SEQUENCE_ARCHITECTURES:
-        width *= 2
+        for h in hidden:
+            shapes += [(h, width, 3), (h,), (h,), (h,)]
+            width = h
+        return [*shapes, (outputs, 2 * width), (outputs,)]
+    for h in hidden:
+        shapes += [(h, width), (h,)]
+        width = h
     return [*shapes, (outputs, width), (outputs,)]

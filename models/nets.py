@@ -130,7 +130,6 @@ class TemporalConvNet(nn.Module):
     of Conv1d, GroupNorm and Linear, so it trains under DP-SGD (by ghost clipping). The output
     layer reads the last row's features and the window's mean features. With ``hidden=()`` only
     the output layer is trained, on the raw last row and window mean: a linear model.
-    ``outputs``: one per class of a multiclass sequence task (the window's last row's class).
     """
 
     def __init__(self, n_inputs: int, hidden: Sequence[int] = (32, 32), outputs: int = 1):
@@ -157,7 +156,7 @@ class TemporalConvNet(nn.Module):
         return torch.cat([h[:, :, -1], h.mean(dim=2)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per window a logit (binary), a standardised value (regression) or a (classes,) row of logits."""
+        """Per window: a logit (binary), a standardised value (regression) or one logit per class (multiclass)."""
         out = self.head(self.features(x))
         return out.squeeze(-1) if self.outputs == 1 else out
 

@@ -137,16 +137,9 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
                 )
         out[column] = values
 
-    out[spec.label] = (
-        _class_labels(frame, spec, source) if spec.kind == "multiclass" else _number_labels(frame, spec, source)
-    )
-    for column in groups.columns:  # the group (and order) travel with the rows: split and windows need them
-        out[column] = groups[column].to_numpy()
-    return out.reset_index(drop=True)
-
-
-def _number_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarray:
-    """A binary (0 or 1) or regression (finite) label as numbers."""
+    if spec.kind == "multiclass":
+        out[spec.label] = _class_labels(frame, spec, source)
+        return _with_groups(out, groups)
     label = _numeric(frame, spec.label, source)
     arr = label.to_numpy()
     if spec.kind == "binary":
@@ -163,7 +156,15 @@ def _number_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarr
             raise SiteDataError(
                 source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
             )
-    return arr
+    out[spec.label] = arr
+    return _with_groups(out, groups)
+
+
+def _with_groups(out: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """The validated columns and the group (and order) columns: split and windows need them."""
+    for column in groups.columns:
+        out[column] = groups[column].to_numpy()
+    return out.reset_index(drop=True)
 
 
 def _class_labels(frame: pd.DataFrame, spec: TaskSpec, source: str) -> np.ndarray:

@@ -3,7 +3,7 @@
 Layout::
 
     artifact.json        {"format": "sangsaeng-model/1", "task": {...TaskSpec...},
-                          "scaler": "<FederatedScaler JSON>", "model": "mlp"|"ple"|"tcn", "hidden": [64, 32],
+                          "scaler": "<FederatedScaler JSON>", "model": "mlp"|"ple", "hidden": [64, 32],
                           "weights": ["w000", ...], "source": {"run_ref": ..., "round": ...}}
     weights/w000.npy     the global model's arrays, in `models.nets.get_weights` order
 
@@ -176,7 +176,7 @@ def _read_npy(archive: zipfile.ZipFile, entry: str) -> np.ndarray:
 
 
 def _check_consistency(content: ModelArtifactContent) -> None:
-    """The task parses, the scaler fits it, and every weight array has the shape its network needs on the scaler."""
+    """The task parses, the scaler fits it, the first layer takes the scaler's inputs and the last gives its outputs."""
     from models.architectures import weight_shapes
     from models.scaler import FederatedScaler
     from models.tasks import TaskSpec
@@ -190,29 +190,30 @@ def _check_consistency(content: ModelArtifactContent) -> None:
         raise ModelArtifactError(f"artifact's scaler is for task '{scaler.spec_name}', not '{spec.name}'")
     hidden = content.hidden
     try:
-        expected = weight_shapes(content.model, scaler.n_inputs, hidden, scaler.n_outputs)
+        shapes = weight_shapes(content.model, scaler.n_inputs, hidden, scaler.n_outputs)
     except ValueError as exc:
         raise ModelArtifactError(f"artifact's model: {exc}") from None
-    if len(content.weights) != len(expected):
+    if len(content.weights) != len(shapes):
         raise ModelArtifactError(
-            f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs "
-            f"{len(expected)}"
+            f"artifact has {len(content.weights)} weight arrays; a '{content.model}' model {hidden} needs {len(shapes)}"
         )
-    first, head = content.weights[0], content.weights[-2]  # the output layer's weight (the last array: its bias)
-    if first.shape != expected[0]:
+    first = content.weights[0]
+    if first.shape[1:] != shapes[0][1:]:
+        width = shapes[0][1]
         raise ModelArtifactError(
             f"first layer has shape {first.shape}; a '{content.model}' model on the scaler's "
-            f"{scaler.n_inputs} inputs takes {expected[0][1]}"
+            f"{scaler.n_inputs} inputs takes {width}"
         )
+    head = content.weights[-2]  # the output layer's weight (the last array is its bias)
     if head.ndim != 2 or head.shape[0] != scaler.n_outputs:
         raise ModelArtifactError(
             f"output layer has shape {head.shape}; the scaler's task needs {scaler.n_outputs} output(s)"
         )
-    for i, (array, shape) in enumerate(zip(content.weights, expected, strict=True)):
+    for i, (array, shape) in enumerate(zip(content.weights, shapes, strict=True)):
         if array.shape != shape:
             raise ModelArtifactError(
-                f"weight array w{i:03d} has shape {array.shape}; a '{content.model}' model {hidden} on "
-                f"{scaler.n_inputs} inputs needs {shape}"
+                f"weight array {i} has shape {array.shape}; a '{content.model}' model {hidden} on "
+                f"{scaler.n_inputs} inputs with {scaler.n_outputs} output(s) needs {shape}"
             )
 
 

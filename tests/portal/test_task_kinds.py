@@ -104,7 +104,9 @@ def test_an_artifact_of_the_wrong_network_shape_is_refused_by_name():
                           source={"run_ref": "x", "round": 1}, model="tcn")  # fmt: skip
     from sangsaeng.errors import ModelArtifactError
 
-    with pytest.raises(ModelArtifactError, match=r"weight array w002 has shape \(4,\); a 'tcn' model \[8, 8\]"):
+    with pytest.raises(
+        ModelArtifactError, match=r"weight array 2 has shape \(4,\); a 'tcn' model \[8, 8\] on 14 inputs with 1 output"
+    ):
         read_artifact(data)
     assert read_artifact(kind_artifact("turbofan-rul")).model == "tcn"
 
