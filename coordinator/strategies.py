@@ -58,17 +58,38 @@ logger = logging.getLogger("sangsaeng.coordinator")
 EvaluateFn = Callable[[int, list[np.ndarray]], tuple[float, dict[str, float]] | None]
 
 
+# Metrics whose federation-wide value is not the example-weighted mean of the sites' values:
+# an RMSE pools as the root of the weighted mean of squares (exact: each site's RMSE is over its
+# `n` examples), the PHM 2008 score is a sum over engines, so over sites. `rmse_last` is over each
+# site's engines, not its windows: pooled by windows it is close, not exact.
+_POOLED = {"rmse": "rms", "rmse_last": "rms", "phm08_score": "sum"}
+
+
 def weighted_mean(items: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
-    """Example-weighted mean of every numeric metric (NaN values are skipped)."""
+    """Example-weighted mean of every numeric metric (NaN values are skipped).
+
+    Except where a mean is not the federation's value: an RMSE is pooled as the root of the
+    weighted mean of squares, the PHM 2008 score (a sum over engines) is summed.
+    """
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for n, metrics in items:
         for key, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or np.isnan(value):
                 continue
-            sums[key] = sums.get(key, 0.0) + n * float(value)
+            rule = _POOLED.get(key)
+            term = float(value) if rule == "sum" else n * float(value) ** (2 if rule == "rms" else 1)
+            sums[key] = sums.get(key, 0.0) + term
             weights[key] = weights.get(key, 0.0) + n
-    return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+    out: dict[str, Scalar] = {}
+    for key, total in sums.items():
+        if weights[key] <= 0:
+            continue
+        rule = _POOLED.get(key)
+        out[key] = (
+            total if rule == "sum" else float(np.sqrt(total / weights[key])) if rule == "rms" else total / weights[key]
+        )
+    return out
 
 
 STRATEGY_REGISTRY = AGGREGATIONS  # the registry, under the name this module has always exported

@@ -63,7 +63,17 @@ from models.images import ImageAugment, ImageSpec
 from models.rul import RUL_METRICS
 from models.sequence import SequenceSpec
 
-__all__ = ["KINDS", "NO_FLAG_CLASS", "TaskSpec", "builtin_tasks", "get_task", "load_task_spec", "register_task"]
+__all__ = [
+    "KINDS",
+    "LOWER_IS_BETTER",
+    "NO_FLAG_CLASS",
+    "TaskSpec",
+    "builtin_tasks",
+    "get_task",
+    "higher_is_better",
+    "load_task_spec",
+    "register_task",
+]
 
 Kind = Literal["binary", "regression", "multiclass"]
 KINDS: tuple[str, ...] = ("binary", "regression", "multiclass")
@@ -74,6 +84,15 @@ _METRICS: dict[str, tuple[str, ...]] = {
     "multiclass": ("macro_f1", "accuracy", "balanced_accuracy", "macro_roc_auc"),
 }
 _PRIMARY = {"binary": "roc_auc", "regression": "rmse", "multiclass": "macro_f1"}
+LOWER_IS_BETTER: frozenset[str] = frozenset({"rmse", "mae", "phm08_score", "rmse_last", "loss"})
+"""The metrics that are errors or costs (regression, remaining useful life, a loss); every other one is a score."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` is better: False for an error or a cost (`LOWER_IS_BETTER`)."""
+    return metric not in LOWER_IS_BETTER
+
+
 NO_FLAG_CLASS = "none"
 """The class of a row none of whose `label_from` flags is set."""
 
@@ -150,7 +169,7 @@ class TaskSpec:
     @property
     def higher_is_better(self) -> bool:
         """Whether a larger primary metric is better (binary and multiclass tasks: yes; regression: no)."""
-        return self.kind != "regression"
+        return higher_is_better(self.primary_metric)
 
     @property
     def label_columns(self) -> tuple[str, ...]:

@@ -27,18 +27,32 @@ from sangsaeng.portal_api import PortalAPI
 __all__ = ["UploadError", "run_report", "privacy_summary", "signed_report", "upload_run"]
 
 PUBLIC_KEY_NAME = "coordinator.pub.pem"
+METRIC_NAME_LENGTH = 40  # the portal's limit on a metric's name (portal.models.Metrics)
 
 
 class UploadError(SangsaengError):
     """A run directory that cannot be reported (the portal's refusals are `PortalRequestError`)."""
 
 
-def _numbers(values: dict[str, Any] | None) -> dict[str, float | None]:
+def _numbers(values: dict[str, Any] | None, *, where: str) -> dict[str, float | None]:
+    """The numeric metrics, names cut to the portal's 40 characters; two names cut alike are refused.
+
+    A multiclass task reports ``recall_<class>`` per class: classes whose names share a long
+    prefix would otherwise report one class's recall under the other's name.
+    """
     out: dict[str, float | None] = {}
+    full: dict[str, str] = {}
     for key, value in (values or {}).items():
         if isinstance(value, bool) or not isinstance(value, int | float | type(None)):
             continue
-        out[str(key)[:40]] = None if value is None or not math.isfinite(float(value)) else float(value)
+        short = str(key)[:METRIC_NAME_LENGTH]
+        if short in full:
+            raise UploadError(
+                f"{where}: metrics '{full[short]}' and '{key}' both read '{short}' in the portal, which keeps "
+                f"{METRIC_NAME_LENGTH} characters of a metric's name; give the task's classes shorter names"
+            )
+        full[short] = str(key)
+        out[short] = None if value is None or not math.isfinite(float(value)) else float(value)
     return out
 
 
@@ -80,8 +94,12 @@ def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any
     rounds = []
     for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
         metrics = record.get("metrics") or record.get("federated_eval") or {}
-        per_site = {str(site): _numbers(values) for site, values in (record.get("per_site") or {}).items()}
-        rounds.append({"round": int(record["round"]), "metrics": _numbers(metrics), "per_site": per_site})
+        where = f"{run_dir / 'manifest.json'}: round {record['round']}"
+        per_site = {
+            str(site): _numbers(values, where=f"{where}, site '{site}'")
+            for site, values in (record.get("per_site") or {}).items()
+        }
+        rounds.append({"round": int(record["round"]), "metrics": _numbers(metrics, where=where), "per_site": per_site})
     status = manifest.get("status", "completed")
     return {
         "run_ref": str(manifest.get("run_id", run_dir.name)),

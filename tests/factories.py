@@ -22,3 +22,34 @@ def dp_manifest(run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), r
         "config": {"dp_epsilon": 3.0},
         "rounds": records,
     }
+
+
+def scored_model(task: str, *, hidden: tuple[int, ...] = (8,), engines: int = 6, rows: int = 2000, seed: int = 0):
+    """A real, untrained model of a built-in task, its scaler and its real metrics on the task's sample.
+
+    Multiclass (`failure-mode`): an MLP with one output per class, scored with `recall_<class>`
+    among its metrics. Sequence (`turbofan-rul`): a TCN over `engines` whole engines' windows,
+    scored with the remaining-useful-life metrics. Returns (spec, scaler, model, metrics).
+    """
+    import pandas as pd
+
+    from models.datasets import SAMPLES, sample_path
+    from models.nets import build_model
+    from models.scaler import FederatedScaler
+    from models.schema import validate_frame
+    from models.tasks import get_task
+    from models.training import evaluate_model, last_windows, prepare
+
+    spec = get_task(task)
+    raw = pd.read_csv(sample_path(task))
+    if spec.sequence is not None:  # whole groups: a window never starts in the middle of an engine
+        raw = raw[raw[spec.sequence.group].isin(sorted(raw[spec.sequence.group].unique())[:engines])]
+    else:
+        raw = raw.head(rows)
+    frame = validate_frame(raw, spec, source=SAMPLES[task].filename)
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    name = "tcn" if spec.sequence is not None else "mlp"
+    model = build_model(scaler.n_inputs, name=name, hidden=hidden, outputs=scaler.n_outputs, seed=seed)
+    x, y = prepare(frame, spec, scaler)
+    _, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(frame, spec))
+    return spec, scaler, model, metrics

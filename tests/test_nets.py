@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig
-from models.architectures import PLE_KNOTS, input_width
+from models.architectures import ARCHITECTURES, PLE_KNOTS, input_width, weight_shapes
 from models.nets import PiecewiseLinearEncoding, build_model, get_weights, set_weights
 from models.tasks import get_task
 
@@ -85,3 +85,12 @@ def test_model_and_an_empty_hidden_survive_the_flower_run_config():
     assert (back.model, back.hidden) == ("ple", ())
     weights = get_weights(build_model(11, name=back.model, hidden=back.hidden))
     assert [w.shape for w in weights] == [(1, 11 * len(PLE_KNOTS)), (1,)] and all(np.isfinite(w).all() for w in weights)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("hidden", [(), (8,), (12, 4)])
+@pytest.mark.parametrize("outputs", [1, 6])
+def test_the_torch_free_weight_shapes_are_every_networks_own(name, hidden, outputs):
+    """What an artifact is checked against without torch (`weight_shapes`) is what the network sends."""
+    net = build_model(5, name=name, hidden=hidden, outputs=outputs)
+    assert [w.shape for w in get_weights(net)] == weight_shapes(name, 5, hidden, outputs)

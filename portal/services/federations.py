@@ -15,7 +15,7 @@ __all__ = ["create_federation", "assign_auditor"]
 
 def create_federation(session: Session, principal: Principal, data: FederationCreate) -> Federation:
     """An anchor admin creates a federation for a built-in task; refuses a taken name, an unknown task or metric."""
-    from models.tasks import builtin_tasks
+    from models.tasks import builtin_tasks, higher_is_better
 
     require(principal.kind, ("anchor",), "create a federation")
     if session.exec(select(Federation.id).where(Federation.name == data.name)).first() is not None:
@@ -33,7 +33,7 @@ def create_federation(session: Session, principal: Principal, data: FederationCr
         anchor_org_id=principal.org_id,
         metric=metric,
         threshold=data.threshold,
-        higher_is_better=metric not in ("rmse", "mae"),
+        higher_is_better=higher_is_better(metric),  # rmse, mae, phm08_score, rmse_last: lower
         task_spec=spec.to_dict(),
     )
     session.add(federation)
