@@ -222,6 +222,7 @@ def describe_inputs(content: ModelArtifactContent) -> dict[str, Any]:
 
     ``kind`` and ``label``; ``classes`` in output order (multiclass only); ``window``: the
     ``[task.sequence]`` table (group, order, window, stride, short), or None for a row task;
+    ``image``: the ``[task.image]`` table (column, size, channels, augment), image tasks only;
     ``input_columns``: the export's columns the model reads (numeric, then categorical);
     ``derived_features``: the features each site computes from them (name: expression);
     ``input_width``: the standardised inputs per row (one-hot levels counted).
@@ -236,6 +237,7 @@ def describe_inputs(content: ModelArtifactContent) -> dict[str, Any]:
         "label": spec.label,
         **({"classes": list(scaler.classes)} if scaler.classes else {}),
         "window": spec.sequence.to_dict() if spec.sequence is not None else None,
+        **({"image": spec.to_dict()["image"]} if spec.image is not None else {}),
         "input_columns": [*spec.measured_features, *spec.categorical_features],
         "derived_features": dict(spec.derived),
         "input_width": scaler.n_inputs,

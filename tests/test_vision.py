@@ -526,3 +526,20 @@ def test_simulated_sites_get_the_manifest_relative_paths_resolved(tmp_path):
     site = pd.read_csv(files["l1"])
     assert site["image"].iloc[0] == str(tmp_path / "export" / "pics" / names[0])
     assert len(load_site_data(files["l2"], image_task())) == 20  # the site manifest lies elsewhere, and loads
+
+
+def test_a_cnn_artifact_passes_the_artifact_check_and_its_card_states_the_image_table(tmp_path):
+    from models.nets import get_weights
+    from portal.artifact import build_artifact, describe_inputs, read_artifact
+
+    names = write_images(tmp_path / "s", 12, seed=5)
+    spec = image_task("multiclass")
+    frame = load_site_data(write_manifest(tmp_path / "s", names, labels=["ok", "crack", "stain"] * 4), spec)
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    net = build_model(scaler.n_inputs, name="cnn", hidden=(4, 8), outputs=scaler.n_outputs)
+    blob = build_artifact(get_weights(net), task=spec.to_dict(), scaler_json=scaler.to_json(), hidden=[4, 8],
+                          source={}, model="cnn")  # fmt: skip
+    described = describe_inputs(read_artifact(blob))
+    assert described["kind"] == "multiclass" and described["classes"] == list(scaler.classes)
+    assert described["image"]["column"] == spec.image.column and list(described["image"]["size"]) == [12, 16]
+    assert described["window"] is None
