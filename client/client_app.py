@@ -154,6 +154,7 @@ class SiteClient(NumPyClient):
         plan = ledger.plan_round(
             self.site.privacy, _dp_request(config), records=len(x),
             batch_size=train_config.batch_size, epochs=train_config.epochs,
+            server_round=int(config.get(ConfigKey.ROUND, 0)) or None,
         )  # fmt: skip
         if plan is None:
             loss = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)

@@ -98,11 +98,23 @@ class PrivacyLedger:
 
     # -- the two steps of a DP round ----------------------------------------------------
     def plan_round(
-        self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int, batch_size: int, epochs: int
+        self,
+        policy: SitePrivacyPolicy,
+        request: DpRequest,
+        *,
+        records: int,
+        batch_size: int,
+        epochs: int,
+        server_round: int | None = None,
     ) -> RoundPlan | None:
         """Decide how this round trains under the site's policy; None means no DP asked or required.
 
-        Raises `BudgetExhausted` when the round would take the site over its budget.
+        With `server_round`, the rounds still to come (``server_round .. num_rounds``) are
+        checked against the run's target: when they no longer fit at the run's noise (a run
+        resumed with more rounds than first planned, or a round trained again after a
+        restart), the noise is recalibrated for them, so that the whole history stays within
+        ``min(site budget, run target)``. Raises `BudgetExhausted` when the round would take
+        the site over its budget or the run over its target.
         """
         if request.target_epsilon is None and not policy.dp_required:
             return None
@@ -142,10 +154,23 @@ class PrivacyLedger:
                        "planned_steps": steps * request.num_rounds, "prior": [list(p) for p in prior]}  # fmt: skip
                 state["runs"][request.run_id] = run
             history = self.history(state)
+            if server_round is not None:
+                self._replan(state, run, request, history=history, steps=steps, server_round=server_round,
+                             delta=delta, accountant=accountant, budget=budget)  # fmt: skip
             before = epsilon_of(history, delta=delta, accountant=accountant)
             after = epsilon_of(
                 [*history, (run["noise_multiplier"], sample_rate, steps)], delta=delta, accountant=accountant
             )
+        run_target = min(budget, float(run["target_epsilon"]))
+        if after > run_target * (1 + 1e-9):
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget
+            )
+            raise BudgetExhausted(
+                f"budget exhausted: this round would bring epsilon from {before:.3f} to {after:.3f}, "
+                + (f"over the site's budget of {budget:.3f}" if run_target == budget
+                   else f"over the run's target of {run_target:.3f}")
+            )  # fmt: skip
         if after > budget * (1 + 1e-9):
             self.audit.append(
                 "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget
@@ -159,6 +184,37 @@ class PrivacyLedger:
             delta=delta, max_grad_norm=clip, accountant=accountant, budget_epsilon=budget, epsilon_before=before,
             epsilon_after=after, prior=[tuple(p) for p in run["prior"]],
         )  # fmt: skip
+
+    def _replan(
+        self, state: dict[str, Any], run: dict[str, Any], request: DpRequest, *, history: list[Step], steps: int,
+        server_round: int, delta: float, accountant: str, budget: float,
+    ) -> None:  # fmt: skip
+        """Recalibrate the run's noise when its remaining rounds no longer fit in its target."""
+        target = min(budget, float(run["target_epsilon"]))
+        remaining = steps * max(1, request.num_rounds - server_round + 1)
+        projected = epsilon_of([*history, (run["noise_multiplier"], run["sample_rate"], remaining)],
+                               delta=delta, accountant=accountant)  # fmt: skip
+        if projected <= target * (1 + 1e-9):
+            return
+        try:
+            noise = calibrate_noise(
+                target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                accountant=accountant, prior=history,
+            )  # fmt: skip
+        except PolicyError as exc:
+            spent = epsilon_of(history, delta=delta, accountant=accountant)
+            self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=target)
+            raise BudgetExhausted(
+                f"budget exhausted: epsilon {spent:.3f} already spent of the run's {target:.3f}; the "
+                f"{remaining} remaining step(s) of rounds {server_round}-{request.num_rounds} cannot fit ({exc})"
+            ) from None
+        self.audit.append(
+            "noise recalibrated", site=self.site, run_id=request.run_id, round=server_round,
+            old_noise_multiplier=run["noise_multiplier"], noise_multiplier=noise, remaining_steps=remaining,
+            target_epsilon=target,
+        )  # fmt: skip
+        run["noise_multiplier"] = noise
+        run["planned_steps"] = steps * (server_round - 1) + remaining
 
     def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
         """Add the round's steps to the history; return the cumulative epsilon."""
