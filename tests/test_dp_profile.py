@@ -1,0 +1,83 @@
+"""The DP data profile (privacy.profile): noise scale, refusals, accuracy on AI4I, the ledger's charge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.datasets import split_by
+from models.scaler import FederatedScaler, profile_site
+from models.schema import load_site_data
+from models.tasks import TaskSpec, get_task
+from privacy.accounting import epsilon_of
+from privacy.errors import PolicyError
+from privacy.profile import PROFILE_SHARE, profile_blocks, profile_noise_multiplier, release_profile
+from tests.conftest import dataset_path
+
+PM = get_task("predictive-maintenance")
+
+
+@pytest.fixture(scope="module")
+def ai4i_sites() -> dict[str, pd.DataFrame]:
+    frame = load_site_data(dataset_path("ai4i2020.csv"), PM)
+    return split_by(frame, "Type")[0]
+
+
+def test_noise_std_is_sensitivity_times_multiplier_known_values():
+    spec = TaskSpec(name="t", kind="binary", label="y", features=("a", "b", "k"), categorical=("k",),
+                    ranges={"a": (0, 1), "b": (0, 10)}, levels={"k": ("p", "q")})  # fmt: skip
+    # count, two histograms, one level block, the positives: five blocks of sensitivity 1 each
+    assert profile_blocks(spec) == ["count", "histogram:a", "histogram:b", "levels:k", "label:positives"]
+    frame = pd.DataFrame({"a": [0.5] * 40, "b": [5.0] * 40, "k": ["p"] * 40, "y": [1] * 10 + [0] * 30})
+    rng = np.random.default_rng(0)
+    released = [release_profile(frame, spec, noise_multiplier=2.0, rng=rng) for _ in range(600)]
+    mechanism = released[0][1]
+    assert mechanism.sensitivity == pytest.approx(math.sqrt(5))
+    assert mechanism.noise_std == pytest.approx(2.0 * math.sqrt(5))
+    assert mechanism.step == (2.0, 1.0, 1)
+    counts = np.array([p.categories["k"]["p"] for p, _ in released], dtype=float)  # 40 + noise, rounded
+    assert counts.mean() == pytest.approx(40, abs=0.5)
+    assert counts.std() == pytest.approx(2.0 * math.sqrt(5), rel=0.1)
+
+
+def test_the_profile_noise_costs_its_share_of_the_target():
+    z = profile_noise_multiplier(target_epsilon=3.0, delta=1e-5)
+    spent = epsilon_of([(z, 1.0, 1)], delta=1e-5)
+    assert 0.95 * PROFILE_SHARE * 3.0 < spent <= PROFILE_SHARE * 3.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        (TaskSpec(name="r", kind="regression", label="y", features=("x",), ranges={"x": (0, 1)}), "regression"),
+        (TaskSpec(name="n", kind="binary", label="y", features=("x", "z"), ranges={"x": (0, 1)}), r"for \[.z.\]"),
+        (TaskSpec(name="c", kind="binary", label="y", features=("k",), categorical=("k",)), r"levels.*\['k'\]"),
+    ],
+)  # fmt: skip
+def test_a_spec_that_cannot_bound_the_profile_is_refused_under_dp(spec, problem):
+    with pytest.raises(PolicyError, match=problem):
+        profile_blocks(spec)
+
+
+def test_builtin_ai4i_tasks_bound_their_profile():
+    for name in ("predictive-maintenance", "failure-mode", "injection-molding-quality"):
+        assert profile_blocks(get_task(name))[0] == "count"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merged_noisy_profile_is_close_to_the_exact_one_on_ai4i_at_epsilon_3(ai4i_sites, seed):
+    z = profile_noise_multiplier(target_epsilon=3.0, delta=1e-5)
+    rng = np.random.default_rng(seed)
+    released = [release_profile(f, PM, noise_multiplier=z, rng=rng) for f in ai4i_sites.values()]
+    noisy = FederatedScaler.combine([p for p, _ in released], PM)
+    exact = FederatedScaler.combine([profile_site(f, PM) for f in ai4i_sites.values()], PM)
+    total_std = released[0][1].noise_std * math.sqrt(len(ai4i_sites))
+    assert abs(noisy.count - exact.count) < 4 * total_std
+    assert abs(noisy.positives - exact.positives) < 4 * total_std
+    for c in PM.numeric_features:  # measured over seeds 0-2: |error| <= 0.37 std, ratio 0.64-0.97
+        assert abs(noisy.mean[c] - exact.mean[c]) < 0.5 * exact.std[c], c
+        assert 0.55 < noisy.std[c] / exact.std[c] < 1.2, c
+    assert all(n >= 0 for levels in [p.categories["Type"] for p, _ in released] for n in levels.values())
