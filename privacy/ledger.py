@@ -25,7 +25,7 @@ from privacy.errors import BudgetExhausted, PolicyError
 from privacy.policy import DpRequest, SitePrivacyPolicy
 from sangsaeng.files import write_json
 
-__all__ = ["PrivacyLedger", "RoundPlan", "MIN_REMAINING"]
+__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "MIN_REMAINING"]
 
 # A run needs at least this fraction of its target left; less buys only noise.
 MIN_REMAINING = 0.02
@@ -50,6 +50,25 @@ class RoundPlan:
     epsilon_before: float
     epsilon_after: float
     prior: list[Step]  # history before this run (earlier runs on the same data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfilePlan:
+    """How the site releases its data profile under DP in a run, and what it costs.
+
+    ``released``: the profile and mechanism this run already released (a resumed run, a
+    repeated request); sending them again costs nothing, so nothing new is charged.
+    """
+
+    run_id: str
+    noise_multiplier: float
+    delta: float
+    accountant: str
+    budget_epsilon: float
+    target_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    released: dict[str, Any] | None = None
 
 
 class PrivacyLedger:
@@ -130,9 +149,12 @@ class PrivacyLedger:
         with self._locked() as state:
             self._note_policy(state, policy)
             run = state["runs"].get(request.run_id)
-            prior = [tuple(s) for s in run["prior"]] if run else self.history(state)
+            # Earlier runs on the same data; this run's profile release, if any, is its own.
+            others = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]
+                      if e["run_id"] != request.run_id]  # fmt: skip
+            prior = [tuple(s) for s in run["prior"]] if run else others
             if run is None:
-                spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                spent = epsilon_of(self.history(state), delta=delta, accountant=accountant)
                 if spent >= (1 - MIN_REMAINING) * target:
                     self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
                     raise BudgetExhausted(
@@ -142,10 +164,10 @@ class PrivacyLedger:
                 try:
                     noise = calibrate_noise(
                         target_epsilon=target, delta=delta, sample_rate=sample_rate,
-                        steps=steps * request.num_rounds, accountant=accountant, prior=prior,
+                        steps=steps * request.num_rounds, accountant=accountant, prior=self.history(state),
                     )  # fmt: skip
                 except PolicyError as exc:
-                    spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                    spent = epsilon_of(self.history(state), delta=delta, accountant=accountant)
                     self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
                     raise BudgetExhausted(
                         f"budget exhausted: epsilon {spent:.3f} already spent of {budget:.3f} ({exc})"
@@ -215,6 +237,69 @@ class PrivacyLedger:
         )  # fmt: skip
         run["noise_multiplier"] = noise
         run["planned_steps"] = steps * (server_round - 1) + remaining
+
+    def plan_profile(self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int) -> ProfilePlan | None:
+        """Decide how the data profile is released under DP in this run; None means no DP asked or required.
+
+        The profile's noise costs ``privacy.profile.PROFILE_SHARE`` of the run's target on its
+        own. Raises `BudgetExhausted` when the site's history plus the profile would leave less
+        than ``MIN_REMAINING`` of the target for training (or pass its budget).
+        """
+        from privacy.profile import profile_noise_multiplier
+
+        if request.target_epsilon is None and not policy.dp_required:
+            return None
+        budgets = [e for e in (policy.max_epsilon, request.target_epsilon) if e is not None]
+        budget = max(budgets) if policy.max_epsilon is None else policy.max_epsilon
+        target = min(budgets)
+        delta, accountant = policy.delta_for(records), policy.accountant
+        with self._locked() as state:
+            self._note_policy(state, policy)
+            for entry in state["entries"]:
+                if entry["run_id"] == request.run_id and entry.get("mechanism") == "profile":
+                    before = epsilon_of(self.history(state), delta=delta, accountant=accountant)
+                    return ProfilePlan(
+                        run_id=request.run_id, noise_multiplier=entry["noise_multiplier"], delta=delta,
+                        accountant=accountant, budget_epsilon=budget, target_epsilon=target, epsilon_before=before,
+                        epsilon_after=before, released=entry,
+                    )  # fmt: skip
+            history = self.history(state)
+        noise = profile_noise_multiplier(target_epsilon=target, delta=delta, accountant=accountant)
+        before = epsilon_of(history, delta=delta, accountant=accountant)
+        after = epsilon_of([*history, (noise, 1.0, 1)], delta=delta, accountant=accountant)
+        if after >= (1 - MIN_REMAINING) * target:
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=target,
+                mechanism="profile",
+            )  # fmt: skip
+            raise BudgetExhausted(
+                f"budget exhausted: the DP data profile would bring epsilon from {before:.3f} to {after:.3f}, "
+                f"leaving nothing useful of {target:.3f} to train with; the site sends no profile"
+            )
+        return ProfilePlan(
+            run_id=request.run_id, noise_multiplier=noise, delta=delta, accountant=accountant, budget_epsilon=budget,
+            target_epsilon=target, epsilon_before=before, epsilon_after=after,
+        )  # fmt: skip
+
+    def record_profile(self, plan: ProfilePlan, *, mechanism: dict[str, Any], profile: str) -> dict[str, Any]:
+        """Charge the released profile (one Gaussian step) to the history; return the ledger entry.
+
+        The entry keeps the released (noisy) profile, so a repeated request of the same run gets
+        the same answer at no further cost.
+        """
+        with self._locked() as state:
+            entry = {
+                **mechanism, "run_id": plan.run_id, "round": 0, "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": 1.0, "steps": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "profile": profile,
+            }  # fmt: skip
+            state["entries"].append(entry)
+            entry["epsilon"] = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+        self.audit.append(
+            "profile released", site=self.site, run_id=plan.run_id, noise_multiplier=plan.noise_multiplier,
+            sensitivity=mechanism.get("sensitivity"), epsilon=entry["epsilon"],
+        )  # fmt: skip
+        return entry
 
     def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
         """Add the round's steps to the history; return the cumulative epsilon."""

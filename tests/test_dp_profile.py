@@ -81,3 +81,57 @@ def test_merged_noisy_profile_is_close_to_the_exact_one_on_ai4i_at_epsilon_3(ai4
         assert abs(noisy.mean[c] - exact.mean[c]) < 0.5 * exact.std[c], c
         assert 0.55 < noisy.std[c] / exact.std[c] < 1.2, c
     assert all(n >= 0 for levels in [p.categories["Type"] for p, _ in released] for n in levels.values())
+
+
+# -- the ledger's charge -----------------------------------------------------------------
+def _run_with_profile(ledger, policy, request, frame, rounds):
+    plan = ledger.plan_profile(policy, request, records=len(frame))
+    profile, mechanism = release_profile(frame, PM, noise_multiplier=plan.noise_multiplier)
+    entry = ledger.record_profile(plan, mechanism=mechanism.to_dict(), profile=profile.to_json())
+    epsilon = entry["epsilon"]
+    for server_round in range(1, rounds + 1):
+        step = ledger.plan_round(policy, request, records=len(frame), batch_size=100, epochs=1,
+                                 server_round=server_round)  # fmt: skip
+        epsilon = ledger.record_round(step, server_round=server_round, steps=step.steps)
+    return plan, mechanism, step, epsilon
+
+
+def test_ledger_after_profile_and_rounds_equals_an_independent_accountant(tmp_path, ai4i_sites):
+    from opacus.accountants import RDPAccountant
+
+    from privacy.ledger import PrivacyLedger
+    from privacy.policy import DpRequest, SitePrivacyPolicy
+
+    frame = ai4i_sites["h"]
+    ledger = PrivacyLedger(tmp_path / "h.ledger.json", "h")
+    request = DpRequest(run_id="r1", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=3)
+    plan, mechanism, step, epsilon = _run_with_profile(ledger, SitePrivacyPolicy(), request, frame, 3)
+    independent = RDPAccountant()
+    independent.step(noise_multiplier=mechanism.noise_multiplier, sample_rate=1.0)  # the profile: one Gaussian
+    for _ in range(3 * step.steps):
+        independent.step(noise_multiplier=step.noise_multiplier, sample_rate=step.sample_rate)
+    assert epsilon == pytest.approx(independent.get_epsilon(delta=step.delta), rel=1e-9)
+    assert 0.9 * 3.0 < epsilon <= 3.0  # the training noise was calibrated with the profile included
+    assert step.prior == []  # the profile is this run's own, not an earlier run's spending
+    # The same run asks again (a resume): the same release, nothing new charged.
+    again = ledger.plan_profile(SitePrivacyPolicy(), request, records=len(frame))
+    assert again.released is not None and again.released["profile"] == ledger.load()["entries"][0]["profile"]
+    assert ledger.spent(delta=step.delta) == pytest.approx(epsilon)
+
+
+def test_a_site_refuses_the_profile_when_its_budget_cannot_cover_it(tmp_path, ai4i_sites):
+    from privacy.errors import BudgetExhausted
+    from privacy.ledger import PrivacyLedger
+    from privacy.policy import DpRequest, SitePrivacyPolicy
+
+    frame = ai4i_sites["h"]
+    ledger = PrivacyLedger(tmp_path / "h.ledger.json", "h")
+    policy = SitePrivacyPolicy(max_epsilon=3.0)
+    _run_with_profile(ledger, policy, DpRequest(run_id="r1", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=2),
+                      frame, 2)  # fmt: skip
+    spent = ledger.spent(delta=policy.delta_for(len(frame)))
+    second = DpRequest(run_id="r2", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=2)
+    with pytest.raises(BudgetExhausted, match="DP data profile would bring epsilon from 2.9"):
+        ledger.plan_profile(policy, second, records=len(frame))
+    assert ledger.spent(delta=policy.delta_for(len(frame))) == spent  # nothing charged
+    assert ledger.audit.entries()[-1]["event"] == "refusal"
