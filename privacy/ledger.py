@@ -68,6 +68,7 @@ class ProfilePlan:
     target_epsilon: float
     epsilon_before: float
     epsilon_after: float
+    prior: list[Step]  # history before this run (earlier runs on the same data)
     released: dict[str, Any] | None = None
 
 
@@ -255,13 +256,15 @@ class PrivacyLedger:
         delta, accountant = policy.delta_for(records), policy.accountant
         with self._locked() as state:
             self._note_policy(state, policy)
+            prior = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]
+                     if e["run_id"] != request.run_id]  # fmt: skip
             for entry in state["entries"]:
                 if entry["run_id"] == request.run_id and entry.get("mechanism") == "profile":
                     before = epsilon_of(self.history(state), delta=delta, accountant=accountant)
                     return ProfilePlan(
                         run_id=request.run_id, noise_multiplier=entry["noise_multiplier"], delta=delta,
                         accountant=accountant, budget_epsilon=budget, target_epsilon=target, epsilon_before=before,
-                        epsilon_after=before, released=entry,
+                        epsilon_after=before, prior=prior, released=entry,
                     )  # fmt: skip
             history = self.history(state)
         noise = profile_noise_multiplier(target_epsilon=target, delta=delta, accountant=accountant)
@@ -278,7 +281,7 @@ class PrivacyLedger:
             )
         return ProfilePlan(
             run_id=request.run_id, noise_multiplier=noise, delta=delta, accountant=accountant, budget_epsilon=budget,
-            target_epsilon=target, epsilon_before=before, epsilon_after=after,
+            target_epsilon=target, epsilon_before=before, epsilon_after=after, prior=prior,
         )  # fmt: skip
 
     def record_profile(self, plan: ProfilePlan, *, mechanism: dict[str, Any], profile: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "THRESHOLD",
     "ProfileMechanism",
     "check_profile_spec",
+    "dp_profile_applies",
     "profile_blocks",
     "profile_noise_multiplier",
     "release_profile",
@@ -84,8 +85,18 @@ class ProfileMechanism:
         return {
             "mechanism": "profile", "noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1,
             "sensitivity": self.sensitivity, "noise_std": self.noise_std, "covers": list(self.blocks),
-            "bins": self.bins,
+            "bins": self.bins, "share_of_target": PROFILE_SHARE,
         }  # fmt: skip
+
+
+def dp_profile_applies(spec: TaskSpec) -> bool:
+    """Whether a site releases its profile through the mechanism under DP (else exact, and not covered).
+
+    Regression tasks (a label without a range) and sequence tasks (DP-SGD counts windows, the
+    profile rows: one epsilon would mix two units) keep the exact profile; the report names it
+    under ``not_covered``.
+    """
+    return spec.kind != "regression" and spec.sequence is None
 
 
 def check_profile_spec(spec: TaskSpec) -> None:

@@ -58,6 +58,8 @@ class ReplyKey:
     DP_ACCOUNTANT = "dp_accountant"
     DP_RECORDS = "dp_records"
     DP_PRIOR = "dp_prior_history"  # JSON list of earlier (noise, rate, steps) on the same data
+    # The DP data profile's mechanism (privacy.profile), JSON; absent when the profile is exact.
+    DP_PROFILE = "dp_profile"
 
 
 class ErrorCode:

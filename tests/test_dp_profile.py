@@ -13,7 +13,7 @@ from models.scaler import FederatedScaler, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec, get_task
 from privacy.accounting import epsilon_of
-from privacy.errors import PolicyError
+from privacy.errors import PolicyError, ReportInvalid
 from privacy.profile import PROFILE_SHARE, profile_blocks, profile_noise_multiplier, release_profile
 from tests.conftest import dataset_path
 
@@ -135,3 +135,91 @@ def test_a_site_refuses_the_profile_when_its_budget_cannot_cover_it(tmp_path, ai
         ledger.plan_profile(policy, second, records=len(frame))
     assert ledger.spent(delta=policy.delta_for(len(frame))) == spent  # nothing charged
     assert ledger.audit.entries()[-1]["event"] == "refusal"
+
+
+# -- the signed report ---------------------------------------------------------------------
+@pytest.fixture
+def profile_report(tmp_path):
+    from privacy.keys import PUBLIC_NAME, load_signing_key
+    from privacy.report import build_report, write_signed_report
+    from tests.factories import dp_manifest
+
+    key = load_signing_key(tmp_path / "keys", create=True)
+    report = build_report(dp_manifest(profile=True))
+
+    def signed(body: dict) -> tuple:
+        path = write_signed_report(body, tmp_path / "privacy", key)
+        return path, tmp_path / "privacy" / PUBLIC_NAME
+
+    return report, signed
+
+
+def test_the_report_lists_the_profile_and_verify_recomputes_it(profile_report):
+    from privacy.report import REPORT_VERSION, verify_report
+
+    report, signed = profile_report
+    assert report["version"] == REPORT_VERSION
+    (mechanism,) = report["sites"]["plant-a"]["mechanisms"]
+    assert mechanism["mechanism"] == "profile" and mechanism["noise_std"] == pytest.approx(12 * math.sqrt(11))
+    assert "DP data profile" in report["mechanism"]
+    assert "normalisation" not in report["not_covered"] and "evaluation" in report["not_covered"]
+    verified = verify_report(*signed(report))
+    # the rounds' epsilons include the profile: without it they would be lower
+    assert verified["sites"]["plant-a"]["rounds"][0]["epsilon"] > epsilon_of([(1.2, 0.05, 40)], delta=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("field", "change", "problem"),
+    [
+        ("noise_multiplier", 2.0, "noise std .* is not noise multiplier"),  # claim more noise than was added
+        ("sensitivity", 0.5, "sensitivity .* is not sqrt of its 11 blocks"),
+        ("covers", None, "sensitivity .* is not sqrt of its 10 blocks"),  # hide a block
+        ("epsilon", 0.5, "profile: recorded epsilon .* accountant gives"),
+        ("steps", 2, "one step without subsampling"),
+    ],
+)
+def test_tampering_with_the_profile_mechanism_fails_verify(profile_report, field, change, problem):
+    from privacy.report import verify_report
+
+    report, signed = profile_report
+    mechanism = report["sites"]["plant-a"]["mechanisms"][0]
+    if field == "covers":
+        mechanism["covers"] = mechanism["covers"][1:]
+    elif isinstance(change, float):
+        mechanism[field] *= change
+    else:
+        mechanism[field] = change
+    with pytest.raises(ReportInvalid, match=problem):
+        verify_report(*signed(report))
+
+
+def test_a_consistently_forged_profile_or_a_dropped_one_fails_on_the_epsilons(profile_report):
+    from privacy.report import verify_report
+
+    report, signed = profile_report
+    mechanism = report["sites"]["plant-a"]["mechanisms"][0]
+    mechanism["noise_multiplier"] *= 2
+    mechanism["noise_std"] *= 2
+    with pytest.raises(ReportInvalid, match="profile: recorded epsilon"):
+        verify_report(*signed(report))
+    del report["sites"]["plant-a"]["mechanisms"][0]
+    with pytest.raises(ReportInvalid, match="round 1: recorded epsilon"):
+        verify_report(*signed(report))
+    del report["sites"]["plant-a"]["mechanisms"]
+    with pytest.raises(ReportInvalid, match="version 2 report must list the site's mechanisms"):
+        verify_report(*signed(report))
+
+
+def test_a_report_from_before_the_dp_profile_still_verifies(profile_report):
+    from privacy.report import build_report, verify_report
+    from tests.factories import dp_manifest
+
+    _, signed = profile_report
+    old = build_report(dp_manifest())
+    del old["version"]
+    for entry in old["sites"].values():
+        del entry["mechanisms"]
+    assert verify_report(*signed(old))["sites"]["plant-a"]["epsilon"] > 0
+    old["version"] = 3
+    with pytest.raises(ReportInvalid, match="newer than this verifier"):
+        verify_report(*signed(old))
