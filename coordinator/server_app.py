@@ -219,6 +219,10 @@ def run_federation(
     if resume is not None:
         restore_strategy_state(inner, resume.strategy_state)
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
+    if audit is not None:  # a site whose budget cannot cover its DP profile refused before round 1
+        for problem in problems.values():
+            if "budget exhausted" in problem:
+                audit.append("refusal", round=0, reason=problem)
     central = None
     if config.central_dp_noise is not None:
         adaptive = None
