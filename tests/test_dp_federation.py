@@ -124,3 +124,26 @@ def test_a_rerun_on_sites_whose_budget_is_spent_stops_with_a_clear_error(dp_run,
     with pytest.raises(SangsaengError, match="no site supplied usable data") as caught:
         run_experiment(PM, site_files, config, site_policies={"h": SitePrivacyPolicy(max_epsilon=1.0)})
     assert "site 'l': budget exhausted: the DP data profile" in str(caught.value)
+
+
+def test_a_run_resumed_with_more_rounds_stays_within_its_target(dp_run, ai4i, tmp_path):
+    out, _ = dp_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)  # run directory, site ledgers and keys as they were
+    site_files, _ = write_site_files(ai4i, "Type", resumed, spec=PM)
+    config = FederationConfig(
+        task=PM, num_rounds=3, local_epochs=1, batch_size=256, lr=0.03, out_dir=resumed, min_sites=2,
+        model="ple", hidden=(), dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, central_dp_adaptive=True,
+        key_dir=resumed / "keys", resume=True,
+    )  # fmt: skip
+    run_experiment(PM, site_files, config, site_policies={"h": SitePrivacyPolicy(max_epsilon=1.0)})
+    report = verify_report(resumed / "privacy" / "report.json", resumed / "privacy" / "coordinator.pub.pem")
+    for site, entry in report["sites"].items():
+        assert [r["round"] for r in entry["rounds"]] == [1, 2, 3]
+        # Planned for 2 rounds, resumed for 3: round 3 is noisier and the run still ends within 3.
+        assert entry["rounds"][2]["noise_multiplier"] > entry["rounds"][0]["noise_multiplier"]
+        assert 2.9 < entry["epsilon"] <= 3.0 * (1 + 1e-6)
+        ledger = PrivacyLedger(resumed / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        # The resumed run got the same profile again, charged once.
+        assert sum(e.get("mechanism") == "profile" for e in ledger.load()["entries"]) == 1
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
