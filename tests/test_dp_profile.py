@@ -223,3 +223,19 @@ def test_a_report_from_before_the_dp_profile_still_verifies(profile_report):
     old["version"] = 3
     with pytest.raises(ReportInvalid, match="newer than this verifier"):
         verify_report(*signed(old))
+
+
+def test_the_summary_and_the_terminal_table_show_the_profiles_share(profile_report):
+    from rich.console import Console
+
+    from coordinator.report import privacy_table
+    from privacy.summary import privacy_summary
+
+    report, _ = profile_report
+    summary = privacy_summary(report)
+    profile = report["sites"]["plant-a"]["mechanisms"][0]["epsilon"]
+    assert summary["sites"]["plant-a"]["profile_epsilon"] == profile
+    console = Console(width=120, record=True)
+    console.print(privacy_table(summary))
+    text = console.export_text()
+    assert "profile" in text and f"{profile:.3f}" in text
