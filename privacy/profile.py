@@ -9,8 +9,9 @@ norm (add/remove neighbours):
   ``[task.ranges]`` (values clipped into it; a row lands in one bin);
 - per categorical feature, the count of each *declared* level (``[task.levels]``);
 - the label: a binary task's positives, a multiclass task's count per declared class;
-- an image task's pixel histogram per channel (256 bins), each image's histogram divided by
-  its pixel count, so that one image adds at most 1 per channel.
+- an image task's pixel histogram per channel (the 256 values pooled into ``PIXEL_BINS``
+  bins), each image's histogram divided by its pixel count, so that one image adds at most 1
+  per channel. These bins are used unthresholded (see `_noisy_pixels`).
 
 With ``B`` blocks the L2 sensitivity is ``sqrt(B)``; every coordinate gets Gaussian noise of
 std ``noise_multiplier * sqrt(B)``. The accountant sees one step ``(noise_multiplier, 1.0, 1)``
@@ -58,7 +59,8 @@ __all__ = [
 ]
 
 NUMERIC_BINS = 64
-PIXEL_BINS = 256
+# An image's 256 pixel values are pooled into this many bins under DP (16 values each).
+PIXEL_BINS = 16
 # The profile's own epsilon is this share of the site's target; DP-SGD gets what is left.
 PROFILE_SHARE = 0.1
 # Histogram bins below this many noise stds are taken as empty.
@@ -197,19 +199,29 @@ def _moments(hist: np.ndarray, centres: np.ndarray, count: int, std: float, span
 
 
 def _noisy_pixels(frame: pd.DataFrame, spec: TaskSpec, noisy: Any, std: float) -> dict[str, ColumnMoments]:
-    """Per channel, moments of the noisy per-image-normalised pixel histograms (0-1 scale)."""
+    """Per channel, moments of the noisy per-image-normalised pixel histograms (0-1 scale).
+
+    The 256 values are pooled into ``PIXEL_BINS`` bins before the noise, and the noisy bins are
+    used as they are, negative ones included: on the narrow 0-1 scale unclamped noise leaves the
+    mean unbiased, where thresholding would empty every bin of a site of a few hundred images.
+    """
     from models.images import pixel_array
 
     images = pixel_array(frame)  # (n, channels, h, w), uint8
     per_image = images.shape[2] * images.shape[3]
-    values = np.arange(PIXEL_BINS, dtype=np.float64) / 255.0
+    pool = 256 // PIXEL_BINS
+    centres = (np.arange(PIXEL_BINS, dtype=np.float64) * pool + (pool - 1) / 2) / 255.0
+    width = pool / 255.0
     out = {}
     for c in range(images.shape[1]):
-        hist = np.bincount(images[:, c].reshape(-1), minlength=PIXEL_BINS).astype(np.float64) / per_image
-        released = noisy(hist)
-        kept = np.where(released >= THRESHOLD * std, released, 0.0)
-        if kept.sum() <= 0:
+        values = images[:, c].reshape(-1) // pool
+        released = noisy(np.bincount(values, minlength=PIXEL_BINS).astype(np.float64) / per_image)
+        total = float(released.sum())
+        if total <= 0:  # nothing stands out of the noise: leave the merge to the other sites
             out[str(c)] = ColumnMoments(0, 0.0, 0.0)
             continue
-        out[str(c)] = ColumnMoments.of_histogram(kept * per_image, values)
+        mean = float(np.clip(released @ centres / total, 0.0, 1.0))
+        variance = max(float(released @ (centres - mean) ** 2 / total) - width**2 / 12, width**2 / 12)
+        pixels = max(1, int(round(total * per_image)))
+        out[str(c)] = ColumnMoments(pixels, mean, pixels * variance)
     return out
