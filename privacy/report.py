@@ -58,7 +58,8 @@ PROFILE_MECHANISM = (
     "count, fixed-bin histograms of each numeric feature over its declared range, its declared category "
     "levels' counts, its label counts and (image tasks) per-image pixel histograms; each block changes by "
     "at most 1 per record, so the L2 sensitivity is sqrt(blocks) and each released value gets noise of std "
-    "noise_multiplier * sensitivity"
+    "noise_multiplier * sensitivity; noise from NumPy's PCG64 generator seeded from OS entropy (not a "
+    "cryptographically secure generator)"
 )
 
 
