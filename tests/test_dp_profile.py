@@ -262,3 +262,17 @@ def test_an_image_sites_noisy_pixel_moments_stay_near_the_exact_ones():
         assert 0.15 < math.sqrt(noisy.variance) / math.sqrt(exact.variance) < 1.7
     scaler = FederatedScaler.combine([profile], spec)
     assert scaler.pixel_std[0] > 0
+
+
+def test_a_multiclass_profile_releases_non_negative_class_counts_the_scaler_can_weight():
+    spec = get_task("failure-mode")
+    frame = load_site_data(dataset_path("ai4i2020.csv"), spec).head(3000)
+    z = profile_noise_multiplier(target_epsilon=3.0, delta=1e-5)
+    profile, mechanism = release_profile(frame, spec, noise_multiplier=z, rng=np.random.default_rng(0))
+    assert "label:class counts" in mechanism.blocks and set(profile.label_counts) == set(spec.classes)
+    assert all(n >= 0 for n in profile.label_counts.values())
+    scaler = FederatedScaler.combine([profile], spec)
+    assert scaler.classes == spec.classes and np.all(np.isfinite(scaler.class_weights()))
+    exact = frame[spec.label].astype(str).value_counts()
+    no_failure = spec.classes[0]
+    assert abs(profile.label_counts[no_failure] - exact[no_failure]) < 4 * mechanism.noise_std
