@@ -31,6 +31,15 @@ def kamp() -> pd.DataFrame:
     return pd.read_csv(dataset_path("kamp_injection_molding.csv"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The multi-process deployment tests first, the rest in their order.
+
+    Under the README's ``-n 2 --dist loadfile`` one worker takes that file (minutes, mostly
+    waiting on Flower's polling intervals) at the start while the other runs everything else.
+    """
+    items.sort(key=lambda item: item.path.name != "test_deployment.py")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_simulation_engine():
     """Flower's simulation engine (a local Ray cluster) starts once per test session, not once per run.
