@@ -124,8 +124,9 @@ def reference_line(name: str, reference: dict[str, Any]) -> str | None:
     if "per_row_federated" in figures:
         parts.append(f"per-row federated {figures['per_row_federated']:.3f}")
     better = "higher" if figures["higher_is_better"] else "lower"
+    runs = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
     return (
-        f"reference (BENCHMARKS.md, {len(seeds)} seeds, {reference.get('date', '?')}; {figures['metric']}, "
+        f"reference (BENCHMARKS.md, {runs}, {reference.get('date', '?')}; {figures['metric']}, "
         f"{better} is better): {', '.join(parts)}"
     )
 
