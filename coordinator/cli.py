@@ -147,17 +147,22 @@ def load_reference() -> dict[str, Any]:
 @commands.command("tasks")
 def list_tasks() -> None:
     """List the built-in value-chain tasks: kind, label, sample split, metric and the reference figures."""
+    from rich.markup import escape
+
     from models.datasets import SAMPLES
 
     reference = load_reference()
     for spec in builtin_tasks().values():
         split = f"split by '{SAMPLES[spec.name].split_by}'" if spec.name in SAMPLES else "no sample data"
         sequence = f", windows of {spec.sequence.window} rows per '{spec.sequence.group}'" if spec.sequence else ""
-        summary = (
-            f"{spec.kind}, label '{spec.label}', {len(spec.features)} features{sequence}, {split}, "
-            f"metric {spec.primary_metric}"
-        )
-        console.print(f"[bold]{spec.name}[/] ({summary}): {spec.description}")
+        if spec.image is not None:
+            height, width = spec.image.size
+            inputs = f"{height}x{width} images, {spec.image.channels} channel(s)"
+        else:
+            inputs = f"{len(spec.features)} features"
+        summary = f"{spec.kind}, label '{spec.label}', {inputs}{sequence}, {split}, metric {spec.primary_metric}"
+        # Descriptions hold brackets (`pip install "sangsaeng[vision]"`): text, not console markup.
+        console.print(f"[bold]{escape(spec.name)}[/] ({escape(summary)}): {escape(spec.description)}")
         line = reference_line(spec.name, reference)
         if line:
             console.print(f"  {line}", highlight=False)
