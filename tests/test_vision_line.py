@@ -238,3 +238,29 @@ def test_pixels_of_a_batch_are_those_of_the_loaded_frame(cell_model, tmp_path):
     assert frame.attrs[IMAGE_REPORT]["skipped"] == 0
     for row, pixels in zip(rows, frame[PIXELS], strict=True):
         np.testing.assert_array_equal(row.pixels, pixels)
+
+
+def test_a_manifest_without_the_path_column_is_refused_by_name(cell_model, tmp_path):
+    path, *_ = cell_model
+    manifest = image_manifest(tmp_path / "lot", 4, seed=10)
+    pd.read_csv(manifest).rename(columns={"image": "file"}).to_csv(manifest, index=False)
+    done = runner.invoke(app, ["client", "predict", str(path), str(manifest)])
+    assert done.exit_code == 2 and "image" in said(done) and str(manifest) in said(done)
+    assert not (tmp_path / "lot" / "manifest.scores.csv").exists()
+
+
+def test_within_folder_refuses_a_path_leaving_the_folder_at_predict_too(tmp_path):
+    import dataclasses
+
+    from client.predict_images import score_images
+
+    spec, scaler, net, _ = scored_image_model(tmp_path / "train")
+    assert spec.image is not None
+    strict = dataclasses.replace(spec, image=dataclasses.replace(spec.image, within_folder=True))
+    manifest = image_manifest(tmp_path / "lot", 4, seed=11)
+    listed = pd.read_csv(manifest)
+    listed.loc[2, "image"] = "../train/cell000.png"  # exists, but outside the manifest's folder
+    listed.to_csv(manifest, index=False)
+    scored = score_images(net, manifest, None, spec=strict, scaler=scaler)
+    assert scored.scored == 3 and scored.skipped == 1
+    assert "leads outside the manifest's folder" in scored.first_skipped[0]
