@@ -187,6 +187,13 @@ def run_federation(
         }
         for node, (name, _, n_train, n_test) in healthy.items()
     }
+    for name, site in sites.items():
+        report = site.get("images")
+        if report and (report["skipped"] or report["converted"]):
+            logger.warning(
+                "site %s: %d of %d image(s) skipped, converted %s (first skipped: %s)", name, report["skipped"],
+                report["images"], report["converted"] or "none", "; ".join(report["first_skipped"]) or "none",
+            )  # fmt: skip
 
     resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
     if resume is not None:

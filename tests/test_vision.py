@@ -470,7 +470,7 @@ def test_elpv_manifest_points_into_the_package_with_three_documented_sites(tmp_p
 
 
 @pytest.mark.slow
-def test_simulate_an_image_task_end_to_end_on_a_subset_of_elpv(tmp_path):
+def test_simulate_an_image_task_end_to_end_on_a_subset_of_elpv(tmp_path, caplog):
     pytest.importorskip("elpv_dataset")
     from coordinator.simulation import run_experiment, write_site_files
     from models.elpv import write_elpv_manifest
@@ -502,6 +502,7 @@ def test_simulate_an_image_task_end_to_end_on_a_subset_of_elpv(tmp_path):
     assert recorded["mono"]["images"]["converted"] == {"RGB": 1}
     assert recorded["poly-a"]["images"] == {"images": 70, "skipped": 0, "first_skipped": [], "converted": {}}
     assert saved["site_images"]["mono"] == recorded["mono"]["images"]
+    assert "site mono: 1 of 72 image(s) skipped, converted {'RGB': 1}" in caplog.text  # the coordinator's log
     assert saved["task"]["primary_metric"] == "roc_auc" and not results["excluded_sites"]
     for figures in (saved["federated"]["global"], saved["centralized"]):
         assert 0.0 <= figures["roc_auc"] <= 1.0
