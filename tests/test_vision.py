@@ -559,5 +559,6 @@ def test_a_cnn_artifact_passes_the_artifact_check_and_its_card_states_the_image_
                           source={}, model="cnn")  # fmt: skip
     described = describe_inputs(read_artifact(blob))
     assert described["kind"] == "multiclass" and described["classes"] == list(scaler.classes)
+    assert spec.image is not None
     assert described["image"]["column"] == spec.image.column and list(described["image"]["size"]) == [12, 16]
     assert described["window"] is None
