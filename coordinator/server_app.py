@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ __all__ = [
     "make_server_app",
     "run_federation",
     "collect_profiles",
+    "image_report",
     "write_deployment_results",
     "app",
 ]
@@ -81,10 +82,41 @@ def wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
+def image_report(props: Mapping[str, Any]) -> dict[str, Any]:
+    """An image site's report from its profile reply: images, skipped, first_skipped (ten at most), converted.
+
+    The coordinator keeps only counts and the site's own file names, as the site sent them.
+    """
+
+    def parsed(key: str, empty: str) -> Any:
+        try:
+            return json.loads(str(props.get(key, empty)))
+        except ValueError:  # a garbled report must not stop the run: its counts still stand
+            return json.loads(empty)
+
+    first, converted = parsed(ReplyKey.IMAGES_FIRST_SKIPPED, "[]"), parsed(ReplyKey.IMAGES_CONVERTED, "{}")
+    return {
+        "images": int(props[ReplyKey.IMAGES]),
+        "skipped": int(props.get(ReplyKey.IMAGES_SKIPPED, 0)),
+        "first_skipped": [str(p) for p in first][:10] if isinstance(first, list) else [],
+        "converted": {
+            str(k): int(v) for k, v in converted.items() if isinstance(v, int | float)
+        } if isinstance(converted, dict) else {},
+    }  # fmt: skip
+
+
 def collect_profiles(
-    grid: Grid, node_ids: Iterable[int], config: FederationConfig, observer: RunObserver
+    grid: Grid,
+    node_ids: Iterable[int],
+    config: FederationConfig,
+    observer: RunObserver,
+    images: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[dict[int, tuple[str, SiteProfile, int, int]], dict[int, str]]:
-    """Ask each site for its data profile. Returns (healthy sites by node, problems by node)."""
+    """Ask each site for its data profile. Returns (healthy sites by node, problems by node).
+
+    An image task's sites also report their skipped and converted images (`image_report`):
+    those reports are put in `images`, by node, when given.
+    """
     node_ids = list(node_ids)
     ins = GetPropertiesIns({ConfigKey.PHASE: PHASE_PROFILE, ConfigKey.TASK: config.task.to_json()})
     messages = [
@@ -100,6 +132,7 @@ def collect_profiles(
     replies = grid.send_and_receive(messages, timeout=config.node_wait_timeout)
     healthy: dict[int, tuple[str, SiteProfile, int, int]] = {}
     problems: dict[int, str] = {}
+    images = images if images is not None else {}
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -112,6 +145,8 @@ def collect_profiles(
             int(props[ReplyKey.N_TRAIN]),
             int(props[ReplyKey.N_TEST]),
         )
+        if ReplyKey.IMAGES in props:
+            images[node] = image_report(props)
     for node in set(node_ids) - set(healthy) - set(problems):
         problems[node] = f"node {node} did not answer the profile request within {config.node_wait_timeout:.0f} s"
     for problem in problems.values():
@@ -141,11 +176,24 @@ def run_federation(
     grid = ProgressGrid(grid, observer)
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
-    healthy, problems = collect_profiles(grid, node_ids, config, observer)
-    sites = {
-        name: {"node_id": node, "n_train": n_train, "n_test": n_test}
+    images: dict[int, dict[str, Any]] = {}
+    healthy, problems = collect_profiles(grid, node_ids, config, observer, images)
+    sites: dict[str, dict[str, Any]] = {
+        name: {
+            "node_id": node,
+            "n_train": n_train,
+            "n_test": n_test,
+            **({"images": images[node]} if node in images else {}),
+        }
         for node, (name, _, n_train, n_test) in healthy.items()
     }
+    for name, site in sites.items():
+        report = site.get("images")
+        if report and (report["skipped"] or report["converted"]):
+            logger.warning(
+                "site %s: %d of %d image(s) skipped, converted %s (first skipped: %s)", name, report["skipped"],
+                report["images"], report["converted"] or "none", "; ".join(report["first_skipped"]) or "none",
+            )  # fmt: skip
 
     resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
     if resume is not None:
@@ -251,7 +299,9 @@ def _run_result(
         error=manifest.get("error"),
         task=spec,
         sites={
-            name: SiteRows(node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]))
+            name: SiteRows(
+                node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]), images=s.get("images")
+            )
             for name, s in manifest["sites"].items()
         },
         excluded_sites=manifest["excluded_sites"],
