@@ -42,8 +42,10 @@ def validate(
     """Check a site's export against a task's schema before joining a federation.
 
     Binary tasks print their positives; multiclass tasks their rows per class (naming a declared
-    class this site lacks: fine, sites differ); sequence tasks their groups, rows and windows.
+    class this site lacks: fine, sites differ); sequence tasks their groups, rows and windows;
+    image tasks the images skipped (the first ten named) and those whose channels were converted.
     """
+    from models.images import IMAGE_REPORT
     from models.schema import load_site_data
     from models.tasks import get_task
 
@@ -58,6 +60,26 @@ def validate(
         typer.echo(_class_counts(frame[spec.label], spec.classes))
     if spec.sequence is not None:
         typer.echo(_window_counts(frame, spec))
+    if spec.image is not None:
+        for line in _image_lines(frame.attrs.get(IMAGE_REPORT), spec.image.channels):
+            typer.echo(line)
+
+
+def _image_lines(report: dict | None, channels: int) -> list[str]:
+    """An image manifest's report: images read, bad images skipped (first ten named), channel conversions."""
+    from models.images import describe_conversions
+
+    if not report:
+        return []
+    lines = [f"images: {report['images']} in the manifest, {report['skipped']} skipped"]
+    if report["skipped"]:
+        shown = report["first_skipped"]
+        more = f" (first {len(shown)})" if report["skipped"] > len(shown) else ""
+        lines.append(f"skipped{more}:")
+        lines.extend(f"  {problem}" for problem in shown)
+    if report.get("converted"):
+        lines.append(describe_conversions(report["converted"], channels))
+    return lines
 
 
 def _class_counts(labels: pd.Series, declared: tuple[str, ...]) -> str:

@@ -32,6 +32,7 @@ from client.site import SiteConfig
 from models.datasets import holdout_split
 from models.defaults import TRAINING_DEFAULTS
 from models.errors import SiteDataError, TaskSpecError
+from models.images import IMAGE_REPORT
 from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
@@ -55,6 +56,7 @@ class SiteData:
     train: pd.DataFrame
     test: pd.DataFrame
     profile: SiteProfile
+    images: dict | None = None  # an image task's report (models.images.IMAGE_REPORT) of the whole manifest
 
 
 @functools.lru_cache(maxsize=8)
@@ -66,7 +68,7 @@ def _load(path: str, mtime_ns: int, spec_json: str, fraction: float, seed: int) 
     if len(frame) < 10:
         raise SiteDataError(path, f"only {len(frame)} valid rows; a site needs at least 10")
     train, test = holdout_split(frame, spec, test_fraction=fraction, seed=seed, source=path)
-    return SiteData(train, test, profile_site(train, spec))
+    return SiteData(train, test, profile_site(train, spec), frame.attrs.get(IMAGE_REPORT))
 
 
 def load_site(site: SiteConfig, spec: TaskSpec) -> SiteData:
@@ -102,6 +104,18 @@ def _hidden(config: dict) -> tuple[int, ...]:
     return tuple(int(h) for h in str(config[ConfigKey.HIDDEN]).split(",") if h)
 
 
+def _image_reply(report: dict | None) -> dict[str, Scalar]:
+    """An image task's report as profile reply keys (nothing for a tabular task): counts and file names only."""
+    if report is None:
+        return {}
+    return {
+        ReplyKey.IMAGES: int(report["images"]),
+        ReplyKey.IMAGES_SKIPPED: int(report["skipped"]),
+        ReplyKey.IMAGES_FIRST_SKIPPED: json.dumps(list(report["first_skipped"])),
+        ReplyKey.IMAGES_CONVERTED: json.dumps(dict(report.get("converted", {}))),
+    }
+
+
 class SiteClient(NumPyClient):
     """One supplier site's answers to the coordinator."""
 
@@ -133,6 +147,7 @@ class SiteClient(NumPyClient):
             ReplyKey.PROFILE: data.profile.to_json(),
             ReplyKey.N_TRAIN: len(data.train),
             ReplyKey.N_TEST: len(data.test),
+            **_image_reply(data.images),
         }
         if dp_profile_applies(spec):
             ledger = PrivacyLedger(self.site.ledger_file, self.site.name)

@@ -20,9 +20,11 @@ starts fast.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -221,6 +223,9 @@ class PredictReport:
     `predictions` counts the rows of the scores file. For a sequence task `groups` counts the
     groups in the data, `windows` the windows scored, and `dropped_groups` / `dropped_rows`
     what ``short = "drop"`` left without a window (no prediction); all four are 0 otherwise.
+    For an image task `images` counts the images listed (rows written), `predictions` those
+    scored, `skipped` / `first_skipped` the bad ones (written without a score) and `converted`
+    the images whose channels were converted, by their own mode.
     """
 
     path: Path
@@ -230,10 +235,27 @@ class PredictReport:
     windows: int = 0
     dropped_groups: int = 0
     dropped_rows: int = 0
+    images: int = 0
+    skipped: int = 0
+    first_skipped: tuple[str, ...] = ()
+    converted: dict[str, int] = field(default_factory=dict)
+    channels: int = 0  # an image task's channels (what `converted` images were converted to)
 
 
-def predict(model: Path, data: Path, out: Path | None = None, *, all_windows: bool = False) -> PredictReport:
+def predict(
+    model: Path,
+    data: Path,
+    out: Path | None = None,
+    *,
+    all_windows: bool = False,
+    batch_size: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PredictReport:
     """Score a local CSV with a pulled model; writes the scores file and, if labels are present, measures.
+
+    An image task (``[task.image]``) scores a manifest or a folder of images instead, `batch_size`
+    images at a time, calling `on_progress` (images done, in all) after each batch; a bad image
+    is written with an empty score and its reason (see `client.predict_images`).
 
     Binary tasks get ``p_<label>``, regression ``predicted_<label>``; multiclass tasks get the
     most probable class, ``predicted_<label>``, and its probability, ``p_<label>``. A row task
@@ -270,6 +292,11 @@ def predict(model: Path, data: Path, out: Path | None = None, *, all_windows: bo
         raise PortalClientError(f"{model}: {exc}") from None
     spec = TaskSpec.from_dict(content.task, source=str(model))
     scaler = FederatedScaler.from_json(content.scaler_json)
+    if spec.image is not None:
+        return _predict_images(content, data, out, spec=spec, scaler=scaler, batch_size=batch_size,
+                               on_progress=on_progress)  # fmt: skip
+    if data.is_dir():
+        raise PortalClientError(f"{data} is a folder; task '{spec.name}' scores a CSV or Parquet file")
     raw = read_table(data)
     has_label = all(c in raw.columns for c in spec.label_columns)
     if has_label:
@@ -313,12 +340,56 @@ def predict(model: Path, data: Path, out: Path | None = None, *, all_windows: bo
     )  # fmt: skip
 
 
+def _predict_images(
+    content: Any, data: Path, out: Path | None, *, spec: Any, scaler: Any, batch_size: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> PredictReport:  # fmt: skip
+    """`predict` for an image task: `client.predict_images.score_images` with the artifact's cnn."""
+    from client.predict_images import score_images
+    from models.nets import build_model, set_weights
+
+    if not data.exists():
+        raise PortalClientError(f"{data}: no such manifest or folder of images")
+    net = build_model(scaler.n_inputs, name=content.model, hidden=content.hidden, outputs=scaler.n_outputs)
+    set_weights(net, content.weights)
+    scored = score_images(net, data, out, spec=spec, scaler=scaler, batch_size=batch_size, on_progress=on_progress)
+    return PredictReport(
+        scored.path, scored.metrics, predictions=scored.scored, images=scored.rows, skipped=scored.skipped,
+        first_skipped=scored.first_skipped, converted=dict(scored.converted), channels=spec.image.channels,
+    )  # fmt: skip
+
+
 def _placeholder(spec: Any, scaler: Any) -> object:
     """A label value that passes validation, for rows that have no label yet."""
     return scaler.classes[0] if spec.kind == "multiclass" else 0
 
 
 # -- typer commands (registered on `sangsaeng client` in client/cli.py) ------------------------------------
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr (the scores' summary stays on stdout), shown once an image task reports."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("scoring images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    task: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            progress.start()
+            task.append(progress.add_task("images", total=total))
+        progress.update(task[0], completed=done)
+
+    try:
+        yield update
+    finally:
+        if task:
+            progress.stop()
+
+
 SiteDir = Annotated[Path, typer.Option(help="The site's directory (keys, token, pulled models).")]
 
 
@@ -367,13 +438,26 @@ def predict_command(
             help="Sequence tasks: one prediction per window (at each window's last row), not only each group's latest.",
         ),
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="Image tasks: images decoded and scored at a time (bounds memory).", min=1)
+    ] = 64,
 ) -> None:
-    """Score a local file with a pulled model; the data stays here."""
+    """Score a local file (image tasks: a manifest or a folder of images) with a pulled model; the data stays here."""
     try:
-        report = predict(model, data, out, all_windows=all_windows)
+        with _progress_bar() as on_progress:
+            report = predict(model, data, out, all_windows=all_windows, batch_size=batch_size, on_progress=on_progress)
     except SangsaengError as exc:
         fail(exc)
     typer.echo(f"scores: {report.path} ({report.predictions} prediction(s))")
+    if report.skipped:
+        typer.echo(f"{report.skipped} of {report.images} image(s) not scored (written with an empty score and the "
+                   f"reason in column 'problem'); first {len(report.first_skipped)}:")  # fmt: skip
+        for problem in report.first_skipped:
+            typer.echo(f"  {problem}")
+    if report.converted:
+        from models.images import describe_conversions
+
+        typer.echo(describe_conversions(report.converted, report.channels))
     if report.groups:
         each = "one per window" if all_windows else "one per group, at its latest row"
         typer.echo(f"{report.groups} group(s), {report.windows} window(s); written: {each}")

@@ -2,7 +2,7 @@
 
 sangsaeng demo       the whole network on the embedded sample data, on one machine
 sangsaeng simulate   the same on any CSV/Parquet file, split into sites by a column
-sangsaeng tasks      the built-in value-chain tasks
+sangsaeng tasks      the built-in value-chain tasks and their reference figures
 
 The root command line is `sangsaeng.cli`; `main` and `app` here are aliases of it, kept so that
 an installed ``sangsaeng`` script naming ``coordinator.cli:main`` and ``python -m coordinator.cli``
@@ -109,19 +109,63 @@ def simulate(
         fail(exc)
 
 
+def reference_line(name: str, reference: dict[str, Any]) -> str | None:
+    """The reference figures `bench/zoo.py` measured for task `name` (models/reference.json), as one line."""
+    figures = reference.get("tasks", {}).get(name)
+    if not figures:
+        return None
+    seeds = figures.get("seeds", reference.get("seeds", []))
+    parts = [
+        f"federated {figures['federated']:.3f}",
+        f"centralised {figures['centralized']:.3f}",
+        f"local-only mean {figures['local_only_mean']:.3f}",
+        f"DP eps {reference.get('dp_epsilon', 3):g} {figures['dp_epsilon_3']:.3f}",
+    ]
+    if "per_row_federated" in figures:
+        parts.append(f"per-row federated {figures['per_row_federated']:.3f}")
+    better = "higher" if figures["higher_is_better"] else "lower"
+    runs = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    return (
+        f"reference (BENCHMARKS.md, {runs}, {reference.get('date', '?')}; {figures['metric']}, "
+        f"{better} is better): {', '.join(parts)}"
+    )
+
+
+def load_reference() -> dict[str, Any]:
+    """The built-in tasks' reference figures (`models/reference.json`, written by `bench/zoo.py`); {} if absent."""
+    import json
+    from importlib import resources
+
+    path = resources.files("models") / "reference.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @commands.command("tasks")
 def list_tasks() -> None:
-    """List the built-in value-chain tasks: kind, label, sample split, metric."""
+    """List the built-in value-chain tasks: kind, label, sample split, metric and the reference figures."""
+    from rich.markup import escape
+
     from models.datasets import SAMPLES
 
+    reference = load_reference()
     for spec in builtin_tasks().values():
         split = f"split by '{SAMPLES[spec.name].split_by}'" if spec.name in SAMPLES else "no sample data"
         sequence = f", windows of {spec.sequence.window} rows per '{spec.sequence.group}'" if spec.sequence else ""
-        summary = (
-            f"{spec.kind}, label '{spec.label}', {len(spec.features)} features{sequence}, {split}, "
-            f"metric {spec.primary_metric}"
-        )
-        console.print(f"[bold]{spec.name}[/] ({summary}): {spec.description}")
+        if spec.image is not None:
+            height, width = spec.image.size
+            inputs = f"{height}x{width} images, {spec.image.channels} channel(s)"
+        else:
+            inputs = f"{len(spec.features)} features"
+        summary = f"{spec.kind}, label '{spec.label}', {inputs}{sequence}, {split}, metric {spec.primary_metric}"
+        # Descriptions hold brackets (`pip install "sangsaeng[vision]"`): text, not console markup.
+        console.print(f"[bold]{escape(spec.name)}[/] ({escape(summary)}): {escape(spec.description)}")
+        line = reference_line(spec.name, reference)
+        if line:
+            console.print(f"  {line}", highlight=False)
 
 
 def main() -> None:

@@ -103,6 +103,8 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
     """
     spec = result.task
     results: dict[str, Any] = {"task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric}}
+    if spec.image is not None:  # each site's skipped and converted images, as it reported them
+        results["site_images"] = {name: dict(s.images) for name, s in sorted(result.sites.items()) if s.images}
     if comparison is None:
         results |= {"runtime": "deployment", "status": result.status, "error": result.error}
         last = next((r for r in sorted(result.rounds, key=lambda r: -r["round"]) if r.get("federated_eval")), {})

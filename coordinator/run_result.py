@@ -23,11 +23,16 @@ __all__ = ["RunResult", "SiteRows"]
 
 @dataclass(frozen=True)
 class SiteRows:
-    """A site that joined the run: its Flower node and the rows it reported (training, held-out)."""
+    """A site that joined the run: its Flower node and the rows it reported (training, held-out).
+
+    An image task's site also reports its images (`coordinator.server_app.image_report`): how
+    many, the bad ones skipped (count, first ten paths) and those whose channels were converted.
+    """
 
     node_id: int
     n_train: int
     n_test: int
+    images: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

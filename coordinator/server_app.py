@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ __all__ = [
     "make_server_app",
     "run_federation",
     "collect_profiles",
+    "image_report",
     "write_deployment_results",
     "app",
 ]
@@ -82,6 +83,29 @@ def wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
+def image_report(props: Mapping[str, Any]) -> dict[str, Any]:
+    """An image site's report from its profile reply: images, skipped, first_skipped (ten at most), converted.
+
+    The coordinator keeps only counts and the site's own file names, as the site sent them.
+    """
+
+    def parsed(key: str, empty: str) -> Any:
+        try:
+            return json.loads(str(props.get(key, empty)))
+        except ValueError:  # a garbled report must not stop the run: its counts still stand
+            return json.loads(empty)
+
+    first, converted = parsed(ReplyKey.IMAGES_FIRST_SKIPPED, "[]"), parsed(ReplyKey.IMAGES_CONVERTED, "{}")
+    return {
+        "images": int(props[ReplyKey.IMAGES]),
+        "skipped": int(props.get(ReplyKey.IMAGES_SKIPPED, 0)),
+        "first_skipped": [str(p) for p in first][:10] if isinstance(first, list) else [],
+        "converted": {
+            str(k): int(v) for k, v in converted.items() if isinstance(v, int | float)
+        } if isinstance(converted, dict) else {},
+    }  # fmt: skip
+
+
 def collect_profiles(
     grid: Grid,
     node_ids: Iterable[int],
@@ -90,11 +114,14 @@ def collect_profiles(
     *,
     run_id: str = "unnamed-run",
     mechanisms: dict[str, dict[str, Any]] | None = None,
+    images: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[dict[int, tuple[str, SiteProfile, int, int]], dict[int, str]]:
     """Ask each site for its data profile. Returns (healthy sites by node, problems by node).
 
     Under DP the request carries the run's id and target: a site then releases a noisy profile
     (`privacy.profile`), charged to its ledger, and its mechanism goes into `mechanisms` by site.
+    An image task's sites also report their skipped and converted images (`image_report`):
+    those reports are put in `images`, by node, when given.
     """
     node_ids = list(node_ids)
     ins = GetPropertiesIns(
@@ -119,6 +146,7 @@ def collect_profiles(
     replies = grid.send_and_receive(messages, timeout=config.node_wait_timeout)
     healthy: dict[int, tuple[str, SiteProfile, int, int]] = {}
     problems: dict[int, str] = {}
+    images = images if images is not None else {}
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -133,6 +161,8 @@ def collect_profiles(
         )
         if mechanisms is not None and ReplyKey.DP_PROFILE in props:
             mechanisms[str(props[ReplyKey.SITE])] = json.loads(str(props[ReplyKey.DP_PROFILE]))
+        if images is not None and ReplyKey.IMAGES in props:
+            images[node] = image_report(props)
     for node in set(node_ids) - set(healthy) - set(problems):
         problems[node] = f"node {node} did not answer the profile request within {config.node_wait_timeout:.0f} s"
     for problem in problems.values():
@@ -166,11 +196,26 @@ def run_federation(
     resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
     run_id = str(resume.manifest["run_id"]) if resume is not None else uuid.uuid4().hex[:12]
     mechanisms: dict[str, dict[str, Any]] = {}
-    healthy, problems = collect_profiles(grid, node_ids, config, observer, run_id=run_id, mechanisms=mechanisms)
-    sites = {
-        name: {"node_id": node, "n_train": n_train, "n_test": n_test}
+    images: dict[int, dict[str, Any]] = {}
+    healthy, problems = collect_profiles(
+        grid, node_ids, config, observer, run_id=run_id, mechanisms=mechanisms, images=images
+    )
+    sites: dict[str, dict[str, Any]] = {
+        name: {
+            "node_id": node,
+            "n_train": n_train,
+            "n_test": n_test,
+            **({"images": images[node]} if node in images else {}),
+        }
         for node, (name, _, n_train, n_test) in healthy.items()
     }
+    for name, site in sites.items():
+        report = site.get("images")
+        if report and (report["skipped"] or report["converted"]):
+            logger.warning(
+                "site %s: %d of %d image(s) skipped, converted %s (first skipped: %s)", name, report["skipped"],
+                report["images"], report["converted"] or "none", "; ".join(report["first_skipped"]) or "none",
+            )  # fmt: skip
     if resume is not None:  # the profiles released when the run began are the ones the scaler came from
         mechanisms = {**mechanisms, **resume.manifest.get("profile_dp", {})}
     if resume is not None:
@@ -282,7 +327,9 @@ def _run_result(
         error=manifest.get("error"),
         task=spec,
         sites={
-            name: SiteRows(node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]))
+            name: SiteRows(
+                node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]), images=s.get("images")
+            )
             for name, s in manifest["sites"].items()
         },
         excluded_sites=manifest["excluded_sites"],

@@ -29,7 +29,9 @@ cache and decodes nothing; a changed file is decoded again.
 A few bad images (missing, empty, unreadable or truncated files, paths leaving the folder
 under ``within_folder``) are skipped: their rows are dropped, counted and named (the first
 ten) in the frame's `IMAGE_REPORT` attribute and a warning of the site's log. A site where
-more than 5 % of the images are bad is refused with one error naming them.
+more than 5 % of the images are bad is refused with one error naming them. Images whose
+channels had to be converted (an RGB photo in a grayscale task, say) are counted by their own
+mode in the same report ("converted 3 RGB images to grayscale"), also when read from the cache.
 
 Pixels are normalised by the federation's per-channel mean and standard deviation
 (`models.scaler`), which the sites' pixel histograms give exactly; nothing else of an image
@@ -41,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +56,17 @@ from models.errors import MissingExtraError, SiteDataError, TaskSpecError
 __all__ = [
     "CACHE_FOLDER",
     "IMAGE_REPORT",
+    "IMAGE_SUFFIXES",
     "MAX_BAD_FRACTION",
     "PIXELS",
     "ImageAugment",
     "ImageCache",
     "ImageSpec",
     "attach_images",
+    "ImageRow",
     "decode_image",
+    "describe_conversions",
+    "image_rows",
     "pixel_array",
     "pixel_histograms",
 ]
@@ -72,7 +78,11 @@ CACHE_FOLDER = Path(".sangsaeng-cache") / "images"
 """Where a site caches decoded images, relative to its manifest's folder."""
 
 IMAGE_REPORT = "sangsaeng_images"
-"""The `DataFrame.attrs` key of a loaded frame's image report: images, skipped (count), first_skipped."""
+"""The `DataFrame.attrs` key of a loaded frame's image report: images, skipped (count), first_skipped,
+converted (images whose channels were converted, by their own Pillow mode, e.g. ``{"RGB": 3}``)."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+"""The file endings `client predict` takes from a folder of images (any case)."""
 
 MAX_BAD_FRACTION = 0.05
 """A site whose bad images exceed this share of its manifest is refused rather than trained."""
@@ -188,11 +198,36 @@ def decode_image(path: str | Path, spec: ImageSpec) -> np.ndarray:
 
     16-bit grayscale (TIFF, PNG) is scaled to 8 bits rather than clipped.
     """
+    return _decode(path, spec)[0]
+
+
+# Pillow modes that hold one grey channel (bilevel, 8/16/32-bit): no channel conversion for grayscale.
+_GREY_MODES = frozenset({"1", "L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _converted_from(mode: str, spec: ImageSpec) -> str | None:
+    """The source mode when reaching the task's channels changes the image's channels (None when it does not)."""
+    if spec.channels == 1:
+        return None if mode in _GREY_MODES else mode
+    return None if mode == "RGB" else mode
+
+
+def describe_conversions(converted: Mapping[str, int], channels: int) -> str:
+    """``"converted 3 RGB images to grayscale"`` (several modes joined by ``, ``); empty when none were."""
+    target = "grayscale" if channels == 1 else "RGB"
+    return ", ".join(
+        f"converted {n} {mode} image{'s' if n != 1 else ''} to {target}" for mode, n in sorted(converted.items())
+    )
+
+
+def _decode(path: str | Path, spec: ImageSpec) -> tuple[np.ndarray, str | None]:
+    """`decode_image`, and the image's own mode when its channels were converted (else None)."""
     image_module = _pillow()
     height, width = spec.size
     try:
         with image_module.open(path) as image:
             image.load()  # decode now: a truncated file fails here, not later
+            source_mode = _converted_from(image.mode, spec)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 wide = np.asarray(image, dtype=np.float64)
                 top = 65535.0 if image.mode.startswith("I;16") or wide.max() > 255 else 255.0
@@ -205,7 +240,7 @@ def decode_image(path: str | Path, spec: ImageSpec) -> np.ndarray:
         problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SiteDataError(path, f"cannot be read as an image: {problem}") from None
     pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels), source_mode
 
 
 class ImageCache:
@@ -229,26 +264,38 @@ class ImageCache:
 
     def load(self, path: str | Path, spec: ImageSpec) -> np.ndarray:
         """The decoded image of `path`, from the cache when its file is unchanged."""
+        return self.load_with_source(path, spec)[0]
+
+    def load_with_source(self, path: str | Path, spec: ImageSpec) -> tuple[np.ndarray, str | None]:
+        """`load`, and the file's own Pillow mode when its channels were converted (None when not).
+
+        A converted image's entry has a small ``.from`` file beside it naming that mode, written
+        before the ``.npy``, so a cache hit still says the image was converted.
+        """
         path = Path(path)
         entry = self.root / f"{self.key(path, spec)}.npy"
+        marker = entry.with_suffix(".from")
         try:
             pixels = np.load(entry, allow_pickle=False)
             if pixels.shape == spec.shape and pixels.dtype == np.uint8:
+                source = marker.read_text(encoding="ascii").strip() if marker.exists() else None
                 self.hits += 1
-                return pixels
+                return pixels, source or None
         except (OSError, ValueError):
             pass  # absent or damaged: decode again
-        pixels = decode_image(path, spec)
+        pixels, source = _decode(path, spec)
         self.decoded += 1
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if source is not None:
+                marker.write_text(source, encoding="ascii")
             partial = entry.with_name(f"{entry.stem}.{os.getpid()}.partial")
             with open(partial, "wb") as handle:
                 np.save(handle, pixels, allow_pickle=False)
             os.replace(partial, entry)  # whole or absent: another process may read it concurrently
         except OSError:
             pass
-        return pixels
+        return pixels, source
 
 
 def _shown(value: object) -> str:
@@ -285,26 +332,26 @@ def attach_images(
     """The validated manifest rows with absolute image paths and each decoded image in column `PIXELS`.
 
     Relative paths are resolved against the manifest's folder. Rows whose image is missing,
-    empty or unreadable are dropped and reported (``out.attrs[IMAGE_REPORT]``); more than
-    `MAX_BAD_FRACTION` of them raises `SiteDataError` naming the manifest, data rows and files.
+    empty or unreadable are dropped and reported (``out.attrs[IMAGE_REPORT]``), as are the
+    images whose channels were converted; more than `MAX_BAD_FRACTION` bad images raises
+    `SiteDataError` naming the manifest, data rows and files.
     """
     manifest_path = Path(manifest)
     folder = manifest_path.parent
     cache = cache if cache is not None else ImageCache(folder / CACHE_FOLDER)
     source = str(manifest_path)
     keep, paths, images, bad = [], [], [], []
-    for row, raw in enumerate(frame[spec.column].tolist(), start=1):
-        try:
-            path = _resolve(raw, folder, spec, source, row)
-            try:
-                images.append(cache.load(path, spec))
-            except SiteDataError as exc:
-                raise SiteDataError(source, f"data row {row}: {exc}", column=spec.column) from None
-        except SiteDataError as exc:
-            bad.append(exc.problem)
+    converted: dict[str, int] = {}
+    for row in image_rows(frame[spec.column].tolist(), spec, folder=folder, source=source, cache=cache):
+        if row.problem is not None:
+            bad.append(row.problem)
             continue
-        keep.append(row - 1)
-        paths.append(str(path))
+        assert row.pixels is not None and row.path is not None
+        keep.append(row.index)
+        paths.append(str(row.path))
+        images.append(row.pixels)
+        if row.converted_from is not None:
+            converted[row.converted_from] = converted.get(row.converted_from, 0) + 1
     total = len(frame)
     if bad and (len(bad) > MAX_BAD_FRACTION * total or not keep):
         shown = "; ".join(bad[:_SHOWN_BAD]) + ("; ..." if len(bad) > _SHOWN_BAD else "")
@@ -314,13 +361,50 @@ def attach_images(
         )  # fmt: skip
     if bad:
         logger.warning("%s: skipped %d bad image(s) of %d: %s", source, len(bad), total, "; ".join(bad[:_SHOWN_BAD]))
+    if converted:
+        logger.info("%s: %s", source, describe_conversions(converted, spec.channels))
     out = frame.iloc[keep].reset_index(drop=True)
     out[spec.column] = paths
     column = np.empty(len(images), dtype=object)
     column[:] = images
     out[PIXELS] = column
-    out.attrs[IMAGE_REPORT] = {"images": total, "skipped": len(bad), "first_skipped": bad[:_SHOWN_BAD]}
+    out.attrs[IMAGE_REPORT] = {
+        "images": total, "skipped": len(bad), "first_skipped": bad[:_SHOWN_BAD], "converted": converted,
+    }  # fmt: skip
     return out
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One manifest row's image: its decoded pixels, or the problem that left it without them."""
+
+    index: int  # 0-based position in the manifest's rows
+    path: Path | None  # resolved (None when the row names no usable path)
+    pixels: np.ndarray | None  # uint8 (C, H, W); None when `problem` says why not
+    problem: str | None = None  # "data row N: ..." naming the file
+    converted_from: str | None = None  # the file's own Pillow mode when its channels were converted
+
+
+def image_rows(
+    paths: list[object], spec: ImageSpec, *, folder: Path, source: str, cache: ImageCache | None = None
+) -> Iterator[ImageRow]:
+    """Each path resolved (against `folder`) and decoded in turn, one `ImageRow` at a time.
+
+    Nothing is held beyond the row yielded, so a caller that scores images in batches keeps
+    only its batch in memory. Without `cache` images are decoded and nothing is written.
+    """
+    for row, raw in enumerate(paths, start=1):
+        path: Path | None = None
+        try:
+            path = _resolve(raw, folder, spec, source, row)
+            try:
+                pixels, mode = cache.load_with_source(path, spec) if cache is not None else _decode(path, spec)
+            except SiteDataError as exc:
+                raise SiteDataError(source, f"data row {row}: {exc}", column=spec.column) from None
+        except SiteDataError as exc:
+            yield ImageRow(row - 1, path, None, problem=exc.problem)
+            continue
+        yield ImageRow(row - 1, path, pixels, converted_from=mode)
 
 
 def pixel_array(frame: pd.DataFrame) -> np.ndarray:

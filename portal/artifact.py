@@ -223,6 +223,8 @@ def describe_inputs(content: ModelArtifactContent) -> dict[str, Any]:
     ``kind`` and ``label``; ``classes`` in output order (multiclass only); ``window``: the
     ``[task.sequence]`` table (group, order, window, stride, short), or None for a row task;
     ``image``: the ``[task.image]`` table (column, size, channels, augment), image tasks only;
+    ``normalisation``: image tasks only, the federation's pixel mean and std per channel (0-1
+    scale) the model's inputs are normalised by, and what they are;
     ``input_columns``: the export's columns the model reads (numeric, then categorical);
     ``derived_features``: the features each site computes from them (name: expression);
     ``input_width``: the standardised inputs per row (one-hot levels counted).
@@ -238,9 +240,19 @@ def describe_inputs(content: ModelArtifactContent) -> dict[str, Any]:
         **({"classes": list(scaler.classes)} if scaler.classes else {}),
         "window": spec.sequence.to_dict() if spec.sequence is not None else None,
         **({"image": spec.to_dict()["image"]} if spec.image is not None else {}),
+        **({"normalisation": _pixel_normalisation(scaler)} if spec.image is not None else {}),
         "input_columns": [*spec.measured_features, *spec.categorical_features],
         "derived_features": dict(spec.derived),
         "input_width": scaler.n_inputs,
+    }
+
+
+def _pixel_normalisation(scaler: Any) -> dict[str, Any]:
+    """An image model's input normalisation, as its card states it."""
+    return {
+        "pixel_mean": [float(v) for v in scaler.pixel_mean],
+        "pixel_std": [float(v) for v in scaler.pixel_std],
+        "scale": "pixel values / 255, then (value - mean) / std per channel",
     }
 
 

@@ -29,3 +29,63 @@ def ai4i() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def kamp() -> pd.DataFrame:
     return pd.read_csv(dataset_path("kamp_injection_molding.csv"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The multi-process deployment tests first, the rest in their order.
+
+    Under the README's ``-n 2 --dist loadfile`` one worker takes that file (minutes, mostly
+    waiting on Flower's polling intervals) at the start while the other runs everything else.
+    """
+    items.sort(key=lambda item: item.path.name != "test_deployment.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_simulation_engine():
+    """Flower's simulation engine (a local Ray cluster) starts once per test session, not once per run.
+
+    Flower starts Ray on a run's first use when none is running, and its backend shuts Ray down
+    at the end of every run (`RayBackend.terminate`). Here a run ends its ClientApp actors only,
+    so the next run (in this process) reuses the cluster the first one started: seconds saved
+    per simulation. Every run still gets fresh actors, a fresh ServerApp and its own state.
+    """
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    original = raybackend.RayBackend.terminate
+
+    def end_actors_only(self: raybackend.RayBackend) -> None:
+        if self.pool:
+            self.pool.terminate_all_actors()
+
+    raybackend.RayBackend.terminate = end_actors_only
+    try:
+        yield
+    finally:
+        raybackend.RayBackend.terminate = original
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def sangsaeng(*args: str):  # -> click.testing.Result
+    """Run ``sangsaeng ARGS`` in this process, so its simulation shares the session's engine.
+
+    The result has ``exit_code``, ``stdout``, ``stderr`` and ``output`` (both); ``explain(result)``
+    gives what a failed assertion should show, traceback included.
+    """
+    from typer.testing import CliRunner
+
+    from sangsaeng.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def explain(result) -> str:
+    """A CLI result's output and, if it raised, the traceback."""
+    import traceback
+
+    text = result.output
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        text += "".join(traceback.format_exception(*result.exc_info))
+    return text

@@ -70,3 +70,60 @@ def scored_model(task: str, *, hidden: tuple[int, ...] = (8,), engines: int = 6,
     x, y = prepare(frame, spec, scaler)
     _, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(frame, spec))
     return spec, scaler, model, metrics
+
+
+IMAGE_TASK = "solar-cell-defect-level"  # the built-in 4-level image task, on small generated images
+
+
+def image_manifest(folder, n: int = 24, *, seed: int = 0, size: tuple[int, int] = (14, 18)):
+    """`n` generated grayscale PNGs under `folder` (brighter for higher levels) and their manifest.
+
+    Returns the manifest's path; its columns are the built-in solar-cell tasks' (image, the
+    4-level label, the binary label, cell type).
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    levels = np.arange(n) % 4
+    for i, level in enumerate(levels):
+        pixels = np.clip(rng.normal(60 + 40 * level, 25, size), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"cell{i:03d}.png")
+    frame = pd.DataFrame({
+        "image": [f"cell{i:03d}.png" for i in range(n)], "defect_level": levels.astype(str),
+        "defective": (levels >= 2).astype(int), "cell_type": np.where(np.arange(n) % 2, "mono", "poly"),
+    })  # fmt: skip
+    frame.to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def image_task(name: str = IMAGE_TASK, *, size: tuple[int, int] = (12, 16)):
+    """A built-in solar-cell task (by name) at a small image size, so a cnn runs in milliseconds."""
+    import dataclasses
+
+    from models.tasks import get_task
+
+    spec = get_task(name)
+    assert spec.image is not None
+    return dataclasses.replace(spec, image=dataclasses.replace(spec.image, size=size))
+
+
+def scored_image_model(folder, *, name: str = IMAGE_TASK, hidden: tuple[int, ...] = (8, 8), seed: int = 0):
+    """A real, untrained cnn of an image task on generated images, its scaler and its real metrics.
+
+    Returns (spec, scaler, model, metrics), as `scored_model` does for the other kinds.
+    """
+    from models.nets import build_model
+    from models.scaler import FederatedScaler
+    from models.schema import load_site_data
+    from models.training import evaluate_model, prepare
+
+    spec = image_task(name)
+    frame = load_site_data(image_manifest(folder, seed=seed), spec)
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    model = build_model(scaler.n_inputs, name="cnn", hidden=hidden, outputs=scaler.n_outputs, seed=seed)
+    x, y = prepare(frame, spec, scaler)
+    _, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler)
+    return spec, scaler, model, metrics

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from coordinator.config import FederationConfig
 from coordinator.simulation import run_experiment, write_site_files
 from models.tasks import get_task
+from tests.conftest import explain, sangsaeng
 
 pytestmark = pytest.mark.slow
 PM = get_task("predictive-maintenance")
@@ -108,7 +107,7 @@ leak_columns = ["TWF", "HDF", "PWF", "OSF", "RNF"]
 
 
 def _sangsaeng(*args):
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", *args], capture_output=True, text=True, timeout=600)
+    return sangsaeng(*args)
 
 
 def test_simulate_runs_a_regression_task_from_a_spec_file(tmp_path):
@@ -119,7 +118,7 @@ def test_simulate_runs_a_regression_task_from_a_spec_file(tmp_path):
     out = tmp_path / "run"
     done = _sangsaeng("simulate", "--data", str(dataset_path("ai4i2020.csv")), "--task-spec", str(spec),
                       "--split-by", "Type", "--rounds", "2", "--local-epochs", "1", "--out", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, explain(done)
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == {"name": "process-temperature", "kind": "regression", "primary_metric": "rmse"}
     assert set(results["federated"]["global"]) == {"rmse", "mae"}
@@ -137,7 +136,7 @@ def test_simulate_refuses_a_spec_whose_label_is_missing_before_training(tmp_path
     out = tmp_path / "run"
     done = _sangsaeng("simulate", "--data", str(dataset_path("ai4i2020.csv")), "--task-spec", str(spec),
                       "--split-by", "Type", "--out", str(out))  # fmt: skip
-    assert done.returncode == 2
+    assert done.exit_code == 2
     assert "label column 'Spindle vibration' is not in the data" in done.stderr  # sangsaeng.console.fail
     assert not (out / "sites").exists() and not (out / "manifest.json").exists()
 
@@ -145,7 +144,7 @@ def test_simulate_refuses_a_spec_whose_label_is_missing_before_training(tmp_path
 def test_demo_runs_on_the_embedded_kamp_data(tmp_path):
     out = tmp_path / "demo"
     done = _sangsaeng("demo", "--rounds", "1", "--local-epochs", "1", "--out", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, explain(done)
     results = json.loads((out / "results.json").read_text())
     assert results["task"]["name"] == "injection-molding-quality"
     assert len(results["sites"]) == 4 and set(results["dropped_groups"].values()) == {1}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -21,7 +19,7 @@ from models.schema import load_site_data, validate_frame
 from models.tasks import TaskSpec, get_task, load_task_spec
 from models.training import TrainConfig, evaluate_model, loss_fn, prepare, train_local
 from privacy.dp_sgd import make_private, train_private
-from tests.conftest import dataset_path
+from tests.conftest import dataset_path, explain, sangsaeng
 
 FM = get_task("failure-mode")
 MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
@@ -274,12 +272,9 @@ def test_simulate_runs_a_multiclass_task_from_a_spec_file(tmp_path):
     spec = tmp_path / "task.toml"
     spec.write_text(SPEC_FILE)
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "simulate", "--data", str(dataset_path("ai4i2020.csv")),
-         "--task-spec", str(spec), "--split-by", "Type", "--rounds", "2", "--local-epochs", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = sangsaeng("simulate", "--data", str(dataset_path("ai4i2020.csv")), "--task-spec", str(spec),
+                     "--split-by", "Type", "--rounds", "2", "--local-epochs", "1", "--out", str(out))  # fmt: skip
+    assert done.exit_code == 0, explain(done)
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == {"name": "failure-mode-from-spec", "kind": "multiclass", "primary_metric": "macro_f1"}
     final = results["federated"]["global"]

@@ -269,7 +269,7 @@ def test_tasks_command_lists_kind_label_split_metric():
 # -- end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_simulate_runs_a_sequence_regression_task_end_to_end(tmp_path):
-    from tests.conftest import dataset_path
+    from tests.conftest import dataset_path, explain, sangsaeng
 
     raw = pd.read_csv(dataset_path("cmapss_fd003.csv"))
     raw = raw[raw["operator"].isin(["OP01", "OP02", "OP03"])]
@@ -296,12 +296,10 @@ window = 20
 stride = 2
 """)
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "simulate", "--data", str(data), "--task-spec", str(spec),
-         "--split-by", "operator", "--rounds", "2", "--local-epochs", "1", "--hidden", "8", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = sangsaeng("simulate", "--data", str(data), "--task-spec", str(spec),
+                     "--split-by", "operator", "--rounds", "2", "--local-epochs", "1", "--hidden", "8",
+                     "--out", str(out))  # fmt: skip
+    assert done.exit_code == 0, explain(done)
     results = json.loads((out / "results.json").read_text())
     assert results["task"]["primary_metric"] == "rmse"
     assert "appears twice in group" in results["excluded_sites"]["op04"]

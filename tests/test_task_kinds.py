@@ -1,5 +1,6 @@
-"""The new task kinds through every feature of a run (issue 13 item 7): multiclass (`failure-mode`,
-an MLP with one output per class) and sequence regression (`turbofan-rul`, the TCN).
+"""The new task kinds through every feature of a run (issue 13 item 7, issue 14 item 6): multiclass
+(`failure-mode`, an MLP with one output per class), sequence regression (`turbofan-rul`, the TCN)
+and images (`solar-cell-defect-level` on small generated cells, the cnn with a 4-class head).
 
 Unit level, on real networks' weights: the robust strategies, supplier-level DP, checkpoint and
 resume (the network rebuilt from the manifest's scaler). One slow simulation runs
@@ -24,15 +25,21 @@ from models.architectures import weight_shapes
 from models.nets import get_weights, set_weights
 from models.scaler import FederatedScaler
 from privacy.central import CentralDP
-from tests.factories import scored_model
+from tests.factories import IMAGE_TASK, scored_image_model, scored_model
 
-KINDS = ["failure-mode", "turbofan-rul"]
+KINDS = ["failure-mode", "turbofan-rul", IMAGE_TASK]
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def kind(request):
-    """(spec, scaler, model, metrics) of a real multiclass MLP or sequence TCN."""
+def kind(request, tmp_path_factory):
+    """(spec, scaler, model, metrics) of a real multiclass MLP, sequence TCN or image cnn."""
+    if request.param == IMAGE_TASK:
+        return scored_image_model(tmp_path_factory.mktemp("cells"), hidden=(8, 8))
     return scored_model(request.param, hidden=(8, 8))
+
+
+def _architecture(spec) -> str:
+    return "cnn" if spec.image is not None else "tcn" if spec.sequence else "mlp"
 
 
 def proxy(node_id: int) -> GridClientProxy:
@@ -66,9 +73,12 @@ def _fit(arrays, n, site):
 def test_the_networks_are_the_kinds_own(kind):
     spec, scaler, model, metrics = kind
     assert [w.shape for w in get_weights(model)] == weight_shapes(
-        "tcn" if spec.sequence else "mlp", scaler.n_inputs, (8, 8), scaler.n_outputs
+        _architecture(spec), scaler.n_inputs, (8, 8), scaler.n_outputs
     )
-    if spec.kind == "multiclass":
+    if spec.image is not None:  # GroupNorm'd 3x3 convolutions (4-D weights), a head per defect level
+        assert scaler.n_outputs == 4 and {"macro_f1", "recall_0", "recall_3"} <= set(metrics)
+        assert any(w.ndim == 4 for w in get_weights(model)) and scaler.pixel_mean
+    elif spec.kind == "multiclass":
         assert scaler.n_outputs == 6 and {"macro_f1", "recall_TWF", "recall_RNF"} <= set(metrics)
     else:
         assert {"rmse", "mae", "phm08_score", "rmse_last"} <= set(metrics)
@@ -134,12 +144,16 @@ def test_a_resumed_run_rebuilds_the_network_from_its_checkpoint_and_scaler(kind,
     fresh = config.new_model(resumed_scaler.n_inputs, outputs=resumed_scaler.n_outputs)
     set_weights(fresh, point.weights)
     set_weights(model, strategy.global_weights or [])
-    shape = (4, spec.sequence.window, scaler.n_inputs) if spec.sequence else (4, scaler.n_inputs)
+    if spec.image is not None:
+        shape: tuple[int, ...] = (4, *spec.image.shape)
+    else:
+        shape = (4, spec.sequence.window, scaler.n_inputs) if spec.sequence else (4, scaler.n_inputs)
     x = torch.as_tensor(np.random.default_rng(2).normal(size=shape), dtype=torch.float32)
     with torch.no_grad():
         out = fresh(x)
         np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-6)
-    assert tuple(out.shape) == ((4, 6) if spec.kind == "multiclass" else (4,))
+    assert tuple(out.shape) == ((4, scaler.n_outputs) if spec.kind == "multiclass" else (4,))
+    assert config.model == _architecture(spec)  # an image task's run builds the cnn, whatever the default
     # A resume of the other kind's directory is refused: its schema differs.
     with pytest.raises(ValueError, match="recorded for schema"):
         other = next(k for k in KINDS if k != spec.name)

@@ -116,5 +116,6 @@ def test_anchor_invites_approves_publishes_and_supplier_sees_only_its_own(
     model = pc.pull_model(tmp_path / "north-press")
     data = tmp_path / "north.csv"
     frame.head(100).to_csv(data, index=False)
-    scores, metrics = pc.predict(model, data)
+    report = pc.predict(model, data)
+    scores, metrics = report.path, report.metrics
     assert scores.exists() and "roc_auc" in metrics

@@ -86,13 +86,16 @@ def test_enroll_pull_and_predict_end_to_end(portal, client, tmp_path, model):
 
     data = tmp_path / "line.csv"
     frame.head(200).to_csv(data, index=False)
-    scores, metrics = pc.predict(model, data)
+    report = pc.predict(model, data)
+    scores, metrics = report.path, report.metrics
     out = pd.read_csv(scores)
     assert len(out) == 200 and out["p_Machine failure"].between(0, 1).all()
     assert set(metrics) >= {"roc_auc"}
     unlabeled = tmp_path / "new.csv"
     frame.drop(columns=["Machine failure"]).head(50).to_csv(unlabeled, index=False)
-    scores, metrics = pc.predict(model, unlabeled, tmp_path / "s.csv")
+    report = pc.predict(model, unlabeled, tmp_path / "s.csv")
+    scores, metrics = report.path, report.metrics
+    assert report.predictions == 50
     assert metrics == {} and len(pd.read_csv(scores)) == 50
 
     tampered = tmp_path / "tampered.zip"

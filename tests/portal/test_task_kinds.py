@@ -1,12 +1,16 @@
-"""The portal for the new task kinds: a multiclass (`failure-mode`) and a sequence (`turbofan-rul`,
-a TCN) run uploaded as the coordinator writes it, shown by the API and the web page, and the
-release gate on the federation's metric in its own direction (rmse, phm08_score: lower is better)."""
+"""The portal for the new task kinds: a multiclass (`failure-mode`), a sequence (`turbofan-rul`,
+a TCN) and an image (`solar-cell-defect-level`, a cnn on generated cells) run uploaded as the
+coordinator writes it, shown by the API and the web page, and the release gate on the
+federation's metric in its own direction (rmse, phm08_score: lower is better); a signed image
+release's card states the input size, channels, classes and pixel normalisation."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +19,7 @@ from models.architectures import ARCHITECTURES
 from models.nets import get_weights
 from portal.artifact import build_artifact, read_artifact
 from portal.uploader import upload_run
-from tests.factories import scored_model
+from tests.factories import IMAGE_TASK, scored_image_model, scored_model
 from tests.portal.factories import API, PASSWORD, release_body
 
 SITES = ["alpha-line-1", "beta-line-1"]
@@ -23,7 +27,13 @@ SITES = ["alpha-line-1", "beta-line-1"]
 
 @functools.cache
 def _kind(task: str):
+    if task == IMAGE_TASK:  # generated cells in a folder of their own; the cache keeps them for the module
+        return scored_image_model(Path(tempfile.mkdtemp(prefix="cells-")), hidden=(8, 8))
     return scored_model(task, hidden=(8, 8))
+
+
+def _architecture(spec) -> str:
+    return "cnn" if spec.image is not None else "tcn" if spec.sequence else "mlp"
 
 
 @functools.cache
@@ -32,7 +42,7 @@ def kind_artifact(task: str) -> bytes:
     spec, scaler, model, _ = _kind(task)
     return build_artifact(
         get_weights(model), task=spec.to_dict(), scaler_json=scaler.to_json(), hidden=[8, 8],
-        source={"run_ref": "test", "round": 1}, model="tcn" if spec.sequence else "mlp",
+        source={"run_ref": "test", "round": 1}, model=_architecture(spec),
     )  # fmt: skip
 
 
@@ -64,12 +74,13 @@ def _run(client, coordinator, fid, metrics):
         ("turbofan-rul", "phm08_score", 1000.0, 500.0, 5000.0, "<="),
         ("turbofan-rul", "rmse_last", 40.0, 30.0, 50.0, "<="),
         ("failure-mode", None, 0.5, 0.7, 0.3, ">="),  # macro_f1
+        (IMAGE_TASK, None, 0.5, 0.7, 0.3, ">="),  # macro_f1 of the defect levels
     ],
 )
 def test_the_gate_reads_the_metric_in_its_own_direction(portal, client, task, metric, threshold, good, bad, sign):
     anchor, federation, coordinator = _federation(portal, task, threshold=threshold, metric=metric)
     fid, name = federation["id"], federation["metric"]
-    assert name == (metric or {"turbofan-rul": "rmse", "failure-mode": "macro_f1"}[task])
+    assert name == (metric or {"turbofan-rul": "rmse", "failure-mode": "macro_f1", IMAGE_TASK: "macro_f1"}[task])
     assert federation["higher_is_better"] is (sign == ">=")
     data = kind_artifact(task)
 
@@ -84,8 +95,13 @@ def test_the_gate_reads_the_metric_in_its_own_direction(portal, client, task, me
     assert card["evaluation"] == {"metric": name, "threshold": threshold, "value": good,
                                   "higher_is_better": sign == ">="}  # fmt: skip
     spec, scaler, model, _ = _kind(task)
-    assert card["architecture"]["model"] == ("tcn" if spec.sequence else "mlp")
+    assert card["architecture"]["model"] == _architecture(spec)
     assert card["architecture"]["parameters"] == sum(p.numel() for p in model.parameters())
+    if spec.image is not None:  # the signed card: input size, channels, classes and normalisation
+        assert card["image"]["size"] == [12, 16] and card["image"]["channels"] == 1
+        assert card["classes"] == ["0", "1", "2", "3"]
+        assert card["normalisation"]["pixel_mean"] == pytest.approx(list(scaler.pixel_mean))
+        assert card["normalisation"]["pixel_std"] == pytest.approx(list(scaler.pixel_std))
 
     failing = _run(client, coordinator, fid, {name: bad, "loss": 0.5})
     draft = client.post(f"{API}/federations/{fid}/releases", headers=coordinator,
@@ -115,7 +131,7 @@ def _run_dir(tmp_path, task):
     """A coordinator run directory, written by the coordinator's RunRecorder, with the kind's real metrics."""
     spec, scaler, model, metrics = _kind(task)
     header = {
-        "config": {"task": spec.to_dict(), "model": "tcn" if spec.sequence else "mlp", "hidden": [8, 8]},
+        "config": {"task": spec.to_dict(), "model": _architecture(spec), "hidden": [8, 8]},
         "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
         "scaler": scaler.to_json(),
         "sites": {s: {"n_train": 10} for s in SITES},
@@ -130,15 +146,19 @@ def _run_dir(tmp_path, task):
     return tmp_path / task, metrics
 
 
-@pytest.mark.parametrize("task", ["failure-mode", "turbofan-rul"])
+@pytest.mark.parametrize("task", ["failure-mode", "turbofan-rul", IMAGE_TASK])
 def test_a_run_of_the_kind_uploads_and_shows_on_the_api_and_the_web_page(portal, client, tmp_path, task):
-    anchor, federation, coordinator = _federation(portal, task, threshold=0.5 if task == "failure-mode" else 100.0)
+    anchor, federation, coordinator = _federation(portal, task, threshold=100.0 if task == "turbofan-rul" else 0.5)
     run_dir, metrics = _run_dir(tmp_path, task)
     client.headers.update(coordinator)
     run, release = upload_run(client, federation["id"], run_dir, version="1.0.0")
     client.headers.pop("Authorization")
     assert release["status"] == "draft"
-    keys = {"recall_TWF", "recall_HDF", "macro_f1"} if task == "failure-mode" else {"rmse_last", "phm08_score"}
+    keys = {
+        "failure-mode": {"recall_TWF", "recall_HDF", "macro_f1"},
+        "turbofan-rul": {"rmse_last", "phm08_score"},
+        IMAGE_TASK: {"recall_0", "recall_3", "macro_f1", "macro_roc_auc"},
+    }[task]
     shown = client.get(f"{API}/runs/{run['id']}", headers=anchor.headers).json()
     for key in keys:
         want = metrics[key]
@@ -155,7 +175,7 @@ def test_a_run_of_the_kind_uploads_and_shows_on_the_api_and_the_web_page(portal,
     assert page.status_code == 200, page.text[:300]
     assert "<svg" in page.text and all(f"<th>{key}</th>" in page.text for key in keys)
     assert f"Global {federation['metric']} over rounds" in page.text
-    sign = "&gt;=" if task == "failure-mode" else "&lt;="  # the gate's direction, as the header states it
+    sign = "&lt;=" if task == "turbofan-rul" else "&gt;="  # the gate's direction, as the header states it
     assert f"release when {federation['metric']} {sign} {federation['threshold']}" in page.text
     listing = client.get(f"/federations/{federation['id']}/runs")
     assert listing.status_code == 200 and run["run_ref"] in listing.text
