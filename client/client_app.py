@@ -42,6 +42,7 @@ from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
+from privacy.profile import dp_profile_applies, release_profile
 from sangsaeng.errors import SangsaengError
 from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
@@ -139,14 +140,35 @@ class SiteClient(NumPyClient):
         """The site's name; in the profile phase also its data's aggregate statistics (no rows)."""
         if config.get(ConfigKey.PHASE) != PHASE_PROFILE:
             return {ReplyKey.SITE: self.site.name}
-        data = load_site(self.site, _spec_from(config))
-        return {
+        spec = _spec_from(config)
+        data = load_site(self.site, spec)
+        reply: dict[str, Scalar] = {
             ReplyKey.SITE: self.site.name,
             ReplyKey.PROFILE: data.profile.to_json(),
             ReplyKey.N_TRAIN: len(data.train),
             ReplyKey.N_TEST: len(data.test),
             **_image_reply(data.images),
         }
+        if dp_profile_applies(spec):
+            ledger = PrivacyLedger(self.site.ledger_file, self.site.name)
+            plan = ledger.plan_profile(self.site.privacy, _dp_request(config), records=len(data.train))
+            if plan is not None:
+                entry = plan.released
+                if entry is None:
+                    profile, mechanism = release_profile(data.train, spec, noise_multiplier=plan.noise_multiplier)
+                    entry = ledger.record_profile(plan, mechanism=mechanism.to_dict(), profile=profile.to_json())
+                reply[ReplyKey.PROFILE] = str(entry["profile"])
+                reply[ReplyKey.DP_PROFILE] = json.dumps(
+                    {k: v for k, v in entry.items() if k not in ("profile", "time", "run_id", "round")}
+                    | {
+                        "delta": plan.delta,
+                        "accountant": plan.accountant,
+                        "budget_epsilon": plan.budget_epsilon,
+                        "records": len(data.train),
+                        "prior_history": [list(p) for p in plan.prior],
+                    }  # fmt: skip
+                )
+        return reply
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train the global model on the site's training split (with DP-SGD if asked); returns the update."""
@@ -169,6 +191,7 @@ class SiteClient(NumPyClient):
         plan = ledger.plan_round(
             self.site.privacy, _dp_request(config), records=len(x),
             batch_size=train_config.batch_size, epochs=train_config.epochs,
+            server_round=int(config.get(ConfigKey.ROUND, 0)) or None,
         )  # fmt: skip
         if plan is None:
             loss = train_local(model, x, y, spec=spec, scaler=scaler, config=train_config)

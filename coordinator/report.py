@@ -233,15 +233,20 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
     """Cumulative epsilon per site after each round, against each site's budget."""
     rounds = sorted({int(r) for s in privacy["sites"].values() for r in s["epsilon_by_round"]})
     table = Table(title="privacy spent (cumulative epsilon per site)")
+    profiled = any(s.get("profile_epsilon") is not None for s in privacy["sites"].values())
     table.add_column("site")
+    if profiled:  # the DP data profile, spent before round 1
+        table.add_column("profile", justify="right")
     for r in rounds:
         table.add_column(f"r{r}", justify="right")
     table.add_column("budget", justify="right")
     table.add_column("delta", justify="right")
     for site, entry in sorted(privacy["sites"].items()):
         by_round = entry["epsilon_by_round"]
+        profile = [_fmt(entry["profile_epsilon"]) if entry.get("profile_epsilon") is not None else "exact"]
         table.add_row(
-            site, *[_fmt(by_round.get(str(r))) if str(r) in by_round else "-" for r in rounds],
+            site, *(profile if profiled else []),
+            *[_fmt(by_round.get(str(r))) if str(r) in by_round else "-" for r in rounds],
             f"{entry['budget_epsilon']:g}", f"{entry['delta']:.2g}",
         )  # fmt: skip
     if privacy.get("central_dp"):

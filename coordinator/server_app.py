@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -110,15 +111,28 @@ def collect_profiles(
     node_ids: Iterable[int],
     config: FederationConfig,
     observer: RunObserver,
+    *,
+    run_id: str = "unnamed-run",
+    mechanisms: dict[str, dict[str, Any]] | None = None,
     images: dict[int, dict[str, Any]] | None = None,
 ) -> tuple[dict[int, tuple[str, SiteProfile, int, int]], dict[int, str]]:
     """Ask each site for its data profile. Returns (healthy sites by node, problems by node).
 
+    Under DP the request carries the run's id and target: a site then releases a noisy profile
+    (`privacy.profile`), charged to its ledger, and its mechanism goes into `mechanisms` by site.
     An image task's sites also report their skipped and converted images (`image_report`):
     those reports are put in `images`, by node, when given.
     """
     node_ids = list(node_ids)
-    ins = GetPropertiesIns({ConfigKey.PHASE: PHASE_PROFILE, ConfigKey.TASK: config.task.to_json()})
+    ins = GetPropertiesIns(
+        {
+            ConfigKey.PHASE: PHASE_PROFILE,
+            ConfigKey.TASK: config.task.to_json(),
+            ConfigKey.RUN_ID: run_id,
+            ConfigKey.NUM_ROUNDS: config.num_rounds,
+            ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),
+        }
+    )
     messages = [
         Message(
             content=compat.getpropertiesins_to_recorddict(ins),
@@ -145,7 +159,9 @@ def collect_profiles(
             int(props[ReplyKey.N_TRAIN]),
             int(props[ReplyKey.N_TEST]),
         )
-        if ReplyKey.IMAGES in props:
+        if mechanisms is not None and ReplyKey.DP_PROFILE in props:
+            mechanisms[str(props[ReplyKey.SITE])] = json.loads(str(props[ReplyKey.DP_PROFILE]))
+        if images is not None and ReplyKey.IMAGES in props:
             images[node] = image_report(props)
     for node in set(node_ids) - set(healthy) - set(problems):
         problems[node] = f"node {node} did not answer the profile request within {config.node_wait_timeout:.0f} s"
@@ -176,8 +192,14 @@ def run_federation(
     grid = ProgressGrid(grid, observer)
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
+    # The run id is known before the profile: under DP each site charges its profile to this run.
+    resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
+    run_id = str(resume.manifest["run_id"]) if resume is not None else uuid.uuid4().hex[:12]
+    mechanisms: dict[str, dict[str, Any]] = {}
     images: dict[int, dict[str, Any]] = {}
-    healthy, problems = collect_profiles(grid, node_ids, config, observer, images)
+    healthy, problems = collect_profiles(
+        grid, node_ids, config, observer, run_id=run_id, mechanisms=mechanisms, images=images
+    )
     sites: dict[str, dict[str, Any]] = {
         name: {
             "node_id": node,
@@ -194,8 +216,8 @@ def run_federation(
                 "site %s: %d of %d image(s) skipped, converted %s (first skipped: %s)", name, report["skipped"],
                 report["images"], report["converted"] or "none", "; ".join(report["first_skipped"]) or "none",
             )  # fmt: skip
-
-    resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
+    if resume is not None:  # the profiles released when the run began are the ones the scaler came from
+        mechanisms = {**mechanisms, **resume.manifest.get("profile_dp", {})}
     if resume is not None:
         scaler = FederatedScaler.from_json(resume.manifest["scaler"])  # weights were fitted to it
         initial, done = resume.weights, resume.round
@@ -208,12 +230,14 @@ def run_federation(
     recorder = RunRecorder(
         config.out_dir,
         header={
+            "run_id": run_id,
             "config": config.to_dict(),
             "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
             "schema_hash": spec.schema_hash(),
             "scaler": scaler.to_json(),
             "sites": sites,
             "excluded_sites": {str(node): problem for node, problem in problems.items()},
+            **({"profile_dp": mechanisms} if mechanisms else {}),
         },
         previous=resume.manifest if resume else None,
     )
@@ -240,6 +264,10 @@ def run_federation(
     if resume is not None:
         restore_strategy_state(inner, resume.strategy_state)
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
+    if audit is not None:  # a site whose budget cannot cover its DP profile refused before round 1
+        for problem in problems.values():
+            if "budget exhausted" in problem:
+                audit.append("refusal", round=0, reason=problem)
     central = None
     if config.central_dp_noise is not None:
         adaptive = None

@@ -520,6 +520,11 @@ PREDICTIVE_MAINTENANCE = register_task(
             "Rotational speed [rpm]": (0, 5000),
             "Torque [Nm]": (0, 150),
             "Tool wear [min]": (0, 500),
+            # The derived features' ranges follow from the measured ones: they bound the DP
+            # data profile (privacy.profile) as well as checking each row.
+            "Power [W]": (0, 80000),
+            "Temperature difference [K]": (-100, 110),
+            "Strain [min Nm]": (0, 75000),
         },
         levels={"Type": ("L", "M", "H")},
         description="Milling machine failure within the next operation (AI4I 2020).",

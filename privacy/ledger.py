@@ -25,7 +25,7 @@ from privacy.errors import BudgetExhausted, PolicyError
 from privacy.policy import DpRequest, SitePrivacyPolicy
 from sangsaeng.files import write_json
 
-__all__ = ["PrivacyLedger", "RoundPlan", "MIN_REMAINING"]
+__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "MIN_REMAINING"]
 
 # A run needs at least this fraction of its target left; less buys only noise.
 MIN_REMAINING = 0.02
@@ -50,6 +50,26 @@ class RoundPlan:
     epsilon_before: float
     epsilon_after: float
     prior: list[Step]  # history before this run (earlier runs on the same data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfilePlan:
+    """How the site releases its data profile under DP in a run, and what it costs.
+
+    ``released``: the profile and mechanism this run already released (a resumed run, a
+    repeated request); sending them again costs nothing, so nothing new is charged.
+    """
+
+    run_id: str
+    noise_multiplier: float
+    delta: float
+    accountant: str
+    budget_epsilon: float
+    target_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    prior: list[Step]  # history before this run (earlier runs on the same data)
+    released: dict[str, Any] | None = None
 
 
 class PrivacyLedger:
@@ -98,11 +118,23 @@ class PrivacyLedger:
 
     # -- the two steps of a DP round ----------------------------------------------------
     def plan_round(
-        self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int, batch_size: int, epochs: int
+        self,
+        policy: SitePrivacyPolicy,
+        request: DpRequest,
+        *,
+        records: int,
+        batch_size: int,
+        epochs: int,
+        server_round: int | None = None,
     ) -> RoundPlan | None:
         """Decide how this round trains under the site's policy; None means no DP asked or required.
 
-        Raises `BudgetExhausted` when the round would take the site over its budget.
+        With `server_round`, the rounds still to come (``server_round .. num_rounds``) are
+        checked against the run's target: when they no longer fit at the run's noise (a run
+        resumed with more rounds than first planned, or a round trained again after a
+        restart), the noise is recalibrated for them, so that the whole history stays within
+        ``min(site budget, run target)``. Raises `BudgetExhausted` when the round would take
+        the site over its budget or the run over its target.
         """
         if request.target_epsilon is None and not policy.dp_required:
             return None
@@ -118,9 +150,12 @@ class PrivacyLedger:
         with self._locked() as state:
             self._note_policy(state, policy)
             run = state["runs"].get(request.run_id)
-            prior = [tuple(s) for s in run["prior"]] if run else self.history(state)
+            # Earlier runs on the same data; this run's profile release, if any, is its own.
+            others = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]
+                      if e["run_id"] != request.run_id]  # fmt: skip
+            prior = [tuple(s) for s in run["prior"]] if run else others
             if run is None:
-                spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                spent = epsilon_of(self.history(state), delta=delta, accountant=accountant)
                 if spent >= (1 - MIN_REMAINING) * target:
                     self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
                     raise BudgetExhausted(
@@ -130,10 +165,10 @@ class PrivacyLedger:
                 try:
                     noise = calibrate_noise(
                         target_epsilon=target, delta=delta, sample_rate=sample_rate,
-                        steps=steps * request.num_rounds, accountant=accountant, prior=prior,
+                        steps=steps * request.num_rounds, accountant=accountant, prior=self.history(state),
                     )  # fmt: skip
                 except PolicyError as exc:
-                    spent = epsilon_of(prior, delta=delta, accountant=accountant)
+                    spent = epsilon_of(self.history(state), delta=delta, accountant=accountant)
                     self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=budget)
                     raise BudgetExhausted(
                         f"budget exhausted: epsilon {spent:.3f} already spent of {budget:.3f} ({exc})"
@@ -142,10 +177,23 @@ class PrivacyLedger:
                        "planned_steps": steps * request.num_rounds, "prior": [list(p) for p in prior]}  # fmt: skip
                 state["runs"][request.run_id] = run
             history = self.history(state)
+            if server_round is not None:
+                self._replan(state, run, request, history=history, steps=steps, server_round=server_round,
+                             delta=delta, accountant=accountant, budget=budget)  # fmt: skip
             before = epsilon_of(history, delta=delta, accountant=accountant)
             after = epsilon_of(
                 [*history, (run["noise_multiplier"], sample_rate, steps)], delta=delta, accountant=accountant
             )
+        run_target = min(budget, float(run["target_epsilon"]))
+        if after > run_target * (1 + 1e-9):
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget
+            )
+            raise BudgetExhausted(
+                f"budget exhausted: this round would bring epsilon from {before:.3f} to {after:.3f}, "
+                + (f"over the site's budget of {budget:.3f}" if run_target == budget
+                   else f"over the run's target of {run_target:.3f}")
+            )  # fmt: skip
         if after > budget * (1 + 1e-9):
             self.audit.append(
                 "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget
@@ -159,6 +207,102 @@ class PrivacyLedger:
             delta=delta, max_grad_norm=clip, accountant=accountant, budget_epsilon=budget, epsilon_before=before,
             epsilon_after=after, prior=[tuple(p) for p in run["prior"]],
         )  # fmt: skip
+
+    def _replan(
+        self, state: dict[str, Any], run: dict[str, Any], request: DpRequest, *, history: list[Step], steps: int,
+        server_round: int, delta: float, accountant: str, budget: float,
+    ) -> None:  # fmt: skip
+        """Recalibrate the run's noise when its remaining rounds no longer fit in its target."""
+        target = min(budget, float(run["target_epsilon"]))
+        remaining = steps * max(1, request.num_rounds - server_round + 1)
+        projected = epsilon_of([*history, (run["noise_multiplier"], run["sample_rate"], remaining)],
+                               delta=delta, accountant=accountant)  # fmt: skip
+        if projected <= target * (1 + 1e-9):
+            return
+        try:
+            noise = calibrate_noise(
+                target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                accountant=accountant, prior=history,
+            )  # fmt: skip
+        except PolicyError as exc:
+            spent = epsilon_of(history, delta=delta, accountant=accountant)
+            self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=target)
+            raise BudgetExhausted(
+                f"budget exhausted: epsilon {spent:.3f} already spent of the run's {target:.3f}; the "
+                f"{remaining} remaining step(s) of rounds {server_round}-{request.num_rounds} cannot fit ({exc})"
+            ) from None
+        self.audit.append(
+            "noise recalibrated", site=self.site, run_id=request.run_id, round=server_round,
+            old_noise_multiplier=run["noise_multiplier"], noise_multiplier=noise, remaining_steps=remaining,
+            target_epsilon=target,
+        )  # fmt: skip
+        run["noise_multiplier"] = noise
+        run["planned_steps"] = steps * (server_round - 1) + remaining
+
+    def plan_profile(self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int) -> ProfilePlan | None:
+        """Decide how the data profile is released under DP in this run; None means no DP asked or required.
+
+        The profile's noise costs ``privacy.profile.PROFILE_SHARE`` of the run's target on its
+        own. Raises `BudgetExhausted` when the site's history plus the profile would leave less
+        than ``MIN_REMAINING`` of the target for training (or pass its budget).
+        """
+        from privacy.profile import profile_noise_multiplier
+
+        if request.target_epsilon is None and not policy.dp_required:
+            return None
+        budgets = [e for e in (policy.max_epsilon, request.target_epsilon) if e is not None]
+        budget = max(budgets) if policy.max_epsilon is None else policy.max_epsilon
+        target = min(budgets)
+        delta, accountant = policy.delta_for(records), policy.accountant
+        with self._locked() as state:
+            self._note_policy(state, policy)
+            prior = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]
+                     if e["run_id"] != request.run_id]  # fmt: skip
+            for entry in state["entries"]:
+                if entry["run_id"] == request.run_id and entry.get("mechanism") == "profile":
+                    before = epsilon_of(self.history(state), delta=delta, accountant=accountant)
+                    return ProfilePlan(
+                        run_id=request.run_id, noise_multiplier=entry["noise_multiplier"], delta=delta,
+                        accountant=accountant, budget_epsilon=budget, target_epsilon=target, epsilon_before=before,
+                        epsilon_after=before, prior=prior, released=entry,
+                    )  # fmt: skip
+            history = self.history(state)
+        noise = profile_noise_multiplier(target_epsilon=target, delta=delta, accountant=accountant)
+        before = epsilon_of(history, delta=delta, accountant=accountant)
+        after = epsilon_of([*history, (noise, 1.0, 1)], delta=delta, accountant=accountant)
+        if after >= (1 - MIN_REMAINING) * target:
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=target,
+                mechanism="profile",
+            )  # fmt: skip
+            raise BudgetExhausted(
+                f"budget exhausted: the DP data profile would bring epsilon from {before:.3f} to {after:.3f}, "
+                f"leaving nothing useful of {target:.3f} to train with; the site sends no profile"
+            )
+        return ProfilePlan(
+            run_id=request.run_id, noise_multiplier=noise, delta=delta, accountant=accountant, budget_epsilon=budget,
+            target_epsilon=target, epsilon_before=before, epsilon_after=after, prior=prior,
+        )  # fmt: skip
+
+    def record_profile(self, plan: ProfilePlan, *, mechanism: dict[str, Any], profile: str) -> dict[str, Any]:
+        """Charge the released profile (one Gaussian step) to the history; return the ledger entry.
+
+        The entry keeps the released (noisy) profile, so a repeated request of the same run gets
+        the same answer at no further cost.
+        """
+        with self._locked() as state:
+            entry = {
+                **mechanism, "run_id": plan.run_id, "round": 0, "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": 1.0, "steps": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "profile": profile,
+            }  # fmt: skip
+            state["entries"].append(entry)
+            entry["epsilon"] = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+        self.audit.append(
+            "profile released", site=self.site, run_id=plan.run_id, noise_multiplier=plan.noise_multiplier,
+            sensitivity=mechanism.get("sensitivity"), epsilon=entry["epsilon"],
+        )  # fmt: skip
+        return entry
 
     def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
         """Add the round's steps to the history; return the cumulative epsilon."""

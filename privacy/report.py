@@ -13,7 +13,9 @@ Check with OpenSSL alone::
     openssl pkeyutl -verify -pubin -inkey coordinator.pub.pem -rawin -in report.json -sigfile report.json.sig
 
 `verify_report` also recomputes every epsilon from the recorded (noise_multiplier,
-sample_rate, steps) with the named accountant, and checks each site against its budget.
+sample_rate, steps) with the named accountant — a site's DP data profile (version 2 reports,
+``mechanisms``) first, then its DP-SGD rounds — checks that each profile's noise std is its
+noise multiplier times its sensitivity, and checks each site against its budget.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ NOT_COVERED = (
     "normalisation (counts, means, variances, category counts) and the metrics sites report on their "
     "held-out rows."
 )
+# Version 2 reports list every mechanism a site ran besides its DP-SGD rounds (its DP data
+# profile); reports without a version are version 1 and are verified as before.
+REPORT_VERSION = 2
+NOT_COVERED_EVALUATION = (
+    "Not covered by these epsilons: the metrics sites report on their held-out rows each round (evaluation)."
+)
+PROFILE_MECHANISM = (
+    "DP data profile (privacy.profile): one Gaussian mechanism, without subsampling, over the site's row "
+    "count, fixed-bin histograms of each numeric feature over its declared range, its declared category "
+    "levels' counts, its label counts and (image tasks) per-image pixel histograms; each block changes by "
+    "at most 1 per record, so the L2 sensitivity is sqrt(blocks) and each released value gets noise of std "
+    "noise_multiplier * sensitivity; noise from NumPy's PCG64 generator seeded from OS entropy (not a "
+    "cryptographically secure generator)"
+)
 
 
 def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> dict[str, Any]:
@@ -75,20 +91,50 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
                 }
             )
             entry["epsilon"] = dp["epsilon"]
-    refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
     config = manifest.get("config", {})
+    profiles = manifest.get("profile_dp", {})
+    for site, mech in sorted(profiles.items()):
+        entry = sites.setdefault(
+            site,
+            {
+                "accountant": mech["accountant"], "delta": mech["delta"], "epsilon": mech["epsilon"],
+                "budget_epsilon": mech["budget_epsilon"], "max_grad_norm": config.get("dp_max_grad_norm") or 0.0,
+                "records": mech["records"], "prior_history": mech.get("prior_history", []), "rounds": [],
+            },
+        )  # fmt: skip
+        entry["mechanisms"] = [{k: mech[k] for k in _MECHANISM_KEYS if k in mech}]
+    for entry in sites.values():
+        entry.setdefault("mechanisms", [])
+    refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
+    refusals += [p for p in manifest.get("excluded_sites", {}).values() if "budget exhausted" in p]
+    exact = sorted(site for site in sites if not sites[site]["mechanisms"])
+    if sites and not exact:
+        not_covered = NOT_COVERED_EVALUATION
+    elif sites and profiles:
+        not_covered = (f"{NOT_COVERED_EVALUATION[:-1]}; and the exact normalisation statistics of "
+                       f"{', '.join(exact)}.")  # fmt: skip
+    else:
+        not_covered = NOT_COVERED
+    mechanism = MECHANISM if sites else "none at record level"
+    if profiles:
+        mechanism = f"{mechanism}; before training, {PROFILE_MECHANISM}"
     return {
+        "version": REPORT_VERSION,
         "run_id": manifest["run_id"],
         "task": manifest.get("task", {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "mechanism": MECHANISM if sites else "none at record level",
+        "mechanism": mechanism,
         "requested_epsilon": config.get("dp_epsilon"),
         "sites": sites,
         "central_dp": _central(manifest),
         "refusals": refusals,
-        "not_covered": NOT_COVERED,
+        "not_covered": not_covered,
         "audit_log_head": audit_head,
     }
+
+
+_MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
+                   "bins", "share_of_target", "epsilon")  # fmt: skip
 
 
 def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -156,9 +202,33 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOLERANCE, abs_tol=1e-9)
 
 
+def _check_mechanism(label: str, mech: dict[str, Any]) -> None:
+    """A profile mechanism's parameters must agree with each other (sensitivity, noise std, step)."""
+    if mech["mechanism"] != "profile":
+        raise ReportInvalid(f"{label}: unknown mechanism {mech['mechanism']!r}")
+    if mech["sample_rate"] != 1.0 or mech["steps"] != 1:
+        raise ReportInvalid(f"{label} profile: a profile is one step without subsampling, not {mech['steps']} "
+                            f"at sample rate {mech['sample_rate']}")  # fmt: skip
+    if not _close(mech["sensitivity"], math.sqrt(len(mech["covers"]))):
+        raise ReportInvalid(f"{label} profile: sensitivity {mech['sensitivity']:g} is not sqrt of its "
+                            f"{len(mech['covers'])} blocks")  # fmt: skip
+    if not _close(mech["noise_std"], mech["noise_multiplier"] * mech["sensitivity"]):
+        raise ReportInvalid(f"{label} profile: noise std {mech['noise_std']:g} is not noise multiplier "
+                            f"{mech['noise_multiplier']:g} x sensitivity {mech['sensitivity']:g}")  # fmt: skip
+
+
 def _recompute(label: str, entry: dict[str, Any], *, prior: list[Any]) -> None:
-    """Feed the accountant rounds 1..r and compare with each round's recorded epsilon."""
+    """Feed the accountant the site's mechanisms, then rounds 1..r; compare with each recorded epsilon."""
     history = [tuple(h) for h in prior]
+    for mech in entry.get("mechanisms", []):
+        _check_mechanism(label, mech)
+        history.append((mech["noise_multiplier"], mech["sample_rate"], mech["steps"]))
+        expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
+        if not _close(expected, mech["epsilon"]):
+            raise ReportInvalid(
+                f"{label} {mech['mechanism']}: recorded epsilon {mech['epsilon']:.6f} but the "
+                f"{entry['accountant']} accountant gives {expected:.6f}"
+            )
     for rnd in entry["rounds"]:
         history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
         expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
@@ -206,17 +276,24 @@ def check_epsilons(report: dict[str, Any]) -> None:
     if not isinstance(sites, dict):
         raise ReportInvalid("the report's 'sites' is not a mapping of site names to their records")
     try:
-        _check_epsilons(sites, report.get("central_dp"))
+        version = int(report.get("version", 1))
+        if version > REPORT_VERSION:
+            raise ReportInvalid(f"report version {version} is newer than this verifier's {REPORT_VERSION}")
+        _check_epsilons(sites, report.get("central_dp"), version)
     except (KeyError, TypeError, ValueError) as exc:  # a record without the fields to recompute from
         raise ReportInvalid(
             f"the report lacks what its epsilons are recomputed from: {type(exc).__name__} {exc}"
         ) from None
 
 
-def _check_epsilons(sites: dict[str, Any], central: dict[str, Any] | None) -> None:
+def _check_epsilons(sites: dict[str, Any], central: dict[str, Any] | None, version: int = 1) -> None:
     for site, entry in sites.items():
+        if version >= 2 and "mechanisms" not in entry:
+            raise ReportInvalid(f"site '{site}': a version {version} report must list the site's mechanisms")
         _recompute(f"site '{site}'", entry, prior=entry.get("prior_history", []))
-        final = entry["rounds"][-1]["epsilon"] if entry["rounds"] else 0.0
+        mechanisms = entry.get("mechanisms", [])
+        final = (entry["rounds"][-1]["epsilon"] if entry["rounds"]
+                 else mechanisms[-1]["epsilon"] if mechanisms else 0.0)  # fmt: skip
         if not _close(final, entry["epsilon"]):
             raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
     if central:
@@ -266,12 +343,20 @@ def _within(site: dict[str, Any]) -> bool:
     return site["epsilon"] <= site["budget_epsilon"] * (1 + REL_TOLERANCE)
 
 
+def _profile_cell(site: dict[str, Any]) -> str:
+    """The site's DP data profile in the HTML table: its epsilon and noise, or 'exact'."""
+    for mech in site.get("mechanisms", []):
+        if mech["mechanism"] == "profile":
+            return f"epsilon {mech['epsilon']:.3f} (noise std {mech['noise_std']:.3g})"
+    return "exact (not covered)"
+
+
 def _html(report: dict[str, Any]) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(site)}</td><td>{s['epsilon']:.4f}</td><td>{s['budget_epsilon']:g}</td><td>{s['delta']:.3g}</td>"
         f"<td>{e(s['accountant'])}</td><td>{s['max_grad_norm']:g}</td><td>{s['records']}</td><td>{len(s['rounds'])}</td>"
-        f"<td>{'within budget' if _within(s) else 'OVER BUDGET'}</td></tr>"
+        f"<td>{_profile_cell(s)}</td><td>{'within budget' if _within(s) else 'OVER BUDGET'}</td></tr>"
         for site, s in sorted(report["sites"].items())
     )
     central, central_html = report.get("central_dp"), ""
@@ -296,7 +381,7 @@ issued {e(report["created_at"])}.</p>
 <p>Mechanism: {e(report["mechanism"])}.</p>
 <h2>Record-level DP per site</h2>
 <table><tr><th>site</th><th>epsilon</th><th>budget</th><th>delta</th><th>accountant</th><th>clip</th>
-<th>records</th><th>rounds</th><th>status</th></tr>{rows}</table>
+<th>records</th><th>rounds</th><th>DP profile</th><th>status</th></tr>{rows}</table>
 <img alt="epsilon over rounds per site" src="data:image/png;base64,{_plot_png(report)}">
 {central_html}
 <h2>Refusals</h2><ul>{refusals}</ul>

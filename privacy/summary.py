@@ -45,13 +45,24 @@ def _epsilon_by_round(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _profile_epsilon(entry: Mapping[str, Any]) -> float | None:
+    """The epsilon after a site's DP data profile (its first mechanism), or None without one."""
+    mechanisms = entry.get("mechanisms")
+    if not isinstance(mechanisms, list):
+        return None
+    for mech in mechanisms:
+        if isinstance(mech, Mapping) and mech.get("mechanism") == "profile":
+            return _number(mech.get("epsilon"))
+    return None
+
+
 def privacy_summary(
     report: Mapping[str, Any], *, report_path: str | None = None, source: str = "privacy report"
 ) -> dict[str, Any]:
     """Epsilon per site over rounds, supplier-level DP and refusals, from a privacy report's content.
 
     Returns ``{"report": report_path, "sites": {site: {"epsilon", "budget_epsilon", "delta",
-    "epsilon_by_round": {"1": ..., ...}}}, "central_dp": {"epsilon", "delta"} | None,
+    "epsilon_by_round": {"1": ..., ...}, "profile_epsilon"}}, "central_dp": {"epsilon", "delta"} | None,
     "refusals": [...]}``, sites in name order (as the signed report.json stores them).
 
     Besides the coordinator's report (`privacy.report.build_report`) it accepts a bare
@@ -74,6 +85,8 @@ def privacy_summary(
             "budget_epsilon": budget,
             "delta": entry.get("delta"),
             "epsilon_by_round": _epsilon_by_round(entry),
+            # The DP data profile's own share of the epsilon (version 2 reports); None: exact profile.
+            "profile_epsilon": _profile_epsilon(entry),
         }
     whole = sites is not report  # a full report, not a bare mapping of sites
     central = report.get("central_dp") if whole else None

@@ -58,6 +58,8 @@ class ReplyKey:
     DP_ACCOUNTANT = "dp_accountant"
     DP_RECORDS = "dp_records"
     DP_PRIOR = "dp_prior_history"  # JSON list of earlier (noise, rate, steps) on the same data
+    # The DP data profile's mechanism (privacy.profile), JSON; absent when the profile is exact.
+    DP_PROFILE = "dp_profile"
     # Image tasks, in the profile reply: the site's image report (models.images.IMAGE_REPORT).
     IMAGES = "images"  # manifest rows (images) the site read
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped

@@ -5,9 +5,25 @@ from __future__ import annotations
 from privacy.accounting import epsilon_of
 
 
-def dp_manifest(run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), rounds: int = 3) -> dict:
-    """A run manifest whose per-round DP records are consistent with the RDP accountant."""
+def dp_manifest(
+    run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), rounds: int = 3, *, profile: bool = False
+) -> dict:
+    """A run manifest whose per-round DP records are consistent with the RDP accountant.
+
+    With `profile`, every site first released a DP data profile (one Gaussian step of noise 12
+    over 11 blocks), recorded in ``profile_dp`` and composed into the rounds' epsilons.
+    """
     records, history = [], []
+    profile_dp = {}
+    if profile:
+        history.append((12.0, 1.0, 1))
+        mechanism = {
+            "mechanism": "profile", "noise_multiplier": 12.0, "sample_rate": 1.0, "steps": 1,
+            "sensitivity": 11**0.5, "noise_std": 12.0 * 11**0.5, "covers": ["count"] + [f"b{i}" for i in range(10)],
+            "bins": 64, "share_of_target": 0.1, "epsilon": epsilon_of(history, delta=1e-5), "delta": 1e-5,
+            "accountant": "rdp", "budget_epsilon": 4.0, "records": 2000, "prior_history": [],
+        }  # fmt: skip
+        profile_dp = {site: dict(mechanism) for site in sites}
     for r in range(1, rounds + 1):
         history.append((1.2, 0.05, 40))
         dp = {
@@ -21,6 +37,7 @@ def dp_manifest(run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), r
         "task": {"name": "predictive-maintenance"},
         "config": {"dp_epsilon": 3.0},
         "rounds": records,
+        **({"profile_dp": profile_dp} if profile_dp else {}),
     }
 
 

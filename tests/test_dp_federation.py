@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+from opacus.accountants import RDPAccountant
 
 from coordinator.config import FederationConfig
 from coordinator.simulation import run_experiment, write_site_files
@@ -45,8 +46,9 @@ def dp_run(ai4i, tmp_path_factory):
 def test_a_site_at_its_budget_refuses_and_the_run_finishes_with_the_others(dp_run):
     out, results = dp_run
     assert all(r["sites_trained"] == ["l", "m"] for r in results["rounds"])
-    assert len(results["privacy"]["refusals"]) == 2
-    assert all("site 'h': budget exhausted" in r for r in results["privacy"]["refusals"])
+    # h cannot cover even its DP data profile: it refuses before round 1 and sits the run out.
+    (refusal,) = results["privacy"]["refusals"]
+    assert "site 'h': budget exhausted: the DP data profile would bring epsilon" in refusal
     assert json.loads((out / "manifest.json").read_text())["status"] == "completed"
     # Utility under DP is the benchmark's business; here the model must simply exist and score.
     assert 0.0 <= results["federated"]["global"]["roc_auc"] <= 1.0
@@ -56,12 +58,27 @@ def test_every_site_stays_within_its_budget_and_the_report_verifies(dp_run):
     out, results = dp_run
     report = verify_report(out / "privacy" / "report.json", out / "privacy" / "coordinator.pub.pem")
     assert set(report["sites"]) == {"l", "m"}
-    for entry in report["sites"].values():
+    for site, entry in report["sites"].items():
         assert [r["round"] for r in entry["rounds"]] == [1, 2]
-        assert 2.9 < entry["epsilon"] <= 3.0  # noise calibrated for the whole run, ending at the target
+        assert 2.9 < entry["epsilon"] <= 3.0  # noise calibrated for the whole run, profile included
         assert entry["delta"] < 1 / entry["records"]
+        # The DP data profile came first: one Gaussian step, a tenth of the target on its own.
+        (profile,) = entry["mechanisms"]
+        assert profile["mechanism"] == "profile" and profile["steps"] == 1 and profile["sample_rate"] == 1.0
+        assert profile["noise_std"] == pytest.approx(profile["noise_multiplier"] * profile["sensitivity"])
+        assert 0.25 < profile["epsilon"] <= 0.3
+        # The site's ledger equals an independent accountant fed the report's mechanisms.
+        independent = RDPAccountant()
+        rounds = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["rounds"]]
+        for noise, rate, steps in [*entry["prior_history"], (profile["noise_multiplier"], 1.0, 1), *rounds]:
+            for _ in range(steps):
+                independent.step(noise_multiplier=noise, sample_rate=rate)
+        ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(independent.get_epsilon(delta=entry["delta"]))
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
+    assert report["version"] == 2 and "normalisation" not in report["not_covered"]
     central = report["central_dp"]
-    assert central["suppliers"] == 3 and central["epsilon"] > 1
+    assert central["suppliers"] == 2 and central["epsilon"] > 1
     # Adaptive clipping: round 1 clips at the initial norm, round 2 at the norm round 1 adapted to.
     assert central["adaptive_clipping"]["target_quantile"] == 0.5
     assert central["adaptive_clipping"]["count_stddev"] == 0.5  # max(3 / 20, z)
@@ -90,7 +107,7 @@ def test_audit_logs_record_rounds_refusals_and_the_report(dp_run):
     coordinator = AuditLog(out / "privacy" / "audit.jsonl")
     coordinator.verify()
     events = [e["event"] for e in coordinator.entries()]
-    assert events.count("round trained") == 4 and events.count("refusal") == 2
+    assert events.count("round trained") == 4 and events.count("refusal") == 1  # h's, before round 1
     assert events.count("central dp round") == 2 and events[-1] == "report issued"
     assert report["audit_log_head"] in {e["hash"] for e in coordinator.entries()}
     site = AuditLog(out / "sites" / ".sangsaeng-privacy" / "h.ledger.audit.jsonl")
@@ -104,6 +121,29 @@ def test_a_rerun_on_sites_whose_budget_is_spent_stops_with_a_clear_error(dp_run,
     site_files, _ = write_site_files(ai4i, "Type", again, spec=PM)
     config = FederationConfig(task=PM, num_rounds=1, local_epochs=1, batch_size=256, out_dir=again, min_sites=2,
                               model="ple", hidden=(), dp_epsilon=3.0, key_dir=again / "keys")  # fmt: skip
-    with pytest.raises(SangsaengError, match="no round aggregated an update") as caught:
+    with pytest.raises(SangsaengError, match="no site supplied usable data") as caught:
         run_experiment(PM, site_files, config, site_policies={"h": SitePrivacyPolicy(max_epsilon=1.0)})
-    assert "site 'l': budget exhausted" in str(caught.value) and ".sangsaeng-privacy" in str(caught.value)
+    assert "site 'l': budget exhausted: the DP data profile" in str(caught.value)
+
+
+def test_a_run_resumed_with_more_rounds_stays_within_its_target(dp_run, ai4i, tmp_path):
+    out, _ = dp_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)  # run directory, site ledgers and keys as they were
+    site_files, _ = write_site_files(ai4i, "Type", resumed, spec=PM)
+    config = FederationConfig(
+        task=PM, num_rounds=3, local_epochs=1, batch_size=256, lr=0.03, out_dir=resumed, min_sites=2,
+        model="ple", hidden=(), dp_epsilon=3.0, central_dp_noise=0.5, central_dp_clip=5.0, central_dp_adaptive=True,
+        key_dir=resumed / "keys", resume=True,
+    )  # fmt: skip
+    run_experiment(PM, site_files, config, site_policies={"h": SitePrivacyPolicy(max_epsilon=1.0)})
+    report = verify_report(resumed / "privacy" / "report.json", resumed / "privacy" / "coordinator.pub.pem")
+    for site, entry in report["sites"].items():
+        assert [r["round"] for r in entry["rounds"]] == [1, 2, 3]
+        # Planned for 2 rounds, resumed for 3: round 3 is noisier and the run still ends within 3.
+        assert entry["rounds"][2]["noise_multiplier"] > entry["rounds"][0]["noise_multiplier"]
+        assert 2.9 < entry["epsilon"] <= 3.0 * (1 + 1e-6)
+        ledger = PrivacyLedger(resumed / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        # The resumed run got the same profile again, charged once.
+        assert sum(e.get("mechanism") == "profile" for e in ledger.load()["entries"]) == 1
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)

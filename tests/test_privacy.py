@@ -76,6 +76,39 @@ def test_a_site_at_its_budget_refuses_with_budget_exhausted(tmp_path):
     assert events.count("round trained") == 2 and events[-1] == "refusal" and events[0] == "budget change"
 
 
+def test_resuming_with_more_rounds_recalibrates_and_stays_within_the_run_target(tmp_path):
+    # The site's own budget (10) is far above the run's target (3): only the target stops it.
+    ledger = PrivacyLedger(tmp_path / "site.ledger.json", "plant")
+    policy = SitePrivacyPolicy(max_epsilon=10.0)
+    planned = DpRequest(run_id="r1", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=2)
+    for server_round in (1, 2):
+        plan = ledger.plan_round(policy, planned, records=500, batch_size=50, epochs=1, server_round=server_round)
+        ledger.record_round(plan, server_round=server_round, steps=plan.steps)
+    first_noise = plan.noise_multiplier
+    # The run is resumed from its checkpoint with 5 rounds instead of 2.
+    extended = DpRequest(run_id="r1", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=5)
+    for server_round in (3, 4, 5):
+        plan = ledger.plan_round(policy, extended, records=500, batch_size=50, epochs=1, server_round=server_round)
+        epsilon = ledger.record_round(plan, server_round=server_round, steps=plan.steps)
+    assert plan.noise_multiplier > first_noise  # more noise for the extra rounds ...
+    assert epsilon <= 3.0 * (1 + 1e-9)  # ... so the run ends within its target, not over it
+    assert epsilon == pytest.approx(epsilon_of(ledger.history(), delta=plan.delta))
+    assert "noise recalibrated" in [e["event"] for e in ledger.audit.entries()]
+
+
+def test_a_round_beyond_the_runs_plan_is_refused_not_overspent(tmp_path):
+    # Without a round number to replan from, a round past the plan that would pass the run's
+    # target is refused, even though the site's own budget would still allow it.
+    ledger = PrivacyLedger(tmp_path / "site.ledger.json", "plant")
+    policy = SitePrivacyPolicy(max_epsilon=10.0)
+    request = DpRequest(run_id="r1", target_epsilon=3.0, max_grad_norm=1.0, num_rounds=2)
+    for server_round in (1, 2):
+        plan = ledger.plan_round(policy, request, records=500, batch_size=50, epochs=1)
+        ledger.record_round(plan, server_round=server_round, steps=plan.steps)
+    with pytest.raises(BudgetExhausted, match="over the run's target of 3.000"):
+        ledger.plan_round(policy, request, records=500, batch_size=50, epochs=1)
+
+
 def test_site_policy_overrides_the_coordinator(tmp_path):
     ledger = PrivacyLedger(tmp_path / "l.json", "plant")
     no_request = DpRequest(run_id="r", target_epsilon=None, max_grad_norm=1.0, num_rounds=3)
