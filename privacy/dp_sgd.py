@@ -27,6 +27,7 @@ How each sample's gradient is bounded depends on the model (``per_sample``):
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from models.scaler import FederatedScaler
 from models.tasks import TaskSpec
 from models.training import TrainConfig, augment_images, augmentation_of, loss_fn, targets_of
 
-__all__ = ["PER_SAMPLE", "PerSample", "PrivateTraining", "make_private", "train_private"]
+__all__ = ["PER_SAMPLE", "PerSample", "PrivateTraining", "make_private", "secret_seed", "train_private"]
 
 PerSample = Literal["auto", "head", "ghost", "ew"]
 PER_SAMPLE: tuple[str, ...] = get_args(PerSample)
@@ -118,6 +119,11 @@ def _backward_gradients(module: nn.Module, criterion: Callable) -> Callable[[tor
     return gradients
 
 
+def secret_seed() -> int:
+    """A 63-bit seed from the operating system's entropy (`secrets`), for DP-SGD's noise and sampling."""
+    return secrets.randbits(63)
+
+
 def make_private(
     model: nn.Module,
     x: np.ndarray,
@@ -129,10 +135,14 @@ def make_private(
     noise_multiplier: float,
     max_grad_norm: float,
     per_sample: PerSample = "auto",
+    noise_seed: int | None = None,
 ) -> PrivateTraining:
     """Opacus' DP optimiser and Poisson sampling for one round, and how per-sample gradients are bounded.
 
-    ``per_sample="auto"`` takes "head" where the model allows it, else "ghost".
+    ``per_sample="auto"`` takes "head" where the model allows it, else "ghost". The noise comes
+    from a generator seeded from the operating system's entropy (`secret_seed`), never from the
+    run's seed, which the coordinator knows: noise it could regenerate it could subtract.
+    ``noise_seed`` fixes it instead, for tests that compare two trainings draw for draw.
     """
     if per_sample not in PER_SAMPLE:
         raise ValueError(f"unknown per-sample gradient method '{per_sample}' (choose from {', '.join(PER_SAMPLE)})")
@@ -142,7 +152,7 @@ def make_private(
     chosen = ("head" if fits_head else "ghost") if per_sample == "auto" else per_sample
     criterion = loss_fn(spec, scaler, config.class_weight)
     dataset = TensorDataset(torch.as_tensor(x, dtype=torch.float32), targets_of(y, spec, scaler))
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(secret_seed() if noise_seed is None else noise_seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     with warnings.catch_warnings():
@@ -195,19 +205,26 @@ def train_private(
     noise_multiplier: float,
     max_grad_norm: float,
     per_sample: PerSample = "auto",
+    noise_seed: int | None = None,
 ) -> tuple[float, int]:
-    """Train in place with DP-SGD; return (mean loss of the last epoch, optimiser steps taken)."""
+    """Train in place with DP-SGD; return (mean loss of the last epoch, optimiser steps taken).
+
+    The noise and the Poisson sampling are drawn from the operating system's entropy unless
+    ``noise_seed`` fixes them (tests): which records joined a batch is as secret as the noise,
+    since subsampling's amplification assumes nobody knows it.
+    """
     torch.manual_seed(config.seed)
     private = make_private(
         model, x, y, spec=spec, scaler=scaler, config=config,
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, per_sample=per_sample,
+        noise_seed=noise_seed,
     )  # fmt: skip
     inputs = torch.as_tensor(x, dtype=torch.float32)
     targets = targets_of(y, spec, scaler)
     # Poisson sampling exactly as Opacus' DPDataLoader draws it (each record joins a batch
     # independently with probability `sample_rate`, `batches` batches per epoch), but on the
     # tensors directly: the per-record DataLoader fetch cost more than the clipping.
-    generator = torch.Generator().manual_seed(config.seed + 1)
+    generator = torch.Generator().manual_seed(secret_seed() if noise_seed is None else noise_seed + 1)
     private.module.train()
     steps, last = 0, 0.0
     with warnings.catch_warnings():

@@ -39,8 +39,9 @@ __all__ = ["build_report", "write_signed_report", "verify_report", "check_epsilo
 REL_TOLERANCE = 1e-6
 MECHANISM = (
     "record-level DP-SGD at each site (Opacus: per-sample clipping to max_grad_norm, Gaussian noise, "
-    "Poisson sampling), accounted per site across rounds by one persisted accountant; noise drawn from "
-    "PyTorch's generator (Opacus secure_mode off: no cryptographically secure RNG)"
+    "Poisson sampling), accounted per site across rounds by one persisted accountant; noise and sampling "
+    "drawn from PyTorch's generator seeded from the site's OS entropy on every round, never from the run's "
+    "seed (Opacus secure_mode off: not a cryptographically secure RNG)"
 )
 NOT_COVERED = (
     "Not covered by these epsilons: the aggregate statistics each site shares once for feature "
