@@ -30,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -226,19 +227,34 @@ def _peak_rss_kib() -> float:
 
 
 def timing(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """One round of each job at a site of `args.site_images` images of the task's own size, in subprocesses."""
+    """One round of each job at a site of `args.site_images` images of the task's own size, in subprocesses.
+
+    `args.reps` times each, interleaved (load on the shared machine hits all jobs alike): the median
+    seconds, the largest peak RSS, and every rep's seconds (``all_seconds``).
+    """
     site_dir = args.out / "timing-site"
     site_dir.mkdir(parents=True, exist_ok=True)
     manifest = site_dir / "site.csv"
     frame.sample(n=min(args.site_images, len(frame)), random_state=0).to_csv(manifest, index=False)
     load_site_data(manifest, task_at(args.timing_size))  # decode once: a round after the first reads the cache
-    out = {}
-    for job in ("plain", "dp", "plain_same"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--round-worker", job, "--manifest", str(manifest),
-               "--timing-size", str(args.timing_size)]  # fmt: skip
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-        out[job] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"round {job}: {out[job]}", flush=True)
+    runs: dict[str, list[dict[str, float]]] = {job: [] for job in ("plain", "dp", "plain_same")}
+    for _ in range(args.reps):
+        for job, done_runs in runs.items():
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--round-worker", job, "--manifest", str(manifest),
+                   "--timing-size", str(args.timing_size)]  # fmt: skip
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+            done_runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {job}: {done_runs[-1]}", flush=True)
+    out: dict[str, dict[str, Any]] = {}
+    for job, done_runs in runs.items():
+        seconds = [r["seconds"] for r in done_runs]
+        out[job] = {
+            "seconds": statistics.median(seconds),
+            "load_s": statistics.median(r["load_s"] for r in done_runs),
+            "peak_mib": max(r["peak_mib"] for r in done_runs),
+            "images": done_runs[0]["images"],
+            "all_seconds": seconds,
+        }
     return out
 
 
@@ -305,10 +321,10 @@ def report(
         "engine start-up and the held-out evaluation included) divided by the rounds.",
         "",
         f"One round of local training at a {int(plain['images'])}-image site, {args.timing_size}x{args.timing_size} "
-        "(the task's size, images already in the site's decode cache), 1 torch thread, each job once in a fresh "
-        "process, DP-SGD and its non-private twin for one epoch (the machine's other jobs share the cores, so the "
-        "ratios say more than the seconds); peak memory "
-        "is the process's peak RSS (VmHWM: Python, torch, the decoded images and training).",
+        "(the task's size, images already in the site's decode cache), 1 torch thread, each job in a fresh "
+        f"process, median of {getattr(args, 'reps', 1)} interleaved runs, DP-SGD and its non-private twin for one "
+        "epoch (the machine's other jobs share the cores, so the ratios say more than the seconds); peak memory is "
+        "the process's largest peak RSS (VmHWM: Python, torch, the decoded images and training).",
         "",
         "| job | seconds | DP-SGD / this | peak RSS MiB |",
         "|---|---|---|---|",
@@ -321,8 +337,13 @@ def report(
         f"| DP-SGD round as configured ({DP_TRAINING_DEFAULTS['local_epochs']} epochs = 4 x the epoch above, "
         f"not timed whole) | {dpt['seconds']:.1f} | 1.00 | |",
         "",
-        f"Loading the site's {int(plain['images'])} images from its cache took {plain['load_s']:.1f} s.",
-    ]
+        f"Loading the site's {int(plain['images'])} images from its cache took {plain['load_s']:.1f} s. Seconds of "
+        "each run, in order: "
+        + "; ".join(f"{name} {', '.join(f'{x:.1f}' for x in t[job].get('all_seconds', [t[job]['seconds']]))}"
+                    for job, name in (("plain", "non-private round"), ("dp", "DP-SGD epoch"),
+                                      ("plain_same", "non-private epoch at DP-SGD's batch")))
+        + ".",
+    ]  # fmt: skip
     fed_ratio = table["federated"].mean() / cen
     above = bool((table["federated"] > table["local_mean"]).all())
     pairs = zip(table["federated"], table["local_mean"], strict=True)
@@ -375,6 +396,7 @@ def main() -> int:
     parser.add_argument("--per-site", type=int, default=None, help="a seeded subset per site (quick checks)")
     parser.add_argument("--site-images", type=int, default=SITE_IMAGES)
     parser.add_argument("--timing-size", type=int, default=96)
+    parser.add_argument("--reps", type=int, default=3, help="interleaved timings of each job (median)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/vision"))
     parser.add_argument("--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone")
     parser.add_argument("--round-worker", choices=("plain", "dp", "plain_same"), help=argparse.SUPPRESS)
