@@ -225,7 +225,7 @@ def _peak_rss_kib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 
-def timing(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+def timing(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """One round of each job at a site of `args.site_images` images of the task's own size, in subprocesses.
 
     `args.reps` times each, interleaved (load on the shared machine hits all jobs alike): the median
@@ -265,7 +265,7 @@ def _verdict(ok: bool) -> str:
 
 
 def report(
-    args: argparse.Namespace, table: pd.DataFrame, t: dict[str, dict[str, float]], wall: float
+    args: argparse.Namespace, table: pd.DataFrame, t: dict[str, dict[str, Any]], wall: float
 ) -> tuple[str, bool]:
     """The BENCHMARKS.md section and whether every target was met."""
 
