@@ -48,8 +48,8 @@ from bench._report import write_section  # noqa: E402
 from coordinator.checkpoint import load_checkpoint  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig  # noqa: E402
 from coordinator.simulation import (  # noqa: E402
-    _run_flower_simulation,  # the federated run alone: a DP run needs no new centralised/local-only baselines
     run_experiment,
+    run_flower_simulation,  # the federated run alone: a DP run needs no new centralised/local-only baselines
     write_site_files,
 )
 from models.datasets import SAMPLES, holdout_split  # noqa: E402
@@ -117,7 +117,7 @@ def federated_dp(
 
     Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = _run_flower_simulation(spec, site_files, config, observer=None, evaluate_fn=evaluate_fn, site_policies={})
+    result = run_flower_simulation(spec, site_files, config, observer=None, evaluate_fn=evaluate_fn, site_policies={})
     seconds = time.perf_counter() - start
     if result.weights is None or result.privacy_report is None:
         raise SystemExit(f"{config.out_dir}: the DP run aggregated nothing ({result.error or 'no update'})")

@@ -36,7 +36,7 @@ from models.training import TrainConfig, evaluate_model, last_windows, predict, 
 from privacy.policy import SitePrivacyPolicy
 from sangsaeng.errors import SangsaengError
 
-__all__ = ["SiteSplit", "write_site_files", "run_experiment", "evaluate_weights"]
+__all__ = ["SiteSplit", "write_site_files", "run_experiment", "run_flower_simulation", "evaluate_weights"]
 
 logger = logging.getLogger("sangsaeng.coordinator")
 
@@ -185,7 +185,7 @@ def run_experiment(
         return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler, last=last_held)
 
     start = time.perf_counter()
-    result = _run_flower_simulation(
+    result = run_flower_simulation(
         spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn, site_policies=site_policies or {}
     )
     timings["federated_s"] = time.perf_counter() - start
@@ -238,7 +238,7 @@ def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> d
     }
 
 
-def _run_flower_simulation(
+def run_flower_simulation(
     spec: TaskSpec,
     site_files: Mapping[str, Path],
     config: FederationConfig,
@@ -248,6 +248,9 @@ def _run_flower_simulation(
     site_policies: Mapping[str, SitePrivacyPolicy],
 ) -> RunResult:
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime; return its result.
+
+    The federated run alone (`run_experiment` adds the centralised and local-only baselines and
+    results.json): benchmarks that repeat a federation under other settings call this directly.
 
     Flower's `run_simulation` runs the ServerApp in a thread of this process, so its
     `RunResult` comes back through the app's ``on_result`` callback, not through files.
