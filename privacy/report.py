@@ -221,21 +221,18 @@ def _check_mechanism(label: str, mech: dict[str, Any]) -> None:
 def _recompute(label: str, entry: dict[str, Any], *, prior: list[Any]) -> None:
     """Feed the accountant the site's mechanisms, then rounds 1..r; compare with each recorded epsilon."""
     history = [tuple(h) for h in prior]
-    for mech in entry.get("mechanisms", []):
+    mechanisms = entry.get("mechanisms", [])
+    for mech in mechanisms:
         _check_mechanism(label, mech)
-        history.append((mech["noise_multiplier"], mech["sample_rate"], mech["steps"]))
+    # The profile's mechanisms come first (they ran before training), then the rounds, in order.
+    steps = [(mech["mechanism"], mech) for mech in mechanisms]
+    steps += [(f"round {rnd['round']}", rnd) for rnd in entry["rounds"]]
+    for what, step in steps:
+        history.append((step["noise_multiplier"], step["sample_rate"], step["steps"]))
         expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
-        if not _close(expected, mech["epsilon"]):
+        if not _close(expected, step["epsilon"]):
             raise ReportInvalid(
-                f"{label} {mech['mechanism']}: recorded epsilon {mech['epsilon']:.6f} but the "
-                f"{entry['accountant']} accountant gives {expected:.6f}"
-            )
-    for rnd in entry["rounds"]:
-        history.append((rnd["noise_multiplier"], rnd["sample_rate"], rnd["steps"]))
-        expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
-        if not _close(expected, rnd["epsilon"]):
-            raise ReportInvalid(
-                f"{label} round {rnd['round']}: recorded epsilon {rnd['epsilon']:.6f} but the "
+                f"{label} {what}: recorded epsilon {step['epsilon']:.6f} but the "
                 f"{entry['accountant']} accountant gives {expected:.6f}"
             )
 
