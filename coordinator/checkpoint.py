@@ -4,14 +4,20 @@ Layout of a run directory::
 
     manifest.json                 config, task, schema hash, sites, metrics per round, status
     checkpoints/round_003.npz     global weights after round 3 (+ strategy state, if any)
+
+Both are written atomically (write, fsync, rename). The manifest carries its own checksum and
+each round's record the SHA-256 of its checkpoint (`sangsaeng.files`), so resuming from a
+damaged or truncated file stops with an error naming it instead of training on from garbage.
+A full disk at checkpoint time is an error too, and the previous round's checkpoint stays.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
+import io
 import time
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from sangsaeng.files import write_json
+from sangsaeng.errors import FileIntegrityError
+from sangsaeng.files import check_sha256, read_checked_json, write_atomic, write_checked_json
 
-__all__ = ["RunRecorder", "ResumePoint", "load_resume_point"]
+__all__ = ["RunRecorder", "ResumePoint", "load_resume_point", "load_checkpoint", "read_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -84,10 +91,15 @@ class RunRecorder:
         arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(weights)}
         for key, values in (strategy_state or {}).items():
             arrays.update({f"s_{key}_{i:03d}": np.asarray(v) for i, v in enumerate(values)})
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # mypy also matches **arrays to allow_pickle: bool
-        os.replace(tmp, path)
-        self.update_round(server_round, checkpoint=str(path.relative_to(self.out_dir)))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # mypy also matches **arrays to allow_pickle: bool
+        data = buffer.getvalue()
+        write_atomic(path, data)
+        self.update_round(
+            server_round,
+            checkpoint=str(path.relative_to(self.out_dir)),
+            checkpoint_sha256=hashlib.sha256(data).hexdigest(),
+        )
         return path
 
     def set(self, **fields: Any) -> None:
@@ -96,13 +108,31 @@ class RunRecorder:
         self.flush()
 
     def flush(self) -> None:
-        """Write the manifest atomically (strict JSON: NaN becomes null)."""
-        write_json(self.out_dir / MANIFEST, self.manifest)
+        """Write the manifest atomically with its checksum (strict JSON: NaN becomes null)."""
+        write_checked_json(self.out_dir / MANIFEST, self.manifest)
 
 
-def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
-    """The weights and strategy state arrays of a checkpoint written by `RunRecorder.save_checkpoint`."""
-    with np.load(path) as data:
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's manifest.json, its checksum checked (`FileIntegrityError` names a damaged one)."""
+    return read_checked_json(Path(run_dir) / MANIFEST, what="run manifest")
+
+
+def load_checkpoint(path: Path, *, sha256: str | None = None) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """The weights and strategy state arrays of a checkpoint written by `RunRecorder.save_checkpoint`.
+
+    With `sha256` (the digest the manifest recorded) a checkpoint that does not match it is
+    refused (`FileIntegrityError`); one that cannot be read as the archive it should be is too.
+    """
+    if sha256 is not None:
+        check_sha256(path, sha256, what="checkpoint")
+    try:
+        return _read_checkpoint(path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise FileIntegrityError(f"checkpoint {path} cannot be read ({exc}): damaged or truncated") from None
+
+
+def _read_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    with np.load(path, allow_pickle=False) as data:
         weights = [data[k] for k in sorted(k for k in data.files if k.startswith("w"))]
         state: dict[str, list[np.ndarray]] = {}
         for key in sorted(k for k in data.files if k.startswith("s_")):
@@ -114,12 +144,13 @@ def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, list[np.nda
 def load_resume_point(out_dir: Path, *, schema_hash: str) -> ResumePoint | None:
     """The last checkpointed round of a run directory, or None if nothing to resume.
 
-    Refuses (ValueError) to resume a run recorded for a different data schema.
+    Refuses (ValueError) to resume a run recorded for a different data schema, and
+    (`FileIntegrityError`) a manifest or checkpoint that does not match its checksum.
     """
     manifest_path = Path(out_dir) / MANIFEST
     if not manifest_path.exists():
         return None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_manifest(out_dir)
     if manifest.get("schema_hash") != schema_hash:
         raise ValueError(
             f"{manifest_path}: recorded for schema {str(manifest.get('schema_hash'))[:12]}, "
@@ -129,7 +160,7 @@ def load_resume_point(out_dir: Path, *, schema_hash: str) -> ResumePoint | None:
     if not done:
         return None
     last = max(done, key=lambda r: r["round"])
-    weights, state = load_checkpoint(Path(out_dir) / last["checkpoint"])
+    weights, state = load_checkpoint(Path(out_dir) / last["checkpoint"], sha256=last.get("checkpoint_sha256"))
     # Rounds after the checkpoint were not finished; forget their partial records.
     manifest["rounds"] = [r for r in manifest["rounds"] if r["round"] <= last["round"]]
     return ResumePoint(last["round"], weights, state, manifest)

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from sangsaeng.errors import ModelArtifactError, SangsaengError
+from sangsaeng.errors import FileIntegrityError, ModelArtifactError, SangsaengError
+from sangsaeng.files import check_sha256, read_checked_json
 
 __all__ = ["FORMAT", "ModelArtifactContent", "build_artifact", "read_artifact", "artifact_from_run", "describe_inputs"]
 
@@ -262,13 +263,22 @@ def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
         raise ModelArtifactError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
-    run = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        run = read_checked_json(manifest_path, what="run manifest")
+    except FileIntegrityError as exc:
+        raise ModelArtifactError(str(exc)) from None
     done = [r for r in run.get("rounds", []) if r.get("checkpoint") and (run_dir / r["checkpoint"]).exists()]
     if not done:
         raise ModelArtifactError(f"{run_dir}: no checkpoint found; the run has no model to upload")
     last = max(done, key=lambda r: r["round"])
-    with np.load(run_dir / last["checkpoint"], allow_pickle=False) as npz:
-        weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
+    checkpoint = run_dir / last["checkpoint"]
+    try:
+        if last.get("checkpoint_sha256"):
+            check_sha256(checkpoint, last["checkpoint_sha256"], what="checkpoint")
+        with np.load(checkpoint, allow_pickle=False) as npz:
+            weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
+    except FileIntegrityError as exc:
+        raise ModelArtifactError(str(exc)) from None
     config = run.get("config", {})
     source = {"run_ref": str(run.get("run_id", run_dir.name)), "round": int(last["round"])}
     data = build_artifact(

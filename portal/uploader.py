@@ -21,7 +21,8 @@ from portal.artifact import artifact_from_run
 from portal.protocol import API_PREFIX
 from privacy.errors import ReportInvalid
 from privacy.summary import privacy_summary as summarize
-from sangsaeng.errors import SangsaengError
+from sangsaeng.errors import FileIntegrityError, SangsaengError
+from sangsaeng.files import read_checked_json
 from sangsaeng.portal_api import PortalAPI
 
 __all__ = ["UploadError", "run_report", "privacy_summary", "signed_report", "upload_run"]
@@ -87,10 +88,12 @@ def privacy_summary(path: Path) -> dict[str, dict[str, Any]] | None:
 def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any]:
     """The portal's RunReport for a coordinator run directory."""
     run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").exists():
+        raise UploadError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
     try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UploadError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)") from None
+        manifest = read_checked_json(run_dir / "manifest.json", what="run manifest")
+    except FileIntegrityError as exc:
+        raise UploadError(str(exc)) from None
     rounds = []
     for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
         metrics = record.get("metrics") or record.get("federated_eval") or {}

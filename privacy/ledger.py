@@ -10,7 +10,6 @@ hash-chained audit log next to the ledger.
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from privacy.accounting import Step, calibrate_noise, epsilon_of
 from privacy.audit import AuditLog
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.policy import DpRequest, SitePrivacyPolicy
-from sangsaeng.files import write_json
+from sangsaeng.errors import FileIntegrityError
+from sangsaeng.files import read_checked_json, write_checked_json
 
 __all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "MIN_REMAINING"]
 
@@ -89,13 +89,13 @@ class PrivacyLedger:
         if not self.path.exists():
             return self._empty()
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+            return read_checked_json(self.path, what="privacy ledger")
+        except FileIntegrityError as exc:
             # Never start from zero silently: that would forget spent budget.
-            raise PolicyError(f"privacy ledger {self.path} is corrupt ({exc}); restore it from backup") from None
+            raise PolicyError(f"{exc}; restore it from backup") from None
 
     def _save(self, state: dict[str, Any]) -> None:
-        write_json(self.path, state, indent=1)
+        write_checked_json(self.path, state, indent=1)
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:

@@ -185,15 +185,16 @@ def test_a_run_of_the_kind_uploads_and_shows_on_the_api_and_the_web_page(portal,
 
 def test_two_class_recalls_the_portal_would_cut_to_one_name_are_refused(tmp_path):
     from portal.uploader import UploadError, run_report
+    from sangsaeng.files import write_checked_json
 
     run_dir, _ = _run_dir(tmp_path, "failure-mode")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     long = "recall_overstrain_failure_of_the_spindle_"  # 41 characters: the portal keeps 40
     manifest["rounds"][-1]["metrics"] |= {long + "A": 0.9, long + "B": 0.1}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_checked_json(run_dir / "manifest.json", manifest)  # an edit that keeps the checksum right
     with pytest.raises(UploadError, match=rf"round 2: metrics '{long}A' and '{long}B' both read '{long[:40]}'"):
         run_report(run_dir)
     manifest["rounds"][-1]["metrics"] |= {long + "B": None}
     del manifest["rounds"][-1]["metrics"][long + "A"]
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_checked_json(run_dir / "manifest.json", manifest)
     assert run_report(run_dir)["rounds"][-1]["metrics"][long[:40]] is None  # one long name alone is cut, as before
