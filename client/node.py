@@ -209,9 +209,13 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
 
 
 def start_command(
-    superlink: Annotated[str, typer.Option(help="The anchor's fleet address, HOST:PORT.")],
-    ca_cert: Annotated[Path, typer.Option(help="The network CA certificate (from the anchor).")],
     data: Annotated[Path, typer.Option(help="This site's CSV/Parquet export.")],
+    superlink: Annotated[
+        str | None, typer.Option(help="The anchor's fleet address, HOST:PORT (default: from enrolment).")
+    ] = None,
+    ca_cert: Annotated[
+        Path | None, typer.Option(help="The network CA certificate (default: the one enrolment checked and saved).")
+    ] = None,
     site_dir: Annotated[Path, typer.Option(help="Directory made by `client enrol`.")] = Path("sangsaeng-site"),
     site: Annotated[str | None, typer.Option(help="Site name (default: the enrolled name).")] = None,
     max_epsilon: Annotated[float | None, typer.Option(min=0.01, help="This site's privacy budget.")] = None,
@@ -228,6 +232,12 @@ def start_command(
         record = json.loads((site_dir / "site.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         fail(f"{site_dir / 'site.json'} unreadable ({exc}); enrol first with `sangsaeng client enrol`")
+    superlink = superlink or record.get("superlink")
+    if ca_cert is None and record.get("ca_cert"):
+        ca_cert = site_dir / record["ca_cert"]
+    if not superlink or ca_cert is None:
+        missing = " and ".join(n for n, v in (("--superlink", superlink), ("--ca-cert", ca_cert)) if not v)
+        fail(f"enrolment gave this site no network address or CA certificate (none was set then): give {missing}")
     node_config: dict[str, Any] = {"site": site or record["site_name"], "data-path": str(data.resolve())}
     if max_epsilon is not None:
         node_config["max-epsilon"] = max_epsilon

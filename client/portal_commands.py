@@ -1,6 +1,6 @@
 """A supplier site's portal commands: enrol, pull a published model, score local data.
 
-    sangsaeng client enrol --portal URL --invite TOKEN [--site-dir DIR]
+    sangsaeng client enrol --portal URL --invite TOKEN[#CA-FINGERPRINT] [--site-dir DIR]
     sangsaeng client pull-model [--site-dir DIR] [--version X.Y.Z]
     sangsaeng client predict MODEL.zip DATA.csv [--out scores.csv]
 
@@ -10,7 +10,9 @@ The site directory (default ``./sangsaeng-site``) holds what enrolment creates o
                     also usable as Flower's ``--auth-supernode-private-key``)
     site_key.pub    its public key (registered with the portal)
     token           the site's client API token, mode 0600
-    site.json       portal URL, membership, federation and the portal's pinned release-signing key
+    site.json       portal URL, membership, federation, the portal's pinned release-signing key and,
+                    when the anchor set them, the SuperLink address and the network CA's path
+    network-ca.pem  the network CA certificate, checked against the invitation's fingerprint
     models/         pulled releases: <federation>-<version>.zip and .release.json
 
 Heavy imports (httpx, cryptography, torch, pandas) happen inside the functions so the CLI
@@ -36,7 +38,7 @@ from sangsaeng.errors import ModelArtifactError, PortalRequestError, SangsaengEr
 from sangsaeng.files import write_private
 
 __all__ = [
-    "generate_site_key", "enroll", "pull_model", "predict", "PredictReport",
+    "generate_site_key", "enroll", "split_invitation", "pull_model", "predict", "PredictReport",
     "enroll_command", "pull_model_command", "predict_command", "DEFAULT_SITE_DIR",
 ]  # fmt: skip
 
@@ -83,6 +85,25 @@ def _ask(api: Any, method: str, path: str, what: str, **kwargs: Any) -> Any:
         raise PortalClientError(str(exc)) from exc
 
 
+def split_invitation(invitation: str) -> tuple[str, str | None]:
+    """The invite token and the network CA fingerprint of an invitation code ``TOKEN#FINGERPRINT``."""
+    token, _, fingerprint = invitation.strip().partition("#")
+    fingerprint = fingerprint.strip().lower().replace(":", "")
+    if fingerprint and (len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint)):
+        raise PortalClientError(
+            "the invitation's CA fingerprint (after '#') is not 64 hex digits: paste the whole invitation code"
+        )
+    return token, fingerprint or None
+
+
+def certificate_fingerprint(pem: str) -> str:
+    """SHA-256 (hex) of a PEM certificate's DER bytes, as the portal computes a network CA's fingerprint."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    return x509.load_pem_x509_certificate(pem.encode("ascii")).fingerprint(hashes.SHA256()).hex()
+
+
 def enroll(
     portal: str,
     invite: str,
@@ -90,16 +111,40 @@ def enroll(
     *,
     admin_email: str | None = None,
     admin_password: str | None = None,
+    ca_fingerprint: str | None = None,
     http: Any = None,
 ) -> dict[str, Any]:
-    """Generate the site's key pair here, register the public key with the invite, store the answers."""
+    """Generate the site's key pair here, register the public key with the invite, store the answers.
+
+    `invite` is the invitation code the anchor sent: the token and, after '#', the network CA
+    certificate's fingerprint (`ca_fingerprint` gives it separately). The portal refuses the
+    enrolment, leaving the invite unused, when its federation's CA is another; the site then
+    checks the certificate it receives against the fingerprint itself and keeps it only if
+    they match, with the SuperLink address, so that `client start` needs nothing else. A
+    certificate that does not match raises `PortalClientError` (the site is enrolled, the
+    certificate not kept); one the invitation carried no fingerprint for is not kept either,
+    and the record's ``"warning"`` says so.
+    """
     from portal.protocol import API_PREFIX
 
     site_dir = Path(site_dir)
     if (site_dir / "site.json").exists():
         raise PortalClientError(f"{site_dir} already holds an enrolled site; use another --site-dir")
+    token_text, carried = split_invitation(invite)
+    if ca_fingerprint is not None:
+        expected = split_invitation("#" + ca_fingerprint)[1]
+        if carried is not None and carried != expected:
+            raise PortalClientError("--ca-fingerprint differs from the fingerprint in the invitation code; check both")
+    else:
+        expected = carried
     key, public = generate_site_key(site_dir)
-    body: dict[str, Any] = {"invite_token": invite, "public_key": public, "proof": sign_enrolment(key, invite, public)}
+    body: dict[str, Any] = {
+        "invite_token": token_text,
+        "public_key": public,
+        "proof": sign_enrolment(key, token_text, public),
+    }
+    if expected is not None:
+        body["network_ca_fingerprint"] = expected
     if admin_email:
         body |= {"admin_email": admin_email, "admin_password": admin_password}
     with _portal(portal, http=http) as api:
@@ -114,7 +159,34 @@ def enroll(
         "portal_signing_key": answer["portal_signing_key"],
         "portal_signing_key_fingerprint": answer["portal_signing_key_fingerprint"],
     }
-    (site_dir / "site.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    problem = None
+    ca_pem = answer.get("network_ca_pem")
+    if ca_pem:
+        try:
+            received = certificate_fingerprint(ca_pem)
+        except ValueError as exc:
+            received, problem = None, f"the network CA certificate the portal sent cannot be read ({exc})"
+        if received is not None and expected is None:
+            record["warning"] = (
+                f"the portal sent a network CA certificate ({received}) but the invitation carried no fingerprint to "
+                "check it against, so it was not saved: ask the anchor for the certificate and pass --ca-cert and "
+                "--superlink to `client start`"
+            )
+        elif received is not None and received != expected:
+            problem = (
+                f"the portal sent a network CA certificate whose fingerprint {received[:16]}… is not the "
+                f"invitation's {str(expected)[:16]}…: it was not saved; do not join the network, tell the anchor"
+            )
+        elif received is not None:
+            (site_dir / "network-ca.pem").write_text(ca_pem, encoding="ascii")
+            record |= {"ca_cert": "network-ca.pem", "ca_fingerprint": received}
+    if "ca_cert" in record and answer.get("superlink_address"):
+        record["superlink"] = answer["superlink_address"]
+    (site_dir / "site.json").write_text(
+        json.dumps({k: v for k, v in record.items() if k != "warning"}, indent=2), encoding="utf-8"
+    )
+    if problem:
+        raise PortalClientError(f"enrolled as '{record['site_name']}', but {problem}")
     return record
 
 
@@ -395,9 +467,14 @@ SiteDir = Annotated[Path, typer.Option(help="The site's directory (keys, token, 
 
 def enroll_command(
     portal: Annotated[str, typer.Option(help="Portal URL, e.g. https://portal.example.com")],
-    invite: Annotated[str, typer.Option(help="The invite token the anchor sent you (single use).")],
+    invite: Annotated[
+        str, typer.Option(help="The invitation code the anchor sent you: TOKEN#CA-FINGERPRINT (single use).")
+    ],
     site_dir: SiteDir = DEFAULT_SITE_DIR,
     admin_email: Annotated[str | None, typer.Option(help="Also create your supplier admin login.")] = None,
+    ca_fingerprint: Annotated[
+        str | None, typer.Option(help="The network CA's SHA-256 fingerprint, if the anchor sent it apart.")
+    ] = None,
 ) -> None:
     """Enrol this site: create its key pair here (the private key never leaves) and register the public key."""
     password = (
@@ -406,13 +483,22 @@ def enroll_command(
         else None
     )
     try:
-        record = enroll(portal, invite, site_dir, admin_email=admin_email, admin_password=password)
+        record = enroll(
+            portal, invite, site_dir, admin_email=admin_email, admin_password=password, ca_fingerprint=ca_fingerprint
+        )
     except SangsaengError as exc:
         fail(exc)
     typer.echo(
         f"enrolled site '{record['site_name']}' (membership {record['membership_id']}); key {record['key_fingerprint']}"
     )
     typer.echo(f"private key: {Path(site_dir) / 'site_key'} (mode 0600). Waiting for the anchor's approval.")
+    if record.get("warning"):
+        typer.secho(f"warning: {record['warning']}", err=True)
+    if record.get("superlink"):
+        typer.echo(
+            f"network: {record['superlink']}, CA {record['ca_fingerprint'][:16]}… checked against the invitation; "
+            f"once approved: sangsaeng client start --site-dir {site_dir} --data YOUR-EXPORT.csv"
+        )
 
 
 def pull_model_command(

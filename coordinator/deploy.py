@@ -345,6 +345,25 @@ def portal_site_keys(portal: str, token: str, federation: int, *, http: Any = No
     return [SiteKey(site=k["site_name"], fingerprint=k["fingerprint"], public_key=k["public_key"]) for k in keys]
 
 
+def publish_network(
+    portal: str, token: str, federation: int, *, ca_cert: Path, superlink: str, http: Any = None
+) -> str:
+    """Tell the portal the network CA certificate and the SuperLink address its sites enrol with.
+
+    Enrolment then hands both to every site, and invitations carry the certificate's
+    fingerprint, which the site checks. Returns that fingerprint; raises `PortalRequestError`.
+    """
+    from portal.protocol import API_PREFIX
+    from sangsaeng.portal_api import PortalAPI
+
+    body = {"ca_cert_pem": ca_cert.read_text(encoding="ascii"), "superlink_address": superlink}
+    with PortalAPI(portal, token, timeout=10, http=http) as api:
+        answer = api.request(
+            "PUT", f"{API_PREFIX}/federations/{federation}/network", what="publishing the network", json=body
+        ).json()
+    return str(answer["network_ca_fingerprint"])
+
+
 @dataclass
 class AdmissionSync:
     """Keep the SuperLink's registered node keys equal to the portal's admitted site keys."""

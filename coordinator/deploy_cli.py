@@ -15,7 +15,7 @@ from rich.console import Console
 
 from coordinator.options import TrainingOptions, training_options
 from sangsaeng.console import fail
-from sangsaeng.errors import SangsaengError
+from sangsaeng.errors import PortalRequestError, SangsaengError
 from sangsaeng.paths import DEFAULT_DEPLOY_STATE
 
 __all__ = ["app", "certs_app"]
@@ -88,8 +88,19 @@ def up(
     public_port: Annotated[int, typer.Option(help="Port suppliers connect to.")] = 9092,
     internal_port: Annotated[int, typer.Option(help="The SuperLink's loopback port (Control API).")] = 9093,
     sync_interval: Annotated[float, typer.Option(min=0.2, help="Seconds between portal checks.")] = 5.0,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT suppliers dial, a name in the server certificate (default: PUBLIC_HOST:PUBLIC_PORT "
+            "unless that is 0.0.0.0). The portal hands it, with the CA certificate, to every site that enrols."
+        ),
+    ] = None,
 ) -> None:
-    """Start the SuperLink (TLS, node authentication) behind a fleet-only gateway; follow the portal."""
+    """Start the SuperLink (TLS, node authentication) behind a fleet-only gateway; follow the portal.
+
+    The network CA certificate and the advertised address go to the portal, so that enrolment
+    gives each site what it needs to join (`client start --data FILE`).
+    """
     from coordinator.deploy import (
         AdmissionSync,
         DeploymentLayout,
@@ -98,6 +109,7 @@ def up(
         ensure_certificate,
         portal_site_keys,
         program_name,
+        publish_network,
         start_gateway,
         start_superlink,
         stop_processes,
@@ -119,8 +131,22 @@ def up(
         processes.append(start_gateway(settings))
         console.print(f"SuperLink on {settings.internal_address} (loopback: Control API), "
                       f"fleet gateway on {public_host}:{public_port}", highlight=False)  # fmt: skip
-        sync = AdmissionSync(layout, FlowerControl(layout, settings.internal_address),
-                             fetch=lambda: portal_site_keys(portal, token, federation),
+        address = advertise or (f"{public_host}:{public_port}" if public_host != "0.0.0.0" else None)
+        published: list[str] = []
+        if address is None:
+            console.print("no --advertise address: the portal cannot tell enrolling sites where to connect")
+
+        def fetch() -> list:
+            if address is not None and not published:
+                try:
+                    published.append(publish_network(portal, token, federation, ca_cert=layout.certs.ca_cert,
+                                                     superlink=address))  # fmt: skip
+                    console.print(f"portal: sites enrol with {address}, CA {published[0][:16]}…", highlight=False)
+                except PortalRequestError as exc:  # retried on the next pass; admission goes on
+                    console.print(f"portal: network not published yet ({exc})", highlight=False)
+            return portal_site_keys(portal, token, federation)
+
+        sync = AdmissionSync(layout, FlowerControl(layout, settings.internal_address), fetch=fetch,
                              on_event=lambda line: console.print(line, highlight=False))  # fmt: skip
         console.print("ready", highlight=False)
         sync.run_forever(sync_interval, stop=lambda: stopping.is_set() or any(p.poll() is not None for p in processes))

@@ -201,11 +201,12 @@ def invite(
     portal: PortalUrl = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Invite a supplier site; prints the single-use invite token to send to the supplier."""
+    """Invite a supplier site; prints the single-use invitation code (token#CA-fingerprint) to send to the supplier."""
     answer = _call(portal, token, "POST", f"/federations/{federation}/invites",
                    json={"organisation_name": org, "site_name": site, "expires_hours": hours})  # fmt: skip
-    typer.echo(f"membership {answer['membership']['id']} invited; token (single use, expires {answer['expires_at']}):")
-    typer.echo(answer["token"])
+    what = "invitation code" if answer.get("network_ca_fingerprint") else "token (no network CA set yet)"
+    typer.echo(f"membership {answer['membership']['id']} invited; {what} (single use, expires {answer['expires_at']}):")
+    typer.echo(answer.get("invitation") or answer["token"])
 
 
 def _transition(action: str) -> Callable[..., None]:
@@ -253,6 +254,25 @@ def coordinator_token(
     if answer.get("coordinator_key_fingerprint"):
         typer.secho(f"federation {federation} pins coordinator key {answer['coordinator_key_fingerprint']}", err=True)
     typer.echo(answer["token"])
+
+
+@app.command("set-network")
+def set_network(
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    ca_cert: Annotated[Path, typer.Option(help="The network CA certificate (STATE/certs/ca.pem of `coordinator up`).")],
+    superlink: Annotated[str, typer.Option(help="HOST:PORT suppliers dial (the fleet gateway).")],
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Give enrolling sites the network CA and address (`coordinator up --advertise` does this itself)."""
+    try:
+        pem = ca_cert.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the CA certificate {ca_cert}: {exc}")
+    body = {"ca_cert_pem": pem, "superlink_address": superlink}
+    answer = _call(portal, token, "PUT", f"/federations/{federation}/network", json=body)
+    typer.echo(f"federation {federation}: sites enrol with {answer['superlink_address']}, "
+               f"CA fingerprint {answer['network_ca_fingerprint']} (invitations carry it)")  # fmt: skip
 
 
 @app.command("site-keys")

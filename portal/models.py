@@ -309,6 +309,11 @@ class Federation(FederationBase, table=True):
     coordinator_key_pinned_at: datetime | None = Field(default=None, sa_column=_tz_null())
     # The DP policy: set, the federation is a DP federation, and no site may spend more per released run.
     dp_max_epsilon: float | None = None
+    # The network the sites join (set by the anchor): its CA certificate (PEM), that certificate's
+    # SHA-256 fingerprint (hex of the DER bytes, carried in invitations) and the SuperLink fleet address.
+    network_ca_pem: str | None = Field(default=None, max_length=20000)
+    network_ca_fingerprint: str | None = Field(default=None, max_length=64)
+    superlink_address: str | None = Field(default=None, max_length=300)
 
 
 class FederationPublic(FederationBase):
@@ -322,6 +327,8 @@ class FederationPublic(FederationBase):
     created_at: datetime
     coordinator_key_fingerprint: str | None = None
     dp_max_epsilon: float | None = None
+    network_ca_fingerprint: str | None = None
+    superlink_address: str | None = None
 
 
 class CoordinatorKeyRegister(SQLModel):
@@ -443,6 +450,14 @@ class InviteIssued(SQLModel):
         description="The organisation already existed outside the inviter's control: a signed-in admin of that "
         "organisation must make the enrolment (Authorization: Bearer), and it cannot create accounts",
     )
+    network_ca_fingerprint: str | None = Field(
+        default=None, description="SHA-256 (hex) of the network CA certificate the site will receive and check"
+    )
+    invitation: str = Field(
+        default="",
+        description="What the supplier pastes into `sangsaeng client enrol --invite`: the token and, after '#', "
+        "the network CA fingerprint",
+    )
 
 
 class SiteCredential(SQLModel, table=True):
@@ -471,6 +486,18 @@ class SiteKeyPublic(SQLModel):
     not_after: datetime
 
 
+class NetworkSettings(SQLModel):
+    """The network an anchor's sites join: the CA certificate that signed the fleet gateway, and its address.
+
+    The certificate must be a CA certificate (PEM) that is valid now; the address is HOST:PORT.
+    """
+
+    ca_cert_pem: str = Field(min_length=1, max_length=20000)
+    superlink_address: Annotated[
+        str, StringConstraints(min_length=3, max_length=300, pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+    ] = Field(description="HOST:PORT")
+
+
 class EnrolRequest(SQLModel):
     """What an enrolling site sends: the invite token, its new public key, the proof, optionally an admin account.
 
@@ -485,6 +512,11 @@ class EnrolRequest(SQLModel):
     admin_email: Email | None = None
     admin_password: Password | None = None
     admin_name: str = Field(default="", max_length=100)
+    network_ca_fingerprint: Sha256Hex | None = Field(
+        default=None,
+        description="The network CA fingerprint the invitation carried: enrolment is refused (and the invite "
+        "kept) if the federation's network CA is another",
+    )
 
 
 class EnrolResponse(SQLModel):
@@ -495,6 +527,8 @@ class EnrolResponse(SQLModel):
     client_token_expires_at: datetime
     portal_signing_key: str
     portal_signing_key_fingerprint: str
+    network_ca_pem: str | None = Field(default=None, description="The network CA certificate (PEM), if set")
+    superlink_address: str | None = Field(default=None, description="The SuperLink fleet address, HOST:PORT")
 
 
 class SiteStatus(SQLModel):
@@ -849,6 +883,7 @@ __all__ = [
     "SiteCredential",
     "SiteKeyPublic",
     "EnrolRequest",
+    "NetworkSettings",
     "EnrolResponse",
     "SiteStatus",
     "RoundReport",

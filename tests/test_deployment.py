@@ -114,14 +114,20 @@ def network(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
                                                                "threshold": 0.5}).json()["id"]  # fmt: skip
         files, _ = write_site_files(read_table(sample_path(TASK)), SAMPLES[TASK].split_by, net.root / "data",
                                     spec=get_task(TASK))  # fmt: skip
-        for name, path in files.items():
+
+        def enrol(name: str, path: Path) -> dict:
             invite = net.anchor.post(
                 f"/api/v1/federations/{net.fid}/invites",
                 json={"organisation_name": f"Supplier {name}", "site_name": f"line-{name}"},
             ).json()
-            record = pc.enroll(net.portal, invite["token"], net.root / f"site-{name}")
+            record = pc.enroll(net.portal, invite["invitation"], net.root / f"site-{name}")
             assert net.anchor.post(f"/api/v1/memberships/{record['membership_id']}/approve").status_code == 200
             net.sites[name] = {"dir": net.root / f"site-{name}", "data": path, "membership": record["membership_id"]}
+            return record
+
+        *early, (late, late_path) = files.items()
+        for name, path in early:  # before the network exists: these sites are told its address by hand
+            assert "superlink" not in enrol(name, path)
         coordinator_token = net.anchor.post(f"/api/v1/federations/{net.fid}/tokens", json={"name": "ci"}).json()[
             "token"
         ]
@@ -133,14 +139,24 @@ def network(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
             "coordinator", "up", "--state", str(net.state), "--federation", str(net.fid), "--portal", net.portal,
             "--token-file", str(net.root / "coordinator.token"), "--public-host", "127.0.0.1",
             "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "0.5",
+            "--advertise", f"localhost:{net.public_port}",
         ))  # fmt: skip
+        published = lambda: net.anchor.get(f"/api/v1/federations/{net.fid}").json()["superlink_address"]  # noqa: E731
+        wait_until(lambda: published() or net.processes["coordinator"].poll() is not None, 120,
+                   "the coordinator to publish the network")  # fmt: skip
+        # Enrolled once the network is published: the invitation carries the CA fingerprint, and enrolment
+        # gives the site the checked CA certificate and the address, so `client start` needs only the data.
+        late_record = enrol(late, late_path)
+        assert late_record["superlink"] == f"localhost:{net.public_port}", net.log("coordinator")
+        assert (net.sites[late]["dir"] / "network-ca.pem").read_bytes() == (net.state / "certs" / "ca.pem").read_bytes()
         wait_until(lambda: len(net.admitted()) == 3 or net.processes["coordinator"].poll() is not None, 120,
                    "the coordinator to admit the three approved sites")  # fmt: skip
         assert len(net.admitted()) == 3, net.log("coordinator")
         for name, site in net.sites.items():
+            by_hand = [] if name == late else ["--superlink", f"localhost:{net.public_port}",
+                                               "--ca-cert", str(net.state / "certs" / "ca.pem")]  # fmt: skip
             net.start(f"site-{name}", cli(
-                "client", "start", "--superlink", f"localhost:{net.public_port}",
-                "--ca-cert", str(net.state / "certs" / "ca.pem"), "--data", str(site["data"]),
+                "client", "start", *by_hand, "--data", str(site["data"]),
                 "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
             ))  # fmt: skip
         yield net

@@ -50,7 +50,7 @@ from portal.models import (
 from portal.services._db import commit
 from portal.services.organisations import create_owned
 
-__all__ = ["invite_site", "invite_expiry", "enrol_site", "controls", "organisation_admin_required"]
+__all__ = ["invite_site", "invite_expiry", "invitation_code", "enrol_site", "controls", "organisation_admin_required"]
 
 _USED = "invite token has already been used; ask the anchor for a new invitation"
 _EXPIRED = "invite token has expired; ask the anchor for a new invitation"
@@ -147,6 +147,11 @@ def invite_site(
     return token, membership
 
 
+def invitation_code(token: str, ca_fingerprint: str | None) -> str:
+    """What the supplier pastes into `sangsaeng client enrol --invite`: the token, then '#' and the CA fingerprint."""
+    return f"{token}#{ca_fingerprint}" if ca_fingerprint else token
+
+
 def invite_expiry(session: Session, membership_id: int) -> Any:
     """When the invite of a membership expires (None if it has none); no role check, callers have made one."""
     invite = session.exec(select(Invite).where(Invite.membership_id == membership_id)).first()
@@ -227,12 +232,15 @@ def enrol_site(
     admin_password: str | None = None,
     admin_name: str = "",
     enroller: Principal | None = None,
+    network_ca_fingerprint: str | None = None,
 ) -> tuple[Membership, str, ApiToken]:
     """Register a site's public key with a single-use invite; returns the site's client token.
 
     `enroller` is whoever signed the request (``Authorization: Bearer``), if anyone: an
     invite into an organisation the inviting anchor does not control needs one of that
-    organisation's signed-in users (see the module docstring).
+    organisation's signed-in users (see the module docstring). `network_ca_fingerprint` is
+    the one the invitation carried: another federation CA refuses the enrolment before the
+    invite is used.
     """
     invite = session.exec(select(Invite).where(Invite.token_hash == token_digest(invite_token))).first()
     if invite is None:
@@ -245,6 +253,16 @@ def enrol_site(
     assert membership is not None
     if membership.status != MembershipStatus.invited:
         raise Conflict(f"site '{membership.site_name}' is already {membership.status}; it cannot enrol again")
+    federation = session.get(Federation, membership.federation_id)
+    assert federation is not None
+    if network_ca_fingerprint is not None and network_ca_fingerprint != federation.network_ca_fingerprint:
+        # Before the invite is used: the supplier asks the anchor and enrols again with the same invite.
+        have = federation.network_ca_fingerprint
+        raise Conflict(
+            f"the invitation names network CA certificate {network_ca_fingerprint[:16]}…, but this federation's is "
+            + (f"{have[:16]}…" if have else "not set")
+            + ": do not enrol; ask the anchor which is right (the invite stays unused)"
+        )
     key = parse_site_public_key(public_key)
     if not key.verify(proof, enrolment_message(invite_token, key.openssh)):
         raise BadRequest("proof of possession does not verify: sign the enrolment message with the new private key")

@@ -1,16 +1,76 @@
-"""Federations: creation for a built-in task, and the auditors assigned to one."""
+"""Federations: creation for a built-in task, the auditors assigned to one, and the network its sites join."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from sqlmodel import Session, select
 
 from portal import audit
 from portal.access import Principal, federation_view, require
 from portal.core.errors import BadRequest, Conflict, NotFound
-from portal.models import AuditorAssignment, Federation, FederationCreate, Organisation, OrgKind
+from portal.models import AuditorAssignment, Federation, FederationCreate, NetworkSettings, Organisation, OrgKind
 from portal.services._db import commit
 
-__all__ = ["create_federation", "assign_auditor"]
+__all__ = ["create_federation", "assign_auditor", "set_network", "ca_fingerprint"]
+
+
+def ca_fingerprint(pem: str) -> str:
+    """The SHA-256 fingerprint (hex of the DER bytes) of a network CA certificate, after checking it is one.
+
+    Refuses (BadRequest) text that is not one PEM certificate, a certificate that is not a CA
+    (basicConstraints CA:TRUE), and one that is not valid now.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        certificates = x509.load_pem_x509_certificates(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise BadRequest(f"ca_cert_pem is not a PEM certificate ({exc})") from None
+    if len(certificates) != 1:
+        raise BadRequest(f"ca_cert_pem holds {len(certificates)} certificates; give the network CA certificate alone")
+    certificate = certificates[0]
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise BadRequest("ca_cert_pem is not a CA certificate (no basicConstraints CA:TRUE): give the network CA's")
+    now = datetime.now(UTC)
+    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+        raise BadRequest(
+            f"the network CA certificate is not valid now (valid {certificate.not_valid_before_utc:%Y-%m-%d} to "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d})"
+        )
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def set_network(session: Session, principal: Principal, federation_id: int, data: NetworkSettings) -> Federation:
+    """The anchor (an admin, or its coordinator's token) sets the network CA and SuperLink address for enrolment.
+
+    Invitations issued afterwards carry the certificate's fingerprint; each enrolling site
+    checks the certificate it receives against it. Changing the CA is recorded in the audit log.
+    """
+    federation, role = federation_view(session, principal, federation_id)
+    require(role, ("anchor", "coordinator"), "set the federation's network")
+    fingerprint = ca_fingerprint(data.ca_cert_pem)
+    previous = federation.network_ca_fingerprint
+    federation.network_ca_pem = data.ca_cert_pem.strip() + "\n"
+    federation.network_ca_fingerprint = fingerprint
+    federation.superlink_address = data.superlink_address
+    session.add(federation)
+    audit.record(
+        session,
+        actor=principal.label,
+        action="federation.network_set",
+        target=f"federation {federation.id}",
+        federation_id=federation.id,
+        detail={"ca_fingerprint": fingerprint, "previous": previous, "superlink": data.superlink_address},
+    )
+    commit(session, "network settings")
+    session.refresh(federation)
+    return federation
 
 
 def create_federation(session: Session, principal: Principal, data: FederationCreate) -> Federation:

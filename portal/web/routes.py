@@ -27,7 +27,7 @@ from portal.core.security import cross_site_reason, csrf_matches, csrf_token
 from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
 from portal.services import federations
 from portal.services.audit import audit_trail
-from portal.services.enrolment import invite_expiry, invite_site
+from portal.services.enrolment import invitation_code, invite_expiry, invite_site
 from portal.services.memberships import memberships_of, transition_membership
 from portal.services.privacy import privacy_entries, privacy_reports_of
 from portal.services.releases import approve_release, publish_release, releases_of, withdraw_release
@@ -229,7 +229,7 @@ def invite(
         "invite_done.html",
         me,
         federation=federation,
-        token=token,
+        token=invitation_code(token, federation.network_ca_fingerprint),  # token#CA-fingerprint: the site checks it
         membership=membership,
         portal_url=request.app.state.settings.public_url,  # never the Host header: a poisoned one would be shown
         expires_at=invite_expiry(session, membership.id),  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed

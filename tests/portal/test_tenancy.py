@@ -191,7 +191,20 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "WithdrawRequest": lambda b: [{"reason": "tenancy probe"}],
     "CoordinatorKeyRegister": lambda b: [{"public_key_pem": _probe_key_pem()}],
     "PrivacyPolicyUpdate": lambda b: [{"dp_max_epsilon": 100.0}, {"dp_max_epsilon": None}],
+    "NetworkSettings": lambda b: [{"ca_cert_pem": _probe_ca_pem(), "superlink_address": "mallory.example:9092"}],
 }
+
+
+def _probe_ca_pem() -> str:
+    """A valid network CA certificate: an attacker's attempt to point the other tenant's sites at its own network."""
+    import tempfile
+
+    from coordinator.pki import NetworkCerts, init_network
+
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = NetworkCerts(Path(tmp))
+        init_network(certs, name="Mallory", hosts=["127.0.0.1"])
+        return certs.ca_cert.read_text(encoding="ascii")
 
 
 def _probe_key_pem() -> str:

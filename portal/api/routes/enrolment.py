@@ -33,7 +33,9 @@ def enrol(
     """Register the public key a site generated on-site (single-use invite, proof of possession).
 
     Optionally creates the supplier admin's portal account. Returns the site's client token
-    and the portal's release-signing public key, which the site pins to verify releases.
+    and the portal's release-signing public key, which the site pins to verify releases, and,
+    once the anchor set them, the network CA certificate and the SuperLink address (the site
+    checks the certificate against the fingerprint its invitation carried).
     An invite into an organisation that existed outside the inviting anchor's control
     (``organisation_admin_required``) is enrolled by a signed-in admin of that organisation,
     with their session token as ``Authorization: Bearer``, and creates no account.
@@ -49,13 +51,17 @@ def enrol(
         admin_password=data.admin_password,
         admin_name=data.admin_name,
         enroller=enroller,
+        network_ca_fingerprint=data.network_ca_fingerprint,
     )
+    federation = session.get(Federation, membership.federation_id)
     return EnrolResponse(
         membership=crud.membership_public(session, membership),
         client_token=plain,
         client_token_expires_at=token.expires_at,
         portal_signing_key=signer.public_pem,
         portal_signing_key_fingerprint=signer.fingerprint,
+        network_ca_pem=federation.network_ca_pem if federation else None,
+        superlink_address=federation.superlink_address if federation else None,
     )
 
 

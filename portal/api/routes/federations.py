@@ -17,6 +17,7 @@ from portal.models import (
     InviteIssued,
     MembershipPublic,
     Message,
+    NetworkSettings,
     Organisation,
     SiteKeyPublic,
 )
@@ -59,12 +60,28 @@ def invite_site(
 ) -> InviteIssued:
     """Invite a supplier's site. The token is shown once; it is single-use and expires."""
     token, membership = enrolment.invite_site(session, principal, federation_id, data)
+    fingerprint = federation_view(session, principal, federation_id)[0].network_ca_fingerprint
     return InviteIssued(
         membership=crud.membership_public(session, membership),
         token=token,
         expires_at=enrolment.invite_expiry(session, membership.id),  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         organisation_admin_required=enrolment.organisation_admin_required(session, membership),
+        network_ca_fingerprint=fingerprint,
+        invitation=enrolment.invitation_code(token, fingerprint),
     )
+
+
+@router.put("/{federation_id}/network", response_model=FederationPublic)
+def set_network(
+    session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId, data: NetworkSettings
+) -> object:
+    """The anchor (an admin or its coordinator token) sets the network CA certificate and SuperLink address.
+
+    Enrolment hands both to every site; invitations issued afterwards carry the certificate's
+    SHA-256 fingerprint, which the site checks. Refuses a certificate that is not a CA's or is
+    not valid now.
+    """
+    return federations.set_network(session, principal, federation_id, data)
 
 
 @router.get("/{federation_id}/memberships", response_model=list[MembershipPublic])
