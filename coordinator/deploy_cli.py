@@ -168,16 +168,41 @@ def run(
         "sangsaeng-run"
     ),
     state: State = DEFAULT_DEPLOY_STATE,
+    portal: Annotated[
+        str | None,
+        typer.Option(help="Record the run in this portal when it ends: the run, its signed privacy report, a draft."),
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the coordinator token (with --portal).")] = None,
+    federation: Annotated[int | None, typer.Option(help="The portal federation (with --portal).")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version of the draft release (default 0.0.0-run.RUN_ID).")
+    ] = None,
+    upload_retry_for: Annotated[
+        float, typer.Option(min=0, help="Seconds to keep retrying while the portal cannot be reached.")
+    ] = 600.0,
     *,
     options: TrainingOptions,
 ) -> None:
-    """Train on the admitted sites through the running SuperLink (`coordinator up`)."""
+    """Train on the admitted sites through the running SuperLink (`coordinator up`).
+
+    With --portal the run records itself there when it ends. While the portal cannot be
+    reached the upload stays queued in OUT/portal-upload.json and is retried (nothing is
+    lost); `sangsaeng portal upload-run OUT` finishes it later.
+    """
     import tomli_w
 
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
     from models.tasks import get_task
 
     layout = DeploymentLayout(state)
+    token = None
+    if portal is not None:
+        if token_file is None or federation is None:
+            fail("--portal needs --token-file and --federation")
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            fail(f"cannot read the coordinator token: {exc}")
     try:
         # Resolved here: the server app runs from another directory.
         config = options.federation_config(
@@ -204,3 +229,22 @@ def run(
     if results["status"] != "completed":
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
     console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")
+    if portal is not None and token is not None and federation is not None:
+        _record_in_portal(config.out_dir, portal=portal, token=token, federation=federation,
+                          version=version or f"0.0.0-run.{results['run_id']}", retry_for=upload_retry_for)  # fmt: skip
+
+
+def _record_in_portal(out: Path, *, portal: str, token: str, federation: int, version: str, retry_for: float) -> None:
+    """Upload the finished run (queued on disk first, retried while the portal is unreachable)."""
+    from portal.uploader import queue_upload, upload_with_retry
+
+    queue = queue_upload(out, portal=portal, federation=federation, version=version)
+    console.print(f"recording the run in {portal} (federation {federation}, draft {version}); queued in {queue}",
+                  highlight=False)  # fmt: skip
+    try:
+        done = upload_with_retry(out, token, retry_for=retry_for,
+                                 on_event=lambda line: console.print(line, highlight=False))  # fmt: skip
+    except SangsaengError as exc:
+        fail(f"the portal refused the run: {exc}")
+    if done is None:
+        raise typer.Exit(code=4)

@@ -329,25 +329,52 @@ def key_file_names(keys: list[dict[str, Any]]) -> list[str]:
 @app.command("upload-run")
 def upload_run(
     run_dir: Annotated[Path, typer.Argument(help="The coordinator's run directory (manifest.json, checkpoints/).")],
-    federation: Annotated[int, typer.Option(help="Federation id.")],
-    version: Annotated[str, typer.Option(help="Semantic version of the candidate release.")],
+    federation: Annotated[
+        int | None, typer.Option(help="Federation id (default: the one its queued upload names).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Semantic version of the candidate release (default: the queued upload's).")
+    ] = None,
     privacy: Annotated[Path | None, typer.Option(help="Privacy report (default RUN_DIR/privacy/report.json).")] = None,
-    portal: PortalUrl = DEFAULT_URL,
+    portal: Annotated[
+        str | None,
+        typer.Option("--portal", envvar="SANGSAENG_PORTAL_URL", help="Portal base URL (default: the queued upload's)."),
+    ] = None,
     token: Token = None,
 ) -> None:
-    """Report a finished run and upload its model as a draft release (coordinator token)."""
+    """Report a finished run and upload its model as a draft release (coordinator token).
+
+    Safe to repeat: what the portal already holds of this run is taken as done. A run whose
+    upload `coordinator run` queued (RUN_DIR/portal-upload.json) needs no other option.
+    """
+    from portal.uploader import QUEUE_FILE, queued_upload
     from portal.uploader import upload_run as do_upload
     from sangsaeng.errors import SangsaengError
+    from sangsaeng.files import write_json
 
     try:
+        queued = queued_upload(run_dir) or {}
+    except SangsaengError as exc:
+        fail(str(exc))
+    federation = federation if federation is not None else queued.get("federation")
+    version = version or queued.get("version")
+    portal = portal or queued.get("portal") or DEFAULT_URL
+    if federation is None or version is None:
+        fail("give --federation and --version (no upload is queued in this run directory)")
+    try:
         with _http(portal, token) as api:
-            run, release = do_upload(api, federation, run_dir, version=version, privacy_path=privacy)
+            run, release = do_upload(api, int(federation), run_dir, version=str(version), privacy_path=privacy)
     except SangsaengError as exc:  # UploadError, ModelArtifactError, PortalRequestError
         fail(str(exc))
         return
+    if queued:
+        write_json(run_dir / QUEUE_FILE, queued | {"status": "done", "last_error": None, "run_id": run["id"],
+                                                   "release_id": release["id"]})  # fmt: skip
     typer.echo(f"run {run['id']} ({run['run_ref']}) reported; release {release['version']} (id {release['id']}) "
                f"uploaded as draft, sha256 {release['artifact_sha256']}")  # fmt: skip
-    if "privacy_report" in run:
+    if run.get("privacy_report", {}).get("already_stored"):
+        typer.echo("signed privacy report: already stored by an earlier upload of this run")
+    elif "privacy_report" in run:
         typer.echo(f"signed privacy report stored (signature verified by the portal), "
                    f"sha256 {run['privacy_report']['sha256']}")  # fmt: skip
 

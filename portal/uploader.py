@@ -4,6 +4,14 @@ Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.np
 for DP runs, ``privacy/report.json`` with ``report.json.sig`` and ``coordinator.pub.pem``)
 and talks to the portal with a coordinator token, through `sangsaeng.portal_api.PortalAPI`
 (a portal that refuses or cannot be reached raises its `PortalRequestError`).
+
+`upload_run` can be repeated: a step the portal already holds (the run, its privacy report,
+the release of this run's model under that version) is taken as done, so an upload cut off
+midway (the answer lost, the portal restarted) is finished by running it again, and the
+portal holds the run exactly once. `coordinator run --portal ...` uploads when the run ends;
+while the portal cannot be reached the upload waits in ``RUN_DIR/portal-upload.json``
+(`queue_upload`), is retried (`upload_with_retry`), and `sangsaeng portal upload-run RUN_DIR`
+finishes it later.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import base64
 import hashlib
 import json
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +31,16 @@ from portal.artifact import artifact_from_run
 from portal.protocol import API_PREFIX
 from privacy.errors import ReportInvalid
 from privacy.summary import privacy_summary as summarize
-from sangsaeng.errors import FileIntegrityError, SangsaengError
-from sangsaeng.files import read_checked_json
+from sangsaeng.errors import FileIntegrityError, PortalRequestError, SangsaengError
+from sangsaeng.files import read_checked_json, write_json
 from sangsaeng.portal_api import PortalAPI
 
-__all__ = ["UploadError", "run_report", "privacy_summary", "signed_report", "upload_run"]
+__all__ = [
+    "UploadError", "run_report", "privacy_summary", "signed_report", "upload_run",
+    "QUEUE_FILE", "queue_upload", "queued_upload", "upload_with_retry", "transient",
+]  # fmt: skip
+
+QUEUE_FILE = "portal-upload.json"
 
 PUBLIC_KEY_NAME = "coordinator.pub.pem"
 METRIC_NAME_LENGTH = 40  # the portal's limit on a metric's name (portal.models.Metrics)
@@ -138,6 +153,10 @@ def signed_report(report_path: Path) -> dict[str, str] | None:
     }
 
 
+def _conflict(exc: PortalRequestError, text: str) -> bool:
+    return exc.status == 409 and text in exc.detail
+
+
 def upload_run(
     http: PortalAPI | httpx.Client,
     federation_id: int,
@@ -150,20 +169,127 @@ def upload_run(
 
     `http` is the portal (a `PortalAPI` with the coordinator token, or an ``httpx.Client``
     that already sends it). Returns (run, release); for a run with a privacy report,
-    ``run["privacy_report"]`` holds the portal's summary of the stored signed report.
+    ``run["privacy_report"]`` holds the portal's summary of the stored signed report
+    (``{"already_stored": True}`` when an earlier attempt stored it). Repeating it is safe:
+    steps the portal already holds are taken as done (see the module's docstring); a version
+    that another run's model already holds stays refused.
     """
     api = http if isinstance(http, PortalAPI) else PortalAPI(str(http.base_url), http=http)
     report = run_report(run_dir, privacy_path)
     signed = signed_report(privacy_path or Path(run_dir) / "privacy" / "report.json")
     data, _ = artifact_from_run(Path(run_dir))
-    run = api.post(f"{API_PREFIX}/federations/{federation_id}/runs", json=report, what="reporting the run").json()
+    runs = f"{API_PREFIX}/federations/{federation_id}/runs"
+    try:
+        run = api.post(runs, json=report, what="reporting the run").json()
+    except PortalRequestError as exc:
+        if not _conflict(exc, "has already been reported"):
+            raise
+        run = next(r for r in api.get(runs, what="finding the run reported before").json()
+                   if r["run_ref"] == report["run_ref"])  # fmt: skip
     if signed is not None:
-        run["privacy_report"] = api.post(
-            f"{API_PREFIX}/runs/{run['id']}/privacy-report", json=signed, what="uploading the signed privacy report"
-        ).json()
-    body = {"run_id": run["id"], "version": version, "artifact_sha256": hashlib.sha256(data).hexdigest(),
+        try:
+            run["privacy_report"] = api.post(
+                f"{API_PREFIX}/runs/{run['id']}/privacy-report", json=signed, what="uploading the signed privacy report"
+            ).json()
+        except PortalRequestError as exc:
+            if not _conflict(exc, "already has a signed privacy report"):
+                raise
+            # Stored by the earlier attempt (a report is never replaced; the coordinator cannot read it back).
+            run["privacy_report"] = {"already_stored": True}
+    sha256 = hashlib.sha256(data).hexdigest()
+    body = {"run_id": run["id"], "version": version, "artifact_sha256": sha256,
             "artifact_b64": base64.b64encode(data).decode()}  # fmt: skip
-    release = api.post(
-        f"{API_PREFIX}/federations/{federation_id}/releases", json=body, what="uploading the model"
-    ).json()
+    releases = f"{API_PREFIX}/federations/{federation_id}/releases"
+    try:
+        release = api.post(releases, json=body, what="uploading the model").json()
+    except PortalRequestError as exc:
+        if not _conflict(exc, f"version {version} already exists"):
+            raise
+        same = [r for r in api.get(releases, what="finding the release uploaded before").json()
+                if r["version"] == version and r["run_id"] == run["id"] and r["artifact_sha256"] == sha256]  # fmt: skip
+        if not same:
+            raise
+        release = same[0]
     return run, release
+
+
+def queue_upload(run_dir: Path, *, portal: str, federation: int, version: str) -> Path:
+    """Record in RUN_DIR/portal-upload.json that the run is to be uploaded (pending until `upload_with_retry` ends it).
+
+    The token is not written there: whoever retries gives it again.
+    """
+    path = Path(run_dir) / QUEUE_FILE
+    entry = queued_upload(run_dir) or {"attempts": 0, "last_error": None}
+    entry |= {"portal": portal.rstrip("/"), "federation": federation, "version": version, "status": "pending"}
+    write_json(path, entry)
+    return path
+
+
+def queued_upload(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's upload record (pending, done or refused), or None if it was never queued."""
+    path = Path(run_dir) / QUEUE_FILE
+    if not path.exists():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise UploadError(f"{path}: unreadable upload record ({exc}); delete it, then `portal upload-run`") from None
+
+
+def transient(exc: PortalRequestError) -> bool:
+    """A failure worth retrying: the portal could not be reached, was overloaded or failed (no answer, 429, 5xx)."""
+    return exc.status is None or exc.status == 429 or exc.status >= 500
+
+
+def upload_with_retry(
+    run_dir: Path,
+    token: str,
+    *,
+    retry_for: float,
+    on_event: Callable[[str], None] = lambda line: None,
+    http: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    first_wait: float = 2.0,
+    max_wait: float = 60.0,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Upload the run queued in `run_dir` (`queue_upload`), retrying while the portal cannot be reached.
+
+    Waits first_wait, then twice as long each time (at most max_wait), for up to `retry_for`
+    seconds. Returns (run, release) once the portal holds them; None if the portal was still
+    unreachable when time ran out (the record stays pending: nothing is lost, and
+    `portal upload-run` finishes it). A refusal (a 4xx other than 429) is not retried: it is
+    recorded and raised.
+    """
+    entry = queued_upload(run_dir)
+    if entry is None:
+        raise UploadError(f"{run_dir}: no upload queued ({QUEUE_FILE} missing)")
+    path = Path(run_dir) / QUEUE_FILE
+    deadline = time.monotonic() + retry_for
+    wait = first_wait
+    while True:
+        entry["attempts"] = int(entry.get("attempts", 0)) + 1
+        try:
+            with PortalAPI(entry["portal"], token, timeout=120.0, http=http) as api:
+                run, release = upload_run(api, int(entry["federation"]), Path(run_dir), version=str(entry["version"]))
+        except PortalRequestError as exc:
+            entry["last_error"] = str(exc)
+            if not transient(exc):
+                write_json(path, entry | {"status": "refused"})
+                raise
+            write_json(path, entry)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                on_event(f"portal still unreachable after {entry['attempts']} attempt(s); the upload stays queued in "
+                         f"{path}: run `sangsaeng portal upload-run {run_dir}` when the portal is back")  # fmt: skip
+                return None
+            pause = min(wait, max_wait, left)
+            on_event(f"portal unreachable ({exc.detail or exc}); upload queued, retrying in {pause:.0f} s")
+            sleep(pause)
+            wait *= 2
+            continue
+        write_json(
+            path, entry | {"status": "done", "last_error": None, "run_id": run["id"], "release_id": release["id"]}
+        )
+        on_event(f"portal: run {run['run_ref']} recorded (id {run['id']}), draft release {release['version']} "
+                 f"(id {release['id']})")  # fmt: skip
+        return run, release
