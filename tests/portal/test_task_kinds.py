@@ -6,6 +6,7 @@ release's card states the input size, channels, classes and pixel normalisation.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -13,11 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from coordinator.checkpoint import RunRecorder
 from models.architectures import ARCHITECTURES
 from models.nets import get_weights
 from portal.artifact import build_artifact, read_artifact
+from portal.protocol import signing_payload
 from portal.uploader import upload_run
 from tests.factories import IMAGE_TASK, scored_image_model, scored_model
 from tests.portal.factories import API, PASSWORD, release_body
@@ -102,6 +105,9 @@ def test_the_gate_reads_the_metric_in_its_own_direction(portal, client, task, me
         assert card["classes"] == ["0", "1", "2", "3"]
         assert card["normalisation"]["pixel_mean"] == pytest.approx(list(scaler.pixel_mean))
         assert card["normalisation"]["pixel_std"] == pytest.approx(list(scaler.pixel_std))
+        key = client.get(f"{API}/keys/release-signing").json()  # and the signature covers those fields
+        public = serialization.load_pem_public_key(key["public_key"].encode())
+        public.verify(base64.b64decode(response.json()["signature"]), signing_payload(card))
 
     failing = _run(client, coordinator, fid, {name: bad, "loss": 0.5})
     draft = client.post(f"{API}/federations/{fid}/releases", headers=coordinator,
