@@ -2,7 +2,8 @@
 (Flower SuperLink with TLS and SuperNode authentication behind the fleet-only nginx gateway)
 and three `sangsaeng client start` sites (stock flower-supernode + our worker).
 
-Tests run in file order on one shared network; the revocation test comes last.
+Tests run in file order on one shared network; the revocation test comes last. The image-task
+test restarts the sites on manifests of generated images and gives them their tables back.
 """
 
 from __future__ import annotations
