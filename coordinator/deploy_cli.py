@@ -162,7 +162,7 @@ def up(
 @app.command("run")
 @training_options
 def run(
-    task: Annotated[str, typer.Option(help="Built-in task name.")] = "injection-molding-quality",
+    task: Annotated[str, typer.Option(help="Built-in task name or task-spec TOML file.")] = "injection-molding-quality",
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (Flower SecAgg+).")] = False,
     out: Annotated[Path, typer.Option(help="Run directory (manifest, checkpoints, results, privacy report).")] = Path(
         "sangsaeng-run"

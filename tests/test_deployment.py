@@ -2,7 +2,8 @@
 (Flower SuperLink with TLS and SuperNode authentication behind the fleet-only nginx gateway)
 and three `sangsaeng client start` sites (stock flower-supernode + our worker).
 
-Tests run in file order on one shared network; the revocation test comes last.
+Tests run in file order on one shared network; the revocation test comes last. The image-task
+test restarts the sites on manifests of generated images and gives them their tables back.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from client import portal_commands as pc
 from client.node import check_bundle
 from coordinator.simulation import write_site_files
 from models.datasets import SAMPLES, sample_path
+from models.images import CACHE_FOLDER
 from models.schema import read_table
 from models.tasks import get_task
 
@@ -153,15 +155,33 @@ def network(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
                    "the coordinator to admit the three approved sites")  # fmt: skip
         assert len(net.admitted()) == 3, net.log("coordinator")
         for name, site in net.sites.items():
-            by_hand = [] if name == late else ["--superlink", f"localhost:{net.public_port}",
-                                               "--ca-cert", str(net.state / "certs" / "ca.pem")]  # fmt: skip
-            net.start(f"site-{name}", cli(
-                "client", "start", *by_hand, "--data", str(site["data"]),
-                "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
-            ))  # fmt: skip
+            start_site(net, name, site["data"])
         yield net
     finally:
         net.stop()
+
+
+def start_site(net: Network, name: str, data: Path) -> subprocess.Popen:
+    """Site `name`'s `sangsaeng client start` (its enrolled key and folder) serving the export `data`."""
+    site = net.sites[name]
+    # A site enrolled after the network was published needs only its data: enrolment gave it the rest.
+    enrolled_with_network = "superlink" in json.loads((site["dir"] / "site.json").read_text())
+    by_hand = [] if enrolled_with_network else ["--superlink", f"localhost:{net.public_port}",
+                                                "--ca-cert", str(net.state / "certs" / "ca.pem")]  # fmt: skip
+    return net.start(f"site-{name}", cli(
+        "client", "start", *by_hand, "--data", str(data),
+        "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
+    ))  # fmt: skip
+
+
+def stop_sites(net: Network, *names: str) -> None:
+    """End these sites' `client start` (and the SuperNodes they started), all at once."""
+    workers = [net.processes[f"site-{name}"] for name in names]
+    for worker in workers:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.wait(timeout=30)
 
 
 def _get(url: str) -> int:
@@ -203,10 +223,10 @@ def run_supernode(network: Network, log: Path, *args: str) -> tuple[int, str]:
     return code, log.read_text(errors="replace")
 
 
-def coordinator_run(net: Network, name: str, *args: str, timeout: float = 400) -> dict:
+def coordinator_run(net: Network, name: str, *args: str, task: str = TASK, timeout: float = 400) -> dict:
     out = net.root / "runs" / name
     result = subprocess.run(
-        cli("coordinator", "run", "--state", str(net.state), "--task", TASK, "--out", str(out),
+        cli("coordinator", "run", "--state", str(net.state), "--task", task, "--out", str(out),
             "--key-dir", str(net.root / "signing-key"), *args),
         env=net.env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
@@ -228,9 +248,7 @@ def test_run_completes_over_tls_with_node_authentication(network: Network) -> No
 
 def test_a_stock_supernode_with_the_site_key_joins_and_trains(network: Network) -> None:
     site = network.sites["h"]
-    worker = network.processes["site-h"]
-    os.killpg(worker.pid, signal.SIGTERM)  # the site swaps `client start` for a hand-started stock SuperNode
-    worker.wait(timeout=30)
+    stop_sites(network, "h")  # the site swaps `client start` for a hand-started stock SuperNode
     stock = network.start("stock-h", [
         "flower-supernode", "--superlink", f"localhost:{network.public_port}",
         "--root-certificates", str(network.state / "certs" / "ca.pem"),
@@ -243,11 +261,7 @@ def test_a_stock_supernode_with_the_site_key_joins_and_trains(network: Network) 
     finally:
         os.killpg(stock.pid, signal.SIGTERM)
         stock.wait(timeout=30)
-        network.start("site-h", cli(
-            "client", "start", "--superlink", f"localhost:{network.public_port}",
-            "--ca-cert", str(network.state / "certs" / "ca.pem"), "--data", str(site["data"]),
-            "--site-dir", str(site["dir"]), "--runtime-port", str(free_port()),
-        ))  # fmt: skip
+        start_site(network, "h", site["data"])
 
 
 def test_unknown_node_is_rejected(network: Network, tmp_path: Path) -> None:
@@ -318,6 +332,77 @@ def test_secagg_sums_what_plain_aggregation_averages_and_carries_dp(network: Net
     assert all(0 < figures["epsilon"] <= 3.0 + 1e-9 for figures in sites.values()), sites
     assert "Secure aggregation completed" in (network.root / "runs" / "dp-secagg" / "run.log").read_text()
     assert (network.root / "runs" / "dp-secagg" / "privacy" / "report.json.sig").exists()
+
+
+IMAGE_SPEC = """
+[task]
+name = "cell-brightness"
+kind = "binary"
+label = "defective"
+id_columns = ["cell_type"]
+
+[task.image]
+column = "image"
+size = [16, 16]
+channels = 1
+"""
+
+
+def test_an_image_task_trains_on_the_same_sites_under_per_site_dp(network: Network) -> None:
+    # The sites swap their tables for manifests of images (16x16 grayscale PNGs made here,
+    # brighter when defective) and the same network trains the cnn, two rounds of DP-SGD, from
+    # a task spec file: the spec travels in the run config, the images never leave the sites.
+    from models.architectures import weight_shapes
+    from privacy.ledger import PrivacyLedger
+    from privacy.report import verify_report
+    from tests.factories import image_manifest
+
+    spec = network.root / "cells.toml"
+    spec.write_text(IMAGE_SPEC)
+    manifests = {name: image_manifest(network.root / "images" / name, 40, seed=i, size=(16, 16))
+                 for i, name in enumerate(sorted(network.sites))}  # fmt: skip
+    with manifests["h"].open("a") as listed:  # one image the manifest names is missing: skipped and named
+        listed.write("gone.png,3,1,mono\n")
+    stop_sites(network, *network.sites)
+    for name in network.sites:
+        start_site(network, name, manifests[name])
+    try:
+        results = coordinator_run(network, "images", "--rounds", "2", "--min-sites", "3", "--dp-epsilon", "8",
+                                  "--hidden", "4,8", "--batch-size", "16", "--local-epochs", "1",
+                                  task=str(spec))  # fmt: skip
+    finally:  # the tables back for the tests that follow
+        stop_sites(network, *network.sites)
+        for name, site in network.sites.items():
+            start_site(network, name, site["data"])
+    out = network.root / "runs" / "images"
+    assert results["status"] == "completed" and results["runtime"] == "deployment"
+    assert results["task"] == {"name": "cell-brightness", "kind": "binary", "primary_metric": "roc_auc"}
+    assert [sorted(r["sites_trained"]) for r in results["rounds"]] == [sorted(results["sites"])] * 2
+    assert 0.0 <= results["federated"]["global"]["roc_auc"] <= 1.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["config"]["model"], manifest["config"]["hidden"]) == ("cnn", [4, 8])
+    with np.load(out / "checkpoints" / "round_002.npz") as npz:
+        shapes = [npz[k].shape for k in sorted((k for k in npz.files if k.startswith("w")), key=lambda k: int(k[1:]))]
+    assert shapes == weight_shapes("cnn", 1, (4, 8), 1)
+    # Each site's image report, over the real network: counts and the site's own file names.
+    images = results["site_images"]
+    assert images["line-l"] == images["line-m"] == {"images": 40, "skipped": 0, "first_skipped": [],
+                                                    "converted": {}}  # fmt: skip
+    assert (images["line-h"]["images"], images["line-h"]["skipped"]) == (41, 1)
+    assert "data row 41: image file not found" in images["line-h"]["first_skipped"][0]
+    assert "gone.png" in images["line-h"]["first_skipped"][0]
+    # The signed report recomputes every epsilon; each site's own ledger holds exactly that spend.
+    report = verify_report(out / "privacy" / "report.json", out / "privacy" / "coordinator.pub.pem")
+    for name, path in manifests.items():
+        site = f"line-{name}"
+        entry = report["sites"][site]
+        assert [r["round"] for r in entry["rounds"]] == [1, 2]
+        assert 0 < entry["epsilon"] <= 8.0 * (1 + 1e-9)
+        assert results["privacy"]["sites"][site]["epsilon"] == pytest.approx(entry["epsilon"], rel=1e-12)
+        ledger = PrivacyLedger(path.parent / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-9)
+        # decoded once at the site, next to its manifest; both rounds read the cache
+        assert len(list((path.parent / CACHE_FOLDER).glob("*.npy"))) == 40
 
 
 def test_bundle_check_refuses_code_and_other_versions() -> None:

@@ -6,6 +6,7 @@ release's card states the input size, channels, classes and pixel normalisation.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import math
@@ -13,11 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from coordinator.checkpoint import RunRecorder
 from models.architectures import ARCHITECTURES
 from models.nets import get_weights
 from portal.artifact import build_artifact, read_artifact
+from portal.protocol import signing_payload
 from portal.uploader import upload_run
 from tests.factories import IMAGE_TASK, scored_image_model, scored_model
 from tests.portal.factories import API, PASSWORD, release_body
@@ -102,6 +105,9 @@ def test_the_gate_reads_the_metric_in_its_own_direction(portal, client, task, me
         assert card["classes"] == ["0", "1", "2", "3"]
         assert card["normalisation"]["pixel_mean"] == pytest.approx(list(scaler.pixel_mean))
         assert card["normalisation"]["pixel_std"] == pytest.approx(list(scaler.pixel_std))
+        key = client.get(f"{API}/keys/release-signing").json()  # and the signature covers those fields
+        public = serialization.load_pem_public_key(key["public_key"].encode())
+        public.verify(base64.b64decode(response.json()["signature"]), signing_payload(card))
 
     failing = _run(client, coordinator, fid, {name: bad, "loss": 0.5})
     draft = client.post(f"{API}/federations/{fid}/releases", headers=coordinator,
@@ -198,3 +204,52 @@ def test_two_class_recalls_the_portal_would_cut_to_one_name_are_refused(tmp_path
     del manifest["rounds"][-1]["metrics"][long + "A"]
     write_checked_json(run_dir / "manifest.json", manifest)
     assert run_report(run_dir)["rounds"][-1]["metrics"][long[:40]] is None  # one long name alone is cut, as before
+
+
+@functools.cache
+def _image_run_dir() -> Path:
+    """A real image run: generated cells (16x16) at both sites, two rounds of the cnn, the real
+    ServerApp and ClientApps in this process (`tests.loopback`; the caller patches Flower's runner)."""
+    from coordinator.config import FederationConfig
+    from coordinator.simulation import run_experiment
+    from tests.factories import image_manifest, image_task
+
+    root = Path(tempfile.mkdtemp(prefix="image-run-"))
+    spec = image_task("solar-cell-inspection", size=(16, 16))
+    files = {site: image_manifest(root / site, 30, seed=i, size=(16, 16)) for i, site in enumerate(SITES)}
+    config = FederationConfig(task=spec, num_rounds=2, min_sites=2, out_dir=root / "run", hidden=(4, 8),
+                              batch_size=16, local_epochs=1, lr=0.05, key_dir=root / "keys")  # fmt: skip
+    run_experiment(spec, files, config)
+    return root / "run"
+
+
+def test_a_real_image_run_uploads_and_its_signed_card_states_the_runs_inputs(portal, client, monkeypatch):
+    """The directory an image run writes (not one made for the test) uploads as it is, passes the
+    gate on its own score, and the signed card states what the sites trained on."""
+    import flwr.simulation
+
+    from models.scaler import FederatedScaler
+    from tests.loopback import run_in_process
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_in_process)
+    run_dir = _image_run_dir()
+    anchor, federation, coordinator = _federation(portal, "solar-cell-inspection", threshold=0.6)
+    client.headers.update(coordinator)
+    run, release = upload_run(client, federation["id"], run_dir, version="1.0.0")
+    client.headers.pop("Authorization")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert run["run_ref"] == manifest["run_id"] and release["status"] == "draft"
+    for step in ("approve", "publish"):  # the gate reads the run's own ROC-AUC (1.0 on these cells)
+        response = client.post(f"{API}/releases/{release['id']}/{step}", headers=anchor.headers)
+        assert response.status_code == 200, response.text
+    card = response.json()["model_card"]
+    scaler = FederatedScaler.from_json(manifest["scaler"])
+    assert card["evaluation"]["value"] == pytest.approx(manifest["rounds"][-1]["federated_eval"]["roc_auc"])
+    assert card["architecture"]["model"] == "cnn" and card["architecture"]["hidden"] == [4, 8]
+    assert card["kind"] == "binary" and card["label"] == "defective"
+    assert card["image"]["size"] == [16, 16] and card["image"]["channels"] == 1
+    assert card["normalisation"]["pixel_mean"] == pytest.approx(list(scaler.pixel_mean))
+    assert card["normalisation"]["pixel_std"] == pytest.approx(list(scaler.pixel_std))
+    key = client.get(f"{API}/keys/release-signing").json()
+    public = serialization.load_pem_public_key(key["public_key"].encode())
+    public.verify(base64.b64decode(response.json()["signature"]), signing_payload(card))
