@@ -61,6 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(ROOT / "templates")), autoescape=True)
+    # `tojson` (audit details, model cards) shows Korean names as written, not as \uXXXX escapes;
+    # it still escapes <, >, & and ' for HTML.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
     install_gettext(env)
     return env
 
