@@ -204,7 +204,7 @@ def check_glyphs(page, *, fonts_too: bool = True) -> None:
     assert sum(fonts.values()) >= len(HANGUL.findall(hangul)), (page.url, fonts)
 
 
-def test_the_box_check_finds_a_character_no_font_has(portal, live_server, browser):
+def test_the_box_check_finds_a_character_no_font_has(live_server, browser):
     """The check above can fail: a character without any glyph (private use, plane 15) is reported."""
     context = browser.new_context(locale="ko-KR")
     page = context.new_page()

@@ -161,6 +161,11 @@ def test_pages_in_korean_translate_chart_labels_states_and_errors(portal, client
             assert f">{english}" not in page.text, (path, english)
     assert ko.gettext("Members") == "참여 사이트"
 
+    token = csrf_of(client.get(f"/federations/{net.fid}").text)
+    invited = client.post(f"/federations/{net.fid}/invite", data={"csrf": token, "organisation_name": "감마 정밀",
+                                                                   "site_name": "gamma-1"})  # fmt: skip
+    assert invited.status_code == 200 and "일회용 토큰" in invited.text
+    assert 'href="/?lang=en"' in invited.text  # a posted page cannot be fetched again: the switch goes home
     forged = client.post(f"/memberships/{net.site_a.membership_id}/suspend", data={"csrf": "0" * 64})
     assert forged.status_code == 403 and "권한이 없습니다" in forged.text and "CSRF 검사 실패" in forged.text
     sign_in(client, net.supplier_a.email)
