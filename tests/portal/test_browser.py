@@ -238,6 +238,7 @@ def test_each_role_reads_korean_and_english_pages_without_boxes(portal, live_ser
         page = context.new_page()
         page.goto(f"{base}/login")
         assert page.get_attribute("html", "lang") == "ko" and page.inner_text("h1") == "로그인"
+        assert page.evaluate("getComputedStyle(document.body).fontFamily").startswith('"Noto Sans CJK KR"')
         check_glyphs(page)
         sign_in(page, base, email)
         assert page.inner_text("[data-testid=who]").split(" · ")[1] == {"anchor": "앵커 기업", "supplier": "공급사",
