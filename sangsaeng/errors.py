@@ -10,6 +10,7 @@ Each role package keeps its own documented subtree below `SangsaengError`::
      ├── client.errors.ClientError                          the supplier's own commands
      │    └── NodeError / PortalClientError
      ├── portal.core.errors.PortalError                     HTTP errors of the portal
+     ├── portal.web.errors.MessageCatalogueError            a page catalogue missing from the install
      ├── portal.uploader.UploadError                        a run directory that cannot be reported
      └── shared by every role (this module):
           ├── KeyFormatError                                a key file that is not what it claims

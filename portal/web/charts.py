@@ -20,11 +20,16 @@ def line_chart(
     hline: tuple[str, float] | None = None,
     width: int = 640,
     height: int = 280,
+    empty_text: str | None = None,
 ) -> Markup:
-    """An SVG chart with one line per series and an optional dashed reference line."""
+    """An SVG chart with one line per series and an optional dashed reference line.
+
+    Every text is given by the caller, already in the page's language; `empty_text` is shown
+    instead of a chart without data (default: "<title>: no data yet").
+    """
     points = [p for values in series.values() for p in values if p[1] is not None]
     if not points:
-        return Markup(f'<p class="empty">{escape(title)}: no data yet</p>')
+        return Markup(f'<p class="empty">{escape(empty_text or f"{title}: no data yet")}</p>')
     left, right, top, bottom = 56, 140, 28, 36
     xs = [p[0] for p in points]
     ys = [p[1] for p in points] + ([hline[1]] if hline else [])

@@ -1,7 +1,8 @@
 """Server-rendered pages (Jinja2). Same access rules and flows as the API (`portal.services`).
 
 Sign-in sets an HttpOnly, SameSite=Strict session cookie; every form carries a CSRF token
-bound to the session. No JavaScript is needed.
+bound to the session. No JavaScript is needed. Pages are in Korean or English
+(`portal.web.i18n`): every template has ``_``; strings made here go through `gettext_for`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,29 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
 from pydantic import ValidationError
-from sqlmodel import col, select
+from sqlmodel import col, or_, select
 
 from portal import crud
-from portal.access import Principal, authenticate, federation_view, visible_federations
+from portal.access import Principal, authenticate, federation_view, require, visible_federations
 from portal.api.deps import SESSION_COOKIE, SessionDep, SettingsDep, SignerDep
 from portal.api.params import MAX_ID, DbId
 from portal.api.routes.login import login as do_login
 from portal.core.config import Settings
-from portal.core.errors import BadRequest, Forbidden, PortalError, UnprocessableContent
+from portal.core.errors import BadRequest, Conflict, Forbidden, PortalError, UnprocessableContent
 from portal.core.security import cross_site_reason, csrf_matches, csrf_token
-from portal.models import FederationCreate, InviteCreate, Organisation, TrainingRun
-from portal.services import federations
+from portal.models import (
+    AuditorAssignment,
+    FederationCreate,
+    InviteCreate,
+    Organisation,
+    OrganisationCreate,
+    OrgKind,
+    TrainingRun,
+    UserCreate,
+)
+from portal.services import federations, organisations, users
 from portal.services.audit import audit_trail
 from portal.services.enrolment import invitation_code, invite_expiry, invite_site
 from portal.services.memberships import memberships_of, transition_membership
@@ -33,34 +44,104 @@ from portal.services.privacy import privacy_entries, privacy_reports_of
 from portal.services.releases import approve_release, publish_release, releases_of, withdraw_release
 from portal.services.runs import run_public, runs_of
 from portal.web.charts import line_chart
+from portal.web.i18n import (
+    N_,
+    LanguageCookie,
+    gettext_for,
+    i18n_context,
+    install_gettext,
+    request_locale,
+    translations,
+)
 
 __all__ = ["install_web", "render_error"]
 
 ROOT = Path(__file__).resolve().parents[1]
-templates = Jinja2Templates(directory=str(ROOT / "templates"))
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(ROOT / "templates")), autoescape=True)
+    # `tojson` (audit details, model cards) shows Korean names as written, not as \uXXXX escapes;
+    # it still escapes <, >, & and ' for HTML.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+    install_gettext(env)
+    return env
+
+
+templates = Jinja2Templates(env=_environment(), context_processors=[i18n_context])
 router = APIRouter(tags=["web"], include_in_schema=False)
 
 
 def install_web(app: FastAPI) -> None:
-    """Mount the static files and the web pages on `app`."""
+    """Mount the static files and the web pages on `app`, with the language switch's cookie.
+
+    Both catalogues are read here, so that a broken one stops the portal at start, not at a page.
+    """
+    from portal.main import API_PREFIX
+
+    for locale in ("ko", "en"):
+        translations(locale)
+    settings = app.state.settings
+    app.add_middleware(LanguageCookie, api_prefix=API_PREFIX, secure=bool(settings.cookie_secure))
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
     app.include_router(router)
+
+
+# The headline of the error page for each status; the reason below it comes from the service.
+ERROR_TITLES = {
+    400: N_("The request could not be used"),
+    401: N_("Please sign in"),
+    403: N_("Not allowed"),
+    404: N_("Not found"),
+    409: N_("Not possible in the current state"),
+    410: N_("No longer available"),
+    413: N_("Too large"),
+    422: N_("Please check what you entered"),
+    429: N_("Too many attempts"),
+}
+OTHER_ERROR_TITLE = N_("The request was refused")
+# Reasons worded once, without details, that pages may show: translated where the page shows them.
+# Reasons naming a site, a version or a number stay in English (as the API words them) on a Korean page.
+SHOWN_REASONS = (
+    N_("incorrect e-mail or password"),
+    N_("sign in as a person to use the web pages"),
+    N_("the form expired or did not come from this portal (CSRF check failed); reload the page"),
+    N_("give a reason for withdrawing the release"),
+    N_("no such id"),
+    N_("only approved or active sites may download releases"),
+)
+
+
+def localised_reason(request: Request, status: int, reason: str, headers: dict[str, str] | None) -> tuple[str, bool]:
+    """`reason` in the page's language, and whether it is (else it is shown as the API words it, in English)."""
+    tr = gettext_for(request)
+    if status == 429 and headers and headers.get("Retry-After", "").isdigit():
+        seconds = int(headers["Retry-After"])
+        return tr.gettext("too many failed sign-ins; try again in %(seconds)d s") % {"seconds": seconds}, True
+    translated = tr.gettext(reason)
+    return translated, translated != reason or request_locale(request) == "en"
 
 
 def render_error(request: Request, status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
     """The error page for a refused request; a 401 sends the browser to the sign-in page instead."""
     if status == 401 and request.url.path != "/login":
         return RedirectResponse("/login", status_code=303)
-    return templates.TemplateResponse(
-        request, "error.html", {"status": status, "reason": reason, "me": None}, status_code=status, headers=headers
-    )
+    text, localised = localised_reason(request, status, reason, headers)
+    context = {
+        "status": status,
+        "title": gettext_for(request).gettext(ERROR_TITLES.get(status, OTHER_ERROR_TITLE)),
+        "reason": text,
+        "reason_localised": localised,
+        "me": None,
+    }
+    return templates.TemplateResponse(request, "error.html", context, status_code=status, headers=headers)
 
 
 def web_principal(request: Request, session: SessionDep) -> Principal:
     """The signed-in person from the session cookie; machine tokens are refused (web pages are for people)."""
     principal = authenticate(session, request.cookies.get(SESSION_COOKIE))
     if principal.user is None:
-        raise Forbidden("sign in as a person to use the web pages")
+        raise Forbidden(N_("sign in as a person to use the web pages"))
     return principal
 
 
@@ -78,7 +159,7 @@ def check_csrf(request: Request, settings: SettingsDep, csrf: Annotated[str, For
     """Every state-changing form: posted from the portal's own origin, with the session's token."""
     check_same_origin(request, settings)
     if not csrf_matches(settings.secret_key, request.cookies.get(SESSION_COOKIE, ""), csrf):
-        raise Forbidden("the form expired or did not come from this portal (CSRF check failed); reload the page")
+        raise Forbidden(N_("the form expired or did not come from this portal (CSRF check failed); reload the page"))
 
 
 Csrf = Depends(check_csrf)
@@ -101,7 +182,7 @@ def _form_error(exc: ValidationError) -> UnprocessableContent:
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request) -> HTMLResponse:
     """The sign-in form."""
-    return templates.TemplateResponse(request, "login.html", {"me": None, "error": None})
+    return templates.TemplateResponse(request, "login.html", {"me": None, "error": None, "error_localised": True})
 
 
 @router.post("/login")
@@ -119,9 +200,9 @@ def login_submit(
         check_same_origin(request, settings)
         token, _ = do_login(session, settings, request, email, password)
     except PortalError as exc:
-        return templates.TemplateResponse(
-            request, "login.html", {"me": None, "error": exc.reason}, status_code=exc.status, headers=exc.headers
-        )
+        text, localised = localised_reason(request, exc.status, exc.reason, exc.headers)
+        context = {"me": None, "error": text, "error_localised": localised}
+        return templates.TemplateResponse(request, "login.html", context, status_code=exc.status, headers=exc.headers)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -178,7 +259,7 @@ def create_federation(
 
 def _fid(federation_id: int) -> int:
     if not 1 <= federation_id <= MAX_ID:
-        raise BadRequest("no such id")
+        raise BadRequest(N_("no such id"))
     return federation_id
 
 
@@ -190,10 +271,25 @@ def federation_page(request: Request, session: SessionDep, me: Me, federation_id
         return RedirectResponse(f"/federations/{federation.id}/privacy", status_code=303)
     members = memberships_of(session, me, federation_id)
     names = dict(session.exec(select(Organisation.id, Organisation.name)).all())
-    auditors = []
+    auditors: list[Organisation] = []
+    assigned: list[str] = []
     if role == "anchor":
+        # Only those assign_auditor accepts: created by this anchor, or by the operator (no owner).
         auditors = list(
-            session.exec(select(Organisation).where(Organisation.kind == "auditor").order_by(col(Organisation.id)))
+            session.exec(
+                select(Organisation)
+                .where(Organisation.kind == OrgKind.auditor)
+                .where(or_(col(Organisation.owner_org_id).is_(None), Organisation.owner_org_id == me.org_id))
+                .order_by(col(Organisation.id))
+            )
+        )
+        assigned = list(
+            session.exec(
+                select(Organisation.name)
+                .join(AuditorAssignment, col(AuditorAssignment.organisation_id) == Organisation.id)
+                .where(AuditorAssignment.federation_id == federation.id)
+                .order_by(col(Organisation.name))
+            )
         )
     return page(
         request,
@@ -203,6 +299,7 @@ def federation_page(request: Request, session: SessionDep, me: Me, federation_id
         role=role,
         members=[crud.membership_public(session, m, names) for m in members],  # type: ignore[arg-type]  # Organisation.id keys are Optional
         auditors=auditors,
+        assigned_auditors=assigned,
         tab="members",
     )
 
@@ -245,6 +342,41 @@ def assign_auditor(
     return RedirectResponse(f"/federations/{federation_id}", status_code=303)
 
 
+@router.post("/federations/{federation_id}/auditor-organisations", dependencies=[Csrf])
+def create_auditor_organisation(
+    session: SessionDep,
+    me: Me,
+    federation_id: int,
+    name: Annotated[str, Form(max_length=200)],
+    email: Annotated[str, Form(max_length=254)] = "",
+    password: Annotated[str, Form(max_length=128)] = "",
+    full_name: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Create an auditor organisation, optionally its first account, and assign it here (anchor admins).
+
+    The same services and checks as ``POST /organisations``, ``POST /users`` and
+    ``POST /federations/{id}/auditors``; everything is checked before the first is stored.
+    """
+    federation, role = federation_view(session, me, _fid(federation_id))
+    require(role, ("anchor",), "create auditor organisations")
+    try:
+        org_data = OrganisationCreate(name=name, kind=OrgKind.auditor)
+        account = None
+        if email.strip() or password:
+            # organisation_id is the new organisation's, set below; 1 only lets the form be checked first.
+            account = UserCreate(email=email, password=password, full_name=full_name, organisation_id=1)
+    except ValidationError as exc:
+        raise _form_error(exc) from None
+    if account is not None and crud.get_user_by_email(session, account.email) is not None:
+        raise Conflict(f"a user with e-mail '{account.email}' already exists")
+    org = organisations.create_organisation(session, me, org_data)
+    assert org.id is not None  # committed
+    if account is not None:
+        users.create_user(session, me, account.model_copy(update={"organisation_id": org.id}))
+    federations.assign_auditor(session, me, federation.id, org.id)  # type: ignore[arg-type]  # a stored federation has an id
+    return RedirectResponse(f"/federations/{federation.id}", status_code=303)
+
+
 @router.post("/memberships/{membership_id}/{action}", dependencies=[Csrf])
 def change_membership(
     session: SessionDep, me: Me, membership_id: int, action: str, reason: Annotated[str, Form(max_length=500)] = ""
@@ -272,14 +404,25 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
     global_series = {metric: [(r["round"], r["metrics"].get(metric)) for r in run.rounds]}
     sites = sorted({s for r in run.rounds for s in r.get("per_site", {})})
     site_series = {s: [(r["round"], r["per_site"].get(s, {}).get(metric)) for r in run.rounds] for s in sites}
+    tr = gettext_for(request)
+    global_title = tr.gettext("Global %(metric)s over rounds") % {"metric": metric}
+    site_title = tr.gettext("%(metric)s per site over rounds") % {"metric": metric}
     charts = [
         line_chart(
             global_series,
-            title=f"Global {metric} over rounds",
+            title=global_title,
             y_label=metric,
-            hline=(f"threshold {federation.threshold:g}", federation.threshold),
+            x_label=tr.gettext("round"),
+            hline=(tr.gettext("threshold %(value)s") % {"value": f"{federation.threshold:g}"}, federation.threshold),
+            empty_text=tr.gettext("%(chart)s: no data yet") % {"chart": global_title},
         ),
-        line_chart(site_series, title=f"{metric} per site over rounds", y_label=metric),
+        line_chart(
+            site_series,
+            title=site_title,
+            y_label=metric,
+            x_label=tr.gettext("round"),
+            empty_text=tr.gettext("%(chart)s: no data yet") % {"chart": site_title},
+        ),
     ]
     return page(request, "run.html", me, federation=federation, role=role, run=run, charts=charts, tab="runs")
 
@@ -297,11 +440,15 @@ def privacy_page(request: Request, session: SessionDep, me: Me, federation_id: i
         series.setdefault(entry.site, []).extend((start + i + 1, e) for i, e in enumerate(rounds))
         offset[entry.site] = start + len(rounds)
     budget = max((e.budget_epsilon for e in entries), default=None)
+    tr = gettext_for(request)
+    title = tr.gettext("Privacy spend (epsilon) per site over rounds")
     chart = line_chart(
         series,
-        title="Privacy spend (epsilon) per site over rounds",
-        y_label="epsilon",
-        hline=(f"budget {budget:g}", budget) if budget else None,
+        title=title,
+        y_label=tr.gettext("epsilon"),
+        x_label=tr.gettext("round"),
+        hline=(tr.gettext("budget %(value)s") % {"value": f"{budget:g}"}, budget) if budget else None,
+        empty_text=tr.gettext("%(chart)s: no data yet") % {"chart": title},
     )
     signed = privacy_reports_of(session, me, federation_id) if role in ("anchor", "auditor") else []
     return page(
@@ -348,7 +495,7 @@ def release_action(
         release = publish_release(session, me, signer, release_id)
     elif action == "withdraw":
         if not reason.strip():
-            raise UnprocessableContent("give a reason for withdrawing the release")
+            raise UnprocessableContent(N_("give a reason for withdrawing the release"))
         release = withdraw_release(session, me, release_id, reason.strip())
     else:
         raise BadRequest(f"unknown action '{action}' (approve, publish or withdraw)")

@@ -113,7 +113,9 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    with TestClient(app) as test_client:
+    # Pages in English, the language the tests' assertions are written in; Korean (the default
+    # without the header) is tested in test_i18n.py and the browser tests.
+    with TestClient(app, headers={"Accept-Language": "en"}) as test_client:
         yield test_client
 
 
