@@ -5,6 +5,7 @@ sangsaeng coordinator ...           the anchor on Flower's deployment runtime (c
 sangsaeng client ...                a supplier site (client/cli.py)
 sangsaeng portal ...                the membership and release portal (portal/cli.py)
 sangsaeng privacy ...               privacy reports, audit logs, the coordinator's key (privacy/cli.py)
+sangsaeng network up | down         the whole network on this machine, real processes (coordinator/network_cli.py)
 
 This module is the one place in the neutral package that imports the roles: it only puts
 their groups side by side.
@@ -20,7 +21,7 @@ import typer  # noqa: E402
 
 from client import cli as client_cli  # noqa: E402
 from coordinator import cli as coordinator_cli  # noqa: E402
-from coordinator import deploy_cli  # noqa: E402
+from coordinator import deploy_cli, network_cli  # noqa: E402
 from portal import cli as portal_cli  # noqa: E402
 from privacy import cli as privacy_cli  # noqa: E402
 
@@ -32,6 +33,7 @@ app.add_typer(client_cli.app, name="client")
 app.add_typer(privacy_cli.app, name="privacy")
 app.add_typer(portal_cli.app, name="portal")
 app.add_typer(deploy_cli.app, name="coordinator")
+app.add_typer(network_cli.app, name="network")
 
 
 def main() -> None:
