@@ -13,7 +13,8 @@ tracker can use the run's `Grid` between the fit and the evaluate step of a roun
 
 Every site receives every coalition model of the round, one-site coalitions included: a site
 could read another site's update off them. That is why utility scores are off under secure
-aggregation, whose point is that nobody sees a single update (only the data shares remain).
+aggregation, whose point is that nobody sees a single update, and under supplier-level
+(central) DP, whose noise would not cover the coalition models: only the data shares remain.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ from coordinator.progress import RunObserver
 from models.metric_counts import pooled_metric
 from sangsaeng.protocol import PHASE_CONTRIBUTION, ConfigKey, ReplyKey
 
-__all__ = ["ContributionTracker", "SiteScorer", "contribution_summary"]
+__all__ = ["ContributionTracker", "SiteScorer", "contribution_summary", "CENTRAL_DP_REASON"]
+
+CENTRAL_DP_REASON = (
+    "supplier-level DP: the coalition models, sent to every site without the noise, would reveal single "
+    "suppliers' updates, which the noise is there to hide"
+)
 
 logger = logging.getLogger("sangsaeng.coordinator")
 
@@ -170,6 +176,8 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
     if config.secagg:
         not_available = {"utility": SECAGG_REASON, "leave_one_out": SECAGG_REASON + " (it would need a SecAgg+ "
                          "run per coalition, not offered)"}  # fmt: skip
+    elif config.central_dp_noise is not None:
+        not_available = {"utility": CENTRAL_DP_REASON, "leave_one_out": CENTRAL_DP_REASON}
     elif config.contribution_coalitions <= 0:
         not_available = {"utility": "switched off (contribution_coalitions = 0)", "leave_one_out": "switched off"}
     elif not scored:

@@ -289,7 +289,8 @@ def run_federation(
                 if isinstance(inner, AdaptiveClipping) and "next_clipping_norm" in record["central_dp"]:
                     inner.clipping_norm = record["central_dp"]["next_clipping_norm"]
     contribution = None
-    if not config.secagg and config.contribution_coalitions > 0:  # SecAgg+ hides the single updates
+    # SecAgg+ hides the single updates; under supplier-level DP un-noised coalition models would reveal them.
+    if not config.secagg and config.central_dp_noise is None and config.contribution_coalitions > 0:
         scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric, timeout=config.node_wait_timeout,
                             observer=observer)  # fmt: skip
         contribution = ContributionTracker(scorer, config)

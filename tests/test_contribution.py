@@ -193,3 +193,11 @@ def test_a_simulated_run_scores_its_sites_and_flags_the_free_rider(tmp_path, kam
     assert all(s["alone"] is not None and s["with_network"] is not None for s in per_site.values())
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["contribution"]["inputs"] == contribution["inputs"]
+
+
+def test_under_supplier_level_dp_utility_is_not_computed_and_the_reason_is_stated():
+    config = FederationConfig(task=get_task("injection-molding-quality"), central_dp_noise=1.0)
+    manifest = {"sites": {"a": {"n_train": 10}}, "rounds": [{"round": 1, "checkpoint": "c", "sites_trained": ["a"]}]}
+    result = contribution_summary(manifest, config)
+    assert result["method"] is None and "supplier-level DP" in result["not_available"]["utility"]
+    assert result["per_site"]["a"]["data_share"] == 1.0
