@@ -60,7 +60,7 @@ __all__ = [
 ScoreFn = Callable[[Sequence[list[np.ndarray]]], Sequence[float]]
 """Scores each model (a list of weight arrays) in one call, in the task's primary metric."""
 
-DEFAULT_BUDGET = 32  # coalitions per round: exact Shapley up to 5 sites
+DEFAULT_BUDGET = 64  # coalitions per round: exact Shapley up to 6 sites
 DEFAULT_TRUNCATION = 1e-3  # metric units, within and between rounds
 LOO_MAX_SITES = 6
 FREE_RIDER_FRACTION = 0.1

@@ -1,8 +1,9 @@
 """Contribution scores (issue 16): GTG-Shapley on synthetic score functions, pooled metrics, and one real run.
 
 The unit tests drive `coordinator.contribution` with cheap score functions over reconstructed
-coalition models; the simulation at the end runs the whole path (batched evaluation at the
-sites, results.json) with a free-riding site.
+coalition models; the federation at the end runs the whole path (the real ServerApp and
+ClientApps through `tests.loopback`, batched evaluation at the sites, results.json) with a
+free-riding site.
 """
 
 from __future__ import annotations
@@ -169,10 +170,15 @@ def test_under_secure_aggregation_only_data_shares_are_given_and_the_reason_is_s
     assert result["per_site"]["b"]["utility"] is None and result["per_site"]["b"]["utility_share"] is None
 
 
-@pytest.mark.slow
-def test_a_simulated_run_scores_its_sites_and_flags_the_free_rider(tmp_path, kamp):
+def test_a_simulated_run_scores_its_sites_and_flags_the_free_rider(tmp_path, kamp, monkeypatch):
+    import flwr.simulation
+
     from client.contribution import misbehaving_mod
     from coordinator.simulation import run_experiment, write_site_files
+    from tests.loopback import run_in_process
+
+    # The real ServerApp and ClientApps in Flower's message loop in this process (tests/loopback.py): seconds.
+    monkeypatch.setattr(flwr.simulation, "run_simulation", run_in_process)
 
     spec = get_task("injection-molding-quality")
     site_files, dropped = write_site_files(kamp, "PART_NAME", tmp_path, spec=spec)
