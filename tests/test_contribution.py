@@ -199,6 +199,15 @@ def test_a_simulated_run_scores_its_sites_and_flags_the_free_rider(tmp_path, kam
     assert all(s["alone"] is not None and s["with_network"] is not None for s in per_site.values())
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["contribution"]["inputs"] == contribution["inputs"]
+    # What `sangsaeng simulate` prints under the comparison table.
+    from rich.console import Console
+
+    from coordinator.report import contribution_table
+
+    console = Console(record=True, width=160)
+    console.print(contribution_table(contribution))
+    text = console.export_text()
+    assert "your line alone" in text and "with the network" in text and "free_rider" in text
 
 
 def test_under_supplier_level_dp_utility_is_not_computed_and_the_reason_is_stated():
