@@ -264,14 +264,14 @@ def main() -> int:
     for r in rows:
         lines += ["", f"{r['label']}: utility per site (run / exact retrained, ROC-AUC), data share, flag", ""]
         lines += [
-            "| site | utility (run) | exact Shapley | leave-one-out | data share | flag |",
-            "|---|---|---|---|---|---|",
+            "| site | utility (run) | exact Shapley | leave-one-out | data share | flag | rounds unchanged |",
+            "|---|---|---|---|---|---|---|",
         ]
         for site, (entry, exact) in r["per_site"].items():
             loo = entry["leave_one_out"]
             lines.append(
                 f"| {site} | {entry['utility']:.4f} | {exact:.4f} | {'n/a' if loo is None else f'{loo:.4f}'} | "
-                f"{entry['data_share']:.1%} | {entry['flag'] or ''} |"
+                f"{entry['data_share']:.1%} | {entry['flag'] or ''} | {entry['unchanged_rounds']} |"
             )
     six = next((r for r in rows if r["riders"]), rows[-1])  # at the default budget
     spearman = ", ".join(

@@ -146,8 +146,13 @@ class ContributionTracker:
             return {"error": str(exc), "seconds": time.perf_counter() - start}
         for problem in self.scorer.problems:
             logger.warning("round %s: contribution evaluation: %s", server_round, problem)
+        unchanged = [
+            site for site, update, _ in updates
+            if all(np.array_equal(a, b) for a, b in zip(update, global_weights, strict=True))
+        ]  # fmt: skip
         return {
             "sites": sites,
+            "unchanged": unchanged,  # sent back the model they received: evidence beside the utility
             "initial": values.initial,
             "grand": values.grand,
             "gain": values.gain,
@@ -198,7 +203,10 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
         "scored_on": "the sites' held-out rows, pooled from per-site counts",
         "seconds": float(sum(float(r.get("contribution", {}).get("seconds", 0.0)) for r in rounds)),
     }
-    return contribution_result(
+    result = contribution_result(
         metric=config.task.primary_metric, records=records, rounds_trained=trained, rounds=scored, inputs=inputs,
         not_available=not_available,
     )  # fmt: skip
+    for site, entry in result["per_site"].items():  # beside the schema: rounds whose update changed nothing
+        entry["unchanged_rounds"] = sum(1 for r in scored if site in r.get("unchanged", [])) if scored else None
+    return result

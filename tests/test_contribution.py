@@ -191,6 +191,9 @@ def test_a_simulated_run_scores_its_sites_and_flags_the_free_rider(tmp_path, kam
     assert contribution["method"] == "gtg-shapley" and contribution["metric"] == "roc_auc"
     per_site = contribution["per_site"]
     assert per_site[rider]["flag"] == "free_rider"
+    assert per_site[rider]["unchanged_rounds"] == 2 and all(
+        per_site[s]["unchanged_rounds"] == 0 for s in per_site if s != rider
+    )
     assert min(per_site, key=lambda s: per_site[s]["utility"]) == rider
     utilities = sum(s["utility"] for s in per_site.values())
     tolerance = contribution["inputs"]["efficiency_tolerance"] + 1e-9
