@@ -28,6 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Config, NDArrays, Scalar
 
+from client.contribution import coalition_counts, unpack_models
 from client.site import SiteConfig
 from models.datasets import holdout_split
 from models.defaults import TRAINING_DEFAULTS
@@ -44,7 +45,7 @@ from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
 from privacy.profile import dp_profile_applies, release_profile
 from sangsaeng.errors import SangsaengError
-from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
+from sangsaeng.protocol import PHASE_CONTRIBUTION, PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -218,12 +219,22 @@ class SiteClient(NumPyClient):
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
-        """Score the global model on the site's held-out split."""
+        """Score the global model on the site's held-out split (or a round's coalition models, see below)."""
+        if config.get(ConfigKey.PHASE) == PHASE_CONTRIBUTION:
+            return self._coalition_counts(parameters, config)
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)
         loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(data.test, spec))
         return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
+
+    def _coalition_counts(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
+        """Contribution scores: each packed coalition model's metric counts on the held-out split (no rows)."""
+        models = unpack_models(parameters, int(config.get(ConfigKey.COALITIONS, 1)))
+        spec, scaler, model = self._model(config, models[0])
+        x, y = prepare(load_site(self.site, spec).test, spec, scaler)
+        counts = coalition_counts(model, models, x, y, spec=spec, scaler=scaler)
+        return 0.0, len(x), {ReplyKey.SITE: self.site.name, ReplyKey.COALITION_COUNTS: counts}
 
 
 _ERROR_CODES = {
@@ -269,12 +280,13 @@ def _site_for(context: Context, sites: Sequence[SiteConfig] | None) -> SiteConfi
     return SiteConfig.from_node_config(dict(context.node_config))
 
 
-def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
+def make_client_app(sites: Sequence[SiteConfig] | None = None, *, extra_mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp; in simulation `sites[partition-id]` gives each virtual node its site.
 
     In deployment each SuperNode names its own site with ``--node-config``. Flower's
     `secaggplus_mod` takes part in secure aggregation when the coordinator runs SecAgg+ and
-    passes every other message through untouched.
+    passes every other message through untouched. `extra_mods` run innermost (test tools such
+    as `client.contribution.misbehaving_mod`).
     """
 
     def client_fn(context: Context):
@@ -282,7 +294,7 @@ def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
         torch.set_num_threads(site.torch_threads)
         return SiteClient(site).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites), secure_aggregation_mod])
+    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites), secure_aggregation_mod, *extra_mods])
 
 
 app = make_client_app()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.aggregation import AGGREGATIONS
+from coordinator.contribution import DEFAULT_BUDGET, DEFAULT_TRUNCATION
 from models.architectures import CNN_WIDTHS, IMAGE_ARCHITECTURES, SEQUENCE_ARCHITECTURES, check_architecture
 from models.defaults import TRAINING_DEFAULTS
 from models.tasks import TaskSpec, builtin_tasks, get_task
@@ -100,6 +101,10 @@ class FederationConfig:
     secagg_threshold: int = 2
     secagg_clip: float = 8.0  # every parameter must lie in [-clip, clip] to be summed exactly
     key_dir: Path = DEFAULT_KEY_DIR
+    # Contribution scores (coordinator.contribution): coalition models evaluated per round
+    # (0: data shares only) and the GTG-Shapley truncation threshold, in metric units.
+    contribution_coalitions: int = DEFAULT_BUDGET
+    contribution_truncation: float = DEFAULT_TRUNCATION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,6 +167,8 @@ class FederationConfig:
             )
         if self.secagg and not 2 <= self.secagg_threshold <= self.secagg_shares:
             raise ValueError("secagg needs 2 <= secagg_threshold <= secagg_shares")
+        if self.contribution_coalitions < 0 or self.contribution_truncation < 0:
+            raise ValueError("contribution_coalitions and contribution_truncation must not be negative")
 
     @property
     def uses_dp(self) -> bool:

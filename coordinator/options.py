@@ -123,6 +123,14 @@ class TrainingOptions:
     central_dp_quantile: Annotated[
         float, typer.Option(min=0.01, max=0.99, help="Adaptive clipping: the quantile of update norms to follow.")
     ] = FederationConfig.central_dp_quantile
+    contribution_coalitions: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Contribution scores: coalition models the sites evaluate per round (every coalition up to "
+            "log2 of it sites: exact Shapley per round; 0: data shares only). See docs/contribution.md.",
+        ),
+    ] = FederationConfig.contribution_coalitions
     key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory (created on first use).")] = (
         DEFAULT_KEY_DIR
     )

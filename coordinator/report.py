@@ -33,6 +33,7 @@ __all__ = [
     "plot_rounds",
     "results_table",
     "privacy_table",
+    "contribution_table",
 ]
 
 RESULTS = "results.json"
@@ -55,6 +56,8 @@ class Comparison:
         federated_per_site: the final federated model on each site's held-out rows.
         dropped_groups: groups of the input table too small to become a site, with their rows.
         timings: seconds spent on each part of the experiment.
+        local_only_own: per site, the model trained on that site alone, on the site's own held-out
+            rows ("your line alone", next to `federated_per_site`: "with the network").
     """
 
     sites: Sequence[str]
@@ -68,6 +71,7 @@ class Comparison:
     federated_per_site: Mapping[str, Mapping[str, float]]
     dropped_groups: Mapping[str, int] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
+    local_only_own: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def round_summaries(rounds: Sequence[Mapping[str, Any]], *, metrics_key: str) -> list[dict[str, Any]]:
@@ -142,10 +146,25 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
         if report is not None
         else None
     )
+    results["contribution"] = _contribution(result, comparison)
     results |= {"config": dict(result.config), "run_id": result.run_id}
     if comparison is not None:
         results["timings"] = dict(comparison.timings)
     return results
+
+
+def _contribution(result: RunResult, comparison: Comparison | None) -> dict[str, Any] | None:
+    """The run's contribution scores, each site's with what it got back: its primary metric on its own
+    held-out rows alone (``alone``) and with the network (``with_network``); null in a deployment."""
+    if result.contribution is None:
+        return None
+    contribution = {**result.contribution, "per_site": {k: dict(v) for k, v in result.contribution["per_site"].items()}}
+    primary = result.task.primary_metric
+    for site, entry in contribution["per_site"].items():
+        alone = comparison.local_only_own.get(site, {}) if comparison is not None else {}
+        network = comparison.federated_per_site.get(site, {}) if comparison is not None else {}
+        entry["alone"], entry["with_network"] = alone.get(primary), network.get(primary)
+    return contribution
 
 
 def write_results(
@@ -252,4 +271,25 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
     if privacy.get("central_dp"):
         c = privacy["central_dp"]
         table.caption = f"supplier-level DP: epsilon {c['epsilon']:.3f} at delta {c['delta']:g}"
+    return table
+
+
+def contribution_table(contribution: dict[str, Any]) -> Table:
+    """Per site: "your line alone / with the network" (its own held-out rows) and its contribution shares."""
+    metric = contribution["metric"]
+    method = contribution["method"] or "data share only"
+    table = Table(title=f"what each site gave and got back ({metric}; contribution: {method})")
+    for column in ("site", "your line alone", "with the network", "data share", "utility share", "flag"):
+        table.add_column(column, justify="left" if column in ("site", "flag") else "right")
+    for site, entry in contribution["per_site"].items():
+        share = entry.get("utility_share")
+        table.add_row(
+            site, _fmt(entry.get("alone")), _fmt(entry.get("with_network")), f"{entry['data_share']:.1%}",
+            "n/a" if share is None else f"{share:.1%}", entry.get("flag") or "",
+        )  # fmt: skip
+    gain = contribution.get("total_gain")
+    missing = "; ".join(f"{k}: {v}" for k, v in contribution.get("not_available", {}).items())
+    table.caption = (f"total gain {_fmt(gain)} {metric} over the initial model" if gain is not None else "") + (
+        f"  (not available: {missing})" if missing else ""
+    )
     return table

@@ -54,6 +54,8 @@ class RunResult:
         privacy_report: the signed privacy report's content (None for a run without DP).
         privacy_report_path: its path relative to the run directory (None without DP).
         config: the run's configuration (`FederationConfig.to_dict`).
+        contribution: each site's contribution scores (results.json's ``"contribution"``, see
+            `coordinator.contribution`), or None for a run that recorded none.
 
     Example::
 
@@ -76,6 +78,7 @@ class RunResult:
     privacy_report: Mapping[str, Any] | None
     privacy_report_path: str | None
     config: Mapping[str, Any]
+    contribution: Mapping[str, Any] | None = None
 
     @property
     def aggregated_rounds(self) -> list[Mapping[str, Any]]:

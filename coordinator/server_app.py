@@ -38,6 +38,7 @@ from flwr.serverapp.grid import Grid
 
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
+from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
@@ -244,6 +245,7 @@ def run_federation(
     resumed_weights = resume.weights if resume is not None else None
 
     def finish(weights: list[np.ndarray] | None, report: dict[str, Any] | None = None) -> RunResult:
+        recorder.set(contribution=contribution_summary(recorder.manifest, config))
         result = _run_result(recorder, spec, scaler, weights, report or _recorded_report(config, recorder))
         if on_result is not None:
             on_result(result)
@@ -286,9 +288,15 @@ def run_federation(
                 # ... and an adaptive run the clipping norm it had reached
                 if isinstance(inner, AdaptiveClipping) and "next_clipping_norm" in record["central_dp"]:
                     inner.clipping_norm = record["central_dp"]["next_clipping_norm"]
+    contribution = None
+    # SecAgg+ hides the single updates; under supplier-level DP un-noised coalition models would reveal them.
+    if not config.secagg and config.central_dp_noise is None and config.contribution_coalitions > 0:
+        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric, timeout=config.node_wait_timeout,
+                            observer=observer)  # fmt: skip
+        contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
-        central_dp=central, audit=audit,
+        central_dp=central, audit=audit, contribution=contribution,
     )  # fmt: skip
     legacy = LegacyContext(
         context,
@@ -340,6 +348,7 @@ def _run_result(
         privacy_report=report,
         privacy_report_path=manifest.get("privacy_report") if report is not None else None,
         config=manifest["config"],
+        contribution=manifest.get("contribution"),
     )
 
 

@@ -10,13 +10,14 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from flwr.clientapp.typing import Mod
 
 from client.client_app import make_client_app
 from client.site import SiteConfig
@@ -148,8 +149,13 @@ def run_experiment(
     observer: RunObserver | None = None,
     dropped: Mapping[str, int] | None = None,
     site_policies: Mapping[str, SitePrivacyPolicy] | None = None,
+    client_mods: Sequence[Mod] = (),
 ) -> dict[str, Any]:
-    """Centralised vs local-only vs federated on the same held-out rows; writes results.json."""
+    """Centralised vs local-only vs federated on the same held-out rows; writes results.json.
+
+    `client_mods` are extra ClientApp mods for every simulated site (test tools, such as
+    `client.contribution.misbehaving_mod`).
+    """
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits, problems = _load_splits(spec, site_files, config.seed)
@@ -170,10 +176,11 @@ def run_experiment(
     timings["centralized_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    local_only = {}
+    local_only, local_only_own = {}, {}
     for i, split in enumerate(splits):
         model, scaler = _train_alone(baseline, split.train, config, i + 1)
         local_only[split.name] = _score(model, baseline, scaler, held_out)
+        local_only_own[split.name] = _score(model, baseline, scaler, split.test)  # "your line alone"
     timings["local_only_s"] = time.perf_counter() - start
 
     x_held, y_held = prepare(held_out, spec, fed_scaler)
@@ -186,7 +193,13 @@ def run_experiment(
 
     start = time.perf_counter()
     result = run_flower_simulation(
-        spec, site_files, config, observer=observer, evaluate_fn=evaluate_fn, site_policies=site_policies or {}
+        spec,
+        site_files,
+        config,
+        observer=observer,
+        evaluate_fn=evaluate_fn,
+        site_policies=site_policies or {},
+        client_mods=client_mods,
     )
     timings["federated_s"] = time.perf_counter() - start
 
@@ -221,6 +234,7 @@ def run_experiment(
         federated_global=federated_global,
         federated_per_site={s.name: evaluate_weights(weights, spec, result.scaler, config, s.test) for s in splits},
         timings=timings,
+        local_only_own=local_only_own,
     )
     results, plot = write_results(result, comparison, out_dir=out_dir)
     results["plot"] = str(plot)
@@ -246,6 +260,7 @@ def run_flower_simulation(
     observer: RunObserver | None,
     evaluate_fn: Any,
     site_policies: Mapping[str, SitePrivacyPolicy],
+    client_mods: Sequence[Mod] = (),
 ) -> RunResult:
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime; return its result.
 
@@ -271,7 +286,7 @@ def run_flower_simulation(
     server_app = make_server_app(
         config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites), on_result=results.append
     )
-    client_app = make_client_app(sites)
+    client_app = make_client_app(sites, extra_mods=client_mods)
     cpus = max(1, os.cpu_count() or 1)
     backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -36,6 +36,7 @@ from flwr.server.strategy import Strategy
 from coordinator.aggregation import AGGREGATIONS
 from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
+from coordinator.contribution_grid import ContributionTracker
 from coordinator.progress import RunObserver
 from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
@@ -236,8 +237,11 @@ class SangsaengStrategy(Strategy):
         round_offset: int = 0,
         central_dp: CentralDP | None = None,
         audit: AuditLog | None = None,
+        contribution: ContributionTracker | None = None,
     ):
         self.inner = inner
+        self.contribution = contribution  # scores each round's updates (None: data shares only)
+        self._global: list[np.ndarray] = []  # the global model sent this round
         self._shapes: list[tuple[int, ...]] = []  # of the global model sent this round
         self.central_dp = central_dp
         self.audit = audit
@@ -282,7 +286,8 @@ class SangsaengStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """The inner strategy's fit instructions, with the run's instructions (task, scaler, ...) and round."""
-        self._shapes = [tuple(a.shape) for a in parameters_to_ndarrays(parameters)]
+        self._global = parameters_to_ndarrays(parameters)
+        self._shapes = [tuple(a.shape) for a in self._global]
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         self._available = client_manager.num_available()
         self.observer.phase_started("train", self._round(server_round), len(instructions))
@@ -326,6 +331,13 @@ class SangsaengStrategy(Strategy):
             if self.audit is not None:
                 self.audit.append("round trained", site=site, round=rnd, epsilon=record["epsilon"])
         extra: dict[str, Any] = {"dp": dp} if dp else {}
+        if self.contribution is not None and results and self._global:
+            extra["contribution"] = self.contribution.round(
+                rnd, self._global,
+                [(str(r.metrics.get(ReplyKey.SITE, p.cid)), parameters_to_ndarrays(r.parameters), r.num_examples)
+                 for p, r in results],
+                self._with_instructions(server_round, {}),
+            )  # fmt: skip
         if self.central_dp is not None and results:
             # Noise is calibrated to an unweighted mean of the updates that arrived.
             results = [(p, FitRes(r.status, r.parameters, 1, r.metrics)) for p, r in results]

@@ -12,9 +12,10 @@ Flower's own error codes are below 100; ours start at 1000.
 
 from __future__ import annotations
 
-__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE"]
+__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION"]
 
 PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
+PHASE_CONTRIBUTION = "contribution"  # ConfigKey.PHASE of the batched coalition evaluation (issue 16)
 
 
 class ConfigKey:
@@ -37,6 +38,8 @@ class ConfigKey:
     NUM_ROUNDS = "sangsaeng.num_rounds"  # planned rounds: DP noise is calibrated for the whole run
     DP_EPSILON = "sangsaeng.dp.target_epsilon"  # 0 or absent: no DP requested
     DP_MAX_GRAD_NORM = "sangsaeng.dp.max_grad_norm"
+    # Contribution scores: how many coalition models the evaluate message packs (equal slices).
+    COALITIONS = "sangsaeng.contribution.coalitions"
 
 
 class ReplyKey:
@@ -65,6 +68,8 @@ class ReplyKey:
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped
     IMAGES_FIRST_SKIPPED = "images_first_skipped"  # JSON list: the first ten, "data row N: ... <file>"
     IMAGES_CONVERTED = "images_converted"  # JSON object: images whose channels were converted, by source mode
+    # The batched coalition evaluation: JSON list, per model, of its metric counts (models.metric_counts).
+    COALITION_COUNTS = "coalition_counts"
 
 
 class ErrorCode:

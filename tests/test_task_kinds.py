@@ -231,6 +231,10 @@ def test_turbofan_rul_under_secagg_with_each_sites_own_budget(tmp_path):
     results = run_experiment(spec, site_files, config, site_policies=policies)
 
     assert "Secure aggregation completed" in (out / "flower.log").read_text()
+    # No single update reaches the coordinator: contribution scores are data shares only, and say why.
+    contribution = results["contribution"]
+    assert contribution["method"] is None and "secure aggregation" in contribution["not_available"]["utility"]
+    assert sum(s["data_share"] for s in contribution["per_site"].values()) == pytest.approx(1.0)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "completed" and [r["round"] for r in manifest["rounds"]] == [1, 2]
     assert all(r["sites_trained"] == sites for r in manifest["rounds"])
