@@ -139,6 +139,8 @@ def snapshot(world: World, t: Tenant) -> dict[str, list[Any]]:
         "privacy_report": "SELECT id, sha256 FROM privacy_report WHERE run_id IN "
         f"(SELECT id FROM training_run WHERE federation_id = {t.fid}) ORDER BY id",
         "model_release": f"SELECT * FROM model_release WHERE federation_id = {t.fid} ORDER BY id",
+        "contribution_run": f"SELECT * FROM contribution_run WHERE federation_id = {t.fid} ORDER BY id",
+        "contribution_score": f"SELECT * FROM contribution_score WHERE federation_id = {t.fid} ORDER BY id",
         "audit_event": f"SELECT id, hash FROM audit_event WHERE federation_id = {t.fid} ORDER BY id",
     }
     with world.app.state.engine.connect() as conn:
@@ -191,6 +193,7 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "WithdrawRequest": lambda b: [{"reason": "tenancy probe"}],
     "CoordinatorKeyRegister": lambda b: [{"public_key_pem": _probe_key_pem()}],
     "PrivacyPolicyUpdate": lambda b: [{"dp_max_epsilon": 100.0}, {"dp_max_epsilon": None}],
+    "ContributionPolicyUpdate": lambda b: [{"min_share": 0.9, "basis": "data_share"}, {"min_share": None}],
 }
 
 
