@@ -321,6 +321,48 @@ def test_no_route_reads_or_writes_the_other_tenant(world: World, role: str) -> N
     assert not problems, "\n".join(problems)
 
 
+def web_pages() -> list[str]:
+    """Every web page (a GET of the web router) that names an object in its path."""
+    from fastapi.routing import APIRoute
+
+    from portal.web.routes import router
+
+    return [r.path for r in router.routes if isinstance(r, APIRoute) and "GET" in r.methods and "{" in r.path]
+
+
+@pytest.mark.parametrize("role", ("anchor", "supplier", "auditor"))
+def test_no_web_page_shows_the_other_tenant(world: World, role: str) -> None:
+    """Each page and CSV download, signed in as A's `role` with B's ids: read exactly like a missing id."""
+    from portal.api.deps import SESSION_COOKIE
+
+    token = world.headers(role)["Authorization"].removeprefix("Bearer ")
+    cookie = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    pages = web_pages()
+    assert "/federations/{federation_id}/contributions" in pages and "/releases/{release_id}/contributions" in pages
+    problems = []
+    for path in pages:
+        names = re.findall(r"{(\w+)}", path)
+        theirs, absent = path, path
+        ids: dict[str, str] = {}
+        missing_ids: dict[str, str] = {}
+        for name in names:
+            ids[name] = str(path_values(name, {}, world.b)[0])
+            missing_ids[name] = str(path_values(name, {}, None)[0])
+            theirs = theirs.replace("{" + name + "}", ids[name])
+            absent = absent.replace("{" + name + "}", missing_ids[name])
+        response = world.client.get(theirs, headers=cookie, follow_redirects=False)
+        other = world.client.get(absent, headers=cookie, follow_redirects=False)
+        if response.status_code < 300:
+            problems.append(f"{role}: GET {theirs}: {response.status_code} (must be refused)")
+        if leak := leaked(response, world.b):
+            problems.append(f"{role}: GET {theirs}: the page holds B's {leak}")
+        if (response.status_code, masked(response, ids)) != (other.status_code, masked(other, missing_ids)):
+            problems.append(
+                f"{role}: GET {theirs}: {response.status_code} differs from a missing id's {other.status_code}"
+            )
+    assert not problems, "\n".join(problems)
+
+
 def test_every_path_parameter_and_body_of_the_schema_can_be_filled(world: World) -> None:
     """A route this file cannot fill must fail loudly (here, and in the test above), never be skipped."""
     for probe in probes(world.app):
