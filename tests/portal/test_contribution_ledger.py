@@ -415,3 +415,39 @@ def test_the_anchor_sets_the_minimum_on_the_ledger_page(portal, client, ledger):
     assert (
         client.get(f"{API}/federations/{net.fid}", headers=net.anchor.headers).json()["min_contribution_share"] is None
     )
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_cli_sets_the_minimum_and_exports_each_roles_ledger(portal, client, live_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app as sangsaeng
+
+    net = network(portal)
+    run = portal.run(net.coordinator, net.fid, ["alpha-line-1", "beta-line-1"], contribution=contribution(SCORES))
+    release = portal.published(net.anchor, net.coordinator, net.fid, run["id"])
+    runner = CliRunner()
+
+    def run_cli(*args: str, token: str) -> str:
+        result = runner.invoke(sangsaeng, ["portal", *args, "--portal", live_server, "--token", token])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = run_cli("contribution-policy", "--federation", str(net.fid), "--min-share", "0.3", token=net.anchor.token)
+    assert "utility share of at least 0.3" in out
+    refused = runner.invoke(
+        sangsaeng,
+        ["portal", "contribution-policy", "--federation", str(net.fid), "--min-share", "0.1",
+         "--portal", live_server, "--token", net.supplier_a.token],
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "a supplier cannot set the minimum contribution" in refused.output
+    for who, expected in ((net.anchor, {"alpha-line-1", "beta-line-1"}), (net.supplier_b, {"beta-line-1"})):
+        path = tmp_path / f"{who.email}.csv"
+        run_cli("ledger", "--release", str(release["id"]), "--csv", str(path), token=who.token)
+        assert {r["site"] for r in csv_rows(path.read_text()) if r["row"] == "site"} == expected
+    shown = json.loads(run_cli("ledger", "--federation", str(net.fid), token=net.supplier_b.token))
+    assert shown["view"] == "own" and "alpha-line-1" not in json.dumps(shown)
+    assert "no minimum" in run_cli(
+        "contribution-policy", "--federation", str(net.fid), "--min-share", "off", token=net.anchor.token
+    )
