@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, StringConstraints, field_validator
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -610,6 +610,19 @@ class ContributionSiteReport(SQLModel):
     utility_share: FiniteOrNull = None
     leave_one_out: FiniteOrNull = None
     flag: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,39}$")] | None = None
+    # What the site got back: its primary metric on its own held-out rows, alone and with the network.
+    alone: FiniteOrNull = None
+    with_network: FiniteOrNull = None
+
+
+REASON_MAX_CHARS = 500
+
+
+def _cut_reason(value: Any) -> Any:
+    """A reason longer than the column is cut (with an ellipsis), never the cause of a refused run."""
+    if isinstance(value, str) and len(value) > REASON_MAX_CHARS:
+        return value[: REASON_MAX_CHARS - 1] + "…"
+    return value
 
 
 def _json_inputs(value: dict[str, Any]) -> dict[str, Any]:
@@ -634,7 +647,7 @@ class ContributionReport(SQLModel):
     inputs: Annotated[dict[str, Any], AfterValidator(_json_inputs)] = Field(default_factory=dict)
     total_gain: FiniteOrNull = None
     not_available: dict[
-        Annotated[str, StringConstraints(max_length=40)], Annotated[str, StringConstraints(max_length=500)]
+        Annotated[str, StringConstraints(max_length=40)], Annotated[str, BeforeValidator(_cut_reason)]
     ] = Field(default_factory=dict, max_length=20)
     per_site: dict[Name, ContributionSiteReport] = Field(min_length=1, max_length=10000)
 
@@ -712,10 +725,12 @@ class ContributionScore(SQLModel, table=True):
     utility_share: float | None = None
     leave_one_out: float | None = None
     flag: str | None = Field(default=None, max_length=40)
+    alone: float | None = None
+    with_network: float | None = None
 
 
 class ContributionRow(SQLModel):
-    """One site's scores as the ledger shows them."""
+    """One site's scores as the ledger shows them, and its metric alone and with the network (if measured)."""
 
     site: str
     records: int
@@ -725,6 +740,8 @@ class ContributionRow(SQLModel):
     utility_share: float | None
     leave_one_out: float | None
     flag: str | None
+    alone: float | None = None
+    with_network: float | None = None
 
 
 class ContributionTotals(SQLModel):

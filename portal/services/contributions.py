@@ -79,6 +79,8 @@ CSV_COLUMNS = (
     "utility_share",
     "leave_one_out",
     "flag",
+    "alone",
+    "with_network",
     "total_gain",
     "inputs",
     "not_available",
@@ -168,6 +170,8 @@ def _row(score: ContributionScore) -> ContributionRow:
         utility_share=score.utility_share,
         leave_one_out=score.leave_one_out,
         flag=score.flag,
+        alone=score.alone,
+        with_network=score.with_network,
     )
 
 

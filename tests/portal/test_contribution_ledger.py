@@ -193,6 +193,39 @@ def test_a_revoked_supplier_loses_the_ledger(client, ledger):
 
 
 # -- what is stored ---------------------------------------------------------------------------------
+def test_each_supplier_sees_what_its_line_got_back_alone_and_with_the_network(client, ledger):
+    net, _, release = ledger
+    (row,) = client.get(f"{API}/releases/{release['id']}/contributions", headers=net.supplier_b.headers).json()["runs"][
+        0
+    ]["rows"]
+    assert row["site"] == "beta-line-1"
+    assert row["alone"] == pytest.approx(0.78) and row["with_network"] == pytest.approx(0.858)
+    exported = client.get(f"{API}/releases/{release['id']}/contributions.csv", headers=net.supplier_b.headers).text
+    (line,) = [r for r in csv_rows(exported) if r["row"] == "site"]
+    assert float(line["alone"]) == pytest.approx(0.78) and float(line["with_network"]) == pytest.approx(0.858)
+
+
+def test_the_block_the_coordinator_writes_is_stored_as_it_is(portal, client):
+    """The shape `coordinator.contribution.contribution_result` writes: extra text inputs, long reasons, nulls."""
+    net = network(portal)
+    block = contribution(SCORES)
+    block["inputs"] |= {
+        "free_rider_below": "0.1 x an equal share of the total gain",
+        "reconstruction": "coalition model = the round's global model plus the example-weighted mean",
+        "efficiency_tolerance": 0.003,
+        "initial_metric": None,
+    }
+    block["not_available"] = {"leave_one_out": "x" * 2000}
+    for site in block["per_site"].values():
+        site["unknown_future_key"] = [1, 2, 3]  # keys the portal does not know are ignored
+    portal.run(net.coordinator, net.fid, ["alpha-line-1", "beta-line-1"], contribution=block)
+    (entry,) = client.get(f"{API}/federations/{net.fid}/contributions", headers=net.auditor.headers).json()["runs"]
+    assert entry["inputs"]["free_rider_below"] == "0.1 x an equal share of the total gain"
+    assert entry["inputs"]["initial_metric"] is None
+    assert len(entry["not_available"]["leave_one_out"]) == 500 and entry["not_available"]["leave_one_out"][-1] == "…"
+    assert "unknown_future_key" not in json.dumps(entry)
+
+
 def test_a_secure_aggregation_run_keeps_the_data_share_and_says_what_is_missing(portal, client):
     net = network(portal)
     portal.run(

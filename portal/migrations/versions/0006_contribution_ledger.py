@@ -7,7 +7,8 @@ Create Date: 2026-12-01
 A run's contribution scores (results.json "contribution", issue 16): one `contribution_run`
 row per run (method, metric, inputs, total gain, the methods not available and why) and one
 `contribution_score` row per run and site (records, rounds trained, data share, utility,
-utility share, leave-one-out, flag), tied to the site's membership. Each federation gains the
+utility share, leave-one-out, flag, and the site's metric alone and with the network), tied
+to the site's membership. Each federation gains the
 minimum contribution for release access, off (null) for every existing federation.
 """
 
@@ -56,6 +57,8 @@ def upgrade() -> None:
         sa.Column("utility_share", sa.Float(), nullable=True),
         sa.Column("leave_one_out", sa.Float(), nullable=True),
         sa.Column("flag", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+        sa.Column("alone", sa.Float(), nullable=True),
+        sa.Column("with_network", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(["federation_id"], ["federation.id"]),
         sa.ForeignKeyConstraint(["membership_id"], ["membership.id"]),
         sa.ForeignKeyConstraint(["run_id"], ["training_run.id"]),
