@@ -176,20 +176,13 @@ def _row(score: ContributionScore) -> ContributionRow:
 
 
 def _entry(
-    session: Session,
     record: ContributionRun,
     run: TrainingRun,
+    scores: list[ContributionScore],
     sites: set[str] | None,
     hidden: list[str],
     releases: list[ReleaseRef],
 ) -> ContributionRunPublic:
-    scores = list(
-        session.exec(
-            select(ContributionScore)
-            .where(ContributionScore.run_id == run.id)
-            .order_by(col(ContributionScore.site_name))
-        ).all()
-    )
     totals = ContributionTotals(
         sites=len(scores),
         records=sum(s.records for s in scores),
@@ -263,8 +256,17 @@ def _ledger(
         ).all()
     }
     refs = _release_refs(session, list(records), sites)
+    scores: dict[int, list[ContributionScore]] = {}
+    for score in session.exec(
+        select(ContributionScore)
+        .where(col(ContributionScore.run_id).in_(list(records)))
+        .order_by(col(ContributionScore.site_name))
+    ).all():
+        scores.setdefault(score.run_id, []).append(score)
     entries = [
-        _entry(session, records[run.id], run, sites, hidden, refs.get(run.id, [])) for run in runs if run.id in records
+        _entry(records[run.id], run, scores.get(run.id, []), sites, hidden, refs.get(run.id, []))
+        for run in runs
+        if run.id in records
     ]
     return ContributionLedger(
         federation_id=fid,
