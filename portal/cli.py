@@ -5,7 +5,8 @@ Local (on the portal host, using DATABASE_URL / SANGSAENG_PORTAL_* settings):
 Remote (any machine; --portal URL and a token from `login` or SANGSAENG_PORTAL_TOKEN):
     login, create-federation, invite, approve / reject / suspend / reinstate / revoke,
     coordinator-token, site-keys, upload-run (coordinator token), release approve|publish|withdraw,
-    privacy-report (auditor or anchor: a run's signed privacy report, checked and written byte-exact)
+    privacy-report (auditor or anchor: a run's signed privacy report, checked and written byte-exact),
+    ledger (a federation's or release's contribution ledger, JSON or CSV), contribution-policy (anchor)
 """
 
 from __future__ import annotations
@@ -428,3 +429,60 @@ def release(
     body = {"reason": reason or "withdrawn by the anchor"} if action == "withdraw" else None
     answer = _call(portal, token, "POST", f"/releases/{release_id}/{action}", json=body)
     typer.echo(f"release {answer['version']} is now {answer['status']}")
+
+
+@app.command()
+def ledger(
+    federation: Annotated[int | None, typer.Option(help="Federation id: every scored run.")] = None,
+    release_id: Annotated[int | None, typer.Option("--release", help="Release id: its run only.")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the ledger as CSV to this file.")] = None,
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """The contribution ledger as the caller may see it (a supplier: its own rows, its share and the total)."""
+    if (federation is None) == (release_id is None):
+        fail("give one of --federation or --release")
+    path = f"/federations/{federation}/contributions" if release_id is None else f"/releases/{release_id}/contributions"
+    if csv is None:
+        _show(_call(portal, token, "GET", path))
+        return
+    from portal.protocol import API_PREFIX
+    from sangsaeng.errors import PortalRequestError
+    from sangsaeng.files import write_atomic
+
+    try:
+        with _http(portal, token) as api:
+            text = api.request("GET", f"{API_PREFIX}{path}.csv").text
+    except PortalRequestError as exc:
+        fail(str(exc))
+        return
+    write_atomic(csv, text.encode("utf-8"))
+    typer.echo(f"{max(len(text.splitlines()) - 1, 0)} ledger row(s) written to {csv}")
+
+
+@app.command("contribution-policy")
+def contribution_policy(
+    federation: Annotated[int, typer.Option(help="Federation id.")],
+    min_share: Annotated[
+        str, typer.Option(help="Least share of a release's run a supplier must have contributed to pull it; 'off'.")
+    ],
+    basis: Annotated[str, typer.Option(help="utility_share or data_share.")] = "utility_share",
+    portal: PortalUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Set the minimum contribution for release access, or switch it off (anchor admin; default off)."""
+    if min_share.strip().lower() == "off":
+        share: float | None = None
+    else:
+        try:
+            share = float(min_share)
+        except ValueError:
+            fail(f"--min-share must be a number in (0, 1] or 'off', not {min_share!r}")
+            return
+    body = {"min_share": share, "basis": basis}
+    answer = _call(portal, token, "PUT", f"/federations/{federation}/contribution-policy", json=body)
+    if answer["min_contribution_share"] is None:
+        typer.echo(f"federation {federation}: no minimum contribution for release access")
+    else:
+        typer.echo(f"federation {federation}: a supplier needs a {answer['contribution_basis'].replace('_', ' ')} of "
+                   f"at least {answer['min_contribution_share']:g} in a release's run to pull it")  # fmt: skip

@@ -7,15 +7,28 @@ short strings so SQLite and PostgreSQL share one schema. Timestamps are UTC.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, StringConstraints, field_validator
-from sqlalchemy import JSON, Boolean, Column, DateTime, Index, LargeBinary, String, UniqueConstraint, event, false
+from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    event,
+    false,
+)
 from sqlmodel import Field, SQLModel
 
 from portal.api.params import DbId
@@ -314,6 +327,13 @@ class Federation(FederationBase, table=True):
     network_ca_pem: str | None = Field(default=None, max_length=20000)
     network_ca_fingerprint: str | None = Field(default=None, max_length=64)
     superlink_address: str | None = Field(default=None, max_length=300)
+    # The minimum contribution for release access (issue 16 item 4; null: off): a supplier whose sites'
+    # share of the release's run, on `contribution_basis`, is below it cannot pull the release.
+    min_contribution_share: float | None = None
+    contribution_basis: str = Field(
+        default="utility_share",
+        sa_column=Column(String(20), nullable=False, default="utility_share", server_default="utility_share"),
+    )
 
 
 class FederationPublic(FederationBase):
@@ -329,6 +349,8 @@ class FederationPublic(FederationBase):
     dp_max_epsilon: float | None = None
     network_ca_fingerprint: str | None = None
     superlink_address: str | None = None
+    min_contribution_share: float | None = None
+    contribution_basis: str = "utility_share"
 
 
 class CoordinatorKeyRegister(SQLModel):
@@ -586,14 +608,93 @@ class SitePrivacy(SQLModel):
         return values
 
 
+# -- contribution scores (results.json "contribution", issue 16) -----------------------------------------
+SHARE_TOLERANCE = 1e-6  # shares are ratios of floats: 1.0000000002 is a share of one
+INPUTS_MAX_CHARS = 8000  # the run-level inputs, as JSON: enough for every recomputation input, never a payload
+
+
+def _finite_number(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number or null")
+    return value
+
+
+FiniteOrNull = Annotated[float | None, AfterValidator(_finite_number)]
+
+
+def _share(value: float) -> float:
+    if not math.isfinite(value) or not -SHARE_TOLERANCE <= value <= 1 + SHARE_TOLERANCE:
+        raise ValueError("data_share must be a finite number between 0 and 1")
+    return min(max(value, 0.0), 1.0)
+
+
+class ContributionSiteReport(SQLModel):
+    """One site's scores in a run's ``contribution`` block (results.json, schema agreed with the coordinator).
+
+    `utility` is a Shapley value in metric units (may be negative), `utility_share` that value
+    over the grand coalition's gain, `leave_one_out` the metric lost without the site; all
+    three are null where the method could not see single updates (secure aggregation).
+    Non-finite numbers, a data share outside [0, 1] and negative counts are refused.
+    """
+
+    records: int = Field(ge=0, le=10**12)
+    rounds_trained: int = Field(ge=0, le=100000)
+    data_share: Annotated[float, AfterValidator(_share)]
+    utility: FiniteOrNull = None
+    utility_share: FiniteOrNull = None
+    leave_one_out: FiniteOrNull = None
+    flag: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,39}$")] | None = None
+    # What the site got back: its primary metric on its own held-out rows, alone and with the network.
+    alone: FiniteOrNull = None
+    with_network: FiniteOrNull = None
+
+
+REASON_MAX_CHARS = 500
+
+
+def _cut_reason(value: Any) -> Any:
+    """A reason longer than the column is cut (with an ellipsis), never the cause of a refused run."""
+    if isinstance(value, str) and len(value) > REASON_MAX_CHARS:
+        return value[: REASON_MAX_CHARS - 1] + "…"
+    return value
+
+
+def _json_inputs(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("inputs must hold finite numbers only") from None
+    if len(text) > INPUTS_MAX_CHARS:
+        raise ValueError(f"inputs are {len(text)} characters as JSON; the limit is {INPUTS_MAX_CHARS}")
+    return value
+
+
+class ContributionReport(SQLModel):
+    """A run's ``contribution`` block: the method, its metric and inputs, the total gain, and per-site scores.
+
+    `method` is null where no utility method could run (secure aggregation); `not_available`
+    names each method not computed and why. Keys the portal does not know are ignored.
+    """
+
+    method: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,39}$")] | None = None
+    metric: MetricName
+    inputs: Annotated[dict[str, Any], AfterValidator(_json_inputs)] = Field(default_factory=dict)
+    total_gain: FiniteOrNull = None
+    not_available: dict[
+        Annotated[str, StringConstraints(max_length=40)], Annotated[str, BeforeValidator(_cut_reason)]
+    ] = Field(default_factory=dict, max_length=20)
+    per_site: dict[Name, ContributionSiteReport] = Field(min_length=1, max_length=10000)
+
+
 class RunReport(SQLModel):
-    """What the coordinator reports of a run: its reference, status, sites, rounds and each site's privacy spend."""
+    """What the coordinator reports of a run: reference, status, sites, rounds, privacy spend, contribution scores."""
 
     run_ref: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
     status: RunStatus = RunStatus.completed
     sites: list[Name] = Field(min_length=1, max_length=10000)
     rounds: list[RoundReport] = Field(default_factory=list, max_length=100000)
     privacy: dict[Name, SitePrivacy] | None = None
+    contribution: ContributionReport | None = None  # results.json "contribution"; absent for older runs
 
 
 class TrainingRun(SQLModel, table=True):
@@ -624,6 +725,158 @@ class RunPublic(SQLModel):
     final_metrics: dict[str, Any]
     privacy: dict[str, Any] | None
     created_at: datetime
+
+
+class ContributionRun(SQLModel, table=True):
+    """A run's contribution method, metric, inputs and total gain: the run-level part of its ledger entry."""
+
+    __tablename__ = "contribution_run"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="training_run.id", unique=True, index=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    method: str | None = Field(default=None, max_length=40)
+    metric: str = Field(max_length=40)
+    inputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    total_gain: float | None = None
+    not_available: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+
+
+class ContributionScore(SQLModel, table=True):
+    """One site's contribution scores in one run (one row per run and site); its membership names its supplier."""
+
+    __tablename__ = "contribution_score"
+    __table_args__ = (UniqueConstraint("run_id", "site_name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="training_run.id", index=True)
+    federation_id: int = Field(foreign_key="federation.id", index=True)
+    membership_id: int = Field(foreign_key="membership.id", index=True)
+    site_name: str = Field(max_length=100)
+    records: int = Field(sa_column=Column(BigInteger, nullable=False))
+    rounds_trained: int
+    data_share: float
+    utility: float | None = None
+    utility_share: float | None = None
+    leave_one_out: float | None = None
+    flag: str | None = Field(default=None, max_length=40)
+    alone: float | None = None
+    with_network: float | None = None
+
+
+class ContributionRow(SQLModel):
+    """One site's scores as the ledger shows them, and its metric alone and with the network (if measured)."""
+
+    site: str
+    records: int
+    rounds_trained: int
+    data_share: float
+    utility: float | None
+    utility_share: float | None
+    leave_one_out: float | None
+    flag: str | None
+    alone: float | None = None
+    with_network: float | None = None
+
+
+class ContributionTotals(SQLModel):
+    """The federation total of one run: sites scored, records, the sums of shares and utilities, the total gain."""
+
+    sites: int
+    records: int
+    data_share: float
+    utility: float | None
+    total_gain: float | None
+
+
+class OwnContribution(SQLModel):
+    """A supplier's (or site's) own part of one run: its sites and their summed shares and utility."""
+
+    sites: list[str]
+    records: int
+    data_share: float
+    utility: float | None
+    utility_share: float | None
+
+
+class ReleaseRef(SQLModel):
+    """A release of the run, as far as the caller may see it."""
+
+    id: int
+    version: str
+    status: ReleaseStatus
+
+
+class ContributionRunPublic(SQLModel):
+    """One run in the ledger: method, metric, inputs, what was not available, rows, totals and the caller's own part.
+
+    The anchor, auditors and the coordinator get every site's row and `own` null; a supplier or
+    site only the rows of its own sites, the federation totals and `own`.
+    """
+
+    run_id: int
+    run_ref: str
+    created_at: datetime
+    method: str | None
+    metric: str
+    inputs: dict[str, Any]
+    total_gain: float | None
+    not_available: dict[str, str]
+    rows: list[ContributionRow]
+    totals: ContributionTotals
+    own: OwnContribution | None
+    releases: list[ReleaseRef]
+
+
+class ContributionBasis(StrEnum):
+    """Which share the minimum contribution is measured on: the utility (Shapley) share or the data share."""
+
+    utility_share = "utility_share"
+    data_share = "data_share"
+
+
+class ContributionPolicy(SQLModel):
+    """The minimum contribution for release access: the share (null: off) and what it is measured on."""
+
+    min_share: float | None
+    basis: ContributionBasis
+
+
+def _policy_share(value: float | None) -> float | None:
+    if value is not None and (not math.isfinite(value) or not 0 < value <= 1):
+        raise ValueError("must be a share in (0, 1], or null to switch the minimum off")
+    return value
+
+
+class ContributionPolicyUpdate(SQLModel):
+    """The anchor's minimum contribution for release access; null switches it off (the default)."""
+
+    min_share: Annotated[float | None, AfterValidator(_policy_share)] = Field(
+        description="the least share of the release's run a supplier's sites must have contributed to pull it; "
+        "null: no minimum",
+    )
+    basis: ContributionBasis = ContributionBasis.utility_share
+
+
+class ReleaseAccess(SQLModel):
+    """Whether the caller's organisation may pull the release under the minimum contribution, and if not why."""
+
+    allowed: bool
+    reason: str | None
+
+
+class ContributionLedger(SQLModel):
+    """A federation's (or one release's) contribution ledger as the caller may see it, newest run first.
+
+    `view` is ``all`` for the anchor, auditors and the coordinator, ``own`` for a supplier or
+    site; `access` is set for a supplier or site on a release's ledger.
+    """
+
+    federation_id: int
+    release_id: int | None
+    view: Literal["all", "own"]
+    policy: ContributionPolicy
+    runs: list[ContributionRunPublic]
+    access: ReleaseAccess | None = None
 
 
 class PrivacyEntry(SQLModel):
@@ -888,8 +1141,22 @@ __all__ = [
     "SiteStatus",
     "RoundReport",
     "SitePrivacy",
+    "ContributionSiteReport",
+    "ContributionReport",
     "RunReport",
     "TrainingRun",
+    "ContributionRun",
+    "ContributionScore",
+    "ContributionRow",
+    "ContributionTotals",
+    "OwnContribution",
+    "ReleaseRef",
+    "ContributionRunPublic",
+    "ContributionBasis",
+    "ContributionPolicy",
+    "ContributionPolicyUpdate",
+    "ReleaseAccess",
+    "ContributionLedger",
     "RunPublic",
     "PrivacyEntry",
     "PrivacyReport",

@@ -1,7 +1,8 @@
 """The coordinator's side of the portal: report a finished run, its signed privacy report and its model.
 
-Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.npz`` and,
-for DP runs, ``privacy/report.json`` with ``report.json.sig`` and ``coordinator.pub.pem``)
+Reads a coordinator run directory (``manifest.json``, ``checkpoints/round_NNN.npz``, the
+contribution scores of ``results.json`` when it has them and, for DP runs,
+``privacy/report.json`` with ``report.json.sig`` and ``coordinator.pub.pem``)
 and talks to the portal with a coordinator token, through `sangsaeng.portal_api.PortalAPI`
 (a portal that refuses or cannot be reached raises its `PortalRequestError`).
 
@@ -36,13 +37,14 @@ from sangsaeng.files import read_checked_json, write_json
 from sangsaeng.portal_api import PortalAPI
 
 __all__ = [
-    "UploadError", "run_report", "privacy_summary", "signed_report", "upload_run",
+    "UploadError", "run_report", "contribution", "privacy_summary", "signed_report", "upload_run",
     "QUEUE_FILE", "queue_upload", "queued_upload", "upload_with_retry", "transient",
 ]  # fmt: skip
 
 QUEUE_FILE = "portal-upload.json"
 
 PUBLIC_KEY_NAME = "coordinator.pub.pem"
+RESULTS_NAME = "results.json"  # coordinator.report.RESULTS, beside the manifest
 METRIC_NAME_LENGTH = 40  # the portal's limit on a metric's name (portal.models.Metrics)
 
 
@@ -119,13 +121,36 @@ def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any
         }
         rounds.append({"round": int(record["round"]), "metrics": _numbers(metrics, where=where), "per_site": per_site})
     status = manifest.get("status", "completed")
-    return {
+    report = {
         "run_ref": str(manifest.get("run_id", run_dir.name)),
         "status": status if status in ("running", "completed", "failed") else "failed",
         "sites": sorted(manifest.get("sites", {})),
         "rounds": rounds,
         "privacy": privacy_summary(privacy_path or run_dir / "privacy" / "report.json"),
     }
+    scores = contribution(run_dir)
+    if scores is not None:
+        report["contribution"] = scores
+    return report
+
+
+def contribution(run_dir: Path) -> dict[str, Any] | None:
+    """The ``contribution`` block of the run's results.json (the ledger's scores), or None.
+
+    A run directory without results.json, or whose results.json has no such block (runs from
+    before contribution scores), reports no scores.
+    """
+    path = Path(run_dir) / RESULTS_NAME
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UploadError(f"{path}: not valid JSON ({exc})") from None
+    block = results.get("contribution") if isinstance(results, dict) else None
+    if block is not None and not isinstance(block, dict):
+        raise UploadError(f"{path}: 'contribution' must be an object, not {type(block).__name__}")
+    return block
 
 
 def signed_report(report_path: Path) -> dict[str, str] | None:

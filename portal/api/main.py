@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from portal.api.routes import (
     audit,
+    contributions,
     enrolment,
     federations,
     login,
@@ -33,5 +34,7 @@ for router in (
     releases.release_router,
     audit.router,
     audit.keys_router,
+    contributions.router,
+    contributions.release_router,
 ):
     api_router.include_router(router)

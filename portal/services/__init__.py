@@ -10,6 +10,7 @@ Nothing is changed when a check fails. Import a flow from its area's module::
     tokens.py        coordinator tokens: issue, list, revoke
     runs.py          the coordinator reports runs; each role sees what it may
     privacy.py       per-site privacy spend; the coordinator's signed privacy reports
+    contributions.py the contribution ledger per federation and release; the minimum contribution
     releases.py      candidate upload, release gate, approval, signed publication, withdrawal, download
     audit.py         a federation's audit trail and its hash-chain check
     organisations.py the organisations each caller sees; the anchor creating them

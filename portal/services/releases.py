@@ -39,6 +39,7 @@ from portal.models import (
 )
 from portal.protocol import signing_payload
 from portal.services._db import commit
+from portal.services.contributions import require_contribution
 from portal.services.memberships import ADMITTED
 from privacy.errors import ReportInvalid
 from privacy.report import REL_TOLERANCE, check_epsilons
@@ -374,8 +375,12 @@ def get_release_public(session: Session, principal: Principal, release_id: int) 
 
 
 def release_artifact(session: Session, principal: Principal, release_id: int) -> tuple[ModelRelease, bytes]:
-    """The artifact bytes: any status for the anchor, coordinator and auditors; published only for sites."""
-    release, _, role = _get_release(session, principal, release_id)
+    """The artifact bytes: any status for the anchor, coordinator and auditors; published only for sites.
+
+    A site (or supplier) must be admitted, and meet the federation's minimum contribution if the
+    anchor set one (`portal.services.contributions.require_contribution`).
+    """
+    release, federation, role = _get_release(session, principal, release_id)
     if role in ("supplier", "client"):
         if release.status == ReleaseStatus.withdrawn:
             raise Gone(f"release {release.version} was withdrawn: {release.withdrawn_reason}")
@@ -390,6 +395,8 @@ def release_artifact(session: Session, principal: Principal, release_id: int) ->
         ).first()
         if admitted is None:
             raise Forbidden("only approved or active sites may download releases")
+        org_id = principal.site.organisation_id if role == "client" else principal.org_id
+        require_contribution(session, federation, release, org_id)  # the anchor's minimum, if it set one
     artifact = session.get(ModelArtifact, release.artifact_id)
     assert artifact is not None
     return release, artifact.content

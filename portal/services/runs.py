@@ -9,12 +9,13 @@ from portal.access import Principal, federation_view, own_sites, require
 from portal.core.errors import BadRequest, Conflict, NotFound
 from portal.models import Membership, RunPublic, RunReport, TrainingRun
 from portal.services._db import commit
+from portal.services.contributions import store_contribution
 
 __all__ = ["report_run", "runs_of", "run_public"]
 
 
 def report_run(session: Session, principal: Principal, federation_id: int, report: RunReport) -> TrainingRun:
-    """The coordinator reports a run: per-round metrics and, for DP runs, the per-site privacy summary."""
+    """The coordinator reports a run: per-round metrics, for DP runs the per-site privacy, and contribution scores."""
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("coordinator",), "report runs")
     if session.exec(
@@ -46,6 +47,11 @@ def report_run(session: Session, principal: Principal, federation_id: int, repor
     )
     session.add(run)
     session.flush()
+    if report.contribution is not None:
+        members = {
+            m.site_name: m for m in session.exec(select(Membership).where(Membership.federation_id == federation_id))
+        }
+        store_contribution(session, run, report.contribution, members)
     audit.record(
         session,
         actor=principal.label,
@@ -58,6 +64,7 @@ def report_run(session: Session, principal: Principal, federation_id: int, repor
             "rounds": len(rounds),
             "sites": run.sites,
             "dp": run.privacy is not None,
+            "contribution": report.contribution.method if report.contribution is not None else None,
         },
     )
     commit(session, f"run '{report.run_ref}'")

@@ -1,4 +1,4 @@
-"""Tiny server-side SVG line charts (no JavaScript): metric over rounds, epsilon over rounds."""
+"""Tiny server-side SVG charts (no JavaScript): metric and epsilon over rounds, contribution shares per site."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from html import escape
 
 from markupsafe import Markup
 
-__all__ = ["line_chart"]
+__all__ = ["line_chart", "bar_chart"]
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -75,6 +75,73 @@ def line_chart(
         for x, y in clean:
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>')
         ly = top + 14 * i + 8
+        parts.append(f'<rect x="{width - right + 4}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{width - right + 18}" y="{ly + 1}" class="legend">{escape(name[:18])}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def bar_chart(
+    groups: dict[str, dict[str, float | None]],
+    *,
+    title: str,
+    y_label: str,
+    width: int = 640,
+    height: int = 280,
+) -> Markup:
+    """An SVG chart of grouped bars: one group per key of `groups` (a site), one bar per series in it.
+
+    Values may be negative (a free rider's utility share); bars start at zero. A missing value
+    (None) draws no bar, and the group's label says "n/a" for it.
+    """
+    names = list(dict.fromkeys(k for bars in groups.values() for k in bars))
+    values = [v for bars in groups.values() for v in bars.values() if v is not None]
+    if not values:
+        return Markup(f'<p class="empty">{escape(title)}: no data yet</p>')
+    left, right, top, bottom = 56, 140, 28, 48
+    y0, y1 = min(0.0, *values), max(0.0, *values)
+    pad = (y1 - y0) * 0.08 or 0.1
+    y0, y1 = (y0 - pad if y0 < 0 else y0), y1 + pad
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom)
+
+    plot = width - left - right
+    slot = plot / len(groups)
+    bar = max(2.0, min(28.0, slot * 0.8 / max(1, len(names))))
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="{left}" y="16" class="title">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{sy(0):.1f}" x2="{width - right}" y2="{sy(0):.1f}" class="axis"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" class="axis"/>',
+        f'<text x="12" y="{(top + height - bottom) / 2}" class="label" '
+        f'transform="rotate(-90 12 {(top + height - bottom) / 2})">{escape(y_label)}</text>',
+    ]
+    for frac in (0.0, 0.5, 1.0):
+        value = y0 + frac * (y1 - y0)
+        parts.append(f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" class="tick" text-anchor="end">{value:.3g}</text>')
+    for g, (group, bars) in enumerate(groups.items()):
+        start = left + g * slot + (slot - bar * len(names)) / 2
+        for i, name in enumerate(names):
+            height_of = bars.get(name)
+            if height_of is None:
+                continue
+            y_top, y_bottom = sorted((sy(height_of), sy(0)))
+            parts.append(
+                f'<rect class="bar" x="{start + i * bar:.1f}" y="{y_top:.1f}" width="{bar:.1f}" '
+                f'height="{max(y_bottom - y_top, 0.5):.1f}" fill="{PALETTE[i % len(PALETTE)]}">'
+                f"<title>{escape(group)}: {escape(name)} {height_of:.4g}</title></rect>"
+            )
+        missing = [n for n in names if bars.get(n) is None]
+        label = group[:18] + (" (n/a: " + ", ".join(missing) + ")" if missing else "")
+        parts.append(
+            f'<text x="{left + g * slot + slot / 2:.1f}" y="{height - bottom + 14}" class="tick" '
+            f'text-anchor="middle">{escape(label[:40])}</text>'
+        )
+    for i, name in enumerate(names):
+        ly = top + 14 * i + 8
+        color = PALETTE[i % len(PALETTE)]
         parts.append(f'<rect x="{width - right + 4}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
         parts.append(f'<text x="{width - right + 18}" y="{ly + 1}" class="legend">{escape(name[:18])}</text>')
     parts.append("</svg>")

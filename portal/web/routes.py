@@ -28,6 +28,7 @@ from portal.core.errors import BadRequest, Conflict, Forbidden, PortalError, Unp
 from portal.core.security import cross_site_reason, csrf_matches, csrf_token
 from portal.models import (
     AuditorAssignment,
+    ContributionBasis,
     FederationCreate,
     InviteCreate,
     Organisation,
@@ -36,14 +37,20 @@ from portal.models import (
     TrainingRun,
     UserCreate,
 )
-from portal.services import federations, organisations, users
+from portal.services import contributions, federations, organisations, users
 from portal.services.audit import audit_trail
 from portal.services.enrolment import invitation_code, invite_expiry, invite_site
 from portal.services.memberships import memberships_of, transition_membership
 from portal.services.privacy import privacy_entries, privacy_reports_of
-from portal.services.releases import approve_release, publish_release, releases_of, withdraw_release
+from portal.services.releases import (
+    approve_release,
+    get_release_public,
+    publish_release,
+    releases_of,
+    withdraw_release,
+)
 from portal.services.runs import run_public, runs_of
-from portal.web.charts import line_chart
+from portal.web.charts import bar_chart, line_chart
 from portal.web.i18n import (
     N_,
     LanguageCookie,
@@ -508,3 +515,80 @@ def audit_page(request: Request, session: SessionDep, me: Me, federation_id: int
     federation, role = federation_view(session, me, _fid(federation_id))
     events, broken = audit_trail(session, me, federation_id, limit=1000)
     return page(request, "audit.html", me, federation=federation, role=role, events=events, broken=broken, tab="audit")
+
+
+# -- contribution ledger ---------------------------------------------------------------------------------
+def _csv_download(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/federations/{federation_id}/contributions", response_class=HTMLResponse)
+def contributions_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
+    """Every scored run's contribution ledger as the person may see it, and the minimum contribution."""
+    federation, role = federation_view(session, me, _fid(federation_id))
+    ledger = contributions.federation_ledger(session, me, federation_id)
+    return page(request, "contributions.html", me, federation=federation, role=role, ledger=ledger, tab="contributions")
+
+
+@router.get("/federations/{federation_id}/contributions.csv")
+def contributions_csv(session: SessionDep, me: Me, federation_id: int) -> Response:
+    """The federation's ledger as CSV: exactly the rows the person may see."""
+    ledger = contributions.federation_ledger(session, me, _fid(federation_id))
+    return _csv_download(contributions.ledger_csv(ledger), f"contributions-federation-{federation_id}.csv")
+
+
+@router.post("/federations/{federation_id}/contribution-policy", dependencies=[Csrf])
+def contribution_policy(
+    session: SessionDep,
+    me: Me,
+    federation_id: int,
+    min_share: Annotated[str, Form(max_length=40)] = "",
+    basis: Annotated[str, Form(max_length=40)] = ContributionBasis.utility_share.value,
+) -> Response:
+    """Set the minimum contribution for release access, or switch it off with a blank share (anchor admins)."""
+    from portal.models import ContributionPolicyUpdate
+
+    try:
+        data = ContributionPolicyUpdate(min_share=float(min_share) if min_share.strip() else None, basis=basis)  # type: ignore[arg-type]  # validated here
+    except ValueError as exc:
+        raise UnprocessableContent(
+            f"min_share must be a share in (0, 1] or blank, basis utility_share or data_share ({exc})"
+        ) from None
+    contributions.set_contribution_policy(session, me, _fid(federation_id), data.min_share, data.basis)
+    return RedirectResponse(f"/federations/{federation_id}/contributions", status_code=303)
+
+
+@router.get("/releases/{release_id}/contributions", response_class=HTMLResponse)
+def release_contributions_page(request: Request, session: SessionDep, me: Me, release_id: int) -> HTMLResponse:
+    """A release's ledger with a chart of each visible site's data and utility share."""
+    ledger = contributions.release_ledger(session, me, _fid(release_id))
+    release = get_release_public(session, me, release_id)
+    federation, role = federation_view(session, me, release.federation_id)
+    rows = ledger.runs[0].rows if ledger.runs else []
+    chart = bar_chart(
+        {r.site: {"data share": r.data_share, "utility share": r.utility_share} for r in rows},
+        title=f"Contribution per site, release {release.version}",
+        y_label="share of the run",
+    )
+    return page(
+        request,
+        "release_contributions.html",
+        me,
+        federation=federation,
+        role=role,
+        release=release,
+        ledger=ledger,
+        chart=chart,
+        tab="contributions",
+    )
+
+
+@router.get("/releases/{release_id}/contributions.csv")
+def release_contributions_csv(session: SessionDep, me: Me, release_id: int) -> Response:
+    """The release's ledger as CSV: exactly the rows the person may see."""
+    ledger = contributions.release_ledger(session, me, _fid(release_id))
+    return _csv_download(contributions.ledger_csv(ledger), f"contributions-release-{release_id}.csv")

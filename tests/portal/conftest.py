@@ -27,8 +27,9 @@ from tests.portal.factories import PortalFactory
 PG_ADMIN_URL = os.environ.get("SANGSAENG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TABLES = (
-    "login_attempt, audit_event, privacy_report, model_release, model_artifact, training_run, site_credential, "
-    "invite, api_token, membership, auditor_assignment, federation, user_account, organisation"
+    "login_attempt, audit_event, contribution_score, contribution_run, privacy_report, model_release, model_artifact, "
+    "training_run, site_credential, invite, api_token, membership, auditor_assignment, federation, user_account, "
+    "organisation"
 )
 
 

@@ -206,8 +206,9 @@ class PortalFactory:
         auc: float = 0.9,
         privacy: dict[str, Any] | None = None,
         rounds: int = 3,
+        contribution: dict[str, Any] | None = None,
     ) -> dict:
-        body = {
+        body: dict[str, Any] = {
             "run_ref": f"run-{next(_counter)}",
             "sites": sites,
             "rounds": [
@@ -220,6 +221,8 @@ class PortalFactory:
             ],
             "privacy": privacy,
         }
+        if contribution is not None:
+            body["contribution"] = contribution
         response = self.client.post(f"{API}/federations/{federation_id}/runs", headers=coordinator, json=body)
         assert response.status_code == 201, response.text
         return response.json()
@@ -239,6 +242,53 @@ class PortalFactory:
             response = self.client.post(f"{API}/releases/{release['id']}/{step}", headers=anchor.headers)
             assert response.status_code == 200, response.text
         return response.json()
+
+
+def contribution(
+    sites: dict[str, tuple[int, float | None]], *, rounds: int = 3, secagg: bool = False, seed: int = 0
+) -> dict[str, Any]:
+    """A results.json ``contribution`` block (the schema agreed with wt-contrib) for `sites`.
+
+    `sites` maps a site to (records, utility); every site trained every round. Shares are
+    computed from the values, so the block is consistent: data shares sum to 1 and utility
+    shares to 1 (efficiency). Under `secagg` only the data share is given, as the schema says.
+    """
+    total_records = sum(records for records, _ in sites.values())
+    gain = sum(u for _, u in sites.values() if u is not None)
+    per_site = {}
+    for site, (records, utility) in sites.items():
+        near_zero = utility is not None and utility <= 0.01 * abs(gain)
+        per_site[site] = {
+            "records": records,
+            "rounds_trained": rounds,
+            "data_share": records / total_records,
+            "utility": None if secagg else utility,
+            "utility_share": None if secagg or utility is None else utility / gain,
+            "leave_one_out": None if secagg or utility is None else utility * 0.9,
+            "flag": "free_rider" if near_zero and not secagg else None,
+            "alone": 0.7 + records / 10000,  # what the site got back: its metric alone / with the network
+            "with_network": 0.85 + records / 100000,
+        }
+    return {
+        "method": None if secagg else "gtg-shapley",
+        "metric": "roc_auc",
+        "inputs": {
+            "rounds": rounds,
+            "coalitions_per_round": 16,
+            "coalitions_evaluated": 0 if secagg else 16 * rounds,
+            "seed": seed,
+            "truncation": {"within_round": 0.001, "between_round": 0.001},
+            "initial_metric": 0.61,
+            "final_metric": 0.61 + gain,
+        },
+        "total_gain": None if secagg else gain,
+        "not_available": (
+            {"utility": "secure aggregation hides single updates", "leave_one_out": "needs a SecAgg+ run per coalition"}
+            if secagg
+            else {}
+        ),
+        "per_site": per_site,
+    }
 
 
 def release_body(run_id: int, version: str = "1.0.0", data: bytes | None = None) -> dict[str, Any]:
@@ -338,7 +388,7 @@ class Tenant:
 def tenant(portal: PortalFactory, prefix: str) -> Tenant:
     """An anchor with a federation, an approved supplier site (admin from enrolment), an auditor
     organisation it created with one auditor assigned, a coordinator token, a DP run with its
-    signed privacy report, a published release and a draft."""
+    signed privacy report and contribution scores, a published release and a draft."""
     import base64
 
     from privacy.keys import PUBLIC_NAME, load_signing_key, public_pem
@@ -377,7 +427,9 @@ def tenant(portal: PortalFactory, prefix: str) -> Tenant:
     assert issued.status_code == 201, issued.text
     coordinator = bearer(issued.json()["token"])
     privacy = recorded_privacy(build_report(dp_manifest("any", sites=(site.site_name,))))
-    run = portal.run(coordinator, fid, [site.site_name], privacy=privacy)
+    run = portal.run(
+        coordinator, fid, [site.site_name], privacy=privacy, contribution=contribution({site.site_name: (1200, 0.2)})
+    )
     path = write_signed_report(
         build_report(dp_manifest(run["run_ref"], sites=(site.site_name,))), portal.tmp_path / f"{prefix}-privacy", key
     )

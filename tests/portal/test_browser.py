@@ -266,3 +266,55 @@ def test_each_role_reads_korean_and_english_pages_without_boxes(portal, live_ser
                 check_glyphs(page, fonts_too=language == "ko")  # English pages: the brand and names only
         context.close()
     assert len(list(screenshots.glob("*-ko-*.png"))) == len(list(screenshots.glob("*-en-*.png"))) == 11
+
+
+def test_contribution_ledger_shows_each_role_only_what_it_may(portal, live_server, browser, screenshots):
+    """The anchor and auditor see every supplier's score and the chart; a supplier only its own; a stranger 404."""
+    from tests.portal.factories import contribution, network
+
+    base = live_server
+    net = network(portal)
+    scores = {"alpha-line-1": (1200, 0.20), "beta-line-1": (800, 0.06)}
+    run = portal.run(net.coordinator, net.fid, ["alpha-line-1", "beta-line-1"], contribution=contribution(scores))
+    release = portal.published(net.anchor, net.coordinator, net.fid, run["id"])
+    ledger = f"{base}/releases/{release['id']}/contributions"
+    for who, name in ((net.anchor, "anchor"), (net.auditor, "auditor")):
+        context = browser.new_context(locale="en-US", viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        sign_in(page, base, who.email)
+        page.goto(f"{base}/federations/{net.fid}/releases")
+        page.click("[data-action=ledger-1\\.0\\.0]")
+        page.wait_for_url(ledger)
+        table = page.inner_text(f"[data-testid=ledger-{run['run_ref']}]")
+        assert "alpha-line-1" in table and "beta-line-1" in table
+        assert page.locator("svg.chart rect.bar").count() == 4
+        page.screenshot(path=str(screenshots / f"ledger-{name}.png"), full_page=True)
+        exported = context.request.get(f"{ledger}.csv").text()
+        assert "alpha-line-1" in exported and "beta-line-1" in exported
+        context.close()
+    context = browser.new_context(locale="en-US", viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    sign_in(page, base, net.supplier_a.email)
+    page.goto(ledger)
+    main = page.inner_text("main")
+    assert "alpha-line-1" in main and "beta-line-1" not in main and net.site_b.org_name not in main
+    assert "Your share" in main and "may pull this release" in page.inner_text("[data-testid=access]")
+    assert page.locator("svg.chart rect.bar").count() == 2
+    assert "beta-line-1" not in page.content()
+    page.screenshot(path=str(screenshots / "ledger-supplier.png"), full_page=True)
+    for path in (f"{ledger}.csv", f"{base}/federations/{net.fid}/contributions.csv"):
+        exported = context.request.get(path).text()
+        assert "alpha-line-1" in exported and "beta-line-1" not in exported
+    page.goto(f"{base}/federations/{net.fid}/contributions")
+    assert page.locator("[data-testid=policy-form]").count() == 0
+    context.close()
+    stranger = portal.anchor()
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    sign_in(page, base, stranger.email)
+    for path in (ledger, f"{ledger}.csv", f"{base}/federations/{net.fid}/contributions"):
+        response = page.goto(path) if not path.endswith(".csv") else None
+        status = response.status if response is not None else context.request.get(path).status
+        assert status == 404, path
+    assert "alpha-line-1" not in page.content()
+    context.close()

@@ -139,6 +139,8 @@ def snapshot(world: World, t: Tenant) -> dict[str, list[Any]]:
         "privacy_report": "SELECT id, sha256 FROM privacy_report WHERE run_id IN "
         f"(SELECT id FROM training_run WHERE federation_id = {t.fid}) ORDER BY id",
         "model_release": f"SELECT * FROM model_release WHERE federation_id = {t.fid} ORDER BY id",
+        "contribution_run": f"SELECT * FROM contribution_run WHERE federation_id = {t.fid} ORDER BY id",
+        "contribution_score": f"SELECT * FROM contribution_score WHERE federation_id = {t.fid} ORDER BY id",
         "audit_event": f"SELECT id, hash FROM audit_event WHERE federation_id = {t.fid} ORDER BY id",
     }
     with world.app.state.engine.connect() as conn:
@@ -192,6 +194,7 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "CoordinatorKeyRegister": lambda b: [{"public_key_pem": _probe_key_pem()}],
     "PrivacyPolicyUpdate": lambda b: [{"dp_max_epsilon": 100.0}, {"dp_max_epsilon": None}],
     "NetworkSettings": lambda b: [{"ca_cert_pem": _probe_ca_pem(), "superlink_address": "mallory.example:9092"}],
+    "ContributionPolicyUpdate": lambda b: [{"min_share": 0.9, "basis": "data_share"}, {"min_share": None}],
 }
 
 
@@ -328,6 +331,48 @@ def test_no_route_reads_or_writes_the_other_tenant(world: World, role: str) -> N
                     problems.append(f"{label}: changed B's rows")
                     before = snapshot(world, b)
     assert checked > 40, f"only {checked} calls: did the schema lose its routes?"
+    assert not problems, "\n".join(problems)
+
+
+def web_pages() -> list[str]:
+    """Every web page (a GET of the web router) that names an object in its path."""
+    from fastapi.routing import APIRoute
+
+    from portal.web.routes import router
+
+    return [r.path for r in router.routes if isinstance(r, APIRoute) and "GET" in r.methods and "{" in r.path]
+
+
+@pytest.mark.parametrize("role", ("anchor", "supplier", "auditor"))
+def test_no_web_page_shows_the_other_tenant(world: World, role: str) -> None:
+    """Each page and CSV download, signed in as A's `role` with B's ids: read exactly like a missing id."""
+    from portal.api.deps import SESSION_COOKIE
+
+    token = world.headers(role)["Authorization"].removeprefix("Bearer ")
+    cookie = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    pages = web_pages()
+    assert "/federations/{federation_id}/contributions" in pages and "/releases/{release_id}/contributions" in pages
+    problems = []
+    for path in pages:
+        names = re.findall(r"{(\w+)}", path)
+        theirs, absent = path, path
+        ids: dict[str, str] = {}
+        missing_ids: dict[str, str] = {}
+        for name in names:
+            ids[name] = str(path_values(name, {}, world.b)[0])
+            missing_ids[name] = str(path_values(name, {}, None)[0])
+            theirs = theirs.replace("{" + name + "}", ids[name])
+            absent = absent.replace("{" + name + "}", missing_ids[name])
+        response = world.client.get(theirs, headers=cookie, follow_redirects=False)
+        other = world.client.get(absent, headers=cookie, follow_redirects=False)
+        if response.status_code < 300:
+            problems.append(f"{role}: GET {theirs}: {response.status_code} (must be refused)")
+        if leak := leaked(response, world.b):
+            problems.append(f"{role}: GET {theirs}: the page holds B's {leak}")
+        if (response.status_code, masked(response, ids)) != (other.status_code, masked(other, missing_ids)):
+            problems.append(
+                f"{role}: GET {theirs}: {response.status_code} differs from a missing id's {other.status_code}"
+            )
     assert not problems, "\n".join(problems)
 
 
