@@ -146,6 +146,12 @@ def run(
     options: TrainingOptions,
 ) -> None:
     """Train on the admitted sites through the running SuperLink (`coordinator up`)."""
+    from sangsaeng.extras import require
+
+    try:  # the run's TOML config here, results.json's plot in the ServerApp when the run ends
+        require("coordinator", "sangsaeng coordinator run", modules=["tomli_w", "matplotlib"])
+    except SangsaengError as exc:
+        fail(exc)
     import tomli_w
 
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
