@@ -144,3 +144,18 @@ def test_a_light_install_runs_the_site_and_names_the_extra_a_command_needs(tmp_p
     assert "needs ray, matplotlib " + not_installed.format("coordinator") in said["demo --rounds exit=2"]
     assert 'pip install "sangsaeng[portal]"' in said["portal serve exit=2"]
     assert not (tmp_path / "demo").exists()  # refused before any file is written
+
+
+def test_client_start_checks_the_client_app_imports_in_a_child_process(tmp_path, monkeypatch) -> None:
+    """`client start` stays light until its first task, yet a broken install still fails at start."""
+    from client.errors import NodeError
+    from client.node import check_client_app_imports
+
+    check_client_app_imports()  # this install's ClientApp imports
+    broken = tmp_path / "client"  # a child started here finds this `client` package first
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "client_app.py").write_text("import torch_that_is_not_installed\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NodeError, match="ClientApp cannot be imported .*torch_that_is_not_installed.*reinstall"):
+        check_client_app_imports()
