@@ -14,6 +14,9 @@ mode, and then serves that SuperNode's tasks itself, in one long-lived process:
 * **No start-up cost per round.** Flower's default launches a fresh ``flwr-clientapp`` process
   (re-importing torch) for every message; the worker imports everything once and takes each
   task from the SuperNode's Runtime API with Flower's own client calls.
+* **A light idle site.** The worker imports the ClientApp (torch, opacus, scikit-learn: about
+  350 MB resident) when the first task arrives, not at start: a site waiting for its first run
+  holds only the SuperNode and a small poller (BENCHMARKS.md, "Supplier install").
 
 A stock ``flower-supernode`` in its default subprocess mode also works with our bundle (the
 bundle holds no code, so it too runs the installed ClientApp); `client start` adds the checks.
@@ -21,6 +24,7 @@ bundle holds no code, so it too runs the installed ClientApp); `client start` ad
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -47,6 +51,7 @@ __all__ = [
     "serve_tasks",
     "check_bundle",
     "check_private_key",
+    "check_client_app_imports",
     "start_command",
 ]
 
@@ -174,6 +179,27 @@ def _run_one_task(runtime_address: str, token: str, client_app: Any) -> str:
         client.close()
 
 
+def check_client_app_imports() -> None:
+    """Import the installed ClientApp in a short-lived child process; `NodeError` if it cannot be imported.
+
+    A broken install fails at `client start`, not mid-round, and the long-lived worker stays
+    light until its first task (it imports the ClientApp then).
+    """
+    done = subprocess.run([sys.executable, "-c", "import client.client_app"], capture_output=True, text=True,
+                          env={**os.environ, **airgap.AIRGAP_ENV})  # fmt: skip
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise NodeError(f"this site's ClientApp cannot be imported ({lines[-1]}): reinstall sangsaeng")
+
+
+@functools.cache
+def _installed_client_app() -> Any:
+    """The ClientApp of the installed Sangsaeng (`client.client_app.app`), imported once, on the first task."""
+    from client.client_app import app
+
+    return app
+
+
 def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float = 0.1) -> None:
     """Take the SuperNode's ClientApp tasks one after another, in this process."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
@@ -181,8 +207,6 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
-
-    from client.client_app import app as client_app  # the installed code, imported once
 
     executor = RuntimeHttpClient.from_server_address(
         server_address=runtime_address, insecure=True, root_certificates=None,
@@ -198,6 +222,7 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
                 time.sleep(1.0)
                 continue
             if response.HasField("task") and response.token:
+                client_app = _installed_client_app()  # a broken install stops the worker here, loudly
                 try:
                     log.info(_run_one_task(runtime_address, response.token, client_app))
                 except Exception:  # one failed task must not stop the site
@@ -247,8 +272,7 @@ def start_command(
                             node_config=node_config, runtime_port=runtime_port,
                             log_file=site_dir / "supernode.log")  # fmt: skip
     try:
-        from models.schema import load_site_data  # noqa: F401  (fail here, not mid-round, on a broken install)
-
+        check_client_app_imports()
         process = start_supernode(settings)
     except SangsaengError as exc:
         typer.echo(f"error: {exc}")

@@ -40,7 +40,10 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     from coordinator.report import contribution_table, privacy_table, results_table
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
+    from sangsaeng.extras import require
 
+    require("coordinator", "a federation on one machine (Flower's simulation engine, the results plot)",
+            modules=["ray", "matplotlib"])  # fmt: skip
     frame: pd.DataFrame = read_table(frame_source)
     if split_column not in frame.columns:
         fail(SangsaengError(f"{frame_source}: split column '{split_column}' is not in the data"))

@@ -189,6 +189,12 @@ def run(
     reached the upload stays queued in OUT/portal-upload.json and is retried (nothing is
     lost); `sangsaeng portal upload-run OUT` finishes it later.
     """
+    from sangsaeng.extras import require
+
+    try:  # the run's TOML config here, results.json's plot in the ServerApp when the run ends
+        require("coordinator", "sangsaeng coordinator run", modules=["tomli_w", "matplotlib"])
+    except SangsaengError as exc:
+        fail(exc)
     import tomli_w
 
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir

@@ -130,6 +130,15 @@ def up(
     """Start the portal, the coordinator and three supplier sites here, and walk a whole DP run to a release."""
     import httpx
 
+    from sangsaeng.errors import SangsaengError
+    from sangsaeng.extras import require
+
+    try:  # every role runs here: the anchor's coordinator and the portal server too
+        require("coordinator", "sangsaeng network up")
+        require("portal", "sangsaeng network up")
+    except SangsaengError as exc:
+        fail(exc)
+
     from coordinator.simulation import write_site_files
     from models.datasets import SAMPLES, sample_path
     from models.schema import read_table

@@ -273,6 +273,9 @@ def run_flower_simulation(
     from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
 
+    from sangsaeng.extras import require
+
+    require("coordinator", "Flower's simulation engine", modules=["ray"])
     sites = [
         SiteConfig(
             name=name,

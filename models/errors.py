@@ -6,23 +6,20 @@ Exception tree::
      ├── TaskSpecError      a task definition is unusable; refused before any training
      ├── SiteDataError      a site's data file does not match its task's schema
      └── MissingExtraError  an optional extra (`pip install "sangsaeng[vision]"`) is needed
+                            (defined in sangsaeng.errors: every role raises it)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sangsaeng.errors import SangsaengError
+from sangsaeng.errors import MissingExtraError, SangsaengError
 
 __all__ = ["MissingExtraError", "SangsaengError", "SiteDataError", "TaskSpecError"]
 
 
 class TaskSpecError(SangsaengError):
     """A task specification is invalid (unknown kind, leak column as feature, ...)."""
-
-
-class MissingExtraError(SangsaengError):
-    """A feature needs an optional dependency that is not installed; the message names the install command."""
 
 
 class SiteDataError(SangsaengError):

@@ -13,6 +13,7 @@ import pandas as pd
 
 from models.errors import SiteDataError
 from models.tasks import NO_FLAG_CLASS, TaskSpec
+from sangsaeng.extras import require
 
 __all__ = ["read_table", "validate_frame", "load_site_data"]
 
@@ -21,7 +22,10 @@ _CSV_SUFFIXES = {".csv", ".txt"}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet export. Raises `SiteDataError` for missing/empty/unreadable files."""
+    """Read a CSV or Parquet export. Raises `SiteDataError` for missing/empty/unreadable files.
+
+    Parquet needs the ``parquet`` extra (pyarrow): without it, `MissingExtraError` names the install command.
+    """
     path = Path(path)
     if not path.exists():
         raise SiteDataError(path, "file not found")
@@ -30,6 +34,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise SiteDataError(path, "file is empty")
     suffix = path.suffix.lower()
+    if suffix in _PARQUET_SUFFIXES:  # a CSV site's light install has no pyarrow
+        require("parquet", f"{path}: reading Parquet", modules=["pyarrow"])
     try:
         if suffix in _PARQUET_SUFFIXES:
             frame = pd.read_parquet(path)

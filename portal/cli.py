@@ -63,9 +63,21 @@ def _show(data: Any) -> None:
 
 
 # -- local ------------------------------------------------------------------------------------
+def _server_installed(command: str) -> None:
+    """Exit naming the install command when the portal server's extra is missing (a supplier's light install)."""
+    from sangsaeng.errors import MissingExtraError
+    from sangsaeng.extras import require
+
+    try:
+        require("portal", f"sangsaeng portal {command} (the portal server)")
+    except MissingExtraError as exc:
+        fail(exc)
+
+
 @app.command()
 def migrate() -> None:
     """Create or upgrade the portal database (DATABASE_URL; default SQLite in the data directory)."""
+    _server_installed("migrate")
     from portal.core.config import Settings
     from portal.core.db import migrate as run_migrations
 
@@ -85,6 +97,7 @@ def serve(
     On a non-loopback address the environment defaults to ``production`` (no default secret,
     Secure cookies); on loopback the public URL defaults to ``http://HOST:PORT``.
     """
+    _server_installed("serve")
     import ipaddress
 
     import uvicorn
@@ -125,6 +138,7 @@ def create_admin(
                                           envvar="SANGSAENG_PORTAL_ADMIN_PASSWORD")],
 ) -> None:  # fmt: skip
     """Create an anchor admin account directly in the database (migrating it first)."""
+    _server_installed("create-admin")
     from pydantic import ValidationError
     from sqlmodel import Session
 

@@ -15,6 +15,8 @@ torch, the portal server's FastAPI/SQL stack), so a supplier's PC can import all
     portal_api.py   one HTTP client for the portal's REST API (`PortalAPI`, `PortalRequestError`)
     console.py      `fail`: how every command gives up (``error: ...`` on stderr, exit code 2)
     paths.py        where files live by default (the coordinator's key directory, deployment state)
+    extras.py       the optional extras (coordinator, portal, vision, all) and `require`: a command that
+                    needs a missing one names its install command
     cli.py          the root ``sangsaeng`` command line; the one module here that imports the roles,
                     to mount each role's command group (``python -m sangsaeng``)
 """

@@ -16,7 +16,8 @@ Each role package keeps its own documented subtree below `SangsaengError`::
           ├── KeyFormatError                                a key file that is not what it claims
           ├── FileIntegrityError                            a file we wrote is corrupt or unsafely stored
           ├── ModelArtifactError                            a model artifact that cannot be read or does not fit
-          └── PortalRequestError                            a request to the portal that got no 2xx answer
+          ├── PortalRequestError                            a request to the portal that got no 2xx answer
+          └── MissingExtraError                             an optional extra is not installed (`sangsaeng.extras`)
 
 The shared errors carry no HTTP status: the portal's boundary turns one it meets (a
 `ModelArtifactError` in an upload) into its own `ArtifactError` (422), and a role that calls
@@ -27,7 +28,10 @@ A caller catches `SangsaengError` to tell "refused with a reason" from a bug.
 
 from __future__ import annotations
 
-__all__ = ["SangsaengError", "KeyFormatError", "FileIntegrityError", "ModelArtifactError", "PortalRequestError"]
+__all__ = [
+    "SangsaengError", "KeyFormatError", "FileIntegrityError", "ModelArtifactError", "PortalRequestError",
+    "MissingExtraError",
+]  # fmt: skip
 
 
 class SangsaengError(Exception):
@@ -63,3 +67,10 @@ class PortalRequestError(SangsaengError):
         self.url = url
         self.status = status
         self.detail = detail
+
+
+class MissingExtraError(SangsaengError):
+    """A feature needs an optional extra that is not installed; the message names the install command.
+
+    `models.errors.MissingExtraError` is this class (the model zoo's image tasks raised it first).
+    """

@@ -130,3 +130,25 @@ def test_allowed_imports_pass(tmp_path):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(source, encoding="utf-8")
     assert violations(tmp_path) == []
+
+
+# What a supplier's PC imports: the root command line (`sangsaeng --help`, `sangsaeng client ...`) and
+# the ClientApp its SuperNode runs. None of the anchor's simulation engine, the portal server or plots.
+SUPPLIER_ENTRY_POINTS = ("sangsaeng.cli", "client.cli", "client.node", "client.portal_commands", "client.client_app")
+NOT_IMPORTED_ON_A_SITE = (
+    "ray", "psycopg", "alembic", "uvicorn", "sqlmodel", "sqlalchemy", "fastapi", "starlette", "argon2", "jinja2",
+    "pydantic_settings", "matplotlib", "PIL",
+)  # fmt: skip
+
+
+def test_the_supplier_commands_and_client_app_import_no_server_library():
+    import subprocess
+    import sys
+
+    script = (
+        f"import sys\nfor m in {SUPPLIER_ENTRY_POINTS!r}: __import__(m)\n"
+        f"print(sorted(m for m in {NOT_IMPORTED_ON_A_SITE!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
