@@ -131,6 +131,7 @@ def collect_profiles(
             ConfigKey.RUN_ID: run_id,
             ConfigKey.NUM_ROUNDS: config.num_rounds,
             ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),
+            ConfigKey.EVALUATE_EVERY: config.evaluate_every,
         }
     )
     messages = [
