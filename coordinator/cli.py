@@ -37,7 +37,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     import pandas as pd
 
     from coordinator.display import RichObserver
-    from coordinator.report import privacy_table, results_table
+    from coordinator.report import operating_point_table, privacy_table, results_table
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
 
@@ -56,6 +56,8 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     for site, problem in results["excluded_sites"].items():
         console.print(f"[yellow]site {site} left out:[/] {problem}")
     console.print(results_table(results))
+    if results.get("operating_point"):
+        console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
     if results.get("privacy"):
         console.print(privacy_table(results["privacy"]))

@@ -177,4 +177,8 @@ def run(
         fail(f"{results_path}: unreadable ({exc})")
     if results["status"] != "completed":
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
+    if results.get("operating_point"):
+        from coordinator.report import operating_point_table
+
+        console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")

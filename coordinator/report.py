@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ __all__ = [
     "plot_rounds",
     "results_table",
     "privacy_table",
+    "run_operating_point",
+    "operating_point_table",
 ]
 
 RESULTS = "results.json"
@@ -136,6 +139,7 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
             "rounds": round_summaries(result.rounds, metrics_key="metrics"),
             "initial": _without_loss(result.initial_metrics),
         }
+    results["operating_point"] = run_operating_point(result.rounds, result.config)
     report = result.privacy_report
     results["privacy"] = (
         privacy_summary(report, report_path=result.privacy_report_path, source=str(result.privacy_report_path))
@@ -146,6 +150,39 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
     if comparison is not None:
         results["timings"] = dict(comparison.timings)
     return results
+
+
+def run_operating_point(rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The decision threshold of the run's last evaluated round, from the sites' merged held-out histograms.
+
+    Chosen by the run's ``operating_rule`` (`models.histogram.operating_point`): its threshold,
+    recall, precision, F1 and inspection ``workload`` (the share of parts flagged for inspection
+    by hand), with the round and whether the histograms were noisy (DP). None for a task that
+    is not binary, or a run whose sites sent no histogram.
+    """
+    from models.histogram import DEFAULT_RULE, EvalHistogram, operating_point
+
+    last = next((r for r in sorted(rounds, key=lambda r: -r["round"]) if r.get("eval_histogram")), None)
+    if last is None:
+        return None
+    hist = EvalHistogram.from_json(json.dumps(last["eval_histogram"]))
+    point = operating_point(hist, str(config.get("operating_rule") or DEFAULT_RULE))
+    if point is None:
+        return None
+    return {**point, "round": last["round"], "held_out_rows": round(hist.rows), "bins": hist.bins,
+            "source": "the sites' merged held-out histograms"}  # fmt: skip
+
+
+def operating_point_table(point: Mapping[str, Any]) -> Table:
+    """The operating point a line acts on: threshold, what it catches, and the parts left to inspect by hand."""
+    table = Table(title=f"operating point ({point['rule']}, round {point['round']}"
+                        f"{', noisy histograms (DP)' if point.get('noisy') else ''})")  # fmt: skip
+    for column in ("threshold", "recall", "precision", "F1", "inspection workload"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{point['threshold']:.3f} (+{point['bin_width']:.3f})", _fmt(point["recall"]),
+                  _fmt(point["precision"]), _fmt(point["f1"]), f"{100 * point['workload']:.1f} % of parts")  # fmt: skip
+    table.caption = f"from {point['source']} ({point['held_out_rows']} rows, {point['bins']} bins)"
+    return table
 
 
 def write_results(
