@@ -264,10 +264,20 @@ class PrivacyLedger:
         if projected <= target * (1 + 1e-9):
             return
         try:
-            noise = calibrate_noise(
-                target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
-                accountant=accountant, prior=history,
-            )  # fmt: skip
+            try:
+                noise = calibrate_noise(
+                    target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                    accountant=accountant, prior=history,
+                )  # fmt: skip
+            except PolicyError:
+                if not reserve:
+                    raise
+                # Training first: what is left goes to the remaining rounds, and a later evaluation that
+                # no longer fits is refused on its own (`plan_evaluation`).
+                noise = calibrate_noise(
+                    target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                    accountant=accountant, prior=history[: len(history) - len(reserve)],
+                )  # fmt: skip
         except PolicyError as exc:
             self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=target)
             raise BudgetExhausted(
