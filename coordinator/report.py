@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,22 +154,14 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
 def run_operating_point(rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The decision threshold of the run's last evaluated round, from the sites' merged held-out histograms.
 
-    Chosen by the run's ``operating_rule`` (`models.histogram.operating_point`): its threshold,
+    Chosen by the run's ``operating_rule`` (`models.histogram.run_operating_point`): its threshold,
     recall, precision, F1 and inspection ``workload`` (the share of parts flagged for inspection
     by hand), with the round and whether the histograms were noisy (DP). None for a task that
     is not binary, or a run whose sites sent no histogram.
     """
-    from models.histogram import DEFAULT_RULE, EvalHistogram, operating_point
+    from models.histogram import run_operating_point as from_rounds
 
-    last = next((r for r in sorted(rounds, key=lambda r: -r["round"]) if r.get("eval_histogram")), None)
-    if last is None:
-        return None
-    hist = EvalHistogram.from_json(json.dumps(last["eval_histogram"]))
-    point = operating_point(hist, str(config.get("operating_rule") or DEFAULT_RULE))
-    if point is None:
-        return None
-    return {**point, "round": last["round"], "held_out_rows": round(hist.rows), "bins": hist.bins,
-            "source": "the sites' merged held-out histograms"}  # fmt: skip
+    return from_rounds(rounds, str(config.get("operating_rule") or "") or None)
 
 
 def operating_point_table(point: Mapping[str, Any]) -> Table:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ __all__ = [
     "roc_auc",
     "average_precision",
     "operating_point",
+    "run_operating_point",
     "parse_rule",
     "block_scales",
     "bin_index",
@@ -408,3 +409,22 @@ def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, 
         "precision": float(tp[j] / flagged) if flagged > 0 else math.nan, "f1": float(f1[j]),
         "workload": flagged / total, "noisy": hist.noisy,
     }  # fmt: skip
+
+
+def run_operating_point(rounds: Sequence[Mapping[str, Any]], rule: str | None = None) -> dict[str, Any] | None:
+    """The operating point of a run's last evaluated round, from the merged histogram its record keeps.
+
+    `rounds`: the run manifest's round records (``eval_histogram``: the sites' merged held-out
+    histogram). Adds the ``round``, the histogram's ``held_out_rows`` and ``bins`` and its
+    ``source`` to `operating_point`'s figures. None for a task that is not binary, or a run whose
+    sites sent no histogram.
+    """
+    last = next((r for r in sorted(rounds, key=lambda r: -int(r["round"])) if r.get("eval_histogram")), None)
+    if last is None:
+        return None
+    hist = EvalHistogram.from_json(json.dumps(last["eval_histogram"]))
+    point = operating_point(hist, rule or DEFAULT_RULE)
+    if point is None:
+        return None
+    return {**point, "round": int(last["round"]), "held_out_rows": round(hist.rows), "bins": hist.bins,
+            "source": "the sites' merged held-out histograms"}  # fmt: skip
