@@ -4,7 +4,8 @@ A site does not send its metrics. It sends an `EvalHistogram` of its held-out pr
 the coordinator sums over sites (`merge`) and reads the task's metrics from
 (`histogram_metrics`): the union's metrics come from the union's histogram, never from an
 average of the sites' figures. Under DP the site adds Gaussian noise to every coordinate first
-(`privacy.evaluation`); the metrics then clamp negative counts to 0 (post-processing).
+(`privacy.evaluation`); the metrics then make the counts above each threshold non-negative and
+monotone (post-processing, `_clean`), and clamp noisy confusion counts at 0.
 
 What a histogram holds, per task kind:
 
@@ -248,7 +249,16 @@ def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
-    return np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+    """Per-bin counts made non-negative through their cumulative sums from the top bin (post-processing).
+
+    The counts above each threshold are clamped at 0 and made to grow as the threshold falls
+    (a running maximum); the bins are their differences. An exact histogram is left as it is.
+    Clamping each noisy bin at 0 instead would add about 0.4 noise stds to every empty bin and
+    pull every metric toward chance.
+    """
+    above = np.cumsum(np.asarray(values, dtype=np.float64)[::-1])
+    above = np.maximum.accumulate(np.maximum(above, 0.0))
+    return np.diff(above, prepend=0.0)[::-1]
 
 
 def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -297,7 +307,7 @@ def binary_metrics(hist: EvalHistogram) -> dict[str, float]:
 
 
 def _multiclass_metrics(hist: EvalHistogram) -> dict[str, float]:
-    confusion = _clean(hist.blocks["confusion"])
+    confusion = np.maximum(hist.blocks["confusion"], 0.0)
     k = confusion.shape[0]
     truth, predicted, hits = confusion.sum(axis=1), confusion.sum(axis=0), np.diag(confusion)
     total = confusion.sum()
