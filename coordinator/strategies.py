@@ -240,7 +240,7 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
     """Read each site's histogram, its metrics, and the union's histogram (the sum) from evaluate replies.
 
     A reply without a histogram (a site of an older version) keeps its own metrics and is left
-    out of the merge.
+    out of the merge; other keys of a reply are kept in the site's row as sent.
     """
     per_site: dict[str, dict[str, Any]] = {}
     histograms: list[EvalHistogram] = []
@@ -248,13 +248,14 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
     for proxy, res in results:
         site = str(res.metrics[ReplyKey.SITE]) if ReplyKey.SITE in res.metrics else str(proxy.cid)
         row: dict[str, Any] = {"loss": res.loss, "examples": res.num_examples}
+        # Whatever else the reply carries (other branches of a site's evaluation) is kept as sent.
+        row |= {k: v for k, v in res.metrics.items()
+                if k not in (ReplyKey.SITE, ReplyKey.DP_EVALUATION, ReplyKey.EVAL_HISTOGRAM)}  # fmt: skip
         text = res.metrics.get(ReplyKey.EVAL_HISTOGRAM)
         if isinstance(text, str):
             hist = EvalHistogram.from_json(text)
             histograms.append(hist)
             row |= histogram_metrics(hist)
-        else:
-            row |= {k: v for k, v in res.metrics.items() if k not in (ReplyKey.SITE, ReplyKey.DP_EVALUATION)}
         if ReplyKey.DP_EVALUATION in res.metrics:
             mechanisms[site] = json.loads(str(res.metrics[ReplyKey.DP_EVALUATION]))
         per_site[site] = row
