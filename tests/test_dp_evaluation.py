@@ -224,3 +224,19 @@ def test_noisy_counts_are_cleaned_through_their_totals_not_bin_by_bin():
     cleaned = np.mean([_clean(d.blocks["positives"]).sum() for d in draws])
     clamped = np.mean([np.maximum(d.blocks["positives"], 0).sum() for d in draws])
     assert abs(cleaned - 60) < 0.6 * abs(clamped - 60)
+
+
+def test_evaluate_every_and_the_operating_rule_are_run_settings():
+    from coordinator.config import FederationConfig
+    from models.tasks import get_task
+
+    task = get_task("predictive-maintenance")
+    assert FederationConfig(task=task).evaluate_every == 1
+    private = FederationConfig.with_defaults(task=task, dp_epsilon=3.0)
+    assert private.evaluate_every == 0  # under DP: the last round only
+    chosen = FederationConfig(task=task, evaluate_every=3, operating_rule="f1")
+    assert FederationConfig.from_run_config(chosen.to_run_config()) == chosen
+    with pytest.raises(ValueError, match="unknown operating rule 'recall>=95'"):
+        FederationConfig(task=task, operating_rule="recall>=95")
+    with pytest.raises(ValueError, match="evaluate_every must be 0"):
+        FederationConfig(task=task, evaluate_every=-1)
