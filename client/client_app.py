@@ -29,6 +29,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Config, NDArrays, Scalar
 
 from client.contribution import coalition_counts, unpack_models
+from client.evaluation import evaluation_reply
 from client.site import SiteConfig
 from models.datasets import holdout_split
 from models.defaults import TRAINING_DEFAULTS
@@ -38,7 +39,7 @@ from models.nets import build_model, get_weights, set_weights
 from models.scaler import FederatedScaler, SiteProfile, profile_site
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, last_windows, prepare, train_local
+from models.training import TrainConfig, prepare, train_local
 from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
@@ -96,6 +97,7 @@ def _dp_request(config: dict) -> DpRequest:
         target_epsilon=target if target > 0 else None,
         max_grad_norm=float(config.get(ConfigKey.DP_MAX_GRAD_NORM, TRAINING_DEFAULTS.dp_max_grad_norm)),
         num_rounds=int(config.get(ConfigKey.NUM_ROUNDS, 1)),
+        evaluate_every=int(config.get(ConfigKey.EVALUATE_EVERY, 1)),
     )
 
 
@@ -219,14 +221,18 @@ class SiteClient(NumPyClient):
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
-        """Score the global model on the site's held-out split (or a round's coalition models, see below)."""
+        """Score the global model on the site's held-out split; the reply is a histogram (noised under DP).
+
+        A round's coalition models (contribution scores, `client.contribution`) are scored here too.
+        """
         if config.get(ConfigKey.PHASE) == PHASE_CONTRIBUTION:
             return self._coalition_counts(parameters, config)
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
-        x, y = prepare(data.test, spec, scaler)
-        loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(data.test, spec))
-        return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
+        return evaluation_reply(
+            self.site, spec=spec, scaler=scaler, model=model, train=data.train, test=data.test,
+            request=_dp_request(config), server_round=int(config.get(ConfigKey.ROUND, 0)),
+        )  # fmt: skip
 
     def _coalition_counts(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
         """Contribution scores: each packed coalition model's metric counts on the held-out split (no rows)."""

@@ -329,7 +329,9 @@ def predict(
     images at a time, calling `on_progress` (images done, in all) after each batch; a bad image
     is written with an empty score and its reason (see `client.predict_images`).
 
-    Binary tasks get ``p_<label>``, regression ``predicted_<label>``; multiclass tasks get the
+    Binary tasks get ``p_<label>`` and, when the model carries the federation's operating point
+    (`portal.artifact.ModelArtifactContent.operating_point`), ``flag_<label>`` (1: inspect,
+    score at least the threshold) and ``threshold``; regression ``predicted_<label>``; multiclass tasks get the
     most probable class, ``predicted_<label>``, and its probability, ``p_<label>``. A row task
     scores every row, next to its id columns. A sequence task (``[task.sequence]``) scores
     windows: by default one row per group, its prediction at its latest row (the group, the
@@ -396,6 +398,10 @@ def predict(
     else:
         column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"
         result[column] = scores
+        point = content.operating_point
+        if spec.kind == "binary" and point is not None:  # the threshold the federation chose, signed in the card
+            result[f"flag_{spec.label}"] = (scores >= float(point["threshold"])).astype(int)
+            result["threshold"] = float(point["threshold"])
     out = Path(out) if out else data.with_name(f"{data.stem}.scores.csv")
     result.to_csv(out, index=False)
     metrics: dict[str, float] = {}

@@ -37,7 +37,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     import pandas as pd
 
     from coordinator.display import RichObserver
-    from coordinator.report import contribution_table, privacy_table, results_table
+    from coordinator.report import contribution_table, operating_point_table, privacy_table, results_table
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
     from sangsaeng.extras import require
@@ -61,6 +61,8 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     console.print(results_table(results))
     if results.get("contribution"):
         console.print(contribution_table(results["contribution"]))
+    if results.get("operating_point"):
+        console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
     if results.get("privacy"):
         console.print(privacy_table(results["privacy"]))

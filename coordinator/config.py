@@ -11,6 +11,7 @@ from coordinator.aggregation import AGGREGATIONS
 from coordinator.contribution import DEFAULT_BUDGET, DEFAULT_TRUNCATION
 from models.architectures import CNN_WIDTHS, IMAGE_ARCHITECTURES, SEQUENCE_ARCHITECTURES, check_architecture
 from models.defaults import TRAINING_DEFAULTS
+from models.histogram import DEFAULT_RULE, parse_rule
 from models.tasks import TaskSpec, builtin_tasks, get_task
 from sangsaeng.paths import DEFAULT_KEY_DIR
 
@@ -37,6 +38,8 @@ DP_TRAINING_DEFAULTS: dict[str, Any] = {
     "lr": 0.05,
     "local_epochs": 4,
     "dp_max_grad_norm": 10.0,
+    # Every evaluation is a noisy release charged to the sites' ledgers: under DP, the last round only.
+    "evaluate_every": 0,
 }
 
 
@@ -105,6 +108,10 @@ class FederationConfig:
     # (0: data shares only) and the GTG-Shapley truncation threshold, in metric units.
     contribution_coalitions: int = DEFAULT_BUDGET
     contribution_truncation: float = DEFAULT_TRUNCATION
+    # The sites evaluate every k-th round and the last (0: the last only); see privacy.evaluation.
+    evaluate_every: int = 1
+    # How the operating threshold is chosen from the merged held-out histograms (models.histogram).
+    operating_rule: str = DEFAULT_RULE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -149,6 +156,9 @@ class FederationConfig:
                     f"central_dp_count_stddev must exceed central_dp_noise / 2 = {self.central_dp_noise / 2:g}: "
                     "the count noise and the update noise together make up central_dp_noise"
                 )
+        if self.evaluate_every < 0:
+            raise ValueError("evaluate_every must be 0 (the last round only) or a positive number of rounds")
+        parse_rule(self.operating_rule)
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError("trim_fraction must lie in [0, 0.5): the share of updates cut from each end")
         if self.strategy in ROBUST_STRATEGIES and self.central_dp_noise is not None:

@@ -42,11 +42,16 @@ from coordinator.progress import RunObserver
 from models.metric_counts import pooled_metric
 from sangsaeng.protocol import PHASE_CONTRIBUTION, ConfigKey, ReplyKey
 
-__all__ = ["ContributionTracker", "SiteScorer", "contribution_summary", "CENTRAL_DP_REASON"]
+__all__ = ["ContributionTracker", "SiteScorer", "contribution_summary", "CENTRAL_DP_REASON", "SITE_DP_REASON"]
 
 CENTRAL_DP_REASON = (
     "supplier-level DP: the coalition models, sent to every site without the noise, would reveal single "
     "suppliers' updates, which the noise is there to hide"
+)
+
+SITE_DP_REASON = (
+    "per-site DP: scoring coalition models would release exact counts of each site's held-out rows every "
+    "round, outside the epsilon the site signs for (privacy.evaluation accounts only its own evaluations)"
 )
 
 logger = logging.getLogger("sangsaeng.coordinator")
@@ -183,6 +188,8 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
                          "run per coalition, not offered)"}  # fmt: skip
     elif config.central_dp_noise is not None:
         not_available = {"utility": CENTRAL_DP_REASON, "leave_one_out": CENTRAL_DP_REASON}
+    elif config.dp_epsilon is not None:
+        not_available = {"utility": SITE_DP_REASON, "leave_one_out": SITE_DP_REASON}
     elif config.contribution_coalitions <= 0:
         not_available = {"utility": "switched off (contribution_coalitions = 0)", "leave_one_out": "switched off"}
     elif not scored:

@@ -234,6 +234,10 @@ def run(
         fail(f"{results_path}: unreadable ({exc})")
     if results["status"] != "completed":
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
+    if results.get("operating_point"):
+        from coordinator.report import operating_point_table
+
+        console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")
     if portal is not None and token is not None and federation is not None:
         _record_in_portal(config.out_dir, portal=portal, token=token, federation=federation,

@@ -27,6 +27,7 @@ import typer
 from coordinator.config import DP_TRAINING_DEFAULTS, STRATEGIES, FederationConfig, parse_hidden
 from models.architectures import ARCHITECTURES
 from models.defaults import TRAINING_DEFAULTS
+from models.histogram import DEFAULT_RULE
 from models.tasks import TaskSpec
 from sangsaeng.paths import DEFAULT_KEY_DIR
 
@@ -131,6 +132,21 @@ class TrainingOptions:
             "log2 of it sites: exact Shapley per round; 0: data shares only). See docs/contribution.md.",
         ),
     ] = FederationConfig.contribution_coalitions
+    evaluate_every: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Sites evaluate every k-th round and the last; 0: the last only (default 1; 0 with DP-SGD, "
+            "where each evaluation is a noisy release charged to the sites' budgets).",
+        ),
+    ] = None
+    operating_rule: Annotated[
+        str,
+        typer.Option(
+            help="How the decision threshold is chosen from the merged held-out histograms: 'recall>=R' "
+            "(catch at least R of the defects) or 'f1' (best F1)."
+        ),
+    ] = DEFAULT_RULE
     key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory (created on first use).")] = (
         DEFAULT_KEY_DIR
     )

@@ -34,6 +34,8 @@ __all__ = [
     "results_table",
     "privacy_table",
     "contribution_table",
+    "run_operating_point",
+    "operating_point_table",
 ]
 
 RESULTS = "results.json"
@@ -140,6 +142,7 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
             "rounds": round_summaries(result.rounds, metrics_key="metrics"),
             "initial": _without_loss(result.initial_metrics),
         }
+    results["operating_point"] = run_operating_point(result.rounds, result.config)
     report = result.privacy_report
     results["privacy"] = (
         privacy_summary(report, report_path=result.privacy_report_path, source=str(result.privacy_report_path))
@@ -165,6 +168,31 @@ def _contribution(result: RunResult, comparison: Comparison | None) -> dict[str,
         network = comparison.federated_per_site.get(site, {}) if comparison is not None else {}
         entry["alone"], entry["with_network"] = alone.get(primary), network.get(primary)
     return contribution
+
+
+def run_operating_point(rounds: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The decision threshold of the run's last evaluated round, from the sites' merged held-out histograms.
+
+    Chosen by the run's ``operating_rule`` (`models.histogram.run_operating_point`): its threshold,
+    recall, precision, F1 and inspection ``workload`` (the share of parts flagged for inspection
+    by hand), with the round and whether the histograms were noisy (DP). None for a task that
+    is not binary, or a run whose sites sent no histogram.
+    """
+    from models.histogram import run_operating_point as from_rounds
+
+    return from_rounds(rounds, str(config.get("operating_rule") or "") or None)
+
+
+def operating_point_table(point: Mapping[str, Any]) -> Table:
+    """The operating point a line acts on: threshold, what it catches, and the parts left to inspect by hand."""
+    table = Table(title=f"operating point ({point['rule']}, round {point['round']}"
+                        f"{', noisy histograms (DP)' if point.get('noisy') else ''})")  # fmt: skip
+    for column in ("threshold", "recall", "precision", "F1", "inspection workload"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{point['threshold']:.3f} (+{point['bin_width']:.3f})", _fmt(point["recall"]),
+                  _fmt(point["precision"]), _fmt(point["f1"]), f"{100 * point['workload']:.1f} % of parts")  # fmt: skip
+    table.caption = f"from {point['source']} ({point['held_out_rows']} rows, {point['bins']} bins)"
+    return table
 
 
 def write_results(

@@ -132,6 +132,7 @@ def collect_profiles(
             ConfigKey.RUN_ID: run_id,
             ConfigKey.NUM_ROUNDS: config.num_rounds,
             ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),
+            ConfigKey.EVALUATE_EVERY: config.evaluate_every,
         }
     )
     messages = [
@@ -289,8 +290,10 @@ def run_federation(
                 if isinstance(inner, AdaptiveClipping) and "next_clipping_norm" in record["central_dp"]:
                     inner.clipping_norm = record["central_dp"]["next_clipping_norm"]
     contribution = None
-    # SecAgg+ hides the single updates; under supplier-level DP un-noised coalition models would reveal them.
-    if not config.secagg and config.central_dp_noise is None and config.contribution_coalitions > 0:
+    # SecAgg+ hides the single updates; under supplier-level DP un-noised coalition models would reveal them;
+    # under per-site DP the sites' exact coalition scores would be a release their epsilon does not cover.
+    if (not config.secagg and config.central_dp_noise is None and config.dp_epsilon is None
+            and config.contribution_coalitions > 0):  # fmt: skip
         scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric, timeout=config.node_wait_timeout,
                             observer=observer)  # fmt: skip
         contribution = ContributionTracker(scorer, config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,11 @@ from coordinator.checkpoint import RunRecorder
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker
 from coordinator.progress import RunObserver
+from models.histogram import EvalHistogram, histogram_metrics, merge
 from models.scaler import FederatedScaler
 from privacy.audit import AuditLog
 from privacy.central import AdaptiveClipping, CentralDP, wrap_central_dp
+from privacy.evaluation import evaluation_rounds
 from sangsaeng.protocol import ConfigKey, ReplyKey
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "innermost",
     "strategy_state",
     "restore_strategy_state",
+    "MergedEvaluation",
+    "merged_evaluation",
 ]
 
 logger = logging.getLogger("sangsaeng.coordinator")
@@ -223,6 +228,41 @@ def _dp_record(metrics: dict[str, Scalar]) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True)
+class MergedEvaluation:
+    """One round's evaluation replies: each site's revealed metrics, the merged histogram, the DP mechanisms."""
+
+    per_site: dict[str, dict[str, Any]]
+    merged: EvalHistogram | None
+    mechanisms: dict[str, dict[str, Any]]
+
+
+def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedEvaluation:
+    """Read each site's histogram, its metrics, and the union's histogram (the sum) from evaluate replies.
+
+    A reply without a histogram (a site of an older version) keeps its own metrics and is left
+    out of the merge; other keys of a reply are kept in the site's row as sent.
+    """
+    per_site: dict[str, dict[str, Any]] = {}
+    histograms: list[EvalHistogram] = []
+    mechanisms: dict[str, dict[str, Any]] = {}
+    for proxy, res in results:
+        site = str(res.metrics[ReplyKey.SITE]) if ReplyKey.SITE in res.metrics else str(proxy.cid)
+        row: dict[str, Any] = {"loss": res.loss, "examples": res.num_examples}
+        # Whatever else the reply carries (other branches of a site's evaluation) is kept as sent.
+        row |= {k: v for k, v in res.metrics.items()
+                if k not in (ReplyKey.SITE, ReplyKey.DP_EVALUATION, ReplyKey.EVAL_HISTOGRAM)}  # fmt: skip
+        text = res.metrics.get(ReplyKey.EVAL_HISTOGRAM)
+        if isinstance(text, str):
+            hist = EvalHistogram.from_json(text)
+            histograms.append(hist)
+            row |= histogram_metrics(hist)
+        if ReplyKey.DP_EVALUATION in res.metrics:
+            mechanisms[site] = json.loads(str(res.metrics[ReplyKey.DP_EVALUATION]))
+        per_site[site] = row
+    return MergedEvaluation(per_site, merge(histograms) if histograms else None, mechanisms)
+
+
 class SangsaengStrategy(Strategy):
     """Wraps a Flower strategy with instructions for sites, records and checkpoints."""
 
@@ -267,6 +307,7 @@ class SangsaengStrategy(Strategy):
             ConfigKey.NUM_ROUNDS: config.num_rounds,
             ConfigKey.DP_EPSILON: float(config.dp_epsilon or 0.0),
             ConfigKey.DP_MAX_GRAD_NORM: config.dp_max_grad_norm,
+            ConfigKey.EVALUATE_EVERY: config.evaluate_every,
         }
 
     def __repr__(self) -> str:
@@ -369,8 +410,12 @@ class SangsaengStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """The inner strategy's evaluate instructions, each with the run's instructions and round added."""
-        instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
+        """The inner strategy's evaluate instructions, each with the run's instructions and round added.
+
+        None in a round the run does not evaluate in (``evaluate_every``, `privacy.evaluation.evaluation_rounds`).
+        """
+        scheduled = self._round(server_round) in evaluation_rounds(self.config.num_rounds, self.config.evaluate_every)
+        instructions = self.inner.configure_evaluate(server_round, parameters, client_manager) if scheduled else []
         self.observer.phase_started("evaluate", self._round(server_round), len(instructions))
         if not instructions:
             self._finish_round(server_round)
@@ -385,22 +430,31 @@ class SangsaengStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
-        """Aggregate the sites' metrics and record them, per site and overall, in the round's record."""
+        """Merge the sites' held-out histograms and record the union's metrics and each site's, in the round's record.
+
+        The union's metrics are read from the sum of the sites' histograms (`models.histogram`);
+        each site's row shows what its own (under DP noisy) histogram reveals. The merged
+        histogram and the sites' DP evaluation mechanisms are recorded for the report.
+        """
         loss, metrics = self.inner.aggregate_evaluate(server_round, results, failures)
-        per_site = {
-            str(res.metrics.get(ReplyKey.SITE, proxy.cid)): {
-                "loss": res.loss,
-                "examples": res.num_examples,
-                **{k: v for k, v in res.metrics.items() if k != ReplyKey.SITE},
-            }  # fmt: skip
-            for proxy, res in results
-        }
+        evaluation = merged_evaluation(results)
+        per_site = evaluation.per_site
         record = self.recorder.round_record(self._round(server_round))
         record["failures"] = record.get("failures", []) + [_failure_text(f) for f in failures]
+        for problem in (_failure_text(f) for f in failures):
+            if self.audit is not None and "budget exhausted" in problem:
+                self.audit.append("refusal", round=self._round(server_round), reason=problem)
+        extra: dict[str, Any] = {}
+        if evaluation.merged is not None:
+            metrics = dict[str, Scalar](histogram_metrics(evaluation.merged))
+            extra["eval_histogram"] = json.loads(evaluation.merged.to_json())
+        if evaluation.mechanisms:
+            extra["dp_evaluation"] = evaluation.mechanisms
         self.recorder.update_round(
             self._round(server_round),
             federated_eval={"loss": loss, **metrics} if loss is not None else {},
             per_site=per_site,
+            **extra,
         )
         self._finish_round(server_round)
         return loss, metrics

@@ -63,6 +63,12 @@ class ModelArtifactContent:
         """The hidden layers' widths, as integers."""
         return [int(h) for h in self.manifest["hidden"]]
 
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The decision threshold the federation chose (`models.histogram.operating_point`), or None."""
+        point = self.manifest.get("operating_point")
+        return dict(point) if isinstance(point, dict) else None
+
 
 def _entry(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
@@ -79,8 +85,9 @@ def build_artifact(
     hidden: list[int],
     source: dict[str, Any],
     model: str = "mlp",
+    operating_point: dict[str, Any] | None = None,
 ) -> bytes:
-    """The artifact's bytes (deterministic for equal inputs)."""
+    """The artifact's bytes (deterministic for equal inputs); `operating_point`: the run's decision threshold."""
     names = [f"w{i:03d}" for i in range(len(weights))]
     manifest = {
         "format": FORMAT,
@@ -91,6 +98,8 @@ def build_artifact(
         "weights": names,
         "source": source,
     }
+    if operating_point is not None:  # only then: an artifact without one keeps its bytes (and hash)
+        manifest["operating_point"] = operating_point
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(_entry(_MANIFEST), json.dumps(manifest, sort_keys=True, indent=1))
@@ -134,6 +143,11 @@ def read_artifact(data: bytes, *, max_unpacked: int = 256 * 1024 * 1024) -> Mode
             weights.append(array)
     content = ModelArtifactContent(manifest, weights)
     _check_consistency(content)
+    point = manifest.get("operating_point")
+    if point is not None:
+        threshold = point.get("threshold") if isinstance(point, dict) else None
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+            raise ModelArtifactError(f"artifact's operating_point needs a threshold in [0, 1], got {threshold!r}")
     return content
 
 
@@ -281,6 +295,9 @@ def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
         raise ModelArtifactError(str(exc)) from None
     config = run.get("config", {})
     source = {"run_ref": str(run.get("run_id", run_dir.name)), "round": int(last["round"])}
+    from models.histogram import run_operating_point  # numpy only
+
+    point = run_operating_point(run.get("rounds", []), config.get("operating_rule"))
     data = build_artifact(
         weights,
         task=config["task"],
@@ -288,5 +305,6 @@ def artifact_from_run(run_dir: Path) -> tuple[bytes, dict[str, Any]]:
         hidden=list(config.get("hidden", [64, 32])),
         source=source,
         model=str(config.get("model", "mlp")),
+        operating_point=point,
     )
     return data, source

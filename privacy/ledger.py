@@ -25,7 +25,7 @@ from privacy.policy import DpRequest, SitePrivacyPolicy
 from sangsaeng.errors import FileIntegrityError
 from sangsaeng.files import read_checked_json, write_checked_json
 
-__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "MIN_REMAINING"]
+__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "EvaluationPlan", "MIN_REMAINING"]
 
 # A run needs at least this fraction of its target left; less buys only noise.
 MIN_REMAINING = 0.02
@@ -69,6 +69,27 @@ class ProfilePlan:
     epsilon_before: float
     epsilon_after: float
     prior: list[Step]  # history before this run (earlier runs on the same data)
+    released: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationPlan:
+    """How the site releases one round's evaluation histogram under DP, and what it costs.
+
+    ``released``: the ledger entry of this run's release for this round (a repeated request);
+    sending it again costs nothing.
+    """
+
+    run_id: str
+    server_round: int
+    noise_multiplier: float
+    evaluations: int  # the run's planned evaluations
+    delta: float
+    accountant: str
+    budget_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    prior: list[Step]
     released: dict[str, Any] | None = None
 
 
@@ -116,6 +137,23 @@ class PrivacyLedger:
         """Epsilon spent so far on this data at `delta`, by the named accountant."""
         return epsilon_of(self.history(), delta=delta, accountant=accountant)
 
+    def _evaluation_reserve(
+        self, state: dict[str, Any], request: DpRequest, *, target: float, delta: float, accountant: str,
+        from_round: int | None = None,
+    ) -> list[Step]:  # fmt: skip
+        """The run's planned evaluation releases not yet made (from `from_round` on), as accountant steps."""
+        from privacy.evaluation import evaluation_noise_multiplier, evaluation_rounds
+
+        planned = evaluation_rounds(request.num_rounds, request.evaluate_every)
+        done = {e["round"] for e in state["entries"]
+                if e["run_id"] == request.run_id and e.get("mechanism") == "evaluation"}  # fmt: skip
+        left = [r for r in planned if r not in done and (from_round is None or r >= from_round)]
+        if not left:
+            return []
+        noise = evaluation_noise_multiplier(target_epsilon=target, delta=delta, evaluations=len(planned),
+                                            accountant=accountant)  # fmt: skip
+        return [(noise, 1.0, len(left))]
+
     # -- the two steps of a DP round ----------------------------------------------------
     def plan_round(
         self,
@@ -162,10 +200,12 @@ class PrivacyLedger:
                         f"budget exhausted: epsilon {spent:.3f} already spent of {target:.3f}; "
                         "nothing useful is left to train with"
                     )
+                # The run's evaluations are reserved: training is calibrated to what they leave.
+                reserve = self._evaluation_reserve(state, request, target=target, delta=delta, accountant=accountant)
                 try:
                     noise = calibrate_noise(
                         target_epsilon=target, delta=delta, sample_rate=sample_rate,
-                        steps=steps * request.num_rounds, accountant=accountant, prior=self.history(state),
+                        steps=steps * request.num_rounds, accountant=accountant, prior=[*self.history(state), *reserve],
                     )  # fmt: skip
                 except PolicyError as exc:
                     spent = epsilon_of(self.history(state), delta=delta, accountant=accountant)
@@ -215,17 +255,30 @@ class PrivacyLedger:
         """Recalibrate the run's noise when its remaining rounds no longer fit in its target."""
         target = min(budget, float(run["target_epsilon"]))
         remaining = steps * max(1, request.num_rounds - server_round + 1)
+        reserve = self._evaluation_reserve(state, request, target=float(run["target_epsilon"]), delta=delta,
+                                           accountant=accountant, from_round=server_round)  # fmt: skip
+        spent = epsilon_of(history, delta=delta, accountant=accountant)
+        history = [*history, *reserve]
         projected = epsilon_of([*history, (run["noise_multiplier"], run["sample_rate"], remaining)],
                                delta=delta, accountant=accountant)  # fmt: skip
         if projected <= target * (1 + 1e-9):
             return
         try:
-            noise = calibrate_noise(
-                target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
-                accountant=accountant, prior=history,
-            )  # fmt: skip
+            try:
+                noise = calibrate_noise(
+                    target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                    accountant=accountant, prior=history,
+                )  # fmt: skip
+            except PolicyError:
+                if not reserve:
+                    raise
+                # Training first: what is left goes to the remaining rounds, and a later evaluation that
+                # no longer fits is refused on its own (`plan_evaluation`).
+                noise = calibrate_noise(
+                    target_epsilon=target, delta=delta, sample_rate=run["sample_rate"], steps=remaining,
+                    accountant=accountant, prior=history[: len(history) - len(reserve)],
+                )  # fmt: skip
         except PolicyError as exc:
-            spent = epsilon_of(history, delta=delta, accountant=accountant)
             self.audit.append("refusal", site=self.site, run_id=request.run_id, spent=spent, budget=target)
             raise BudgetExhausted(
                 f"budget exhausted: epsilon {spent:.3f} already spent of the run's {target:.3f}; the "
@@ -267,10 +320,13 @@ class PrivacyLedger:
                         epsilon_after=before, prior=prior, released=entry,
                     )  # fmt: skip
             history = self.history(state)
+            reserve = self._evaluation_reserve(state, request, target=target, delta=delta, accountant=accountant)
         noise = profile_noise_multiplier(target_epsilon=target, delta=delta, accountant=accountant)
         before = epsilon_of(history, delta=delta, accountant=accountant)
         after = epsilon_of([*history, (noise, 1.0, 1)], delta=delta, accountant=accountant)
-        if after >= (1 - MIN_REMAINING) * target:
+        # The run's evaluations are reserved too: the profile must leave room for training after them.
+        reserved = epsilon_of([*history, (noise, 1.0, 1), *reserve], delta=delta, accountant=accountant)
+        if reserved >= (1 - MIN_REMAINING) * target:
             self.audit.append(
                 "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=target,
                 mechanism="profile",
@@ -301,6 +357,77 @@ class PrivacyLedger:
         self.audit.append(
             "profile released", site=self.site, run_id=plan.run_id, noise_multiplier=plan.noise_multiplier,
             sensitivity=mechanism.get("sensitivity"), epsilon=entry["epsilon"],
+        )  # fmt: skip
+        return entry
+
+    def plan_evaluation(
+        self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int, server_round: int
+    ) -> EvaluationPlan | None:
+        """Decide how this round's evaluation histogram is released under DP; None means no DP asked or required.
+
+        `records`: the site's training examples (its delta is the training's). Raises
+        `BudgetExhausted` when the release would take the site over its budget or the run over
+        its target; a release this run already made for this round is sent again at no cost.
+        """
+        from privacy.evaluation import evaluation_noise_multiplier, evaluation_rounds
+
+        if request.target_epsilon is None and not policy.dp_required:
+            return None
+        budgets = [e for e in (policy.max_epsilon, request.target_epsilon) if e is not None]
+        budget = max(budgets) if policy.max_epsilon is None else policy.max_epsilon
+        delta, accountant = policy.delta_for(records), policy.accountant
+        evaluations = len(evaluation_rounds(request.num_rounds, request.evaluate_every))
+        with self._locked() as state:
+            self._note_policy(state, policy)
+            run = state["runs"].get(request.run_id)
+            target = float(run["target_epsilon"]) if run else min(budgets)
+            prior = [tuple(p) for p in run["prior"]] if run else [
+                (e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in state["entries"]
+                if e["run_id"] != request.run_id]  # fmt: skip
+            history = self.history(state)
+            before = epsilon_of(history, delta=delta, accountant=accountant)
+            for entry in state["entries"]:
+                if (entry["run_id"], entry.get("mechanism"), entry["round"]) == (
+                    request.run_id, "evaluation", server_round
+                ):  # fmt: skip
+                    return EvaluationPlan(
+                        run_id=request.run_id, server_round=server_round, noise_multiplier=entry["noise_multiplier"],
+                        evaluations=evaluations, delta=delta, accountant=accountant, budget_epsilon=budget,
+                        epsilon_before=before, epsilon_after=before, prior=prior, released=entry,
+                    )  # fmt: skip
+        noise = evaluation_noise_multiplier(target_epsilon=target, delta=delta, evaluations=evaluations,
+                                            accountant=accountant)  # fmt: skip
+        after = epsilon_of([*history, (noise, 1.0, 1)], delta=delta, accountant=accountant)
+        limit = min(budget, target)
+        if after > limit * (1 + 1e-9):
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, round=server_round, spent=before,
+                would_reach=after, budget=limit, mechanism="evaluation",
+            )  # fmt: skip
+            raise BudgetExhausted(
+                f"budget exhausted: evaluating round {server_round} would bring epsilon from {before:.3f} to "
+                f"{after:.3f}, over {'the site budget' if limit == budget else 'the run target'} of {limit:.3f}; "
+                "the site sends no evaluation"
+            )
+        return EvaluationPlan(
+            run_id=request.run_id, server_round=server_round, noise_multiplier=noise, evaluations=evaluations,
+            delta=delta, accountant=accountant, budget_epsilon=budget, epsilon_before=before, epsilon_after=after,
+            prior=prior,
+        )  # fmt: skip
+
+    def record_evaluation(self, plan: EvaluationPlan, *, mechanism: dict[str, Any], histogram: str) -> dict[str, Any]:
+        """Charge the released evaluation histogram (one Gaussian step); return the ledger entry, which keeps it."""
+        with self._locked() as state:
+            entry = {
+                **mechanism, "run_id": plan.run_id, "round": plan.server_round,
+                "noise_multiplier": plan.noise_multiplier, "sample_rate": 1.0, "steps": 1,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "histogram": histogram,
+            }  # fmt: skip
+            state["entries"].append(entry)
+            entry["epsilon"] = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+        self.audit.append(
+            "evaluation released", site=self.site, run_id=plan.run_id, round=plan.server_round,
+            noise_multiplier=plan.noise_multiplier, sensitivity=mechanism.get("sensitivity"), epsilon=entry["epsilon"],
         )  # fmt: skip
         return entry
 

@@ -62,10 +62,15 @@ class SitePrivacyPolicy:
 
 @dataclass(frozen=True)
 class DpRequest:
-    """What the coordinator asks of a site for one run."""
+    """What the coordinator asks of a site for one run.
+
+    ``evaluate_every``: the run evaluates every k-th round and the last (0: the last only, see
+    `privacy.evaluation.evaluation_rounds`); under DP the site reserves budget for those releases.
+    """
 
     run_id: str
     target_epsilon: float | None
     max_grad_norm: float
     num_rounds: int
     accountant: str = "rdp"
+    evaluate_every: int = 1

@@ -45,8 +45,8 @@ MECHANISM = (
 )
 NOT_COVERED = (
     "Not covered by these epsilons: the aggregate statistics each site shares once for feature "
-    "normalisation (counts, means, variances, category counts) and the metrics sites report on their "
-    "held-out rows."
+    "normalisation (counts, means, variances, category counts) and the exact histograms of held-out scores "
+    "sites report in each evaluation."
 )
 # Version 2 reports list every mechanism a site ran besides its DP-SGD rounds (its DP data
 # profile); reports without a version are version 1 and are verified as before.
@@ -61,6 +61,14 @@ PROFILE_MECHANISM = (
     "at most 1 per record, so the L2 sensitivity is sqrt(blocks) and each released value gets noise of std "
     "noise_multiplier * sensitivity; noise from NumPy's PCG64 generator seeded from OS entropy (not a "
     "cryptographically secure generator)"
+)
+
+EVALUATION_MECHANISM = (
+    "DP evaluation (privacy.evaluation): in each evaluated round, one Gaussian mechanism without subsampling "
+    "over the site's held-out histogram (binary: score counts in fixed bins over [0, 1] by label; multiclass: "
+    "confusion counts and one-vs-rest score counts; regression: row count and clipped sums of residuals), each "
+    "group of blocks changed by at most 1 per held-out row (clipped sums divided by their bound), so the L2 "
+    "sensitivity is sqrt(groups); the coordinator reads the metrics from the sum of the sites' noisy histograms"
 )
 
 
@@ -106,19 +114,40 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         entry["mechanisms"] = [{k: mech[k] for k in _MECHANISM_KEYS if k in mech}]
     for entry in sites.values():
         entry.setdefault("mechanisms", [])
+    evaluated: set[str] = set()
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        for site, mech in sorted(record.get("dp_evaluation", {}).items()):
+            entry = sites.setdefault(
+                site,
+                {
+                    "accountant": mech["accountant"], "delta": mech["delta"], "epsilon": mech["epsilon"],
+                    "budget_epsilon": mech["budget_epsilon"],
+                    "max_grad_norm": config.get("dp_max_grad_norm") or 0.0, "records": mech["records"],
+                    "prior_history": mech.get("prior_history", []), "rounds": [], "mechanisms": [],
+                },
+            )  # fmt: skip
+            entry["mechanisms"].append({k: mech[k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in mech})
+            evaluated.add(site)
+    for entry in sites.values():  # the epsilon after the site's last release, whatever it was
+        entry["epsilon"] = _ordered_steps(entry)[-1][1]["epsilon"] if _ordered_steps(entry) else entry["epsilon"]
     refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
     refusals += [p for p in manifest.get("excluded_sites", {}).values() if "budget exhausted" in p]
-    exact = sorted(site for site in sites if not sites[site]["mechanisms"])
-    if sites and not exact:
-        not_covered = NOT_COVERED_EVALUATION
-    elif sites and profiles:
-        not_covered = (f"{NOT_COVERED_EVALUATION[:-1]}; and the exact normalisation statistics of "
-                       f"{', '.join(exact)}.")  # fmt: skip
+    exact = sorted(site for site in sites if not any(m["mechanism"] == "profile" for m in sites[site]["mechanisms"]))
+    exact_eval = sorted(set(_evaluating_sites(manifest)) - evaluated)
+    if sites and (profiles or evaluated):
+        uncovered = []
+        if exact_eval:
+            uncovered.append(f"the exact held-out evaluations of {', '.join(exact_eval)}")
+        if exact:
+            uncovered.append(f"the exact normalisation statistics of {', '.join(exact)}")
+        not_covered = f"Not covered by these epsilons: {'; and '.join(uncovered)}." if uncovered else ""
     else:
         not_covered = NOT_COVERED
     mechanism = MECHANISM if sites else "none at record level"
     if profiles:
         mechanism = f"{mechanism}; before training, {PROFILE_MECHANISM}"
+    if evaluated:
+        mechanism = f"{mechanism}; after training, {EVALUATION_MECHANISM}"
     return {
         "version": REPORT_VERSION,
         "run_id": manifest["run_id"],
@@ -132,6 +161,26 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         "not_covered": not_covered,
         "audit_log_head": audit_head,
     }
+
+
+_EVALUATION_KEYS = ("round", "clip", "evaluations")
+
+
+def _evaluating_sites(manifest: dict[str, Any]) -> list[str]:
+    """Every site that answered an evaluation in some round of the run."""
+    return sorted({site for r in manifest.get("rounds", []) for site in r.get("per_site", {})})
+
+
+def _ordered_steps(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A site's releases in the order it made them: its profile, then each round's training and evaluation."""
+    steps: list[tuple[int, int, str, dict[str, Any]]] = []
+    for mech in entry.get("mechanisms", []):
+        if mech["mechanism"] == "evaluation":
+            steps.append((int(mech["round"]), 2, f"evaluation of round {mech['round']}", mech))
+        else:
+            steps.append((0, 0, str(mech["mechanism"]), mech))
+    steps += [(int(rnd["round"]), 1, f"round {rnd['round']}", rnd) for rnd in entry["rounds"]]
+    return [(label, step) for _, _, label, step in sorted(steps, key=lambda s: (s[0], s[1]))]
 
 
 _MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
@@ -204,30 +253,33 @@ def _close(a: float, b: float) -> bool:
 
 
 def _check_mechanism(label: str, mech: dict[str, Any]) -> None:
-    """A profile mechanism's parameters must agree with each other (sensitivity, noise std, step)."""
-    if mech["mechanism"] != "profile":
-        raise ReportInvalid(f"{label}: unknown mechanism {mech['mechanism']!r}")
+    """A profile or evaluation mechanism's parameters must agree with each other (sensitivity, noise std, step)."""
+    kind = mech["mechanism"]
+    if kind not in ("profile", "evaluation"):
+        raise ReportInvalid(f"{label}: unknown mechanism {kind!r}")
+    what = f"{label} {kind}" + (f" of round {mech['round']}" if kind == "evaluation" else "")
     if mech["sample_rate"] != 1.0 or mech["steps"] != 1:
-        raise ReportInvalid(f"{label} profile: a profile is one step without subsampling, not {mech['steps']} "
+        raise ReportInvalid(f"{what}: a {kind} release is one step without subsampling, not {mech['steps']} "
                             f"at sample rate {mech['sample_rate']}")  # fmt: skip
     if not _close(mech["sensitivity"], math.sqrt(len(mech["covers"]))):
-        raise ReportInvalid(f"{label} profile: sensitivity {mech['sensitivity']:g} is not sqrt of its "
+        raise ReportInvalid(f"{what}: sensitivity {mech['sensitivity']:g} is not sqrt of its "
                             f"{len(mech['covers'])} blocks")  # fmt: skip
     if not _close(mech["noise_std"], mech["noise_multiplier"] * mech["sensitivity"]):
-        raise ReportInvalid(f"{label} profile: noise std {mech['noise_std']:g} is not noise multiplier "
+        raise ReportInvalid(f"{what}: noise std {mech['noise_std']:g} is not noise multiplier "
                             f"{mech['noise_multiplier']:g} x sensitivity {mech['sensitivity']:g}")  # fmt: skip
 
 
 def _recompute(label: str, entry: dict[str, Any], *, prior: list[Any]) -> None:
-    """Feed the accountant the site's mechanisms, then rounds 1..r; compare with each recorded epsilon."""
+    """Feed the accountant the site's releases in order; compare with each recorded epsilon.
+
+    The order: the profile (before training), then each round's training and that round's
+    evaluation.
+    """
     history = [tuple(h) for h in prior]
     mechanisms = entry.get("mechanisms", [])
     for mech in mechanisms:
         _check_mechanism(label, mech)
-    # The profile's mechanisms come first (they ran before training), then the rounds, in order.
-    steps = [(mech["mechanism"], mech) for mech in mechanisms]
-    steps += [(f"round {rnd['round']}", rnd) for rnd in entry["rounds"]]
-    for what, step in steps:
+    for what, step in _ordered_steps(entry):
         history.append((step["noise_multiplier"], step["sample_rate"], step["steps"]))
         expected = epsilon_of(history, delta=entry["delta"], accountant=entry["accountant"])
         if not _close(expected, step["epsilon"]):
@@ -289,11 +341,10 @@ def _check_epsilons(sites: dict[str, Any], central: dict[str, Any] | None, versi
         if version >= 2 and "mechanisms" not in entry:
             raise ReportInvalid(f"site '{site}': a version {version} report must list the site's mechanisms")
         _recompute(f"site '{site}'", entry, prior=entry.get("prior_history", []))
-        mechanisms = entry.get("mechanisms", [])
-        final = (entry["rounds"][-1]["epsilon"] if entry["rounds"]
-                 else mechanisms[-1]["epsilon"] if mechanisms else 0.0)  # fmt: skip
+        ordered = _ordered_steps(entry)
+        final = ordered[-1][1]["epsilon"] if ordered else 0.0
         if not _close(final, entry["epsilon"]):
-            raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last round's {final}")
+            raise ReportInvalid(f"site '{site}': epsilon {entry['epsilon']} is not its last release's {final}")
     if central:
         _recompute("central DP", central, prior=[])
         adaptive = central.get("adaptive_clipping")

@@ -40,6 +40,7 @@ class ConfigKey:
     DP_MAX_GRAD_NORM = "sangsaeng.dp.max_grad_norm"
     # Contribution scores: how many coalition models the evaluate message packs (equal slices).
     COALITIONS = "sangsaeng.contribution.coalitions"
+    EVALUATE_EVERY = "sangsaeng.evaluate_every"  # evaluate every k-th round and the last (0: the last only)
 
 
 class ReplyKey:
@@ -63,6 +64,10 @@ class ReplyKey:
     DP_PRIOR = "dp_prior_history"  # JSON list of earlier (noise, rate, steps) on the same data
     # The DP data profile's mechanism (privacy.profile), JSON; absent when the profile is exact.
     DP_PROFILE = "dp_profile"
+    # The evaluation reply: the held-out histogram (models.histogram, JSON), and under DP its mechanism
+    # (privacy.evaluation, JSON).
+    EVAL_HISTOGRAM = "eval_histogram"
+    DP_EVALUATION = "dp_evaluation"
     # Image tasks, in the profile reply: the site's image report (models.images.IMAGE_REPORT).
     IMAGES = "images"  # manifest rows (images) the site read
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped

@@ -6,12 +6,15 @@ from privacy.accounting import epsilon_of
 
 
 def dp_manifest(
-    run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), rounds: int = 3, *, profile: bool = False
-) -> dict:
+    run_id: str = "abc123", sites: tuple[str, ...] = ("plant-a",), rounds: int = 3, *, profile: bool = False,
+    evaluation: bool = False,
+) -> dict:  # fmt: skip
     """A run manifest whose per-round DP records are consistent with the RDP accountant.
 
     With `profile`, every site first released a DP data profile (one Gaussian step of noise 12
-    over 11 blocks), recorded in ``profile_dp`` and composed into the rounds' epsilons.
+    over 11 blocks), recorded in ``profile_dp`` and composed into the rounds' epsilons. With
+    `evaluation`, every site released a DP evaluation histogram after each round (one Gaussian
+    step of noise 30, sensitivity 1), recorded in the round's ``dp_evaluation``.
     """
     records, history = [], []
     profile_dp = {}
@@ -32,6 +35,16 @@ def dp_manifest(
             "prior_history": [],
         }  # fmt: skip
         records.append({"round": r, "dp": {site: dict(dp) for site in sites}, "failures": []})
+        if evaluation:
+            history.append((30.0, 1.0, 1))
+            mech = {
+                "mechanism": "evaluation", "round": r, "noise_multiplier": 30.0, "sample_rate": 1.0, "steps": 1,
+                "sensitivity": 1.0, "noise_std": 30.0, "covers": ["scores by label"], "bins": 20, "clip": None,
+                "evaluations": rounds, "share_of_target": 0.1, "epsilon": epsilon_of(history, delta=1e-5),
+                "delta": 1e-5, "accountant": "rdp", "budget_epsilon": 4.0, "records": 2000, "prior_history": [],
+            }  # fmt: skip
+            records[-1]["dp_evaluation"] = {site: dict(mech) for site in sites}
+            records[-1]["per_site"] = {site: {"roc_auc": 0.9} for site in sites}
     return {
         "run_id": run_id,
         "task": {"name": "predictive-maintenance"},

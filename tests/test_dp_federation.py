@@ -63,20 +63,27 @@ def test_every_site_stays_within_its_budget_and_the_report_verifies(dp_run):
         assert 2.9 < entry["epsilon"] <= 3.0  # noise calibrated for the whole run, profile included
         assert entry["delta"] < 1 / entry["records"]
         # The DP data profile came first: one Gaussian step, a tenth of the target on its own.
-        (profile,) = entry["mechanisms"]
+        profile, *evaluations = entry["mechanisms"]
         assert profile["mechanism"] == "profile" and profile["steps"] == 1 and profile["sample_rate"] == 1.0
+        # Each round's evaluation: one Gaussian release of the held-out histogram (sensitivity 1, binary).
+        assert [(e["mechanism"], e["round"], e["sensitivity"]) for e in evaluations] == [
+            ("evaluation", 1, 1.0), ("evaluation", 2, 1.0)]  # fmt: skip
+        assert entry["epsilon"] == evaluations[-1]["epsilon"]
         assert profile["noise_std"] == pytest.approx(profile["noise_multiplier"] * profile["sensitivity"])
         assert 0.25 < profile["epsilon"] <= 0.3
         # The site's ledger equals an independent accountant fed the report's mechanisms.
         independent = RDPAccountant()
         rounds = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in entry["rounds"]]
-        for noise, rate, steps in [*entry["prior_history"], (profile["noise_multiplier"], 1.0, 1), *rounds]:
+        released = [(e["noise_multiplier"], 1.0, 1) for e in evaluations]
+        for noise, rate, steps in [*entry["prior_history"], (profile["noise_multiplier"], 1.0, 1), *rounds, *released]:
             for _ in range(steps):
                 independent.step(noise_multiplier=noise, sample_rate=rate)
         ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
         assert ledger.spent(delta=entry["delta"]) == pytest.approx(independent.get_epsilon(delta=entry["delta"]))
         assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
-    assert report["version"] == 2 and "normalisation" not in report["not_covered"]
+    assert report["version"] == 2 and report["not_covered"] == ""  # DP on: everything the sites sent is covered
+    # What each site revealed is its own noisy histogram; the operating point comes from their sum.
+    assert results["operating_point"]["noisy"] and results["operating_point"]["bins"] == 20
     central = report["central_dp"]
     assert central["suppliers"] == 2 and central["epsilon"] > 1
     # Adaptive clipping: round 1 clips at the initial norm, round 2 at the norm round 1 adapted to.

@@ -250,3 +250,45 @@ def test_validate_counts_groups_rows_and_windows(engines, tmp_path):
     assert f"dropped: {int((lengths < 100).sum())} group(s) shorter than the window, {dropped_rows} row(s)" in said(
         done
     )
+
+
+def test_the_runs_operating_point_goes_into_the_artifact_and_predict_flags_by_it(ai4i, tmp_path):
+    """A binary run's threshold, chosen from its merged held-out histograms, travels in the artifact (whose
+    hash the signed card names, and which the card repeats); `predict` writes score, flag and threshold."""
+    import json
+
+    from coordinator.checkpoint import RunRecorder
+    from models.histogram import build_histogram, run_operating_point
+    from models.training import predict as predict_scores
+    from portal.artifact import artifact_from_run
+
+    spec = get_task("predictive-maintenance")
+    frame = validate_frame(ai4i.head(1500), spec, source="ai4i")
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    x, y = prepare(frame, spec, scaler)
+    net = build_model(scaler.n_inputs, hidden=(8,))
+    train_local(net, x, y, spec=spec, scaler=scaler, config=TrainConfig(epochs=2, batch_size=128))
+    scores = predict_scores(net, x, spec=spec, scaler=scaler)
+    merged = json.loads(build_histogram("binary", y, scores).to_json())  # the rows scored below, here
+    header = {"run_id": "r1", "config": {"task": spec.to_dict(), "model": "mlp", "hidden": [8],
+                                         "operating_rule": "recall>=0.9"}, "scaler": scaler.to_json()}  # fmt: skip
+    recorder = RunRecorder(tmp_path / "run", header)
+    recorder.save_checkpoint(1, get_weights(net))
+    recorder.update_round(1, eval_histogram=merged)
+    recorder.set(status="completed")
+
+    blob, _ = artifact_from_run(tmp_path / "run")
+    point = read_artifact(blob).operating_point
+    assert point == run_operating_point(recorder.manifest["rounds"], "recall>=0.9") and point["rule"] == "recall>=0.9"
+    model = tmp_path / "model.zip"
+    model.write_bytes(blob)
+    report = predict(model, _write(ai4i.head(1500), tmp_path / "parts.csv"), tmp_path / "scores.csv")
+    written = pd.read_csv(report.path)
+    label = spec.label
+    assert set(written["threshold"]) == {point["threshold"]}
+    assert (written[f"flag_{label}"] == (written[f"p_{label}"] >= point["threshold"])).all()
+    # The share flagged on these rows is the workload the histogram promised for them.
+    assert written[f"flag_{label}"].mean() == pytest.approx(point["workload"], abs=1 / len(written))
+    with pytest.raises(ModelArtifactError, match="operating_point needs a threshold"):
+        read_artifact(build_artifact(get_weights(net), task=spec.to_dict(), scaler_json=scaler.to_json(), hidden=[8],
+                                     source={}, operating_point={"threshold": 2}))  # fmt: skip

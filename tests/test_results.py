@@ -76,6 +76,15 @@ def test_simulation_and_deployment_build_results_json_with_one_builder(ai4i, tmp
     }
     assert set(simulated["federated"]["per_site"]) == {"h", "l", "m"}
     assert simulated["plot"] == str(config.out_dir / "metrics.png")
+    # The sites' merged histograms give the union's metrics: those the simulation computes on the pooled
+    # held-out rows with the same weights, within the tie error of one bin (F1 at 0.5 exactly).
+    merged = json.loads((config.out_dir / "manifest.json").read_text())["rounds"][-1]["federated_eval"]
+    assert merged["roc_auc"] == pytest.approx(simulated["federated"]["global"]["roc_auc"], abs=0.01)
+    assert merged["f1"] == pytest.approx(simulated["federated"]["global"]["f1"], abs=1e-9)
+    for run in (simulated, deployed):
+        point = run["operating_point"]
+        assert point["rule"] == "recall>=0.95" and point["recall"] >= 0.95 and 0 < point["workload"] <= 1
+        assert point["held_out_rows"] == run["held_out_rows"] and not point["noisy"]
 
 
 def test_results_json_and_the_portal_take_one_privacy_summary(tmp_path):

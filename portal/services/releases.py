@@ -281,6 +281,8 @@ def model_card(
             else {"differential_privacy": False}
         ),
         "artifact": {"sha256": release.artifact_sha256, "size": release.artifact_size, "format": "sangsaeng-model/1"},
+        # The decision threshold the federation chose from the sites' merged held-out histograms (binary tasks).
+        **({"operating_point": content.operating_point} if content.operating_point is not None else {}),
         "architecture": {
             "model": content.model,
             "hidden": content.hidden,

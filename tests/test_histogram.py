@@ -1,0 +1,131 @@
+"""Evaluation histograms (models.histogram): the metrics and the operating point read from them agree with
+scikit-learn and with the pooled per-row computation, within the error of one bin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from models.histogram import (
+    DP_SCORE_BINS,
+    SCORE_BINS,
+    EvalHistogram,
+    bin_index,
+    build_histogram,
+    histogram_loss,
+    histogram_metrics,
+    merge,
+    operating_point,
+    parse_rule,
+)
+from models.metrics import compute_metrics
+from models.rul import rul_metrics
+
+
+def _scores(seed: int, n: int = 3000, rate: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < rate).astype(np.float64)
+    logits = rng.normal(0, 1, n) + 2.5 * y
+    return y, 1 / (1 + np.exp(-logits + 2))
+
+
+def _sites(y: np.ndarray, p: np.ndarray, parts: int = 3) -> list[EvalHistogram]:
+    return [build_histogram("binary", yy, pp) for yy, pp in zip(np.array_split(y, parts), np.array_split(p, parts),
+                                                               strict=True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binary_metrics_from_merged_histograms_match_scikit_learn_on_the_pooled_scores(seed):
+    y, p = _scores(seed)
+    merged = merge(_sites(y, p))
+    got, want = histogram_metrics(merged), compute_metrics("binary", y, p)
+    # Tie error of ROC-AUC: at most the share of positive-negative pairs that share a bin.
+    neg, pos = merged.blocks["negatives"], merged.blocks["positives"]
+    tie = float((neg * pos).sum() / (neg.sum() * pos.sum()))
+    assert 0 < tie < 0.05
+    assert abs(got["roc_auc"] - want["roc_auc"]) <= tie / 2 + 1e-12
+    # Exactly scikit-learn's on the binned scores (bins as tied scores), and close to the raw one.
+    binned = bin_index(p, SCORE_BINS)
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, binned), abs=1e-12)
+    assert got["pr_auc"] == pytest.approx(average_precision_score(y, binned), abs=1e-12)
+    assert got["pr_auc"] == pytest.approx(want["pr_auc"], abs=0.02)
+    assert got["f1"] == pytest.approx(want["f1"], abs=1e-12)  # 0.5 is a bin edge: exact
+    assert 0.1 < histogram_loss(merged) < 1.0
+
+
+def test_a_histogram_survives_json_and_merging_rebins_to_the_coarser_bins():
+    y, p = _scores(4)
+    fine = build_histogram("binary", y[:1500], p[:1500])
+    coarse = build_histogram("binary", y[1500:], p[1500:], bins=DP_SCORE_BINS)
+    again = EvalHistogram.from_json(fine.to_json())
+    assert np.array_equal(again.blocks["positives"], fine.blocks["positives"]) and again.bins == SCORE_BINS
+    merged = merge([fine, coarse])
+    assert merged.bins == DP_SCORE_BINS and merged.rows == 3000
+    assert np.array_equal(merged.blocks["positives"], build_histogram("binary", y, p, bins=20).blocks["positives"])
+    with pytest.raises(ValueError, match="even number of bins"):
+        build_histogram("binary", y, p, bins=7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("rule", ["recall>=0.95", "recall>=0.8", "f1"])
+def test_the_threshold_from_merged_histograms_is_the_pooled_one_within_one_bin(seed, rule):
+    y, p = _scores(seed)
+    point = operating_point(merge(_sites(y, p)), rule)
+    assert point is not None
+    t, width = point["threshold"], 1 / SCORE_BINS
+    positives, flagged = p[y == 1], p >= t
+    if rule.startswith("recall"):
+        target = parse_rule(rule)[1]
+        # Pooled: the highest score threshold that keeps the recall at target.
+        need = math.ceil(target * len(positives) - 1e-9)
+        pooled = np.sort(positives)[::-1][need - 1]
+        assert t <= pooled < t + width
+    else:
+        candidates = np.unique(p)
+        f1s = [2 * (p[y == 1] >= c).sum() / ((p >= c).sum() + len(positives)) for c in candidates]
+        pooled = candidates[int(np.argmax(f1s))]
+        best = max(f1s)
+        assert point["f1"] >= best - 0.02 and abs(pooled - t) <= 0.1
+    # The workload, recall and precision at that threshold are the pooled rows' own.
+    assert point["workload"] == pytest.approx(flagged.mean(), abs=1e-12)
+    assert point["recall"] == pytest.approx((positives >= t).mean(), abs=1e-12)
+    assert point["precision"] == pytest.approx(y[flagged].mean(), abs=1e-12)
+    if rule.startswith("recall"):
+        assert point["recall"] >= parse_rule(rule)[1]
+
+
+def test_an_unknown_rule_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown operating rule 'recall>=2'"):
+        parse_rule("recall>=2")
+
+
+def test_multiclass_metrics_from_histograms_match_the_pooled_ones():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 2000)
+    y[y == 3] = 0  # class 3 never occurs: not scored, as scikit-learn does
+    logits = rng.normal(0, 1, (2000, 4))
+    logits[np.arange(2000), y] += 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    classes = ("a", "b", "c", "d")
+    halves = [build_histogram("multiclass", y[s], proba[s], classes=classes) for s in (slice(0, 900), slice(900, None))]
+    got, want = histogram_metrics(merge(halves)), compute_metrics("multiclass", y, proba, classes=classes)
+    for key in ("macro_f1", "accuracy", "balanced_accuracy", "recall_a", "recall_b", "recall_c"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert math.isnan(got["recall_d"]) and math.isnan(want["recall_d"])
+    assert got["macro_roc_auc"] == pytest.approx(want["macro_roc_auc"], abs=0.005)
+
+
+def test_regression_sums_give_the_pooled_rmse_mae_and_rul_scores():
+    rng = np.random.default_rng(6)
+    truth, pred = rng.uniform(0, 150, 500), rng.uniform(0, 150, 500)
+    last = rng.random(500) < 0.1
+    parts = [build_histogram("regression", truth[s], pred[s], last=last[s]) for s in (slice(0, 200), slice(200, None))]
+    got = histogram_metrics(merge(parts))
+    want = compute_metrics("regression", truth, pred) | rul_metrics(truth, pred, last)
+    for key in ("rmse", "mae", "phm08_score", "rmse_last"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    clipped = histogram_metrics(build_histogram("regression", truth, pred, clip=10.0))
+    assert clipped["mae"] <= 10.0 < want["mae"]
