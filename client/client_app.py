@@ -269,12 +269,13 @@ def _site_for(context: Context, sites: Sequence[SiteConfig] | None) -> SiteConfi
     return SiteConfig.from_node_config(dict(context.node_config))
 
 
-def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
+def make_client_app(sites: Sequence[SiteConfig] | None = None, *, mods: Sequence[Mod] = ()) -> ClientApp:
     """The ClientApp; in simulation `sites[partition-id]` gives each virtual node its site.
 
     In deployment each SuperNode names its own site with ``--node-config``. Flower's
     `secaggplus_mod` takes part in secure aggregation when the coordinator runs SecAgg+ and
-    passes every other message through untouched.
+    passes every other message through untouched. ``mods`` run innermost, next to the site's
+    own answer (benchmarks and tests put a poisoning attacker there, `bench.attacks`).
     """
 
     def client_fn(context: Context):
@@ -282,7 +283,7 @@ def make_client_app(sites: Sequence[SiteConfig] | None = None) -> ClientApp:
         torch.set_num_threads(site.torch_threads)
         return SiteClient(site).to_client()
 
-    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites), secure_aggregation_mod])
+    return ClientApp(client_fn=client_fn, mods=[site_errors_mod(sites), secure_aggregation_mod, *mods])
 
 
 app = make_client_app()

@@ -10,13 +10,14 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from flwr.clientapp.typing import Mod
 
 from client.client_app import make_client_app
 from client.site import SiteConfig
@@ -191,6 +192,8 @@ def run_experiment(
     timings["federated_s"] = time.perf_counter() - start
 
     aggregated = result.aggregated_rounds
+    if result.status == "failed" and result.error and not aggregated:  # refused before round 1: say why
+        raise SangsaengError(f"{out_dir}: {result.error}")
     if not aggregated or result.weights is None:
         failures = sorted({f for r in result.rounds for f in r.get("failures", [])})
         hint = ""
@@ -246,6 +249,7 @@ def run_flower_simulation(
     observer: RunObserver | None,
     evaluate_fn: Any,
     site_policies: Mapping[str, SitePrivacyPolicy],
+    client_mods: Sequence[Mod] = (),
 ) -> RunResult:
     """Run the ServerApp and one ClientApp per site in Flower's simulation runtime; return its result.
 
@@ -254,6 +258,7 @@ def run_flower_simulation(
 
     Flower's `run_simulation` runs the ServerApp in a thread of this process, so its
     `RunResult` comes back through the app's ``on_result`` callback, not through files.
+    ``client_mods`` go into every site's ClientApp (`client.client_app.make_client_app`).
     """
     from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation
@@ -271,7 +276,7 @@ def run_flower_simulation(
     server_app = make_server_app(
         config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites), on_result=results.append
     )
-    client_app = make_client_app(sites)
+    client_app = make_client_app(sites, mods=client_mods)
     cpus = max(1, os.cpu_count() or 1)
     backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
