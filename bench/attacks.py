@@ -21,10 +21,15 @@ from flwr.compat.common import recorddict_compat as compat
 from models.tasks import TaskSpec
 from sangsaeng.protocol import ReplyKey
 
-__all__ = ["ATTACKS", "update_scaling_mod", "flip_labels"]
+__all__ = ["ATTACKS", "scaled_update", "update_scaling_mod", "flip_labels"]
 
 ATTACKS: dict[str, float | None] = {"scaled": 100.0, "sign-flipped": -1.0, "flipped-labels": None}
 """Each attack by name: the factor its update is multiplied by, or None for the label-flipping one."""
+
+
+def scaled_update(sent: list[np.ndarray], trained: list[np.ndarray], factor: float) -> list[np.ndarray]:
+    """``global + factor x (trained - global)``, array by array, in the trained arrays' dtypes."""
+    return [(g + factor * (t - g)).astype(t.dtype) for g, t in zip(sent, trained, strict=True)]
 
 
 def update_scaling_mod(factor: float, *, site: str) -> Mod:
@@ -42,8 +47,7 @@ def update_scaling_mod(factor: float, *, site: str) -> Mod:
             return reply
         sent = parameters_to_ndarrays(compat.recorddict_to_fitins(msg.content, keep_input=True).parameters)
         trained = parameters_to_ndarrays(fit_res.parameters)
-        poisoned = [(g + factor * (t - g)).astype(t.dtype) for g, t in zip(sent, trained, strict=True)]
-        fit_res.parameters = ndarrays_to_parameters(poisoned)
+        fit_res.parameters = ndarrays_to_parameters(scaled_update(sent, trained, factor))
         reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
         return reply
 
