@@ -188,3 +188,16 @@ def test_krum_keeps_a_boosted_supplier_from_dragging_the_model_in_a_simulation(a
     before = evaluate_weights(initial, PM, result.scaler, config, held_out)["roc_auc"]
     after = evaluate_weights(list(result.weights), PM, result.scaler, config, held_out)["roc_auc"]
     assert after > max(0.8, before + 0.2), (before, after)
+
+
+def test_the_bench_attackers_scale_the_update_and_flip_binary_labels(ai4i):
+    from bench.attacks import flip_labels, scaled_update
+
+    sent, trained = [np.ones(3, np.float32)], [np.array([1.5, 1.0, 0.0], np.float32)]
+    np.testing.assert_allclose(scaled_update(sent, trained, 100.0)[0], [51.0, 1.0, -99.0])
+    np.testing.assert_allclose(scaled_update(sent, trained, -1.0)[0], [0.5, 1.0, 2.0])
+    rows = ai4i.head(500)
+    flipped = flip_labels(rows, PM)
+    assert (flipped[PM.label] == 1 - rows[PM.label]).all() and flipped[PM.label].sum() == 500 - rows[PM.label].sum()
+    with pytest.raises(ValueError, match="flips 0/1 labels"):
+        flip_labels(rows, get_task("failure-mode"))
