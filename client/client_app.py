@@ -292,7 +292,7 @@ def make_client_app(sites: Sequence[SiteConfig] | None = None, *, extra_mods: Se
     In deployment each SuperNode names its own site with ``--node-config``. Flower's
     `secaggplus_mod` takes part in secure aggregation when the coordinator runs SecAgg+ and
     passes every other message through untouched. `extra_mods` run innermost (test tools such
-    as `client.contribution.misbehaving_mod`).
+    as `client.contribution.misbehaving_mod`, and the poisoning attacker of `bench.attacks`).
     """
 
     def client_fn(context: Context):

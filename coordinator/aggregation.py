@@ -4,10 +4,14 @@ Each `Aggregation` names Flower's strategy that combines the sites' updates; the
 may choose (`coordinator.config.STRATEGIES`) are this registry's keys, so the settings object
 checks a name without importing Flower and a new strategy is added in one place::
 
-    class Krum(Aggregation, name="krum", robust=True):
+    class FedMedian(Aggregation, name="fedmedian", robust=True):
         def build(self, config, common):
-            from flwr.server.strategy import Krum
-            return Krum(**common)
+            from flwr.server.strategy import FedMedian
+            return FedMedian(**common)
+
+A rule that only holds with enough updates says so in `shortfall`: the coordinator refuses a run
+that samples too few sites per round, and leaves out of aggregation a round in which too few
+updates arrived (the global model stays as it was), with that message.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
 
     from coordinator.config import FederationConfig
 
-__all__ = ["Aggregation", "AGGREGATIONS"]
+__all__ = ["Aggregation", "AGGREGATIONS", "sites_per_round"]
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {}
 """Every aggregation by its name, in the order they are declared below."""
@@ -46,6 +50,25 @@ class Aggregation:
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
         """Flower's strategy for `config`; ``common`` holds the arguments every Flower strategy takes."""
         raise NotImplementedError
+
+    def shortfall(self, config: FederationConfig, updates: int) -> str | None:
+        """Why this rule cannot combine ``updates`` updates under `config` (too few of them), or None."""
+        return None
+
+
+def sites_per_round(config: FederationConfig, sites: int) -> int:
+    """How many of ``sites`` healthy sites Flower samples to train each round (its `num_fit_clients`)."""
+    return max(int(sites * config.fraction_fit), config.min_sites)
+
+
+def _byzantine_shortfall(name: str, config: FederationConfig, updates: int, *, need: int, bound: str) -> str | None:
+    if updates >= need:
+        return None
+    f = config.byzantine_sites
+    return (
+        f"{name} assumes up to {f} poisoned site(s) (byzantine_sites) and needs {bound} = {need} updates "
+        f"per round, got {updates}"
+    )
 
 
 class FedAvgAggregation(Aggregation, name="fedavg"):
@@ -96,3 +119,80 @@ class FedTrimmedAvgAggregation(Aggregation, name="fedtrimmedavg", robust=True):
         from flwr.server.strategy import FedTrimmedAvg
 
         return FedTrimmedAvg(beta=config.trim_fraction, **common)
+
+
+class KrumAggregation(Aggregation, name="krum", robust=True):
+    """Flower's Krum (Blanchard et al. 2017): the one update nearest its ``n - f - 2`` nearest others.
+
+    ``f`` is ``byzantine_sites``; Krum's guarantee needs ``n > 2f + 2`` updates. One site's update
+    becomes the global model, so the others' data only counts through the choice.
+    """
+
+    def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `Krum`, assuming ``byzantine_sites`` poisoned sites, keeping one update."""
+        from flwr.server.strategy import Krum
+
+        return Krum(num_malicious_clients=config.byzantine_sites, num_clients_to_keep=0, **common)
+
+    def shortfall(self, config: FederationConfig, updates: int) -> str | None:
+        """Fewer than ``2f + 3`` updates (Krum needs ``n > 2f + 2``)."""
+        return _byzantine_shortfall(
+            "krum", config, updates, need=2 * config.byzantine_sites + 3, bound="n > 2f + 2, at least 2f + 3"
+        )
+
+
+class MultiKrumAggregation(Aggregation, name="multikrum", robust=True):
+    """Multi-Krum (Blanchard et al. 2017) on Flower's Krum: the example-weighted mean of the ``m`` best-scored updates.
+
+    ``m`` is ``multikrum_keep``, by default (0) the round's updates less ``f``: all but the
+    ``f`` most isolated. Needs ``n > 2f + 2`` and ``n >= m + f``.
+    """
+
+    def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `Krum` with ``num_clients_to_keep`` set each round to ``m``."""
+        from flwr.server.strategy import Krum
+
+        f, keep = config.byzantine_sites, config.multikrum_keep
+
+        class MultiKrum(Krum):
+            """Flower's Krum keeping ``m`` updates, ``m`` worked out for each round's number of updates."""
+
+            def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+                """Flower's Multi-Krum, keeping ``multikrum_keep`` updates (0: all but ``f``)."""
+                self.num_clients_to_keep = keep or max(1, len(results) - f)
+                return super().aggregate_fit(server_round, results, failures)
+
+            def __repr__(self) -> str:
+                return f"MultiKrum(f={f}, m={keep or 'n - f'})"
+
+        return MultiKrum(num_malicious_clients=f, num_clients_to_keep=keep, **common)
+
+    def shortfall(self, config: FederationConfig, updates: int) -> str | None:
+        """Fewer than ``2f + 3`` updates, or fewer than ``m + f``."""
+        f, keep = config.byzantine_sites, config.multikrum_keep
+        if keep and updates < keep + f and keep + f > 2 * f + 3:
+            return (
+                f"multikrum keeps {keep} update(s) (multikrum_keep) besides up to {f} poisoned site(s) "
+                f"(byzantine_sites) and needs m + f = {keep + f} updates per round, got {updates}"
+            )
+        return _byzantine_shortfall("multikrum", config, updates, need=2 * f + 3, bound="n > 2f + 2, at least 2f + 3")
+
+
+class BulyanAggregation(Aggregation, name="bulyan", robust=True):
+    """Flower's Bulyan (El Mhamdi et al. 2018): Krum picks ``n - 2f`` updates, then a coordinate-wise trimmed mean.
+
+    Each coordinate is the mean of the ``n - 4f`` selected values nearest their median. Needs
+    ``n >= 4f + 3`` updates (the paper's and Flower's bound): 7 sites for one poisoned site.
+    """
+
+    def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
+        """Flower's `Bulyan` on Flower's Krum, assuming ``byzantine_sites`` poisoned sites."""
+        from flwr.server.strategy import Bulyan
+
+        # Flower's Bulyan passes its extra arguments on to the Krum it selects with; Krum's
+        # `to_keep` has no default there (0: Krum proper).
+        return Bulyan(num_malicious_clients=config.byzantine_sites, to_keep=0, **common)
+
+    def shortfall(self, config: FederationConfig, updates: int) -> str | None:
+        """Fewer than ``4f + 3`` updates."""
+        return _byzantine_shortfall("bulyan", config, updates, need=4 * config.byzantine_sites + 3, bound="n >= 4f + 3")

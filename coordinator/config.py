@@ -79,6 +79,10 @@ class FederationConfig:
     proximal_mu: float = 0.01  # FedProx only
     trim_fraction: float = 0.2  # FedTrimmedAvg only: the share cut from each end, per coordinate
     server_lr: float = 0.01  # FedAdam only (eta)
+    # Krum, Multi-Krum and Bulyan: the poisoned sites they are built to withstand (f), and how
+    # many updates Multi-Krum averages (m; 0: each round's updates less f).
+    byzantine_sites: int = 1
+    multikrum_keep: int = 0
     seed: int = 0
     model: str = TRAINING_DEFAULTS.model  # architecture, see models.architectures
     hidden: tuple[int, ...] = TRAINING_DEFAULTS.hidden
@@ -161,6 +165,10 @@ class FederationConfig:
         parse_rule(self.operating_rule)
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError("trim_fraction must lie in [0, 0.5): the share of updates cut from each end")
+        if self.byzantine_sites < 0:
+            raise ValueError("byzantine_sites must be 0 or more: the poisoned sites krum, multikrum and bulyan assume")
+        if self.multikrum_keep < 0:
+            raise ValueError("multikrum_keep must be 0 (each round's updates less byzantine_sites) or more")
         if self.strategy in ROBUST_STRATEGIES and self.central_dp_noise is not None:
             raise ValueError(
                 f"supplier-level DP noise is calibrated to a mean of the updates; '{self.strategy}' is not a mean: "

@@ -50,9 +50,22 @@ class TrainingOptions:
     strategy: Annotated[
         str,
         typer.Option(
-            help=f"Aggregation: {', '.join(STRATEGIES)}. fedmedian and fedtrimmedavg resist a few poisoned updates."
+            help=f"Aggregation: {', '.join(STRATEGIES)}. fedmedian, fedtrimmedavg, krum, multikrum and bulyan "
+            "resist a few poisoned updates (README, 'Poisoned suppliers')."
         ),
     ] = FederationConfig.strategy
+    byzantine_sites: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="krum, multikrum, bulyan: the poisoned sites to withstand (f); krum needs more than 2f + 2 "
+            "sites per round, bulyan at least 4f + 3.",
+        ),
+    ] = FederationConfig.byzantine_sites
+    multikrum_keep: Annotated[
+        int,
+        typer.Option(min=0, help="multikrum: the updates it averages (m); 0: each round's updates less f."),
+    ] = FederationConfig.multikrum_keep
     local_epochs: Annotated[
         int | None,
         typer.Option(

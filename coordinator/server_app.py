@@ -36,6 +36,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 from flwr.serverapp.grid import Grid
 
+from coordinator.aggregation import AGGREGATIONS, sites_per_round
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
@@ -259,6 +260,13 @@ def run_federation(
             f"only {len(healthy)} site(s) have usable data, the run needs {config.min_sites}: "
             + "; ".join(problems.values())
         )
+    per_round = sites_per_round(config, len(healthy))
+    shortfall = AGGREGATIONS[config.strategy]().shortfall(config, per_round)
+    if shortfall:  # every round would be refused: refuse the run before anyone trains
+        error = f"{shortfall}: {len(healthy)} healthy site(s), {per_round} sampled per round"
+        recorder.set(status="failed", error=error)
+        finish(resumed_weights)
+        raise FederationError(error)
     if done >= config.num_rounds:
         recorder.set(status="completed")
         return finish(resumed_weights)

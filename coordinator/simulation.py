@@ -204,6 +204,8 @@ def run_experiment(
     timings["federated_s"] = time.perf_counter() - start
 
     aggregated = result.aggregated_rounds
+    if result.status == "failed" and result.error and not aggregated:  # refused before round 1: say why
+        raise SangsaengError(f"{out_dir}: {result.error}")
     if not aggregated or result.weights is None:
         failures = sorted({f for r in result.rounds for f in r.get("failures", [])})
         hint = ""
@@ -269,6 +271,7 @@ def run_flower_simulation(
 
     Flower's `run_simulation` runs the ServerApp in a thread of this process, so its
     `RunResult` comes back through the app's ``on_result`` callback, not through files.
+    ``client_mods`` go into every site's ClientApp (`client.client_app.make_client_app`).
     """
     from flwr.app import ConfigRecordValues
     from flwr.simulation import run_simulation

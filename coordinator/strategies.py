@@ -1,7 +1,8 @@
 """Aggregation strategies by name, and the wrapper that adds Sangsaeng's bookkeeping.
 
 The strategies are Flower's own legacy ``flwr.server.strategy`` classes (weighted FedAvg,
-FedProx, FedAdam, FedMedian, FedTrimmedAvg; by name in `coordinator.aggregation`) driven by
+FedProx, FedAdam, FedMedian, FedTrimmedAvg, Krum, Multi-Krum, Bulyan; by name in
+`coordinator.aggregation`) driven by
 Flower's ``DefaultWorkflow``: the structure in which Flower's SecAgg+ (``SecAggPlusWorkflow``
 + ``secaggplus_mod``) plugs in as the fit workflow.
 
@@ -362,6 +363,10 @@ class SangsaengStrategy(Strategy):
         dp = {str(res.metrics.get(ReplyKey.SITE, proxy.cid)): _dp_record(res.metrics) for proxy, res in results}
         results, rejected = self._screen(results)
         problems += rejected
+        # A rule that needs more updates than arrived (Krum: n > 2f + 2) skips the round, named.
+        shortfall = AGGREGATIONS[self.config.strategy]().shortfall(self.config, len(results)) if results else None
+        if shortfall:
+            problems.append(f"round {rnd}: {shortfall}: not aggregated, the global model stays")
         for problem in problems:
             self.observer.site_problem(problem)
             if self.audit is not None and "budget exhausted" in problem:
@@ -386,7 +391,7 @@ class SangsaengStrategy(Strategy):
             clip = getattr(self.inner, "clipping_norm", None)  # this round's; adaptive clipping moves it after
             extra["central_dp"] = self.central_dp.account_round(len(results), clipping_norm=clip)
             failures = []  # Flower's DP wrapper drops the whole round on any failure; they are recorded above
-        parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        parameters, metrics = (None, {}) if shortfall else self.inner.aggregate_fit(server_round, results, failures)
         if "central_dp" in extra:
             if isinstance(self.inner, AdaptiveClipping):
                 extra["central_dp"]["next_clipping_norm"] = self.inner.clipping_norm

@@ -112,8 +112,8 @@ def test_coordinator_run_hands_the_strategy_to_the_settings_before_starting_flow
                                "--state", str(tmp_path / "state"), "--out", str(tmp_path / "out")])  # fmt: skip
     assert done.exit_code == 2
     assert "'fedmedian' is not a mean" in said(done)
-    done = runner.invoke(app, ["coordinator", "run", "--strategy", "krum", "--state", str(tmp_path / "state")])
-    assert done.exit_code == 2 and "unknown strategy 'krum'" in said(done)
+    done = runner.invoke(app, ["coordinator", "run", "--strategy", "geomedian", "--state", str(tmp_path / "state")])
+    assert done.exit_code == 2 and "unknown strategy 'geomedian'" in said(done)
     assert not (tmp_path / "state").exists()  # refused before anything was written or started
 
 

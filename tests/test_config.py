@@ -37,7 +37,7 @@ def test_dp_runs_get_dp_training_defaults_unless_set():
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"strategy": "krum"}, "unknown strategy"), ({"num_rounds": 0}, "at least 1"), ({"dp_epsilon": -1.0}, "positive")],
+    [({"strategy": "gm"}, "unknown strategy"), ({"num_rounds": 0}, "at least 1"), ({"dp_epsilon": -1.0}, "positive")],
 )
 def test_bad_settings_are_refused(changes, message):
     base = FederationConfig.from_run_config({})
@@ -71,7 +71,7 @@ def test_strategy_names_are_the_aggregation_registry():
     from coordinator.strategies import STRATEGY_REGISTRY
 
     assert STRATEGIES == tuple(AGGREGATIONS) == tuple(STRATEGY_REGISTRY)
-    assert ROBUST_STRATEGIES == ("fedmedian", "fedtrimmedavg")
+    assert ROBUST_STRATEGIES == ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
     with pytest.raises(ValueError, match="aggregation 'fedavg' is declared twice"):
 
         class Again(Aggregation, name="fedavg"):
