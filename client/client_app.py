@@ -5,7 +5,9 @@ Answers three instructions from the coordinator, each on the site's own rows onl
 - *profile* (legacy ``get_properties``): validate the export, return aggregate statistics
   for federated normalisation (`models.scaler.SiteProfile`);
 - *fit*: train the global model on the site's training split;
-- *evaluate*: score the global model on the site's fixed held-out split.
+- *evaluate*: score the global model on the site's fixed held-out split; once after the last
+  round (phase ``membership``), attack the final model with its training rows against its
+  held-out rows instead and keep the figure in its ledger (`client.membership`).
 
 A bad export or an unusable task becomes an error reply naming the file, column and problem
 (`site_errors_mod`), never a crash of the node.
@@ -44,7 +46,7 @@ from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
 from privacy.profile import dp_profile_applies, release_profile
 from sangsaeng.errors import SangsaengError
-from sangsaeng.protocol import PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
+from sangsaeng.protocol import PHASE_MEMBERSHIP, PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -218,12 +220,28 @@ class SiteClient(NumPyClient):
         return get_weights(model), len(x), metrics
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
-        """Score the global model on the site's held-out split."""
+        """Score the global model on the site's held-out split (or, in the membership phase, its privacy)."""
+        if config.get(ConfigKey.PHASE) == PHASE_MEMBERSHIP:
+            return self._membership(parameters, config)
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.test, spec, scaler)
         loss, metrics = evaluate_model(model, x, y, spec=spec, scaler=scaler, last=last_windows(data.test, spec))
         return loss, len(x), {ReplyKey.SITE: self.site.name, **metrics}
+
+    def _membership(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
+        """The membership-inference check of the final model, kept in the ledger; only its figures go back."""
+        from client.membership import measure_membership
+
+        spec, scaler, model = self._model(config, parameters)
+        data = load_site(self.site, spec)
+        result = measure_membership(
+            model, data.train, data.test, spec=spec, scaler=scaler, seed=int(config.get(ConfigKey.SEED, 0))
+        ).to_dict()
+        PrivacyLedger(self.site.ledger_file, self.site.name).record_membership(_dp_request(config).run_id, result)
+        # The loss slot carries the attack's AUC: Flower's evaluate reply needs a float there.
+        reply: dict[str, Scalar] = {ReplyKey.SITE: self.site.name, ReplyKey.MEMBERSHIP: json.dumps(result)}
+        return result["auc"], result["n_train"], reply
 
 
 _ERROR_CODES = {

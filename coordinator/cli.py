@@ -37,7 +37,7 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     import pandas as pd
 
     from coordinator.display import RichObserver
-    from coordinator.report import privacy_table, results_table
+    from coordinator.report import membership_line, privacy_table, results_table
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
 
@@ -60,6 +60,9 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     if results.get("privacy"):
         console.print(privacy_table(results["privacy"]))
         console.print(f"privacy report: {config.out_dir / 'privacy' / 'report.json'} (signed; report.html for people)")
+    line = membership_line(results)
+    if line:
+        console.print(line, markup=False)
 
 
 def _config(spec: TaskSpec, out: Path, options: TrainingOptions) -> FederationConfig:

@@ -100,6 +100,9 @@ class FederationConfig:
     secagg_threshold: int = 2
     secagg_clip: float = 8.0  # every parameter must lie in [-clip, clip] to be summed exactly
     key_dir: Path = DEFAULT_KEY_DIR
+    # After the last round each site attacks the final model with its own training rows against
+    # its held-out rows and reports the attack's ROC-AUC (privacy.membership, docs/privacy.md).
+    membership_check: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

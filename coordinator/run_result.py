@@ -10,7 +10,7 @@ the signed privacy report) stay the record for resuming and auditing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +54,8 @@ class RunResult:
         privacy_report: the signed privacy report's content (None for a run without DP).
         privacy_report_path: its path relative to the run directory (None without DP).
         config: the run's configuration (`FederationConfig.to_dict`).
+        membership: each site's membership-inference figures on the final model, by site
+            (`privacy.membership.MembershipResult.to_dict`); empty when the check did not run.
 
     Example::
 
@@ -76,6 +78,7 @@ class RunResult:
     privacy_report: Mapping[str, Any] | None
     privacy_report_path: str | None
     config: Mapping[str, Any]
+    membership: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def aggregated_rounds(self) -> list[Mapping[str, Any]]:

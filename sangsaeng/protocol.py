@@ -12,9 +12,12 @@ Flower's own error codes are below 100; ours start at 1000.
 
 from __future__ import annotations
 
-__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE"]
+__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_MEMBERSHIP"]
 
 PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
+# The value of ConfigKey.PHASE in the one evaluate message after the last round that asks each
+# site for its membership-inference check of the final model (privacy.membership).
+PHASE_MEMBERSHIP = "membership"
 
 
 class ConfigKey:
@@ -65,6 +68,8 @@ class ReplyKey:
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped
     IMAGES_FIRST_SKIPPED = "images_first_skipped"  # JSON list: the first ten, "data row N: ... <file>"
     IMAGES_CONVERTED = "images_converted"  # JSON object: images whose channels were converted, by source mode
+    # The membership-inference check's figures (privacy.membership.MembershipResult.to_dict), JSON.
+    MEMBERSHIP = "membership_inference"
 
 
 class ErrorCode:
