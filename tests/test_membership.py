@@ -32,6 +32,7 @@ from privacy.membership import (
 )
 from privacy.report import build_report, verify_report, write_signed_report
 from privacy.summary import privacy_summary
+from tests.conftest import explain, sangsaeng
 from tests.factories import dp_manifest
 
 PM = get_task("predictive-maintenance")
@@ -202,13 +203,20 @@ def _signed(tmp_path, manifest):
 
 
 def test_report_signs_the_figure_and_tampering_fails_verify(tmp_path):
+    # 1,465 of 2,500 pairs won, 45 tied: AUC (1465 + 45 / 2) / 2500 = 0.595
     figure = membership_inference(np.arange(50.0), np.arange(50.0) + 5, seed=0).to_dict()
+    assert figure["auc"] == pytest.approx(0.595)
     manifest = {**dp_manifest(sites=("plant-a", "plant-b")), "membership_inference": {"plant-a": figure}}
     path, public, key = _signed(tmp_path, manifest)
     report = verify_report(path, public)
     assert report["membership_inference"]["plant-a"]["auc"] == figure["auc"]
     assert "not recomputable" in report["membership_inference_note"]
     assert "Membership inference on the final model" in (tmp_path / "privacy" / "report.html").read_text()
+    shown = sangsaeng("privacy", "verify", str(path), "--public-key", str(public))
+    assert shown.exit_code == 0, explain(shown)
+    assert "plant-a: membership-inference ROC-AUC 0.595 (loss, 50 training vs 50 held-out rows) signed" in " ".join(
+        shown.stdout.split()
+    )
     summary = privacy_summary(report)["sites"]
     assert summary["plant-a"]["membership_auc"] == figure["auc"] and summary["plant-b"]["membership_auc"] is None
 
@@ -218,7 +226,9 @@ def test_report_signs_the_figure_and_tampering_fails_verify(tmp_path):
     path.write_text(json.dumps(tampered, indent=2, sort_keys=True) + "\n")
     with pytest.raises(ReportInvalid, match="bad signature"):
         verify_report(path, public)
-    # re-signed, the figures no longer hang together (the best method's AUC is 0.95)
+    refused = sangsaeng("privacy", "verify", str(path), "--public-key", str(public))
+    assert refused.exit_code == 1 and "bad signature" in refused.stdout
+    # re-signed, the figures no longer hang together (the best method's AUC is 0.595)
     (tmp_path / "privacy" / "report.json.sig").write_bytes(key.sign(path.read_bytes()))
     with pytest.raises(ReportInvalid, match="site 'plant-a' membership inference: AUC 0.5 is not its method"):
         verify_report(path, public)
