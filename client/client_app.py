@@ -5,7 +5,9 @@ Answers three instructions from the coordinator, each on the site's own rows onl
 - *profile* (legacy ``get_properties``): validate the export, return aggregate statistics
   for federated normalisation (`models.scaler.SiteProfile`);
 - *fit*: train the global model on the site's training split;
-- *evaluate*: score the global model on the site's fixed held-out split.
+- *evaluate*: score the global model on the site's fixed held-out split; once after the last
+  round (phase ``membership``), attack the final model with its training rows against its
+  held-out rows instead and keep the figure in its ledger (`client.membership`).
 
 A bad export or an unusable task becomes an error reply naming the file, column and problem
 (`site_errors_mod`), never a crash of the node.
@@ -46,7 +48,7 @@ from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
 from privacy.profile import dp_profile_applies, release_profile
 from sangsaeng.errors import SangsaengError
-from sangsaeng.protocol import PHASE_CONTRIBUTION, PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
+from sangsaeng.protocol import PHASE_CONTRIBUTION, PHASE_MEMBERSHIP, PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -223,10 +225,13 @@ class SiteClient(NumPyClient):
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
         """Score the global model on the site's held-out split; the reply is a histogram (noised under DP).
 
-        A round's coalition models (contribution scores, `client.contribution`) are scored here too.
+        A round's coalition models (contribution scores, `client.contribution`) are scored here too,
+        and, in the membership phase after the last round, the final model's privacy (`privacy.membership`).
         """
         if config.get(ConfigKey.PHASE) == PHASE_CONTRIBUTION:
             return self._coalition_counts(parameters, config)
+        if config.get(ConfigKey.PHASE) == PHASE_MEMBERSHIP:
+            return self._membership(parameters, config)
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         return evaluation_reply(
@@ -241,6 +246,20 @@ class SiteClient(NumPyClient):
         x, y = prepare(load_site(self.site, spec).test, spec, scaler)
         counts = coalition_counts(model, models, x, y, spec=spec, scaler=scaler)
         return 0.0, len(x), {ReplyKey.SITE: self.site.name, ReplyKey.COALITION_COUNTS: counts}
+
+    def _membership(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
+        """The membership-inference check of the final model, kept in the ledger; only its figures go back."""
+        from client.membership import measure_membership
+
+        spec, scaler, model = self._model(config, parameters)
+        data = load_site(self.site, spec)
+        result = measure_membership(
+            model, data.train, data.test, spec=spec, scaler=scaler, seed=int(config.get(ConfigKey.SEED, 0))
+        ).to_dict()
+        PrivacyLedger(self.site.ledger_file, self.site.name).record_membership(_dp_request(config).run_id, result)
+        # The loss slot carries the attack's AUC: Flower's evaluate reply needs a float there.
+        reply: dict[str, Scalar] = {ReplyKey.SITE: self.site.name, ReplyKey.MEMBERSHIP: json.dumps(result)}
+        return result["auc"], result["n_train"], reply
 
 
 _ERROR_CODES = {

@@ -37,7 +37,13 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     import pandas as pd
 
     from coordinator.display import RichObserver
-    from coordinator.report import contribution_table, operating_point_table, privacy_table, results_table
+    from coordinator.report import (
+        contribution_table,
+        membership_line,
+        operating_point_table,
+        privacy_table,
+        results_table,
+    )
     from coordinator.simulation import run_experiment, write_site_files
     from models.schema import read_table
     from sangsaeng.extras import require
@@ -67,6 +73,9 @@ def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: Federati
     if results.get("privacy"):
         console.print(privacy_table(results["privacy"]))
         console.print(f"privacy report: {config.out_dir / 'privacy' / 'report.json'} (signed; report.html for people)")
+    line = membership_line(results)
+    if line:
+        console.print(line, markup=False)
 
 
 def _config(spec: TaskSpec, out: Path, options: TrainingOptions) -> FederationConfig:

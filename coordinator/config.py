@@ -116,6 +116,9 @@ class FederationConfig:
     evaluate_every: int = 1
     # How the operating threshold is chosen from the merged held-out histograms (models.histogram).
     operating_rule: str = DEFAULT_RULE
+    # After the last round each site attacks the final model with its own training rows against
+    # its held-out rows and reports the attack's ROC-AUC (privacy.membership, docs/privacy.md).
+    membership_check: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -163,6 +163,14 @@ class TrainingOptions:
     key_dir: Annotated[Path, typer.Option(help="The coordinator's signing key directory (created on first use).")] = (
         DEFAULT_KEY_DIR
     )
+    membership_check: Annotated[
+        bool,
+        typer.Option(
+            "--membership-check/--no-membership-check",
+            help="After the last round each site attacks the final model with its training rows against its "
+            "held-out rows and reports the attack's ROC-AUC (docs/privacy.md).",
+        ),
+    ] = FederationConfig.membership_check
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingOptions":

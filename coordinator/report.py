@@ -36,6 +36,7 @@ __all__ = [
     "contribution_table",
     "run_operating_point",
     "operating_point_table",
+    "membership_line",
 ]
 
 RESULTS = "results.json"
@@ -150,6 +151,8 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
         else None
     )
     results["contribution"] = _contribution(result, comparison)
+    # Each site's membership-inference check of the final model (privacy.membership), DP or not.
+    results["membership_inference"] = {site: dict(figure) for site, figure in sorted(result.membership.items())}
     results |= {"config": dict(result.config), "run_id": result.run_id}
     if comparison is not None:
         results["timings"] = dict(comparison.timings)
@@ -276,6 +279,17 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def membership_line(results: Mapping[str, Any]) -> str | None:
+    """Each site's membership-inference ROC-AUC on the final model, in one line (None when not run)."""
+    figures = results.get("membership_inference") or {}
+    if not figures:
+        return None
+    parts = ", ".join(
+        f"{site} {f['auc']:.3f} (n={f['n_train']}+{f['n_holdout']})" for site, f in sorted(figures.items())
+    )
+    return f"membership inference on the final model, attack ROC-AUC (0.5 = chance): {parts}"
+
+
 def privacy_table(privacy: dict[str, Any]) -> Table:
     """Cumulative epsilon per site after each round, against each site's budget."""
     rounds = sorted({int(r) for s in privacy["sites"].values() for r in s["epsilon_by_round"]})
@@ -288,6 +302,9 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
         table.add_column(f"r{r}", justify="right")
     table.add_column("budget", justify="right")
     table.add_column("delta", justify="right")
+    attacked = any(s.get("membership_auc") is not None for s in privacy["sites"].values())
+    if attacked:  # the empirical check beside the proof: 0.5 is chance
+        table.add_column("MIA AUC", justify="right")
     for site, entry in sorted(privacy["sites"].items()):
         by_round = entry["epsilon_by_round"]
         profile = [_fmt(entry["profile_epsilon"]) if entry.get("profile_epsilon") is not None else "exact"]
@@ -295,6 +312,7 @@ def privacy_table(privacy: dict[str, Any]) -> Table:
             site, *(profile if profiled else []),
             *[_fmt(by_round.get(str(r))) if str(r) in by_round else "-" for r in rounds],
             f"{entry['budget_epsilon']:g}", f"{entry['delta']:.2g}",
+            *([_fmt(entry.get("membership_auc"))] if attacked else []),
         )  # fmt: skip
     if privacy.get("central_dp"):
         c = privacy["central_dp"]

@@ -10,7 +10,7 @@ the signed privacy report) stay the record for resuming and auditing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +56,8 @@ class RunResult:
         config: the run's configuration (`FederationConfig.to_dict`).
         contribution: each site's contribution scores (results.json's ``"contribution"``, see
             `coordinator.contribution`), or None for a run that recorded none.
+        membership: each site's membership-inference figures on the final model, by site
+            (`privacy.membership.MembershipResult.to_dict`); empty when the check did not run.
 
     Example::
 
@@ -79,6 +81,7 @@ class RunResult:
     privacy_report_path: str | None
     config: Mapping[str, Any]
     contribution: Mapping[str, Any] | None = None
+    membership: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def aggregated_rounds(self) -> list[Mapping[str, Any]]:

@@ -41,6 +41,7 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
+from coordinator.membership import collect_membership
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
 from coordinator.strategies import (
@@ -322,6 +323,17 @@ def run_federation(
         finish(strategy.global_weights or resumed_weights)
         raise
     recorder.set(status="completed", completed_rounds=config.num_rounds)
+    if config.membership_check and strategy.global_weights is not None:
+        # The empirical check beside the epsilon: each site attacks the final model on its own rows.
+        figures, failures = collect_membership(
+            grid, healthy, strategy.global_weights, instructions=strategy.instructions,
+            server_round=config.num_rounds, timeout=config.node_wait_timeout, observer=observer,
+        )  # fmt: skip
+        recorder.set(membership_inference=figures, membership_failures=failures)
+        if audit is not None:
+            for name, figure in figures.items():
+                audit.append("membership inference", site=name, auc=figure["auc"], method=figure["method"],
+                             n_train=figure["n_train"], n_holdout=figure["n_holdout"])  # fmt: skip
     report = None
     if signing_key is not None and audit is not None:
         report = build_report(recorder.manifest, audit_head=audit.head())
@@ -360,6 +372,7 @@ def _run_result(
         privacy_report_path=manifest.get("privacy_report") if report is not None else None,
         config=manifest["config"],
         contribution=manifest.get("contribution"),
+        membership=manifest.get("membership_inference", {}),
     )
 
 

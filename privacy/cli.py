@@ -23,7 +23,11 @@ def verify(
     public_key: Annotated[Path, typer.Option(help="The coordinator's public key (PEM).")],
     signature: Annotated[Path | None, typer.Option(help="Signature file (default: REPORT.sig).")] = None,
 ) -> None:
-    """Check a privacy report's signature, recompute every epsilon, and check every budget."""
+    """Check a privacy report's signature, recompute every epsilon, and check every budget.
+
+    Each site's membership-inference figure is checked for consistency and shown as signed: the
+    site measured it on its own rows, so no verifier can recompute it.
+    """
     from privacy.report import verify_report
 
     try:
@@ -41,6 +45,12 @@ def verify(
         if data["central_dp"].get("adaptive_clipping"):
             adaptive = " (adaptive clipping: update and count noise add up)"
         console.print(f"  supplier-level: epsilon {data['central_dp']['epsilon']:.3f} recomputed{adaptive}")
+    for site, figure in sorted((data.get("membership_inference") or {}).items()):
+        console.print(
+            f"  {site}: membership-inference ROC-AUC {figure['auc']:.3f} ({figure['method']}, "
+            f"{figure['n_train']} training vs {figure['n_holdout']} held-out rows) signed; measured on-site, "
+            "not recomputable"
+        )
     console.print(f"[green]valid:[/] signature good, {len(data['sites'])} site(s) recomputed and within budget")
 
 

@@ -8,14 +8,23 @@ Exception tree::
           ├── PolicyError          a site's privacy policy or a DP request is unusable
           ├── SigningKeyError      the coordinator's signing key is missing, lost or unreadable
           ├── ReportInvalid        a privacy report fails its signature or its recomputation
-          └── AuditLogBroken       the hash chain of an audit log does not hold
+          ├── AuditLogBroken       the hash chain of an audit log does not hold
+          └── MembershipCheckError the membership-inference check cannot be run or its figures do not hold
 """
 
 from __future__ import annotations
 
 from models.errors import SangsaengError
 
-__all__ = ["PrivacyError", "BudgetExhausted", "PolicyError", "SigningKeyError", "ReportInvalid", "AuditLogBroken"]
+__all__ = [
+    "PrivacyError",
+    "BudgetExhausted",
+    "PolicyError",
+    "SigningKeyError",
+    "ReportInvalid",
+    "AuditLogBroken",
+    "MembershipCheckError",
+]
 
 
 class PrivacyError(SangsaengError):
@@ -40,3 +49,7 @@ class ReportInvalid(PrivacyError):
 
 class AuditLogBroken(PrivacyError):
     """An audit log entry was edited, removed or reordered."""
+
+
+class MembershipCheckError(PrivacyError):
+    """The membership-inference check cannot be run on these rows, or its recorded figures do not hang together."""

@@ -4,7 +4,9 @@ The ledger is the persisted state of the site's one accountant: the history of
 ``(noise_multiplier, sample_rate, steps)``. Before a round the site asks the ledger what
 the round would cost (`plan_round`) and refuses if that exceeds its budget; after the round
 it records what it spent (`record_round`). Each change is also written to the site's
-hash-chained audit log next to the ledger.
+hash-chained audit log next to the ledger. After a run the ledger also keeps the site's
+membership-inference figure of the final model (`record_membership`), beside the epsilon and
+outside the accountant's history.
 """
 
 from __future__ import annotations
@@ -451,6 +453,26 @@ class PrivacyLedger:
             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, epsilon=epsilon,
         )  # fmt: skip
         return epsilon
+
+    def record_membership(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Keep the run's membership-inference figures (`privacy.membership`); return the ledger entry.
+
+        Kept apart from the accountant's ``entries``: the check charges no epsilon. It releases one
+        figure, the attack's AUC, which one row moves by at most ``1 / n_train`` (docs/privacy.md).
+        """
+        with self._locked() as state:
+            entry = {**result, "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            state.setdefault("membership", []).append(entry)
+        self.audit.append(
+            "membership inference", site=self.site, run_id=run_id, auc=result.get("auc"),
+            method=result.get("method"), n_train=result.get("n_train"), n_holdout=result.get("n_holdout"),
+        )  # fmt: skip
+        return entry
+
+    def membership(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """The recorded membership-inference figures, oldest first (of one run with `run_id`)."""
+        entries = self.load().get("membership", [])
+        return [e for e in entries if run_id is None or e["run_id"] == run_id]
 
     def _note_policy(self, state: dict[str, Any], policy: SitePrivacyPolicy) -> None:
         current = {"max_epsilon": policy.max_epsilon, "delta": policy.delta, "dp_required": policy.dp_required,

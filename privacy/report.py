@@ -16,6 +16,13 @@ Check with OpenSSL alone::
 sample_rate, steps) with the named accountant — a site's DP data profile (version 2 reports,
 ``mechanisms``) first, then its DP-SGD rounds — checks that each profile's noise std is its
 noise multiplier times its sensitivity, and checks each site against its budget.
+
+``membership_inference`` holds each site's empirical check of the final model
+(`privacy.membership`): the ROC-AUC of a membership-inference attack on its training rows
+against its held-out rows, with the sample sizes and method — figures, never rows. The site
+computed it on rows nobody else holds, so a verifier cannot recompute it: the signature
+vouches that the coordinator recorded what the site sent, and `verify_report` checks that
+the figures hang together (an AUC in [0, 1], equal samples, the best method's AUC).
 """
 
 from __future__ import annotations
@@ -30,11 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from privacy.accounting import epsilon_of
-from privacy.errors import ReportInvalid
+from privacy.errors import MembershipCheckError, ReportInvalid
 from privacy.keys import PUBLIC_NAME, load_public_key, public_pem
+from privacy.membership import MembershipResult
 from sangsaeng.signing import Ed25519PrivateKey, verify
 
-__all__ = ["build_report", "write_signed_report", "verify_report", "check_epsilons", "REL_TOLERANCE"]
+__all__ = [
+    "build_report",
+    "write_signed_report",
+    "verify_report",
+    "check_epsilons",
+    "check_membership",
+    "REL_TOLERANCE",
+]
 
 REL_TOLERANCE = 1e-6
 MECHANISM = (
@@ -53,6 +68,13 @@ NOT_COVERED = (
 REPORT_VERSION = 2
 NOT_COVERED_EVALUATION = (
     "Not covered by these epsilons: the metrics sites report on their held-out rows each round (evaluation)."
+)
+MEMBERSHIP_NOTE = (
+    "Membership inference: after the last round each site attacked the final model with equal-size samples "
+    "of its training rows (members) and its held-out rows (non-members), scoring each row by its loss "
+    "(and by its loss calibrated to the held-out rows of its label); the ROC-AUC of the stronger attack is "
+    "reported (0.5: a loss threshold tells members from non-members no better than chance). Computed on-site "
+    "on rows no one else holds: signed as the site reported it, not recomputable by a verifier."
 )
 PROFILE_MECHANISM = (
     "DP data profile (privacy.profile): one Gaussian mechanism, without subsampling, over the site's row "
@@ -160,6 +182,7 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         "refusals": refusals,
         "not_covered": not_covered,
         "audit_log_head": audit_head,
+        **_membership(manifest),
     }
 
 
@@ -181,6 +204,14 @@ def _ordered_steps(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             steps.append((0, 0, str(mech["mechanism"]), mech))
     steps += [(int(rnd["round"]), 1, f"round {rnd['round']}", rnd) for rnd in entry["rounds"]]
     return [(label, step) for _, _, label, step in sorted(steps, key=lambda s: (s[0], s[1]))]
+
+
+def _membership(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The report's membership-inference keys: each site's figures and the method's note (none if not run)."""
+    figures = manifest.get("membership_inference") or {}
+    if not figures:
+        return {}
+    return {"membership_inference": dict(sorted(figures.items())), "membership_inference_note": MEMBERSHIP_NOTE}
 
 
 _MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
@@ -307,6 +338,7 @@ def verify_report(
         raise ReportInvalid(f"{report_path} is not JSON: {exc}") from None
 
     check_epsilons(report)
+    check_membership(report)
     for site, entry in report.get("sites", {}).items():
         if not _within(entry):
             raise ReportInvalid(
@@ -334,6 +366,21 @@ def check_epsilons(report: dict[str, Any]) -> None:
         raise ReportInvalid(
             f"the report lacks what its epsilons are recomputed from: {type(exc).__name__} {exc}"
         ) from None
+
+
+def check_membership(report: dict[str, Any]) -> None:
+    """Check that each site's membership-inference figures hang together; raises `ReportInvalid` naming the site.
+
+    Only their consistency: the AUC itself was computed on the site's rows and cannot be recomputed.
+    """
+    figures = report.get("membership_inference") or {}
+    if not isinstance(figures, dict):
+        raise ReportInvalid("the report's 'membership_inference' is not a mapping of site names to their figures")
+    for site, figure in figures.items():
+        try:
+            MembershipResult.from_dict(figure, source=f"site '{site}' membership inference")
+        except MembershipCheckError as exc:
+            raise ReportInvalid(str(exc)) from None
 
 
 def _check_epsilons(sites: dict[str, Any], central: dict[str, Any] | None, version: int = 1) -> None:
@@ -400,6 +447,26 @@ def _profile_cell(site: dict[str, Any]) -> str:
     return "exact (not covered)"
 
 
+def _membership_html(report: dict[str, Any]) -> str:
+    """The membership-inference section of the HTML view: each site's AUC beside its epsilon."""
+    figures = report.get("membership_inference") or {}
+    if not figures:
+        return ""
+    e = html.escape
+    epsilon = {site: entry["epsilon"] for site, entry in report.get("sites", {}).items()}
+    rows = "".join(
+        f"<tr><td>{e(site)}</td><td>{f['auc']:.3f}</td><td>{f.get('null_sd', 0.0):.3f}</td><td>{e(f['method'])}</td>"
+        f"<td>{f['n_train']}</td><td>{f['n_holdout']}</td>"
+        f"<td>{f'{epsilon[site]:.3f}' if site in epsilon else 'no record-level DP'}</td></tr>"
+        for site, f in sorted(figures.items())
+    )
+    return (
+        "<h2>Membership inference on the final model</h2><table><tr><th>site</th><th>attack ROC-AUC</th>"
+        "<th>chance spread (sd)</th><th>method</th><th>training rows</th><th>held-out rows</th><th>epsilon</th></tr>"
+        f"{rows}</table><p><small>{e(report.get('membership_inference_note', MEMBERSHIP_NOTE))}</small></p>"
+    )
+
+
 def _html(report: dict[str, Any]) -> str:
     e = html.escape
     rows = "".join(
@@ -420,6 +487,7 @@ def _html(report: dict[str, Any]) -> str:
             f"noise multiplier {central['noise_multiplier']:g}, clipping norm {clip}.</p><p>{e(central['note'])}</p>"
         )
     refusals = "".join(f"<li>{e(r)}</li>" for r in report.get("refusals", [])) or "<li>none</li>"
+    membership_html = _membership_html(report)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Privacy report {e(report["run_id"])}</title>
 <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}
@@ -433,6 +501,7 @@ issued {e(report["created_at"])}.</p>
 <th>records</th><th>rounds</th><th>DP profile</th><th>status</th></tr>{rows}</table>
 <img alt="epsilon over rounds per site" src="data:image/png;base64,{_plot_png(report)}">
 {central_html}
+{membership_html}
 <h2>Refusals</h2><ul>{refusals}</ul>
 <p><small>{e(report["not_covered"])}</small></p>
 <p>Verify: <code>openssl pkeyutl -verify -pubin -inkey coordinator.pub.pem -rawin -in report.json

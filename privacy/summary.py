@@ -56,14 +56,20 @@ def _profile_epsilon(entry: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _membership_auc(figure: Any) -> float | None:
+    """A site's membership-inference AUC from its figures in the report, or None without them."""
+    return _number(figure.get("auc")) if isinstance(figure, Mapping) else None
+
+
 def privacy_summary(
     report: Mapping[str, Any], *, report_path: str | None = None, source: str = "privacy report"
 ) -> dict[str, Any]:
     """Epsilon per site over rounds, supplier-level DP and refusals, from a privacy report's content.
 
     Returns ``{"report": report_path, "sites": {site: {"epsilon", "budget_epsilon", "delta",
-    "epsilon_by_round": {"1": ..., ...}, "profile_epsilon"}}, "central_dp": {"epsilon", "delta"} | None,
-    "refusals": [...]}``, sites in name order (as the signed report.json stores them).
+    "epsilon_by_round": {"1": ..., ...}, "profile_epsilon", "membership_auc"}}, "central_dp": {"epsilon",
+    "delta"} | None, "refusals": [...]}``, sites in name order (as the signed report.json stores them);
+    ``membership_auc`` is the site's membership-inference ROC-AUC on the final model (None: not run).
 
     Besides the coordinator's report (`privacy.report.build_report`) it accepts a bare
     ``{site: {...}}`` mapping and site entries that list ``epsilon_by_round`` themselves.
@@ -74,6 +80,8 @@ def privacy_summary(
     if not isinstance(sites, Mapping):
         raise ReportInvalid(f"{source}: expected a mapping of sites to their privacy spend")
     summary_sites: dict[str, dict[str, Any]] = {}
+    membership = report.get("membership_inference") if sites is not report else None
+    membership = membership if isinstance(membership, Mapping) else {}
     for site, entry in sorted(sites.items()):
         if not isinstance(entry, Mapping):
             continue
@@ -87,6 +95,8 @@ def privacy_summary(
             "epsilon_by_round": _epsilon_by_round(entry),
             # The DP data profile's own share of the epsilon (version 2 reports); None: exact profile.
             "profile_epsilon": _profile_epsilon(entry),
+            # The membership-inference attack's ROC-AUC on the final model (privacy.membership); None: not run.
+            "membership_auc": _membership_auc(membership.get(site)),
         }
     whole = sites is not report  # a full report, not a bare mapping of sites
     central = report.get("central_dp") if whole else None

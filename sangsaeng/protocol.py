@@ -12,10 +12,13 @@ Flower's own error codes are below 100; ours start at 1000.
 
 from __future__ import annotations
 
-__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION"]
+__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION", "PHASE_MEMBERSHIP"]
 
 PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
 PHASE_CONTRIBUTION = "contribution"  # ConfigKey.PHASE of the batched coalition evaluation (issue 16)
+# The value of ConfigKey.PHASE in the one evaluate message after the last round that asks each
+# site for its membership-inference check of the final model (privacy.membership).
+PHASE_MEMBERSHIP = "membership"
 
 
 class ConfigKey:
@@ -75,6 +78,8 @@ class ReplyKey:
     IMAGES_CONVERTED = "images_converted"  # JSON object: images whose channels were converted, by source mode
     # The batched coalition evaluation: JSON list, per model, of its metric counts (models.metric_counts).
     COALITION_COUNTS = "coalition_counts"
+    # The membership-inference check's figures (privacy.membership.MembershipResult.to_dict), JSON.
+    MEMBERSHIP = "membership_inference"
 
 
 class ErrorCode:

@@ -242,6 +242,8 @@ def test_run_completes_over_tls_with_node_authentication(network: Network) -> No
     assert [sorted(r["sites_trained"]) for r in results["rounds"]] == [sorted(results["sites"])] * 2
     assert results["federated"]["global"]["roc_auc"] > 0.8
     assert (network.root / "runs" / "plain" / "metrics.png").stat().st_size > 1000
+    # every site ran the membership-inference check on the final model at home and sent back its figure
+    assert set(results["membership_inference"]) == set(results["sites"])
     # the sites ran the installed ClientApp in their warm worker, never the bundle
     assert "done" in network.log("site-h")
 

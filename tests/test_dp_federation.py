@@ -154,3 +154,28 @@ def test_a_run_resumed_with_more_rounds_stays_within_its_target(dp_run, ai4i, tm
         # The resumed run got the same profile again, charged once.
         assert sum(e.get("mechanism") == "profile" for e in ledger.load()["entries"]) == 1
         assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)
+
+
+def test_each_site_attacks_the_final_model_and_the_report_signs_the_figure(dp_run):
+    """The membership-inference check beside the epsilon: figures of l and m (h sat the run out).
+
+    Measured 0.504 (l, 1,800 + 1,800 rows, chance spread 0.010) and 0.501 (m, 900 + 900, 0.014); the
+    noise is drawn afresh each run, so the bounds are about 4 standard deviations of m's chance spread.
+    """
+    out, results = dp_run
+    report = json.loads((out / "privacy" / "report.json").read_text())
+    figures = report["membership_inference"]
+    assert set(figures) == {"l", "m"} and results["membership_inference"] == figures
+    for site, figure in figures.items():
+        entry = report["sites"][site]
+        assert figure["n_train"] == figure["n_holdout"] == min(results["site_rows"][site].values())
+        assert 0.44 <= figure["auc"] <= 0.56, (site, figure)  # DP model: near chance
+        assert results["privacy"]["sites"][site]["membership_auc"] == figure["auc"]
+        ledger = PrivacyLedger(out / "sites" / ".sangsaeng-privacy" / f"{site}.ledger.json", site)
+        (kept,) = ledger.membership(report["run_id"])
+        assert kept["auc"] == figure["auc"]
+        assert ledger.spent(delta=entry["delta"]) == pytest.approx(entry["epsilon"], rel=1e-6)  # it charged nothing
+    events = [e["event"] for e in AuditLog(out / "privacy" / "audit.jsonl").entries()]
+    assert events.count("membership inference") == 2 and events.index("membership inference") < events.index(
+        "report issued"
+    )

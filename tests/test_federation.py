@@ -67,6 +67,11 @@ def test_results_json_compares_every_model_on_the_same_rows(federation):
     for block in (on_disk["centralized"], on_disk["federated"]["global"], *on_disk["local_only"].values()):
         assert set(block) == {"roc_auc", "pr_auc", "f1"}
     assert (out / "metrics.png").stat().st_size > 10_000
+    # Each site that joined (not the broken one) attacked the final model: equal samples, a figure in [0, 1].
+    assert set(on_disk["membership_inference"]) == {"h", "l", "m"}
+    for site, figure in on_disk["membership_inference"].items():
+        assert figure["n_train"] == figure["n_holdout"] == min(on_disk["site_rows"][site].values())
+        assert 0.0 <= figure["auc"] <= 1.0 and figure["auc"] == max(figure["by_method"].values())
 
 
 def test_checkpoint_and_manifest_after_every_round(federation):
@@ -149,3 +154,4 @@ def test_demo_runs_on_the_embedded_kamp_data(tmp_path):
     assert results["task"]["name"] == "injection-molding-quality"
     assert len(results["sites"]) == 4 and set(results["dropped_groups"].values()) == {1}
     assert "federated (global model)" in done.stdout and "round   1" in done.stdout
+    assert len(results["membership_inference"]) == 4 and "membership inference on the final model" in done.stdout

@@ -75,6 +75,12 @@ def test_simulation_and_deployment_build_results_json_with_one_builder(ai4i, tmp
         k: v for k, v in simulated["rounds"][-1]["metrics"].items() if k != "train_loss"
     }
     assert set(simulated["federated"]["per_site"]) == {"h", "l", "m"}
+    # Both runtimes ask every site for its membership-inference check on the same path, on the same rows.
+    for runtime in (simulated, deployed):
+        assert set(runtime["membership_inference"]) == {"h", "l", "m"}
+    assert {s: f["n_train"] for s, f in deployed["membership_inference"].items()} == {
+        s: min(rows.values()) for s, rows in simulated["site_rows"].items()
+    }
     assert simulated["plot"] == str(config.out_dir / "metrics.png")
     # The sites' merged histograms give the union's metrics: those the simulation computes on the pooled
     # held-out rows with the same weights, within the tie error of one bin (F1 at 0.5 exactly).
