@@ -331,8 +331,10 @@ def predict(
 
     Binary tasks get ``p_<label>`` and, when the model carries the federation's operating point
     (`portal.artifact.ModelArtifactContent.operating_point`), ``flag_<label>`` (1: inspect,
-    score at least the threshold) and ``threshold``; regression ``predicted_<label>``; multiclass tasks get the
-    most probable class, ``predicted_<label>``, and its probability, ``p_<label>``. A row task
+    score at least the threshold) and ``threshold``; regression ``predicted_<label>``; multiclass
+    tasks get the most probable class, ``predicted_<label>``, and its probability, ``p_<label>``,
+    and with an operating point ``p_defect`` (1 - P(normal class)), ``flag_defect`` and
+    ``threshold``. A row task
     scores every row, next to its id columns. A sequence task (``[task.sequence]``) scores
     windows: by default one row per group, its prediction at its latest row (the group, the
     order value of that row, its other id columns); with `all_windows` one row per window
@@ -391,14 +393,21 @@ def predict(
     keep = [*leading, *(c for c in spec.id_columns if c in raw.columns and c not in leading)]
     result = raw.iloc[shown.rows][keep].reset_index(drop=True) if keep else pd.DataFrame(index=range(len(shown.rows)))
     scores = shown.predictions
+    point = content.operating_point
     if spec.kind == "multiclass":
         best = scores.argmax(axis=1)
         result[f"predicted_{spec.label}"] = [scaler.classes[k] for k in best]
         result[f"p_{spec.label}"] = scores[np.arange(len(best)), best]
+        if point is not None:  # "any defect": 1 - P(normal class) against the card's threshold
+            from models.histogram import normal_class
+
+            defect = 1.0 - scores[:, normal_class(scaler.classes)]
+            result["p_defect"] = defect
+            result["flag_defect"] = (defect >= float(point["threshold"])).astype(int)
+            result["threshold"] = float(point["threshold"])
     else:
         column = f"predicted_{spec.label}" if spec.kind == "regression" else f"p_{spec.label}"
         result[column] = scores
-        point = content.operating_point
         if spec.kind == "binary" and point is not None:  # the threshold the federation chose, signed in the card
             result[f"flag_{spec.label}"] = (scores >= float(point["threshold"])).astype(int)
             result["threshold"] = float(point["threshold"])

@@ -389,6 +389,27 @@ def parse_rule(rule: str) -> tuple[str, float | None]:
     raise ValueError(f"unknown operating rule '{rule}': use 'recall>=R' with R in (0, 1] (e.g. recall>=0.95) or 'f1'")
 
 
+def normal_class(classes: Sequence[str]) -> int:
+    """The index of a multiclass task's "no defect" class: the one named ``none`` (`models.tasks.NO_FLAG_CLASS`),
+    else the first class. Every other class is a defect the line must catch."""
+    from models.tasks import NO_FLAG_CLASS
+
+    return list(classes).index(NO_FLAG_CLASS) if NO_FLAG_CLASS in classes else 0
+
+
+def defect_histogram(hist: EvalHistogram) -> EvalHistogram | None:
+    """A multiclass histogram as the binary one of "any defect": score 1 - P(normal class), by bin.
+
+    Built from the normal class's one-vs-rest histograms (their bins reversed, so a row's bin is
+    that of its defect score within one bin's width). None if `hist` is not multiclass.
+    """
+    if hist.kind != "multiclass":
+        return None
+    c = normal_class(hist.classes)
+    normal, defects = hist.blocks[f"ovr:{c}:in"][::-1].copy(), hist.blocks[f"ovr:{c}:out"][::-1].copy()
+    return EvalHistogram("binary", {"negatives": normal, "positives": defects}, bins=hist.bins, noisy=hist.noisy)
+
+
 def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, Any] | None:
     """The decision threshold a binary histogram supports under `rule`, with what it catches and costs.
 
@@ -396,8 +417,19 @@ def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, 
     ``recall>=R``: the highest threshold that still catches R of the defects (the least hand
     inspection); ``f1``: the threshold of the best F1 (the highest among ties). Returns the
     threshold, its recall, precision, F1 and ``workload``: the share of parts flagged, to be
-    inspected by hand. None for a histogram without both classes (or not binary).
+    inspected by hand. None for a histogram without both classes (or a regression one).
+
+    A multiclass histogram is read as "any defect" (`defect_histogram`): the score is
+    1 - P(normal class), and the point adds ``score`` (what the threshold applies to) and the
+    ``normal_class``'s name.
     """
+    if hist.kind == "multiclass":
+        binary = defect_histogram(hist)
+        point = operating_point(binary, rule) if binary is not None else None
+        if point is None:
+            return None
+        normal = hist.classes[normal_class(hist.classes)]
+        return {**point, "score": f"1 - P({normal})", "normal_class": normal}
     if hist.kind != "binary":
         return None
     name, target = parse_rule(rule)
@@ -426,8 +458,8 @@ def run_operating_point(rounds: Sequence[Mapping[str, Any]], rule: str | None = 
 
     `rounds`: the run manifest's round records (``eval_histogram``: the sites' merged held-out
     histogram). Adds the ``round``, the histogram's ``held_out_rows`` and ``bins`` and its
-    ``source`` to `operating_point`'s figures. None for a task that is not binary, or a run whose
-    sites sent no histogram.
+    ``source`` to `operating_point`'s figures. None for a regression task, or a run whose sites
+    sent no histogram. (A multiclass task's point is that of "any defect", `defect_histogram`.)
     """
     last = next((r for r in sorted(rounds, key=lambda r: -int(r["round"])) if r.get("eval_histogram")), None)
     if last is None:

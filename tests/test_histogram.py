@@ -129,3 +129,30 @@ def test_regression_sums_give_the_pooled_rmse_mae_and_rul_scores():
         assert got[key] == pytest.approx(want[key], rel=1e-9), key
     clipped = histogram_metrics(build_histogram("regression", truth, pred, clip=10.0))
     assert clipped["mae"] <= 10.0 < want["mae"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_multiclass_operating_point_catches_any_defect_as_the_pooled_rows_say(seed):
+    """Failure modes: the line flags a part when 1 - P(none) reaches the threshold; within one bin of pooled."""
+    rng = np.random.default_rng(seed)
+    classes = ("none", "TWF", "HDF", "PWF")
+    n = 4000
+    y = np.where(rng.random(n) < 0.9, 0, rng.integers(1, 4, n))
+    logits = rng.normal(0, 1, (n, 4))
+    logits[np.arange(n), y] += 2.0
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    sites = [build_histogram("multiclass", yy, pp, classes=classes)
+             for yy, pp in zip(np.array_split(y, 3), np.array_split(proba, 3), strict=True)]  # fmt: skip
+    point = operating_point(merge(sites), "recall>=0.95")
+    assert point is not None and point["normal_class"] == "none" and point["score"] == "1 - P(none)"
+    defect, is_defect = 1 - proba[:, 0], y != 0
+    need = math.ceil(0.95 * is_defect.sum() - 1e-9)
+    pooled = np.sort(defect[is_defect])[::-1][need - 1]  # the highest threshold still catching 95 %
+    width = 1 / SCORE_BINS
+    assert point["threshold"] - width <= pooled < point["threshold"] + width
+    flagged = defect >= point["threshold"]
+    # The reversed bins put a score on a bin edge one bin off at most: the figures agree within that bin's rows.
+    slack = ((defect >= point["threshold"] - width) & (defect < point["threshold"] + width)).mean()
+    assert abs(point["workload"] - flagged.mean()) <= slack + 1e-12
+    assert point["recall"] >= 0.95 and abs(point["recall"] - flagged[is_defect].mean()) <= slack * n / is_defect.sum()
+    assert operating_point(build_histogram("regression", np.zeros(5), np.ones(5))) is None

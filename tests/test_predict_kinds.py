@@ -292,3 +292,38 @@ def test_the_runs_operating_point_goes_into_the_artifact_and_predict_flags_by_it
     with pytest.raises(ModelArtifactError, match="operating_point needs a threshold"):
         read_artifact(build_artifact(get_weights(net), task=spec.to_dict(), scaler_json=scaler.to_json(), hidden=[8],
                                      source={}, operating_point={"threshold": 2}))  # fmt: skip
+
+
+def test_a_multiclass_run_flags_any_failure_mode_by_its_operating_point(ai4i, tmp_path):
+    """Failure modes: the card's threshold applies to 1 - P(none); predict writes p_defect, flag_defect, threshold."""
+    import json
+
+    from coordinator.checkpoint import RunRecorder
+    from models.histogram import build_histogram
+    from models.training import predict as predict_scores
+    from portal.artifact import artifact_from_run
+
+    spec = get_task("failure-mode")
+    frame = validate_frame(ai4i.head(2000), spec, source="ai4i")
+    scaler = FederatedScaler.fit_pooled(frame, spec)
+    x, y = prepare(frame, spec, scaler)
+    net = build_model(scaler.n_inputs, hidden=(8,), outputs=scaler.n_outputs)
+    train_local(net, x, y, spec=spec, scaler=scaler, config=TrainConfig(epochs=2, batch_size=128))
+    proba = predict_scores(net, x, spec=spec, scaler=scaler)
+    merged = json.loads(build_histogram("multiclass", y, proba, classes=scaler.classes).to_json())
+    header = {"run_id": "r2", "config": {"task": spec.to_dict(), "model": "mlp", "hidden": [8],
+                                         "operating_rule": "recall>=0.9"}, "scaler": scaler.to_json()}  # fmt: skip
+    recorder = RunRecorder(tmp_path / "run", header)
+    recorder.save_checkpoint(1, get_weights(net))
+    recorder.update_round(1, eval_histogram=merged)
+    recorder.set(status="completed")
+    blob, _ = artifact_from_run(tmp_path / "run")
+    point = read_artifact(blob).operating_point
+    assert point is not None and point["normal_class"] == "none"
+    model = tmp_path / "model.zip"
+    model.write_bytes(blob)
+    report = predict(model, _write(ai4i.head(2000), tmp_path / "parts.csv"), tmp_path / "scores.csv")
+    written = pd.read_csv(report.path)
+    assert set(written["threshold"]) == {point["threshold"]}
+    assert (written["flag_defect"] == (written["p_defect"] >= point["threshold"])).all()
+    assert written["flag_defect"].mean() == pytest.approx(point["workload"], abs=0.01)  # within about one bin
