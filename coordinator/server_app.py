@@ -40,6 +40,7 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
+from coordinator.portal_progress import PortalProgress, PortalTarget
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
 from coordinator.strategies import (
@@ -399,8 +400,13 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(dict(context.run_config))
+        # Deployment with `coordinator run --portal`: the run reports its progress after every round.
+        target = PortalTarget.from_run_config(dict(context.run_config))
+        watch = observer
+        if target is not None:
+            watch = PortalProgress(observer or LoggingObserver(), target, run_config.out_dir)
         run_federation(
-            grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
+            grid, context, run_config, observer=watch, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
             on_result=on_result,
         )  # fmt: skip
 

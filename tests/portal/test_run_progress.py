@@ -126,3 +126,44 @@ def test_the_run_page_shows_a_running_run_and_refreshes_only_while_it_runs(porta
     sign_in(client, net.supplier_a.email)
     page = client.get(f"/runs/{run['id']}").text
     assert "alpha-line-1" in page and "beta-line-1" not in page
+
+
+def test_the_serverapps_progress_reports_each_round_and_a_failed_report_never_stops_the_run(
+    portal, client, tmp_path, caplog
+):
+    from flwr.common.config import fuse_dicts
+
+    from coordinator.deploy import DeploymentLayout, write_app_dir
+    from coordinator.portal_progress import PortalProgress, PortalTarget
+    from coordinator.progress import RunObserver
+    from sangsaeng.files import read_checked_json, write_checked_json
+    from tests.portal.test_site_client import make_run_dir
+
+    net = network(portal)
+    run_dir, _ = make_run_dir(tmp_path)
+    manifest = read_checked_json(run_dir / "manifest.json")
+    write_checked_json(run_dir / "manifest.json", {**manifest, "status": "running"})
+    token = net.coordinator["Authorization"].removeprefix("Bearer ")
+    token_file = tmp_path / "coordinator.token"
+    token_file.write_text(token + "\n")
+    target = PortalTarget(url="http://testserver", federation=net.fid, token_file=token_file)
+
+    # What travels to the sites: the token file's path, never the token; Flower keeps the keys.
+    run_config = target.to_run_config()
+    assert token not in repr(run_config) and PortalTarget.from_run_config(run_config) == target
+    app_dir = write_app_dir(DeploymentLayout(tmp_path / "state"))
+    import tomllib
+
+    declared = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert PortalTarget.from_run_config(declared) is None  # off by default
+    assert PortalTarget.from_run_config(fuse_dicts(declared, run_config)) == target
+
+    progress = PortalProgress(RunObserver(), target, run_dir, http=client)
+    progress.round_finished({"round": 2})
+    [held] = _runs(client, net)
+    assert held["status"] == "running" and len(held["rounds"]) == 2 and progress.reported == 1
+
+    token_file.unlink()  # the token file is gone: logged, the run goes on
+    with caplog.at_level("WARNING", logger="sangsaeng.coordinator"):
+        progress.round_finished({"round": 3})
+    assert progress.reported == 1 and "progress of round 3 not recorded" in caplog.text
