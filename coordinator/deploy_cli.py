@@ -176,7 +176,10 @@ def run(
     state: State = DEFAULT_DEPLOY_STATE,
     portal: Annotated[
         str | None,
-        typer.Option(help="Record the run in this portal when it ends: the run, its signed privacy report, a draft."),
+        typer.Option(
+            help="Record the run in this portal: its progress after every round, and when it ends the run, its "
+            "signed privacy report, a draft."
+        ),
     ] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding the coordinator token (with --portal).")] = None,
     federation: Annotated[int | None, typer.Option(help="The portal federation (with --portal).")] = None,
@@ -191,7 +194,9 @@ def run(
 ) -> None:
     """Train on the admitted sites through the running SuperLink (`coordinator up`).
 
-    With --portal the run records itself there when it ends. While the portal cannot be
+    Shows a line per round done; Flower's own log goes to OUT/flower.log. With --portal the
+    run reports its progress there after every round (the run page follows it live) and
+    records itself there when it ends. While the portal cannot be
     reached the upload stays queued in OUT/portal-upload.json and is retried (nothing is
     lost); `sangsaeng portal upload-run OUT` finishes it later.
     """
