@@ -7,13 +7,16 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from coordinator.follow import ManifestFollower
 from coordinator.options import TrainingOptions, training_options
+from coordinator.portal_progress import PortalTarget
 from sangsaeng.console import fail
 from sangsaeng.errors import PortalRequestError, SangsaengError
 from sangsaeng.paths import DEFAULT_DEPLOY_STATE
@@ -24,6 +27,9 @@ app = typer.Typer(help="The anchor's coordinator on Flower's deployment runtime.
 certs_app = typer.Typer(help="The network CA and the SuperLink's server certificate.", no_args_is_help=True)
 app.add_typer(certs_app, name="certs")
 console = Console()
+
+FLOWER_LOG = "flower.log"  # `flwr run`'s own output, in the run directory: the terminal shows rounds instead
+FOLLOW_INTERVAL = 1.0  # seconds between looks at the run's manifest
 
 State = Annotated[Path, typer.Option("--state", help="The coordinator's state directory.")]
 
@@ -170,7 +176,10 @@ def run(
     state: State = DEFAULT_DEPLOY_STATE,
     portal: Annotated[
         str | None,
-        typer.Option(help="Record the run in this portal when it ends: the run, its signed privacy report, a draft."),
+        typer.Option(
+            help="Record the run in this portal: its progress after every round, and when it ends the run, its "
+            "signed privacy report, a draft."
+        ),
     ] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding the coordinator token (with --portal).")] = None,
     federation: Annotated[int | None, typer.Option(help="The portal federation (with --portal).")] = None,
@@ -185,7 +194,9 @@ def run(
 ) -> None:
     """Train on the admitted sites through the running SuperLink (`coordinator up`).
 
-    With --portal the run records itself there when it ends. While the portal cannot be
+    Shows a line per round done; Flower's own log goes to OUT/flower.log. With --portal the
+    run reports its progress there after every round (the run page follows it live) and
+    records itself there when it ends. While the portal cannot be
     reached the upload stays queued in OUT/portal-upload.json and is retried (nothing is
     lost); `sangsaeng portal upload-run OUT` finishes it later.
     """
@@ -217,23 +228,49 @@ def run(
     except (SangsaengError, ValueError) as exc:
         fail(exc)
     app_dir = write_app_dir(layout)
+    run_config = config.to_run_config()
+    target = None
+    if portal is not None and token_file is not None and federation is not None:
+        # The ServerApp (on this machine) reports each round; the run config, which the sites also
+        # receive, carries the token file's path, never the token.
+        target = PortalTarget(url=portal, federation=federation, token_file=token_file.resolve())
+        run_config |= target.to_run_config()
     with tempfile.NamedTemporaryFile("wb", suffix=".toml", delete=False) as handle:
-        tomli_w.dump(config.to_run_config(), handle)
+        tomli_w.dump(run_config, handle)
     console.print(f"run on {CONNECTION} SuperLink: {task}, {config.num_rounds} round(s), secagg={secagg}, "
                   f"dp={options.dp_epsilon}")  # fmt: skip
     results_path = config.out_dir / "results.json"
     before = results_path.stat().st_mtime_ns if results_path.exists() else None
-    code = subprocess.call([_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", handle.name,
-                            "--stream"], env=flower_env(layout))  # fmt: skip
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    flower_log = config.out_dir / FLOWER_LOG
+    console.print(f"Flower's log: {flower_log}", highlight=False)
+    follower = ManifestFollower(config.out_dir, num_rounds=config.num_rounds, primary_metric=config.task.primary_metric)
+    with flower_log.open("ab") as log:
+        command = [_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", handle.name, "--stream"]
+        process = subprocess.Popen(command, env=flower_env(layout), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while process.poll() is None:
+                for line in follower.poll():
+                    console.print(line, highlight=False)
+                time.sleep(FOLLOW_INTERVAL)
+        finally:
+            if process.poll() is None:  # interrupted: stop the `flwr run` client (the SuperLink's run goes on)
+                process.terminate()
+                process.wait(timeout=30)
+    for line in follower.poll(ended=True):
+        console.print(line, highlight=False)
+    code = process.returncode
     # The ServerApp writes results.json when the run ends (coordinator.server_app.write_deployment_results).
     if not results_path.exists() or results_path.stat().st_mtime_ns == before:
-        fail(f"the run left no results in {config.out_dir} (flwr exit code {code}); see the log above")
+        fail(f"the run left no results in {config.out_dir} (flwr exit code {code}); see {flower_log}")
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         fail(f"{results_path}: unreadable ({exc})")
     if results["status"] != "completed":
-        fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
+        if target is not None:  # the portal's row, running until now, records that the run failed
+            _record_failure(config.out_dir, target)
+        fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}; see {flower_log}")
     if results.get("operating_point"):
         from coordinator.report import operating_point_table
 
@@ -242,6 +279,21 @@ def run(
     if portal is not None and token is not None and federation is not None:
         _record_in_portal(config.out_dir, portal=portal, token=token, federation=federation,
                           version=version or f"0.0.0-run.{results['run_id']}", retry_for=upload_retry_for)  # fmt: skip
+
+
+def _record_failure(out: Path, target: PortalTarget) -> None:
+    """Report the failed run to the portal (its rounds so far, status failed); a failure is said, not raised."""
+    from portal.protocol import API_PREFIX
+    from portal.uploader import run_report
+    from sangsaeng.portal_api import PortalAPI
+
+    try:
+        report = run_report(out, signed_privacy=False) | {"status": "failed"}
+        report.pop("contribution", None)
+        with PortalAPI(target.url, target.token_file.read_text(encoding="utf-8").strip()) as api:
+            api.post(f"{API_PREFIX}/federations/{target.federation}/runs", json=report, what="reporting the failed run")
+    except (OSError, SangsaengError) as exc:
+        console.print(f"portal: the failure was not recorded ({exc})", highlight=False)
 
 
 def _record_in_portal(out: Path, *, portal: str, token: str, federation: int, version: str, retry_for: float) -> None:

@@ -42,6 +42,7 @@ from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
 from coordinator.membership import collect_membership
+from coordinator.portal_progress import PortalProgress, PortalTarget
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
 from coordinator.strategies import (
@@ -420,8 +421,13 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = config or FederationConfig.from_run_config(dict(context.run_config))
+        # Deployment with `coordinator run --portal`: the run reports its progress after every round.
+        target = PortalTarget.from_run_config(dict(context.run_config))
+        watch = observer
+        if target is not None:
+            watch = PortalProgress(observer or LoggingObserver(), target, run_config.out_dir)
         run_federation(
-            grid, context, run_config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
+            grid, context, run_config, observer=watch, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
             on_result=on_result,
         )  # fmt: skip
 

@@ -13,6 +13,12 @@ portal holds the run exactly once. `coordinator run --portal ...` uploads when t
 while the portal cannot be reached the upload waits in ``RUN_DIR/portal-upload.json``
 (`queue_upload`), is retried (`upload_with_retry`), and `sangsaeng portal upload-run RUN_DIR`
 finishes it later.
+
+While a deployment run goes on, its ServerApp reports its progress after every round
+(`report_progress`, from `coordinator.portal_progress`): the same run_ref as status "running",
+with the rounds so far and the epsilon each site has spent so far (`privacy_so_far`, from
+the manifest: the signed report comes when the run ends). The portal updates that one row
+while it runs, and the final `upload_run` completes it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from sangsaeng.portal_api import PortalAPI
 __all__ = [
     "UploadError", "run_report", "contribution", "privacy_summary", "signed_report", "upload_run",
     "QUEUE_FILE", "queue_upload", "queued_upload", "upload_with_retry", "transient",
+    "privacy_so_far", "progress_report", "report_progress",
 ]  # fmt: skip
 
 QUEUE_FILE = "portal-upload.json"
@@ -102,8 +109,8 @@ def privacy_summary(path: Path) -> dict[str, dict[str, Any]] | None:
     }
 
 
-def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any]:
-    """The portal's RunReport for a coordinator run directory."""
+def run_report(run_dir: Path, privacy_path: Path | None = None, *, signed_privacy: bool = True) -> dict[str, Any]:
+    """The portal's RunReport for a coordinator run directory (``signed_privacy=False``: privacy left out)."""
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise UploadError(f"{run_dir}: no manifest.json (is this a coordinator run directory?)")
@@ -126,12 +133,63 @@ def run_report(run_dir: Path, privacy_path: Path | None = None) -> dict[str, Any
         "status": status if status in ("running", "completed", "failed") else "failed",
         "sites": sorted(manifest.get("sites", {})),
         "rounds": rounds,
-        "privacy": privacy_summary(privacy_path or run_dir / "privacy" / "report.json"),
+        "privacy": privacy_summary(privacy_path or run_dir / "privacy" / "report.json") if signed_privacy else None,
     }
     scores = contribution(run_dir)
     if scores is not None:
         report["contribution"] = scores
     return report
+
+
+def privacy_so_far(manifest: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Per-site epsilon spent so far, from the DP records of the manifest's rounds; None for a run without DP.
+
+    Each round's ``dp`` record holds what a site's accountant reported with its update: its
+    epsilon spent up to then and its budget. ``epsilon_by_round`` lists it for the rounds the
+    site trained in, in round order.
+    """
+    sites: dict[str, dict[str, Any]] = {}
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        for site, dp in (record.get("dp") or {}).items():
+            try:
+                epsilon, budget = float(dp["epsilon"]), float(dp["budget_epsilon"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a record without the accounting the portal needs: left out of the progress
+            if not (math.isfinite(epsilon) and math.isfinite(budget) and budget > 0):
+                continue
+            entry = sites.setdefault(str(site), {"epsilon_by_round": []})
+            entry |= {"epsilon": epsilon, "budget_epsilon": budget}
+            entry["epsilon_by_round"].append(epsilon)
+    return sites or None
+
+
+def progress_report(run_dir: Path) -> dict[str, Any]:
+    """The portal's RunReport of a run still going on: status "running", the rounds so far, epsilon so far.
+
+    A privacy report or results.json in the directory (an earlier run's) is not read: contribution
+    scores and the signed report come when the run ends (`upload_run`).
+    """
+    run_dir = Path(run_dir)
+    report = run_report(run_dir, signed_privacy=False)
+    report.pop("contribution", None)
+    report["status"] = "running"
+    report["privacy"] = privacy_so_far(read_checked_json(run_dir / "manifest.json", what="run manifest"))
+    return report
+
+
+def report_progress(http: PortalAPI | httpx.Client, federation_id: int, run_dir: Path) -> dict[str, Any]:
+    """Report the run's progress (`progress_report`) to the portal; returns the portal's run.
+
+    The portal updates the run's one row while it is running and refuses (409) once the run
+    ended there, so a late progress report never reopens a finished run.
+    """
+    api = http if isinstance(http, PortalAPI) else PortalAPI(str(http.base_url), http=http)
+    report = progress_report(run_dir)
+    return dict(
+        api.post(
+            f"{API_PREFIX}/federations/{federation_id}/runs", json=report, what="reporting the run's progress"
+        ).json()
+    )
 
 
 def contribution(run_dir: Path) -> dict[str, Any] | None:

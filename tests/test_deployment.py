@@ -248,6 +248,29 @@ def test_run_completes_over_tls_with_node_authentication(network: Network) -> No
     assert "done" in network.log("site-h")
 
 
+def test_a_run_reports_its_progress_to_the_portal_and_shows_its_rounds(network: Network) -> None:
+    """`coordinator run --portal`: the ServerApp reports the run as running after each round, the end completes
+    the same row; the terminal shows a line per round, Flower's own log goes to OUT/flower.log."""
+    out = network.root / "runs" / "live"
+    result = subprocess.run(
+        cli("coordinator", "run", "--state", str(network.state), "--task", TASK, "--out", str(out), "--rounds", "2",
+            "--min-sites", "3", "--key-dir", str(network.root / "signing-key"), "--portal", network.portal,
+            "--federation", str(network.fid), "--token-file", str(network.root / "coordinator.token")),
+        env=network.env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round   1/2  sites 3" in result.stdout and "round   2/2  sites 3" in result.stdout, result.stdout
+    assert f"Flower's log: {out / 'flower.log'}" in result.stdout and (out / "flower.log").stat().st_size > 0
+    run_id = json.loads((out / "results.json").read_text())["run_id"]
+    held = [r for r in network.anchor.get(f"/api/v1/federations/{network.fid}/runs").json() if r["run_ref"] == run_id]
+    assert [(r["status"], len(r["rounds"])) for r in held] == [("completed", 2)]
+    events = network.anchor.get(f"/api/v1/federations/{network.fid}/audit").json()["events"]
+    first = [e for e in events if e["action"] == "run.reported" and e["detail"]["run_ref"] == run_id]
+    assert [e["detail"]["status"] for e in first] == ["running"]  # reported while it ran, then completed in place
+    token = (network.root / "coordinator.token").read_text().strip()
+    assert token not in (out / "flower.log").read_text()
+
+
 def test_a_stock_supernode_with_the_site_key_joins_and_trains(network: Network) -> None:
     site = network.sites["h"]
     stop_sites(network, "h")  # the site swaps `client start` for a hand-started stock SuperNode

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import Session, col, select
 
 from portal import audit
 from portal.access import Principal, federation_view, own_sites, require
 from portal.core.errors import BadRequest, Conflict, NotFound
-from portal.models import Membership, RunPublic, RunReport, TrainingRun
+from portal.models import Membership, RunPublic, RunReport, RunStatus, TrainingRun
 from portal.services._db import commit
 from portal.services.contributions import store_contribution
 
@@ -15,12 +17,19 @@ __all__ = ["report_run", "runs_of", "run_public"]
 
 
 def report_run(session: Session, principal: Principal, federation_id: int, report: RunReport) -> TrainingRun:
-    """The coordinator reports a run: per-round metrics, for DP runs the per-site privacy, and contribution scores."""
+    """The coordinator reports a run: per-round metrics, for DP runs the per-site privacy, and contribution scores.
+
+    A run still "running" may be reported again under its run_ref: the report replaces the
+    row's rounds, status and privacy spend so far (its progress, live in the run page). It may
+    not take rounds back, change its sites or carry contribution scores before it ends. Once
+    completed or failed a run is immutable: another report is refused (409).
+    """
     federation, role = federation_view(session, principal, federation_id)
     require(role, ("coordinator",), "report runs")
-    if session.exec(
-        select(TrainingRun.id).where(TrainingRun.federation_id == federation_id, TrainingRun.run_ref == report.run_ref)
-    ).first():
+    existing = session.exec(
+        select(TrainingRun).where(TrainingRun.federation_id == federation_id, TrainingRun.run_ref == report.run_ref)
+    ).first()
+    if existing is not None and existing.status != RunStatus.running:
         raise Conflict(f"run '{report.run_ref}' has already been reported")
     if len(set(report.sites)) != len(report.sites):
         raise BadRequest("sites lists a site twice")
@@ -35,16 +44,22 @@ def report_run(session: Session, principal: Principal, federation_id: int, repor
         extra = sorted(set(report.privacy) - set(report.sites))
         if extra:
             raise BadRequest(f"privacy names site(s) {extra} that did not take part in the run")
+    if report.status == RunStatus.running and report.contribution is not None:
+        raise BadRequest("a running run has no contribution scores yet; report them when it ends")
     rounds = sorted((r.model_dump() for r in report.rounds), key=lambda r: r["round"])
-    run = TrainingRun(
-        federation_id=federation.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
-        run_ref=report.run_ref,
-        status=report.status,
-        sites=list(report.sites),
-        rounds=rounds,
-        final_metrics=dict(rounds[-1]["metrics"]) if rounds else {},
-        privacy={k: v.model_dump() for k, v in report.privacy.items()} if report.privacy is not None else None,
-    )
+    privacy = {k: v.model_dump() for k, v in report.privacy.items()} if report.privacy is not None else None
+    if existing is not None:
+        run = _update_running(existing, report, rounds, privacy)
+    else:
+        run = TrainingRun(
+            federation_id=federation.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
+            run_ref=report.run_ref,
+            status=report.status,
+            sites=list(report.sites),
+            rounds=rounds,
+            final_metrics=dict(rounds[-1]["metrics"]) if rounds else {},
+            privacy=privacy,
+        )
     session.add(run)
     session.flush()
     if report.contribution is not None:
@@ -52,22 +67,41 @@ def report_run(session: Session, principal: Principal, federation_id: int, repor
             m.site_name: m for m in session.exec(select(Membership).where(Membership.federation_id == federation_id))
         }
         store_contribution(session, run, report.contribution, members)
-    audit.record(
-        session,
-        actor=principal.label,
-        action="run.reported",
-        target=f"run {run.id}",
-        federation_id=federation.id,
-        detail={
-            "run_ref": run.run_ref,
-            "status": run.status,
-            "rounds": len(rounds),
-            "sites": run.sites,
-            "dp": run.privacy is not None,
-            "contribution": report.contribution.method if report.contribution is not None else None,
-        },
-    )
+    # Audited when reported and when it ends; the progress in between is superseded by the end.
+    if existing is None or run.status != RunStatus.running:
+        audit.record(
+            session,
+            actor=principal.label,
+            action="run.reported" if existing is None else "run.updated",
+            target=f"run {run.id}",
+            federation_id=federation.id,
+            detail={
+                "run_ref": run.run_ref,
+                "status": run.status,
+                "rounds": len(rounds),
+                "sites": run.sites,
+                "dp": run.privacy is not None,
+                "contribution": report.contribution.method if report.contribution is not None else None,
+            },
+        )
     commit(session, f"run '{report.run_ref}'")
+    return run
+
+
+def _update_running(
+    run: TrainingRun, report: RunReport, rounds: list[dict[str, Any]], privacy: dict[str, Any] | None
+) -> TrainingRun:
+    """A running run's row brought to the new report: rounds only grow, the sites stay those first reported."""
+    if len(rounds) < len(run.rounds):
+        raise Conflict(
+            f"run '{run.run_ref}' already has {len(run.rounds)} round(s) reported; a report cannot take rounds back"
+        )
+    if sorted(report.sites) != sorted(run.sites):
+        raise Conflict(f"run '{run.run_ref}' was reported with sites {sorted(run.sites)}; its sites cannot change")
+    run.status = report.status
+    run.rounds = rounds
+    run.final_metrics = dict(rounds[-1]["metrics"]) if rounds else {}
+    run.privacy = privacy
     return run
 
 

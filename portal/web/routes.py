@@ -394,6 +394,9 @@ def change_membership(
 
 
 # -- runs and privacy -------------------------------------------------------------------------------
+RUN_REFRESH_SECONDS = 10  # a running run's page reloads itself this often (its coordinator reports every round)
+
+
 @router.get("/federations/{federation_id}/runs", response_class=HTMLResponse)
 def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
     """The runs the person may see, with only their own sites for a supplier."""
@@ -431,7 +434,8 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
             empty_text=tr.gettext("%(chart)s: no data yet") % {"chart": site_title},
         ),
     ]
-    return page(request, "run.html", me, federation=federation, role=role, run=run, charts=charts, tab="runs")
+    return page(request, "run.html", me, federation=federation, role=role, run=run, charts=charts, tab="runs",
+                refresh_seconds=RUN_REFRESH_SECONDS)  # fmt: skip
 
 
 @router.get("/federations/{federation_id}/privacy", response_class=HTMLResponse)

@@ -187,7 +187,12 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "TransitionRequest": lambda b: [{"reason": "tenancy probe"}],
     "EnrolRequest": lambda b: [{"invite_token": "ssi_forged", "public_key": "ssh-ed25519 AAAA", "proof": "AAAA"}],
     "TokenCreate": lambda b: [{"name": "probe"}],
-    "RunReport": lambda b: [{"run_ref": "probe-run", "sites": ["probe-line"]}],
+    "RunReport": lambda b: [
+        {"run_ref": "probe-run", "sites": ["probe-line"]},
+        # Reopen or overwrite the other tenant's run under its own run_ref (a running run takes updates).
+        {"run_ref": b.run["run_ref"], "status": "running", "sites": [b.site.site_name]},
+        {"run_ref": b.run["run_ref"], "status": "failed", "sites": [b.site.site_name], "rounds": [{"round": 9}]},
+    ],
     "PrivacyReportUpload": lambda b: [{"report_b64": "e30=", "signature_b64": "AAAA", "public_key_pem": "probe"}],
     "ReleaseCreate": lambda b: [release_body(b.run["id"], "9.9.9")],
     "WithdrawRequest": lambda b: [{"reason": "tenancy probe"}],

@@ -142,3 +142,30 @@ def test_a_refusal_is_not_retried_and_is_recorded(app, portal, client, tmp_path)
         assert time.monotonic() - started < 5  # no waiting: a refusal does not get better by asking again
     record = queued_upload(run_dir)
     assert record["status"] == "refused" and "404" in record["last_error"] and record["attempts"] == 1
+
+
+def test_a_run_that_reported_its_progress_is_completed_in_the_same_row_exactly_once(portal, client, tmp_path):
+    from portal.uploader import report_progress
+    from sangsaeng.files import read_checked_json, write_checked_json
+
+    net = network(portal)
+    run_dir, _ = make_run_dir(tmp_path, privacy=DP)
+    finished = read_checked_json(run_dir / "manifest.json")
+    first = {**finished["rounds"][0], "dp": {s: {"epsilon": 1.25, "budget_epsilon": 8.0} for s in DP}}
+    write_checked_json(run_dir / "manifest.json", {**finished, "status": "running", "rounds": [first]})
+    client.headers.update(net.coordinator)
+    live = report_progress(client, net.fid, run_dir)
+    assert live["status"] == "running" and [r["round"] for r in live["rounds"]] == [1]
+    assert live["privacy"]["alpha-line-1"]["epsilon"] == 1.25  # spent so far, from the manifest
+
+    write_checked_json(run_dir / "manifest.json", finished)
+    run, release = upload_run(client, net.fid, run_dir, version="1.0.0")
+    again, _ = upload_run(client, net.fid, run_dir, version="1.0.0")  # the answer was lost: again
+    with pytest.raises(PortalRequestError, match="409"):  # a late progress report does not reopen it
+        report_progress(client, net.fid, run_dir)
+    client.headers.pop("Authorization")
+    assert run["id"] == again["id"] == live["id"] and run["status"] == "completed"
+    runs, releases = _held(client, net)
+    assert [(r["id"], r["status"], len(r["rounds"])) for r in runs] == [(live["id"], "completed", 2)]
+    assert [r["id"] for r in releases] == [release["id"]]
+    assert runs[0]["privacy"]["alpha-line-1"]["epsilon"] != 1.25  # the signed report's spend replaced the progress

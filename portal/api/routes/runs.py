@@ -32,7 +32,11 @@ run_router = APIRouter(prefix="/runs", tags=["runs"])
 def report_run(
     session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId, data: RunReport
 ) -> object:
-    """The coordinator reports a run (coordinator token of this federation)."""
+    """The coordinator reports a run (coordinator token of this federation).
+
+    A run reported as "running" is reported again under its run_ref as it progresses (same row);
+    once completed or failed it is immutable (409).
+    """
     return runs.report_run(session, principal, federation_id, data)
 
 
