@@ -40,6 +40,8 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
+from coordinator.local_only import SITE_DP_REASON as LOCAL_ONLY_DP_REASON
+from coordinator.local_only import local_only_scores
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
 from coordinator.strategies import (
@@ -313,6 +315,8 @@ def run_federation(
         recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
         finish(strategy.global_weights or resumed_weights)
         raise
+    if evaluate_fn is None:  # a deployment: the sites measure "your line alone" (a simulation has its comparison)
+        recorder.set(local_only=_local_only(grid, sorted(healthy), config, scaler, strategy, observer))
     recorder.set(status="completed", completed_rounds=config.num_rounds)
     report = None
     if signing_key is not None and audit is not None:
@@ -321,6 +325,22 @@ def run_federation(
         audit.append("report issued", run_id=report["run_id"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         recorder.set(privacy_report=str(path.relative_to(config.out_dir)))
     return finish(strategy.global_weights or resumed_weights, report)
+
+
+def _local_only(
+    grid: Grid, node_ids: list[int], config: FederationConfig, scaler: FederatedScaler,
+    strategy: SangsaengStrategy, observer: RunObserver,
+) -> dict[str, Any]:  # fmt: skip
+    """The manifest's ``"local_only"``: each site's local-only model scored at the site, or why not."""
+    if config.dp_epsilon is not None:
+        return {"per_site": {}, "problems": {}, "not_available": LOCAL_ONLY_DP_REASON}
+    # The run's initial model, from its seed (also when the run was resumed from a checkpoint).
+    initial = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed))
+    record = local_only_scores(grid, node_ids, initial=initial, instructions=strategy.instructions,
+                               timeout=config.node_wait_timeout, observer=observer)  # fmt: skip
+    for where, problem in record["problems"].items():
+        logger.warning("local-only model, %s: %s", where, problem)
+    return record
 
 
 def _run_result(

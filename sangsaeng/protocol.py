@@ -12,10 +12,12 @@ Flower's own error codes are below 100; ours start at 1000.
 
 from __future__ import annotations
 
-__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION"]
+__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION", "PHASE_LOCAL_ONLY"]
 
 PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
 PHASE_CONTRIBUTION = "contribution"  # ConfigKey.PHASE of the batched coalition evaluation (issue 16)
+# ConfigKey.PHASE of the one request after the last round: train a local-only model, reply with its histogram.
+PHASE_LOCAL_ONLY = "local_only"
 
 
 class ConfigKey:
