@@ -221,7 +221,7 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
     for site, entry in result["per_site"].items():  # beside the schema: rounds whose update changed nothing
         entry["unchanged_rounds"] = sum(1 for r in scored if site in r.get("unchanged", [])) if scored else None
         entry["alone"] = alone.get(site, {}).get(primary)
-        entry["with_network"] = network.get(site, {}).get(primary) if site in alone else None
+        entry["with_network"] = network.get(site, {}).get(primary)  # under DP the released (noisy) evaluation
     local_only = manifest.get("local_only") or {}
     if local_only.get("not_available"):
         result.setdefault("not_available", {})["alone"] = local_only["not_available"]

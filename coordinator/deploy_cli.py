@@ -234,9 +234,11 @@ def run(
         fail(f"{results_path}: unreadable ({exc})")
     if results["status"] != "completed":
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}")
-    if results.get("operating_point"):
-        from coordinator.report import operating_point_table
+    from coordinator.report import contribution_table, operating_point_table
 
+    if results.get("contribution"):  # each site's line alone / with the network, measured at the site
+        console.print(contribution_table(results["contribution"]))
+    if results.get("operating_point"):
         console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")
     if portal is not None and token is not None and federation is not None:

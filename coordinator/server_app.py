@@ -309,6 +309,7 @@ def run_federation(
         strategy=strategy,
         client_manager=SiteClientManager(excluded=set(problems)),
     )
+    started = time.monotonic()
     try:
         workflow_for(config, max_weight=max(site["n_train"] for site in sites.values()))(grid, legacy)
     except Exception as exc:
@@ -316,7 +317,9 @@ def run_federation(
         finish(strategy.global_weights or resumed_weights)
         raise
     if evaluate_fn is None:  # a deployment: the sites measure "your line alone" (a simulation has its comparison)
-        recorder.set(local_only=_local_only(grid, sorted(healthy), config, scaler, strategy, observer))
+        # The sites train as long again as the run's rounds together: wait that long and more.
+        timeout = config.node_wait_timeout + 2 * (time.monotonic() - started)
+        recorder.set(local_only=_local_only(grid, sorted(healthy), config, scaler, strategy, observer, timeout))
     recorder.set(status="completed", completed_rounds=config.num_rounds)
     report = None
     if signing_key is not None and audit is not None:
@@ -329,15 +332,22 @@ def run_federation(
 
 def _local_only(
     grid: Grid, node_ids: list[int], config: FederationConfig, scaler: FederatedScaler,
-    strategy: SangsaengStrategy, observer: RunObserver,
+    strategy: SangsaengStrategy, observer: RunObserver, timeout: float,
 ) -> dict[str, Any]:  # fmt: skip
-    """The manifest's ``"local_only"``: each site's local-only model scored at the site, or why not."""
+    """The manifest's ``"local_only"``: each site's local-only model scored at the site, or why not.
+
+    The run has finished training when this runs: a failure here is recorded, never the run's.
+    """
     if config.dp_epsilon is not None:
         return {"per_site": {}, "problems": {}, "not_available": LOCAL_ONLY_DP_REASON}
     # The run's initial model, from its seed (also when the run was resumed from a checkpoint).
     initial = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed))
-    record = local_only_scores(grid, node_ids, initial=initial, instructions=strategy.instructions,
-                               timeout=config.node_wait_timeout, observer=observer)  # fmt: skip
+    try:
+        record = local_only_scores(grid, node_ids, initial=initial, instructions=strategy.instructions,
+                                   timeout=timeout, observer=observer)  # fmt: skip
+    except Exception as exc:  # the trained model and its scores stand without the comparison
+        logger.warning("no local-only scores: %s: %s", type(exc).__name__, exc)
+        return {"per_site": {}, "problems": {}, "not_available": f"the request failed: {type(exc).__name__}: {exc}"}
     for where, problem in record["problems"].items():
         logger.warning("local-only model, %s: %s", where, problem)
     return record

@@ -92,7 +92,11 @@ def test_under_per_site_dp_no_local_only_model_is_trained_and_the_report_verifie
     config, sites, results = _deploy(ai4i, tmp_path, dp_epsilon=3.0, model="ple", hidden=(), batch_size=256)
     contribution = results["contribution"]
     assert "per-site DP" in contribution["not_available"]["alone"]
-    assert all(entry["alone"] is None and entry["with_network"] is None for entry in contribution["per_site"].values())
+    manifest = read_manifest(config.out_dir)
+    released = manifest["rounds"][-1]["per_site"]  # the last round's DP evaluations, noisy and charged
+    for site, entry in contribution["per_site"].items():
+        assert entry["alone"] is None and entry["with_network"] == released[site]["roc_auc"]
+        assert manifest["rounds"][-1]["dp_evaluation"][site]["round"] == config.num_rounds
     for site in sites:  # the site spent nothing on it: its ledger holds the run's rounds and releases only
         entries = PrivacyLedger(site.ledger_file, site.name).load()["entries"]
         assert {e["round"] for e in entries} <= {0, 1, 2} and entries
