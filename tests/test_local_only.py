@@ -37,11 +37,13 @@ from tests.loopback import run_in_process
 PM = get_task("predictive-maintenance")
 
 
-def _deploy(ai4i, tmp_path: Path, **settings) -> tuple[FederationConfig, list[SiteConfig], dict]:  # type: ignore[no-untyped-def]
+def _deploy(ai4i, tmp_path: Path, policies=None, **settings) -> tuple[FederationConfig, list[SiteConfig], dict]:  # type: ignore[no-untyped-def]
     site_files, _ = write_site_files(ai4i.head(3000), "Type", tmp_path / "data", spec=PM)
     config = FederationConfig(task=PM, num_rounds=2, local_epochs=1, min_sites=3, out_dir=tmp_path / "run",
                               key_dir=tmp_path / "keys", **settings)  # fmt: skip
-    sites = [SiteConfig(name=name, data_path=path, holdout_seed=config.seed) for name, path in site_files.items()]
+    sites = [SiteConfig(name=name, data_path=path, holdout_seed=config.seed,
+                        privacy=(policies or {}).get(name, SitePrivacyPolicy()))
+             for name, path in site_files.items()]  # fmt: skip
     run_in_process(server_app.app, make_client_app(sites), len(sites), run_config=config.to_run_config())
     return config, sites, json.loads((config.out_dir / "results.json").read_text(encoding="utf-8"))
 
@@ -117,3 +119,15 @@ def test_a_site_that_requires_dp_refuses_the_local_only_model_naming_why(ai4i, t
         SiteClient(site).evaluate(get_weights(model), config)
     assert DP_REFUSAL.startswith("no local-only model under DP")
     assert not site.ledger_file.exists()  # refused before anything was charged
+
+
+def test_a_site_that_gives_no_local_only_score_gets_null_and_the_run_completes(ai4i, tmp_path):
+    # Site h requires DP: it trains the run's rounds with DP-SGD on its own, and refuses the local-only model.
+    strict = {"h": SitePrivacyPolicy(max_epsilon=8.0, dp_required=True)}
+    config, sites, results = _deploy(ai4i, tmp_path, policies=strict, model="ple", hidden=())
+    assert results["status"] == "completed"
+    per_site = results["contribution"]["per_site"]
+    assert per_site["h"]["alone"] is None and per_site["h"]["with_network"] is not None
+    assert all(per_site[s]["alone"] is not None for s in ("l", "m"))
+    problems = read_manifest(config.out_dir)["local_only"]["problems"]
+    assert list(problems.values()) == [f"site 'h': {DP_REFUSAL}"]
