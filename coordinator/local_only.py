@@ -10,13 +10,16 @@ model's metric on the same rows (``"with_network"``) is the site's own evaluatio
 evaluated round (`with_network`).
 
 A simulation keeps its own comparison (`coordinator.simulation`, trained on the same rows
-in-process), so it does not send this message. Under per-site DP the message is not sent
-either: the local-only model would be a second DP-SGD run on the same rows (see
-`client.local_only`); the record says why.
+in-process), so it does not send this message. Under per-site DP the sites train the local-only
+model with DP-SGD and release its histogram through the evaluation mechanism, both charged to
+their ledgers (`client.local_only`); their replies' mechanisms go into the record (``"dp"``, by
+site) and from there into the signed privacy report (`privacy.report`), which recomputes them.
+A site whose budget cannot cover it refuses; its reason is in ``"problems"``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,12 +34,7 @@ from coordinator.progress import RunObserver
 from models.histogram import EvalHistogram, histogram_metrics
 from sangsaeng.protocol import PHASE_LOCAL_ONLY, ConfigKey, ReplyKey
 
-__all__ = ["SITE_DP_REASON", "local_only_scores", "with_network"]
-
-SITE_DP_REASON = (
-    "per-site DP: a local-only model at the run's settings would be a second DP-SGD run on the site's rows, "
-    "costing as much again as the run's training beyond the target the run spends"
-)
+__all__ = ["local_only_scores", "with_network"]
 
 
 def local_only_scores(
@@ -50,7 +48,8 @@ def local_only_scores(
 ) -> dict[str, Any]:
     """Ask each site once for its local-only model's held-out metrics; the record for the manifest.
 
-    Returns ``{"per_site": {site: metrics}, "problems": {node or site: reason}, "seconds": ...}``.
+    Returns ``{"per_site": {site: metrics}, "problems": {node or site: reason}, "seconds": ...}``
+    and, under DP, ``"dp"``: each site's local-only mechanisms as it sent them.
     """
     observer = observer or RunObserver()
     start = time.perf_counter()
@@ -69,6 +68,7 @@ def local_only_scores(
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     per_site: dict[str, dict[str, float]] = {}
     problems: dict[str, str] = {}
+    mechanisms: dict[str, dict[str, Any]] = {}
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -78,13 +78,16 @@ def local_only_scores(
         site = str(metrics.get(ReplyKey.SITE, f"node {node}"))
         try:
             per_site[site] = histogram_metrics(EvalHistogram.from_json(str(metrics[ReplyKey.EVAL_HISTOGRAM])))
+            if ReplyKey.DP_LOCAL_ONLY in metrics:
+                mechanisms[site] = json.loads(str(metrics[ReplyKey.DP_LOCAL_ONLY]))
         except (KeyError, ValueError, TypeError) as exc:
             problems[site] = f"unreadable local-only histogram ({exc})"
     answered = {r.metadata.src_node_id for r in replies}
     for node in node_ids:
         if node not in answered:
             problems[f"node {node}"] = f"no local-only score within {timeout:.0f} s"
-    return {"per_site": per_site, "problems": problems, "seconds": time.perf_counter() - start}
+    record = {"per_site": per_site, "problems": problems, "seconds": time.perf_counter() - start}
+    return record | ({"dp": mechanisms} if mechanisms else {})
 
 
 def with_network(rounds: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

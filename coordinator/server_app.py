@@ -40,7 +40,6 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
-from coordinator.local_only import SITE_DP_REASON as LOCAL_ONLY_DP_REASON
 from coordinator.local_only import local_only_scores
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
 from coordinator.run_result import RunResult, SiteRows
@@ -338,8 +337,6 @@ def _local_only(
 
     The run has finished training when this runs: a failure here is recorded, never the run's.
     """
-    if config.dp_epsilon is not None:
-        return {"per_site": {}, "problems": {}, "not_available": LOCAL_ONLY_DP_REASON}
     # The run's initial model, from its seed (also when the run was resumed from a checkpoint).
     initial = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed))
     try:

@@ -70,6 +70,8 @@ class ReplyKey:
     # (privacy.evaluation, JSON).
     EVAL_HISTOGRAM = "eval_histogram"
     DP_EVALUATION = "dp_evaluation"
+    # The local-only model's reply under DP (client.local_only): its DP-SGD stretch and evaluation release, JSON.
+    DP_LOCAL_ONLY = "dp_local_only"
     # Image tasks, in the profile reply: the site's image report (models.images.IMAGE_REPORT).
     IMAGES = "images"  # manifest rows (images) the site read
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped

@@ -9,25 +9,25 @@ initial model trained alone with the run's settings, and the final checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from client.client_app import SiteClient, make_client_app
-from client.local_only import DP_REFUSAL
 from client.site import SiteConfig
 from coordinator import server_app
 from coordinator.checkpoint import load_checkpoint, read_manifest
 from coordinator.config import FederationConfig
 from coordinator.simulation import write_site_files
 from models.datasets import holdout_split
-from models.histogram import build_histogram, histogram_metrics
+from models.histogram import EvalHistogram, build_histogram, histogram_metrics
 from models.nets import get_weights, set_weights
 from models.scaler import FederatedScaler
 from models.schema import load_site_data
 from models.tasks import get_task
 from models.training import TrainConfig, predict, prepare, task_metrics, train_local
-from privacy.errors import PolicyError
+from privacy.errors import BudgetExhausted
 from privacy.ledger import PrivacyLedger
 from privacy.policy import SitePrivacyPolicy
 from privacy.report import verify_report
@@ -90,23 +90,53 @@ def test_a_deployment_reports_each_line_alone_and_with_the_network_as_its_own_ro
 
 
 @pytest.mark.slow
-def test_under_per_site_dp_no_local_only_model_is_trained_and_the_report_verifies(ai4i, tmp_path):
-    config, sites, results = _deploy(ai4i, tmp_path, dp_epsilon=3.0, model="ple", hidden=(), batch_size=256)
-    contribution = results["contribution"]
-    assert "per-site DP" in contribution["not_available"]["alone"]
+def test_under_per_site_dp_the_local_only_model_is_charged_to_the_ledger_and_the_report_verifies(ai4i, tmp_path):
+    # Sites h and l set budgets of their own that leave room for the local-only model; m has only the run's target.
+    roomy = {"h": SitePrivacyPolicy(max_epsilon=12.0), "l": SitePrivacyPolicy(max_epsilon=12.0)}
+    config, sites, results = _deploy(ai4i, tmp_path, policies=roomy, dp_epsilon=3.0, model="ple", hidden=(),
+                                     batch_size=256)  # fmt: skip
+    per_site = results["contribution"]["per_site"]
     manifest = read_manifest(config.out_dir)
     released = manifest["rounds"][-1]["per_site"]  # the last round's DP evaluations, noisy and charged
-    for site, entry in contribution["per_site"].items():
-        assert entry["alone"] is None and entry["with_network"] == released[site]["roc_auc"]
-        assert manifest["rounds"][-1]["dp_evaluation"][site]["round"] == config.num_rounds
-    for site in sites:  # the site spent nothing on it: its ledger holds the run's rounds and releases only
+    assert all(per_site[s]["with_network"] == released[s]["roc_auc"] for s in per_site)
+    assert per_site["m"]["alone"] is None and per_site["l"]["alone"] is not None  # l: the largest line
+    assert "budget exhausted" in next(iter(manifest["local_only"]["problems"].values()))
+    report = json.loads((config.out_dir / "privacy" / "report.json").read_text(encoding="utf-8"))
+    for site in sites:
         entries = PrivacyLedger(site.ledger_file, site.name).load()["entries"]
-        assert {e["round"] for e in entries} <= {0, 1, 2} and entries
+        kinds = [e.get("mechanism") for e in entries]
+        if site.name == "m":
+            assert "local_only_training" not in kinds  # refused before anything was charged
+            continue
+        assert kinds[-2:] == ["local_only_training", "local_only_evaluation"]
+        training, evaluation = entries[-2:]
+        run = PrivacyLedger(site.ledger_file, site.name).load()["runs"][results["run_id"]]
+        assert training["noise_multiplier"] == run["noise_multiplier"] and training["steps"] == run["planned_steps"]
+        # "alone" is what the site's charged, noisy release says, and the signed report lists both releases.
+        # (NaN, written as null, where the noise leaves a small line's few held-out positives unreadable.)
+        expected = histogram_metrics(EvalHistogram.from_json(evaluation["histogram"]))["roc_auc"]
+        got = per_site[site.name]["alone"]
+        assert got is None if math.isnan(expected) else got == pytest.approx(expected, abs=1e-12)
+        listed = [m["mechanism"] for m in report["sites"][site.name]["mechanisms"]]
+        assert listed[-2:] == ["local_only_training", "local_only_evaluation"]
+        assert report["sites"][site.name]["epsilon"] == pytest.approx(evaluation["epsilon"])
+        assert evaluation["epsilon"] <= 12.0
     privacy = config.out_dir / "privacy"
     verify_report(privacy / "report.json", privacy / "coordinator.pub.pem")
+    # A report that leaves the local-only training out no longer adds up.
+    from privacy.errors import ReportInvalid
+    from privacy.keys import PUBLIC_NAME, load_signing_key
+    from privacy.report import write_signed_report
+
+    forged = json.loads(json.dumps(report))
+    forged["sites"]["h"]["mechanisms"] = [m for m in forged["sites"]["h"]["mechanisms"]
+                                          if m["mechanism"] != "local_only_training"]  # fmt: skip
+    path = write_signed_report(forged, tmp_path / "forged", load_signing_key(config.key_dir))
+    with pytest.raises(ReportInvalid, match="local_only_evaluation"):
+        verify_report(path, tmp_path / "forged" / PUBLIC_NAME)
 
 
-def test_a_site_that_requires_dp_refuses_the_local_only_model_naming_why(ai4i, tmp_path):
+def test_a_site_without_a_dp_round_refuses_the_local_only_model_under_dp_naming_why(ai4i, tmp_path):
     site_files, _ = write_site_files(ai4i.head(600), "Type", tmp_path, spec=PM)
     name, path = next(iter(site_files.items()))
     site = SiteConfig(name=name, data_path=path, privacy=SitePrivacyPolicy(max_epsilon=5.0, dp_required=True))
@@ -115,19 +145,18 @@ def test_a_site_that_requires_dp_refuses_the_local_only_model_naming_why(ai4i, t
     model = FederationConfig(task=PM).new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=0)
     config = {ConfigKey.PHASE: PHASE_LOCAL_ONLY, ConfigKey.TASK: PM.to_json(), ConfigKey.SCALER: scaler.to_json(),
               ConfigKey.HIDDEN: ",".join(str(h) for h in FederationConfig(task=PM).hidden)}  # fmt: skip
-    with pytest.raises(PolicyError, match="no local-only model under DP"):
+    with pytest.raises(BudgetExhausted, match="no DP round of run unnamed-run was trained here"):
         SiteClient(site).evaluate(get_weights(model), config)
-    assert DP_REFUSAL.startswith("no local-only model under DP")
-    assert not site.ledger_file.exists()  # refused before anything was charged
+    assert not any(e.get("mechanism") for e in PrivacyLedger(site.ledger_file, site.name).load()["entries"])
 
 
 def test_a_site_that_gives_no_local_only_score_gets_null_and_the_run_completes(ai4i, tmp_path):
-    # Site h requires DP: it trains the run's rounds with DP-SGD on its own, and refuses the local-only model.
+    # Site h requires DP: it spends its whole budget on the run's rounds, and cannot afford the local-only model.
     strict = {"h": SitePrivacyPolicy(max_epsilon=8.0, dp_required=True)}
     config, sites, results = _deploy(ai4i, tmp_path, policies=strict, model="ple", hidden=())
     assert results["status"] == "completed"
     per_site = results["contribution"]["per_site"]
     assert per_site["h"]["alone"] is None and per_site["h"]["with_network"] is not None
     assert all(per_site[s]["alone"] is not None for s in ("l", "m"))
-    problems = read_manifest(config.out_dir)["local_only"]["problems"]
-    assert list(problems.values()) == [f"site 'h': {DP_REFUSAL}"]
+    [problem] = read_manifest(config.out_dir)["local_only"]["problems"].values()
+    assert problem.startswith("site 'h': budget exhausted: a local-only model") and "budget of 8.000" in problem
