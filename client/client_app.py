@@ -7,7 +7,8 @@ Answers three instructions from the coordinator, each on the site's own rows onl
 - *fit*: train the global model on the site's training split;
 - *evaluate*: score the global model on the site's fixed held-out split; once after the last
   round (phase ``membership``), attack the final model with its training rows against its
-  held-out rows instead and keep the figure in its ledger (`client.membership`).
+  held-out rows instead and keep the figure in its ledger (`client.membership`); once per run
+  in deployment (phase ``local_only``), a local-only model's score (`client.local_only`).
 
 A bad export or an unusable task becomes an error reply naming the file, column and problem
 (`site_errors_mod`), never a crash of the node.
@@ -32,6 +33,7 @@ from flwr.common import Config, NDArrays, Scalar
 
 from client.contribution import coalition_counts, unpack_models
 from client.evaluation import evaluation_reply
+from client.local_only import local_only_config, local_only_reply
 from client.site import SiteConfig
 from models.datasets import holdout_split
 from models.defaults import TRAINING_DEFAULTS
@@ -48,7 +50,15 @@ from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
 from privacy.profile import dp_profile_applies, release_profile
 from sangsaeng.errors import SangsaengError
-from sangsaeng.protocol import PHASE_CONTRIBUTION, PHASE_MEMBERSHIP, PHASE_PROFILE, ConfigKey, ErrorCode, ReplyKey
+from sangsaeng.protocol import (
+    PHASE_CONTRIBUTION,
+    PHASE_LOCAL_ONLY,
+    PHASE_MEMBERSHIP,
+    PHASE_PROFILE,
+    ConfigKey,
+    ErrorCode,
+    ReplyKey,
+)
 
 __all__ = ["SiteClient", "make_client_app", "site_errors_mod", "app"]
 
@@ -121,6 +131,21 @@ def _image_reply(report: dict | None) -> dict[str, Scalar]:
     }
 
 
+def _train_config(config: dict) -> TrainConfig:
+    """The round's training settings as the coordinator sent them; what it leaves out falls back on the defaults."""
+    default = TRAINING_DEFAULTS
+    return TrainConfig(
+        epochs=int(config.get(ConfigKey.EPOCHS, default.local_epochs)),
+        batch_size=int(config.get(ConfigKey.BATCH_SIZE, default.batch_size)),
+        lr=float(config.get(ConfigKey.LR, default.lr)),
+        weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, default.weight_decay)),
+        proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),  # sent by FedProx only
+        class_weight=str(config.get(ConfigKey.CLASS_WEIGHT, default.class_weight)),
+        # Different but reproducible shuffles per site and round.
+        seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
+    )
+
+
 class SiteClient(NumPyClient):
     """One supplier site's answers to the coordinator."""
 
@@ -180,18 +205,7 @@ class SiteClient(NumPyClient):
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         x, y = prepare(data.train, spec, scaler)
-        # The coordinator sends every setting; what it leaves out falls back on the run's own defaults.
-        default = TRAINING_DEFAULTS
-        train_config = TrainConfig(
-            epochs=int(config.get(ConfigKey.EPOCHS, default.local_epochs)),
-            batch_size=int(config.get(ConfigKey.BATCH_SIZE, default.batch_size)),
-            lr=float(config.get(ConfigKey.LR, default.lr)),
-            weight_decay=float(config.get(ConfigKey.WEIGHT_DECAY, default.weight_decay)),
-            proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)),  # sent by FedProx only
-            class_weight=str(config.get(ConfigKey.CLASS_WEIGHT, default.class_weight)),
-            # Different but reproducible shuffles per site and round.
-            seed=int(config.get(ConfigKey.SEED, 0)) * 7919 + int(config.get(ConfigKey.ROUND, 0)),
-        )
+        train_config = _train_config(config)
         ledger = PrivacyLedger(self.site.ledger_file, self.site.name)
         plan = ledger.plan_round(
             self.site.privacy, _dp_request(config), records=len(x),
@@ -232,11 +246,23 @@ class SiteClient(NumPyClient):
             return self._coalition_counts(parameters, config)
         if config.get(ConfigKey.PHASE) == PHASE_MEMBERSHIP:
             return self._membership(parameters, config)
+        if config.get(ConfigKey.PHASE) == PHASE_LOCAL_ONLY:
+            return self._local_only(parameters, config)
         spec, scaler, model = self._model(config, parameters)
         data = load_site(self.site, spec)
         return evaluation_reply(
             self.site, spec=spec, scaler=scaler, model=model, train=data.train, test=data.test,
             request=_dp_request(config), server_round=int(config.get(ConfigKey.ROUND, 0)),
+        )  # fmt: skip
+
+    def _local_only(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:
+        """ "Your line alone": the run's initial model trained on this site's rows only, its held-out histogram."""
+        spec, scaler, model = self._model(config, parameters)
+        data = load_site(self.site, spec)
+        train_config = local_only_config(_train_config(config), num_rounds=int(config.get(ConfigKey.NUM_ROUNDS, 1)))
+        return local_only_reply(
+            self.site, spec=spec, scaler=scaler, model=model, train=data.train, test=data.test, config=train_config,
+            request=_dp_request(config),
         )  # fmt: skip
 
     def _coalition_counts(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict[str, Scalar]]:

@@ -38,6 +38,7 @@ from coordinator.contribution import (
     contribution_result,
     round_contribution,
 )
+from coordinator.local_only import with_network
 from coordinator.progress import RunObserver
 from models.metric_counts import pooled_metric
 from sangsaeng.protocol import PHASE_CONTRIBUTION, ConfigKey, ReplyKey
@@ -214,6 +215,14 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
         metric=config.task.primary_metric, records=records, rounds_trained=trained, rounds=scored, inputs=inputs,
         not_available=not_available,
     )  # fmt: skip
+    alone = (manifest.get("local_only") or {}).get("per_site", {})  # measured at the sites (deployment)
+    network = with_network(rounds) if manifest.get("local_only") else {}
+    primary = config.task.primary_metric
     for site, entry in result["per_site"].items():  # beside the schema: rounds whose update changed nothing
         entry["unchanged_rounds"] = sum(1 for r in scored if site in r.get("unchanged", [])) if scored else None
+        entry["alone"] = alone.get(site, {}).get(primary)
+        entry["with_network"] = network.get(site, {}).get(primary)  # under DP the released (noisy) evaluation
+    local_only = manifest.get("local_only") or {}
+    if local_only.get("not_available"):
+        result.setdefault("not_available", {})["alone"] = local_only["not_available"]
     return result

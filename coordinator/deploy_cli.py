@@ -271,9 +271,11 @@ def run(
         if target is not None:  # the portal's row, running until now, records that the run failed
             _record_failure(config.out_dir, target)
         fail(f"run {results['run_id']} {results['status']}: {results.get('error', '')}; see {flower_log}")
-    if results.get("operating_point"):
-        from coordinator.report import operating_point_table
+    from coordinator.report import contribution_table, operating_point_table
 
+    if results.get("contribution"):  # each site's line alone / with the network, measured at the site
+        console.print(contribution_table(results["contribution"]))
+    if results.get("operating_point"):
         console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {results_path}, plot: {config.out_dir / 'metrics.png'}")
     if portal is not None and token is not None and federation is not None:

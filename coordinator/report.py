@@ -161,15 +161,23 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
 
 def _contribution(result: RunResult, comparison: Comparison | None) -> dict[str, Any] | None:
     """The run's contribution scores, each site's with what it got back: its primary metric on its own
-    held-out rows alone (``alone``) and with the network (``with_network``); null in a deployment."""
+    held-out rows alone (``alone``) and with the network (``with_network``).
+
+    A simulation's come from its comparison; a deployment's were measured at the sites after the
+    last round (`coordinator.local_only`, already in the contribution), null where a site gave none.
+    """
     if result.contribution is None:
         return None
     contribution = {**result.contribution, "per_site": {k: dict(v) for k, v in result.contribution["per_site"].items()}}
     primary = result.task.primary_metric
     for site, entry in contribution["per_site"].items():
-        alone = comparison.local_only_own.get(site, {}) if comparison is not None else {}
-        network = comparison.federated_per_site.get(site, {}) if comparison is not None else {}
-        entry["alone"], entry["with_network"] = alone.get(primary), network.get(primary)
+        if comparison is not None:
+            alone = comparison.local_only_own.get(site, {})
+            network = comparison.federated_per_site.get(site, {})
+            entry["alone"], entry["with_network"] = alone.get(primary), network.get(primary)
+        else:
+            entry.setdefault("alone", None)
+            entry.setdefault("with_network", None)
     return contribution
 
 

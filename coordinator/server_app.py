@@ -41,6 +41,7 @@ from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
+from coordinator.local_only import local_only_scores
 from coordinator.membership import collect_membership
 from coordinator.portal_progress import PortalProgress, PortalTarget
 from coordinator.progress import LoggingObserver, ProgressGrid, RunObserver
@@ -317,12 +318,17 @@ def run_federation(
         strategy=strategy,
         client_manager=SiteClientManager(excluded=set(problems)),
     )
+    started = time.monotonic()
     try:
         workflow_for(config, max_weight=max(site["n_train"] for site in sites.values()))(grid, legacy)
     except Exception as exc:
         recorder.set(status="failed", error=f"{type(exc).__name__}: {exc}")
         finish(strategy.global_weights or resumed_weights)
         raise
+    if evaluate_fn is None:  # a deployment: the sites measure "your line alone" (a simulation has its comparison)
+        # The sites train as long again as the run's rounds together: wait that long and more.
+        timeout = config.node_wait_timeout + 2 * (time.monotonic() - started)
+        recorder.set(local_only=_local_only(grid, sorted(healthy), config, scaler, strategy, observer, timeout))
     recorder.set(status="completed", completed_rounds=config.num_rounds)
     if config.membership_check and strategy.global_weights is not None:
         # The empirical check beside the epsilon: each site attacks the final model on its own rows.
@@ -342,6 +348,27 @@ def run_federation(
         audit.append("report issued", run_id=report["run_id"], sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         recorder.set(privacy_report=str(path.relative_to(config.out_dir)))
     return finish(strategy.global_weights or resumed_weights, report)
+
+
+def _local_only(
+    grid: Grid, node_ids: list[int], config: FederationConfig, scaler: FederatedScaler,
+    strategy: SangsaengStrategy, observer: RunObserver, timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The manifest's ``"local_only"``: each site's local-only model scored at the site, or why not.
+
+    The run has finished training when this runs: a failure here is recorded, never the run's.
+    """
+    # The run's initial model, from its seed (also when the run was resumed from a checkpoint).
+    initial = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed))
+    try:
+        record = local_only_scores(grid, node_ids, initial=initial, instructions=strategy.instructions,
+                                   timeout=timeout, observer=observer)  # fmt: skip
+    except Exception as exc:  # the trained model and its scores stand without the comparison
+        logger.warning("no local-only scores: %s: %s", type(exc).__name__, exc)
+        return {"per_site": {}, "problems": {}, "not_available": f"the request failed: {type(exc).__name__}: {exc}"}
+    for where, problem in record["problems"].items():
+        logger.warning("local-only model, %s: %s", where, problem)
+    return record
 
 
 def _run_result(

@@ -27,7 +27,7 @@ from privacy.policy import DpRequest, SitePrivacyPolicy
 from sangsaeng.errors import FileIntegrityError
 from sangsaeng.files import read_checked_json, write_checked_json
 
-__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "EvaluationPlan", "MIN_REMAINING"]
+__all__ = ["PrivacyLedger", "RoundPlan", "ProfilePlan", "EvaluationPlan", "LocalOnlyPlan", "MIN_REMAINING"]
 
 # A run needs at least this fraction of its target left; less buys only noise.
 MIN_REMAINING = 0.02
@@ -93,6 +93,33 @@ class EvaluationPlan:
     epsilon_after: float
     prior: list[Step]
     released: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalOnlyPlan:
+    """How the site trains and scores its local-only model under DP in a run (`client.local_only`), and the cost.
+
+    The run's own settings: DP-SGD at the run's noise multiplier and sample rate for the run's
+    planned steps, then one evaluation release at the noise of the run's evaluations. Both are
+    charged. ``released``: this run's two ledger entries when the site already did it (a repeated
+    request); sending the result again costs nothing.
+    """
+
+    run_id: str
+    server_round: int  # the run's last round: the releases come after it
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    evaluation_noise_multiplier: float
+    evaluations: int  # the run's planned evaluations (the evaluation release's calibration)
+    delta: float
+    max_grad_norm: float
+    accountant: str
+    budget_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    prior: list[Step]
+    released: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 class PrivacyLedger:
@@ -432,6 +459,89 @@ class PrivacyLedger:
             noise_multiplier=plan.noise_multiplier, sensitivity=mechanism.get("sensitivity"), epsilon=entry["epsilon"],
         )  # fmt: skip
         return entry
+
+    def plan_local_only(
+        self, policy: SitePrivacyPolicy, request: DpRequest, *, records: int, max_grad_norm: float
+    ) -> LocalOnlyPlan | None:
+        """Decide how the local-only model trains and is scored under DP; None means no DP asked or required.
+
+        It copies the run's DP-SGD (noise multiplier, sample rate, planned steps) and one release at
+        the noise of the run's evaluations, on top of everything already spent. Raises
+        `BudgetExhausted` when that would pass the site's own budget (``max-epsilon``; without one,
+        the run's target, which the run itself spends), or when the site trained no DP round this run.
+        """
+        from privacy.evaluation import evaluation_noise_multiplier, evaluation_rounds
+
+        if request.target_epsilon is None and not policy.dp_required:
+            return None
+        delta, accountant = policy.delta_for(records), policy.accountant
+        evaluations = len(evaluation_rounds(request.num_rounds, request.evaluate_every))
+        with self._locked() as state:
+            self._note_policy(state, policy)
+            run = state["runs"].get(request.run_id)
+            if run is None:
+                raise BudgetExhausted(
+                    f"budget exhausted: no DP round of run {request.run_id} was trained here, so there are no run "
+                    "settings to train a local-only model with; the site trains none"
+                )
+            target = float(run["target_epsilon"])
+            budget = policy.max_epsilon if policy.max_epsilon is not None else target
+            history = self.history(state)
+            mine = [e for e in state["entries"] if e["run_id"] == request.run_id
+                    and e.get("mechanism") in ("local_only_training", "local_only_evaluation")]  # fmt: skip
+        noise = float(run["noise_multiplier"])
+        steps, rate = int(run["planned_steps"]), float(run["sample_rate"])
+        eval_noise = evaluation_noise_multiplier(target_epsilon=target, delta=delta, evaluations=evaluations,
+                                                 accountant=accountant)  # fmt: skip
+        before = epsilon_of(history, delta=delta, accountant=accountant)
+        released = (mine[0], mine[1]) if len(mine) == 2 else None
+        after = before if released else epsilon_of(
+            [*history, (noise, rate, steps), (eval_noise, 1.0, 1)], delta=delta, accountant=accountant
+        )  # fmt: skip
+        if after > budget * (1 + 1e-9):
+            self.audit.append(
+                "refusal", site=self.site, run_id=request.run_id, spent=before, would_reach=after, budget=budget,
+                mechanism="local_only",
+            )  # fmt: skip
+            raise BudgetExhausted(
+                f"budget exhausted: a local-only model at the run's settings would bring epsilon from {before:.3f} "
+                f"to {after:.3f}, over the site's budget of {budget:.3f}"
+                + ("" if policy.max_epsilon is not None else " (the run's target: the site sets no max-epsilon)")
+                + "; the site trains none"
+            )
+        return LocalOnlyPlan(
+            run_id=request.run_id, server_round=request.num_rounds, noise_multiplier=noise, sample_rate=rate,
+            steps=steps, evaluation_noise_multiplier=eval_noise, evaluations=evaluations, delta=delta,
+            max_grad_norm=max_grad_norm, accountant=accountant, budget_epsilon=budget, epsilon_before=before,
+            epsilon_after=after, prior=[tuple(p) for p in run["prior"]], released=released,
+        )  # fmt: skip
+
+    def record_local_only(
+        self, plan: LocalOnlyPlan, *, steps: int, mechanism: dict[str, Any], histogram: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Charge the local-only model's DP-SGD steps and its evaluation release; return the two ledger entries."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._locked() as state:
+            training = {
+                "mechanism": "local_only_training", "run_id": plan.run_id, "round": plan.server_round,
+                "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": steps,
+                "time": when,
+            }  # fmt: skip
+            state["entries"].append(training)
+            training["epsilon"] = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+            evaluation = {
+                **mechanism, "mechanism": "local_only_evaluation", "run_id": plan.run_id, "round": plan.server_round,
+                "noise_multiplier": plan.evaluation_noise_multiplier, "sample_rate": 1.0, "steps": 1, "time": when,
+                "histogram": histogram,
+            }  # fmt: skip
+            state["entries"].append(evaluation)
+            evaluation["epsilon"] = epsilon_of(self.history(state), delta=plan.delta, accountant=plan.accountant)
+        self.audit.append(
+            "local-only model trained and scored", site=self.site, run_id=plan.run_id, steps=steps,
+            noise_multiplier=plan.noise_multiplier, evaluation_noise_multiplier=plan.evaluation_noise_multiplier,
+            epsilon=evaluation["epsilon"],
+        )  # fmt: skip
+        return training, evaluation
 
     def record_round(self, plan: RoundPlan, *, server_round: int, steps: int) -> float:
         """Add the round's steps to the history; return the cumulative epsilon."""

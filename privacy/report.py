@@ -23,6 +23,10 @@ against its held-out rows, with the sample sizes and method — figures, never r
 computed it on rows nobody else holds, so a verifier cannot recompute it: the signature
 vouches that the coordinator recorded what the site sent, and `verify_report` checks that
 the figures hang together (an AUC in [0, 1], equal samples, the best method's AUC).
+
+A site that trained its local-only model under DP (`client.local_only`, issue 16) has two more
+mechanisms after its last round: ``local_only_training`` (a DP-SGD stretch) and
+``local_only_evaluation``.
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ EVALUATION_MECHANISM = (
 )
 
 
+LOCAL_ONLY_MECHANISM = (
+    "each named site's local-only model (client.local_only): DP-SGD at the run's noise multiplier and sample "
+    "rate for the run's planned steps (local_only_training), then its held-out histogram released like an "
+    "evaluation (local_only_evaluation)"
+)
+
+
 def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> dict[str, Any]:
     """The report of one run, from the per-round DP records in its manifest."""
     sites: dict[str, Any] = {}
@@ -150,6 +161,21 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
             )  # fmt: skip
             entry["mechanisms"].append({k: mech[k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in mech})
             evaluated.add(site)
+    local_only = (manifest.get("local_only") or {}).get("dp", {})
+    for site, dp in sorted(local_only.items()):  # after the last round: the site's local-only model (issue 16)
+        entry = sites.setdefault(
+            site,
+            {
+                "accountant": dp["accountant"], "delta": dp["delta"], "epsilon": 0.0,
+                "budget_epsilon": dp["budget_epsilon"], "max_grad_norm": dp["max_grad_norm"],
+                "records": dp["records"], "prior_history": dp.get("prior_history", []), "rounds": [],
+                "mechanisms": [],
+            },
+        )  # fmt: skip
+        entry["mechanisms"].append({k: dp["training"][k] for k in _MECHANISM_KEYS + ("round",) if k in dp["training"]})
+        entry["mechanisms"].append(
+            {k: dp["evaluation"][k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in dp["evaluation"]}
+        )
     for entry in sites.values():  # the epsilon after the site's last release, whatever it was
         entry["epsilon"] = _ordered_steps(entry)[-1][1]["epsilon"] if _ordered_steps(entry) else entry["epsilon"]
     refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
@@ -170,6 +196,8 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         mechanism = f"{mechanism}; before training, {PROFILE_MECHANISM}"
     if evaluated:
         mechanism = f"{mechanism}; after training, {EVALUATION_MECHANISM}"
+    if local_only:
+        mechanism = f"{mechanism}; after the last round, {LOCAL_ONLY_MECHANISM}"
     return {
         "version": REPORT_VERSION,
         "run_id": manifest["run_id"],
@@ -200,6 +228,8 @@ def _ordered_steps(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for mech in entry.get("mechanisms", []):
         if mech["mechanism"] == "evaluation":
             steps.append((int(mech["round"]), 2, f"evaluation of round {mech['round']}", mech))
+        elif mech["mechanism"] in _LOCAL_ONLY_ORDER:  # after the last round's training and evaluation
+            steps.append((int(mech["round"]), _LOCAL_ONLY_ORDER[mech["mechanism"]], str(mech["mechanism"]), mech))
         else:
             steps.append((0, 0, str(mech["mechanism"]), mech))
     steps += [(int(rnd["round"]), 1, f"round {rnd['round']}", rnd) for rnd in entry["rounds"]]
@@ -213,6 +243,8 @@ def _membership(manifest: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {"membership_inference": dict(sorted(figures.items())), "membership_inference_note": MEMBERSHIP_NOTE}
 
+
+_LOCAL_ONLY_ORDER = {"local_only_training": 3, "local_only_evaluation": 4}
 
 _MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
                    "bins", "share_of_target", "epsilon")  # fmt: skip
@@ -286,7 +318,11 @@ def _close(a: float, b: float) -> bool:
 def _check_mechanism(label: str, mech: dict[str, Any]) -> None:
     """A profile or evaluation mechanism's parameters must agree with each other (sensitivity, noise std, step)."""
     kind = mech["mechanism"]
-    if kind not in ("profile", "evaluation"):
+    if kind == "local_only_training":  # a DP-SGD stretch: accounted like a round, nothing else to check
+        if not (0 < mech["sample_rate"] <= 1 and mech["steps"] >= 1):
+            raise ReportInvalid(f"{label} {kind}: sample rate {mech['sample_rate']} and steps {mech['steps']}")
+        return
+    if kind not in ("profile", "evaluation", "local_only_evaluation"):
         raise ReportInvalid(f"{label}: unknown mechanism {kind!r}")
     what = f"{label} {kind}" + (f" of round {mech['round']}" if kind == "evaluation" else "")
     if mech["sample_rate"] != 1.0 or mech["steps"] != 1:

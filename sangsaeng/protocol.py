@@ -12,13 +12,17 @@ Flower's own error codes are below 100; ours start at 1000.
 
 from __future__ import annotations
 
-__all__ = ["ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION", "PHASE_MEMBERSHIP"]
+__all__ = [
+    "ConfigKey", "ReplyKey", "ErrorCode", "PHASE_PROFILE", "PHASE_CONTRIBUTION", "PHASE_MEMBERSHIP", "PHASE_LOCAL_ONLY",
+]  # fmt: skip
 
 PHASE_PROFILE = "profile"  # the value of ConfigKey.PHASE in the profile (statistics) round
 PHASE_CONTRIBUTION = "contribution"  # ConfigKey.PHASE of the batched coalition evaluation (issue 16)
 # The value of ConfigKey.PHASE in the one evaluate message after the last round that asks each
 # site for its membership-inference check of the final model (privacy.membership).
 PHASE_MEMBERSHIP = "membership"
+# ConfigKey.PHASE of the one request after the last round: train a local-only model, reply with its histogram.
+PHASE_LOCAL_ONLY = "local_only"
 
 
 class ConfigKey:
@@ -71,6 +75,8 @@ class ReplyKey:
     # (privacy.evaluation, JSON).
     EVAL_HISTOGRAM = "eval_histogram"
     DP_EVALUATION = "dp_evaluation"
+    # The local-only model's reply under DP (client.local_only): its DP-SGD stretch and evaluation release, JSON.
+    DP_LOCAL_ONLY = "dp_local_only"
     # Image tasks, in the profile reply: the site's image report (models.images.IMAGE_REPORT).
     IMAGES = "images"  # manifest rows (images) the site read
     IMAGES_SKIPPED = "images_skipped"  # bad images skipped

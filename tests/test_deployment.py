@@ -244,6 +244,10 @@ def test_run_completes_over_tls_with_node_authentication(network: Network) -> No
     assert (network.root / "runs" / "plain" / "metrics.png").stat().st_size > 1000
     # every site ran the membership-inference check on the final model at home and sent back its figure
     assert set(results["membership_inference"]) == set(results["sites"])
+    # each site trained its local-only model on-site: "your line alone / with the network", printed too
+    per_site = results["contribution"]["per_site"]
+    assert all(0 <= s["alone"] <= 1 and 0 <= s["with_network"] <= 1 for s in per_site.values()), per_site
+    assert "what each site gave" in (network.root / "runs" / "plain" / "run.log").read_text()
     # the sites ran the installed ClientApp in their warm worker, never the bundle
     assert "done" in network.log("site-h")
 

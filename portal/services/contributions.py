@@ -233,7 +233,7 @@ def _release_refs(session: Session, run_ids: list[int], sites: set[str] | None) 
     refs: dict[int, list[ReleaseRef]] = {}
     for release in session.exec(query.order_by(col(ModelRelease.id))).all():
         refs.setdefault(release.run_id, []).append(
-            ReleaseRef(id=release.id, version=release.version, status=release.status)  # type: ignore[arg-type]
+            ReleaseRef(id=release.id, version=release.version, status=release.status)  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
         )
     return refs
 
