@@ -75,3 +75,19 @@ def test_simulate_50_dirichlet_sites_evaluating_on_a_sample(tmp_path):
     # The table summarises 50 sites: quantile and worst-ten rows, no row per site.
     assert "quantile of" in done.output and "local-only, worst:" in done.output
     assert "local-only: site-" not in done.output
+
+
+def test_the_streaming_mean_equals_flowers_weighted_average():
+    from flwr.server.strategy.aggregate import aggregate
+
+    from coordinator.streaming import streaming_weighted_mean
+
+    rng = np.random.default_rng(0)
+    updates = [([rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)], int(n))
+               for n in rng.integers(1, 50, size=7)]  # fmt: skip
+    mine = streaming_weighted_mean(iter(updates))
+    theirs = aggregate(updates)
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.dtype == np.float32 and np.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one update"):
+        streaming_weighted_mean(iter([]))
