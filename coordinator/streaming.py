@@ -2,7 +2,7 @@
 
 Flower hands `aggregate_fit` every reply of the round at once (its API: a list of `FitRes`),
 so the replies' serialised bytes are held by Flower either way. What this adds over Flower's
-`aggregate` is that only one update is decoded at a time into a float64 running sum, and each
+`aggregate` is that only one update is decoded at a time into a running sum, and each
 reply's bytes are released once added, so the round's decoded copies never pile up: with
 1 % of 10,000 sites per round that is 100 updates decoded one after the other, not together.
 """
@@ -20,10 +20,12 @@ __all__ = ["StreamingFedAvg", "streaming_weighted_mean"]
 
 
 def streaming_weighted_mean(updates: Iterable[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
-    """The mean of `updates` (arrays, examples) weighted by examples, by one running float64 sum.
+    """The mean of `updates` (arrays, examples) weighted by examples, by one running sum.
 
-    Each update is read once and may be dropped by the caller's iterator straight after;
-    the result has the first update's dtypes. ValueError when there is no update or no example.
+    Each update is scaled in place (the caller hands over freshly decoded arrays it does not
+    keep) and added to the sum, then may be dropped: two passes over its bytes and no
+    temporary. Floating layers sum in their own dtype, as Flower's in-place FedAvg does;
+    integer layers in float64. ValueError when there is no update or no example.
     """
     total: list[np.ndarray] | None = None
     dtypes: list[np.dtype] = []
@@ -31,13 +33,18 @@ def streaming_weighted_mean(updates: Iterable[tuple[list[np.ndarray], int]]) -> 
     for arrays, n in updates:
         if total is None:
             dtypes = [a.dtype for a in arrays]
-            total = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
+            total = [np.zeros(a.shape, dtype=a.dtype if a.dtype.kind == "f" else np.float64) for a in arrays]
         for acc, a in zip(total, arrays, strict=True):
-            acc += n * a  # n * a is one temporary the size of one layer
+            if a.dtype == acc.dtype and a.flags.writeable:
+                acc += np.multiply(a, n, out=a)
+            else:
+                acc += n * a
         examples += n
     if total is None or examples <= 0:
         raise ValueError("a weighted mean needs at least one update with examples")
-    return [(acc / examples).astype(dtype, copy=False) for acc, dtype in zip(total, dtypes, strict=True)]
+    for acc in total:
+        acc /= examples
+    return [acc.astype(dtype, copy=False) for acc, dtype in zip(total, dtypes, strict=True)]
 
 
 class StreamingFedAvg(FedAvg):

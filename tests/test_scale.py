@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from models.dirichlet import DirichletSplit, write_dirichlet_sites
 from models.errors import TaskSpecError
@@ -85,9 +86,27 @@ def test_the_streaming_mean_equals_flowers_weighted_average():
     rng = np.random.default_rng(0)
     updates = [([rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)], int(n))
                for n in rng.integers(1, 50, size=7)]  # fmt: skip
-    mine = streaming_weighted_mean(iter(updates))
+    mine = streaming_weighted_mean(iter([([a.copy() for a in arrays], n) for arrays, n in updates]))
     theirs = aggregate(updates)
     for a, b in zip(mine, theirs, strict=True):
         assert a.dtype == np.float32 and np.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="at least one update"):
         streaming_weighted_mean(iter([]))
+
+
+def test_streaming_fedavg_aggregates_as_flowers_fedavg():
+    from flwr.server.strategy import FedAvg
+
+    from coordinator.streaming import StreamingFedAvg
+
+    rng = np.random.default_rng(1)
+    updates = [(rng.normal(size=(5, 2)).astype(np.float32), int(n)) for n in rng.integers(1, 9, size=5)]
+
+    def replies():  # fresh replies each time: the streaming mean releases each reply's bytes
+        ok = Status(Code.OK, "")
+        return [(None, FitRes(ok, ndarrays_to_parameters([a]), n, {"x": float(n)})) for a, n in updates]
+
+    theirs, _ = FedAvg().aggregate_fit(1, replies(), [])
+    mine, _ = StreamingFedAvg().aggregate_fit(1, replies(), [])
+    assert mine is not None and theirs is not None
+    assert np.allclose(parameters_to_ndarrays(mine)[0], parameters_to_ndarrays(theirs)[0], atol=1e-6)
