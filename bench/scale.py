@@ -67,14 +67,16 @@ def run_size(n: int, out: Path) -> dict[str, float | str]:
            "--rounds", str(ROUNDS), "--local-epochs", "1", "--min-sites", "2", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "160"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out.parent / f"sites-{n}.log"  # a file, not a pipe: a full pipe would stall the run being timed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
     own = tree = 0
     while proc.poll() is None:
         own = max(own, _rss(proc.pid))
         tree = max(tree, sum(_rss(pid) for pid in _tree(proc.pid)))
         time.sleep(0.2)
     wall = time.perf_counter() - start
-    output = proc.stdout.read() if proc.stdout else ""
+    output = log.read_text(errors="replace")
     if proc.returncode != 0:
         return {"sites": n, "error": output[-2000:]}
     results = json.loads((out / "results.json").read_text())

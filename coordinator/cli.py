@@ -94,7 +94,13 @@ def _require_engine() -> None:
 
 def _federate(spec: TaskSpec, site_files: dict[str, Path], dropped: dict[str, int], config: FederationConfig) -> None:
     from coordinator.display import RichObserver
-    from coordinator.report import contribution_table, operating_point_table, privacy_table, results_table
+    from coordinator.report import (
+        SITE_ROWS,
+        contribution_table,
+        operating_point_table,
+        privacy_table,
+        results_table,
+    )
     from coordinator.simulation import run_experiment
 
     with RichObserver(config.num_rounds, spec.primary_metric, console=console) as observer:
@@ -105,8 +111,10 @@ def _federate(spec: TaskSpec, site_files: dict[str, Path], dropped: dict[str, in
     if len(excluded) > 10:
         console.print(f"[yellow]and {len(excluded) - 10} more sites left out[/] (results.json: excluded_sites)")
     console.print(results_table(results))
-    if results.get("contribution"):
+    if results.get("contribution") and len(results["contribution"].get("per_site", {})) <= SITE_ROWS:
         console.print(contribution_table(results["contribution"]))
+    elif results.get("contribution"):  # a row per site would be thousands of lines
+        console.print(f"contribution of {len(results['contribution']['per_site'])} sites: results.json (contribution)")
     if results.get("operating_point"):
         console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
