@@ -72,13 +72,13 @@ def _byzantine_shortfall(name: str, config: FederationConfig, updates: int, *, n
 
 
 class FedAvgAggregation(Aggregation, name="fedavg"):
-    """Flower's FedAvg: the mean of the updates, weighted by examples."""
+    """Flower's FedAvg: the mean of the updates, weighted by examples (by a running sum, `coordinator.streaming`)."""
 
     def build(self, config: FederationConfig, common: dict[str, Any]) -> Strategy:
-        """Flower's `FedAvg` with the common arguments only."""
-        from flwr.server.strategy import FedAvg
+        """Flower's `FedAvg` with the common arguments only, aggregating one update at a time."""
+        from coordinator.streaming import StreamingFedAvg
 
-        return FedAvg(**common)
+        return StreamingFedAvg(**common)
 
 
 class FedProxAggregation(Aggregation, name="fedprox"):

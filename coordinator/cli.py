@@ -34,39 +34,88 @@ console = Console()
 
 
 def _run(spec: TaskSpec, frame_source: Path, split_column: str, config: FederationConfig) -> None:
-    import pandas as pd
+    from coordinator.simulation import write_site_files
+    from models.schema import read_table
 
+    _require_engine()
+    frame = read_table(frame_source)
+    if split_column not in frame.columns:
+        fail(SangsaengError(f"{frame_source}: split column '{split_column}' is not in the data"))
+    site_files, dropped = write_site_files(frame, split_column, config.out_dir, spec=spec, base_dir=frame_source.parent)
+    console.print(
+        f"[bold]{spec.name}[/]: {len(site_files)} supplier sites from {frame_source.name} split by "
+        f"'{split_column}' ({_site_list(list(site_files))}); {config.num_rounds} rounds of {config.strategy}"
+    )
+    for name, rows in dropped.items():
+        console.print(f"[yellow]dropped[/] group '{name}': only {rows} row(s)")
+    _federate(spec, site_files, dropped, config)
+
+
+def _run_dirichlet(
+    spec: TaskSpec, frame_source: Path, config: FederationConfig, *, sites: int, alpha: float, rows_per_site: int | None
+) -> None:
+    import numpy as np
+
+    from models.dirichlet import write_dirichlet_sites
+    from models.schema import read_table
+
+    _require_engine()
+    frame = read_table(frame_source)
+    if spec.label not in frame.columns:
+        fail(SangsaengError(f"{frame_source}: a Dirichlet split needs the label column '{spec.label}' in the data"))
+    with console.status(f"writing {sites} site files"):
+        site_files, plan = write_dirichlet_sites(
+            frame, spec, config.out_dir, n_sites=sites, alpha=alpha, seed=config.seed, rows_per_site=rows_per_site
+        )
+    q = np.quantile(plan.sizes, [0.0, 0.5, 1.0])
+    console.print(
+        f"[bold]{spec.name}[/]: {sites} supplier sites drawn from {frame_source.name} ({len(frame)} rows, resampled "
+        f"with replacement to {int(plan.sizes.sum())}) by a Dirichlet split, alpha {alpha:g}, seed {config.seed}; "
+        f"rows per site min {q[0]:.0f} / median {q[1]:.0f} / max {q[2]:.0f}; {config.num_rounds} rounds of "
+        f"{config.strategy}, {config.fraction_fit:.0%} of sites training and {config.fraction_evaluate:.0%} "
+        "evaluating per round"
+    )
+    _federate(spec, site_files, {}, config)
+
+
+def _site_list(names: list[str], shown: int = 12) -> str:
+    """Site names for one line: all of a small federation, the first few and a count of a large one."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+def _require_engine() -> None:
+    from sangsaeng.extras import require
+
+    require("coordinator", "a federation on one machine (Flower's simulation engine, the results plot)",
+            modules=["ray", "matplotlib"])  # fmt: skip
+
+
+def _federate(spec: TaskSpec, site_files: dict[str, Path], dropped: dict[str, int], config: FederationConfig) -> None:
     from coordinator.display import RichObserver
     from coordinator.report import (
+        SITE_ROWS,
         contribution_table,
         membership_line,
         operating_point_table,
         privacy_table,
         results_table,
     )
-    from coordinator.simulation import run_experiment, write_site_files
-    from models.schema import read_table
-    from sangsaeng.extras import require
+    from coordinator.simulation import run_experiment
 
-    require("coordinator", "a federation on one machine (Flower's simulation engine, the results plot)",
-            modules=["ray", "matplotlib"])  # fmt: skip
-    frame: pd.DataFrame = read_table(frame_source)
-    if split_column not in frame.columns:
-        fail(SangsaengError(f"{frame_source}: split column '{split_column}' is not in the data"))
-    site_files, dropped = write_site_files(frame, split_column, config.out_dir, spec=spec, base_dir=frame_source.parent)
-    console.print(
-        f"[bold]{spec.name}[/]: {len(site_files)} supplier sites from {frame_source.name} split by "
-        f"'{split_column}' ({', '.join(site_files)}); {config.num_rounds} rounds of {config.strategy}"
-    )
-    for name, rows in dropped.items():
-        console.print(f"[yellow]dropped[/] group '{name}': only {rows} row(s)")
     with RichObserver(config.num_rounds, spec.primary_metric, console=console) as observer:
         results = run_experiment(spec, site_files, config, observer=observer, dropped=dropped)
-    for site, problem in results["excluded_sites"].items():
+    excluded = list(results["excluded_sites"].items())
+    for site, problem in excluded[:10]:
         console.print(f"[yellow]site {site} left out:[/] {problem}")
+    if len(excluded) > 10:
+        console.print(f"[yellow]and {len(excluded) - 10} more sites left out[/] (results.json: excluded_sites)")
     console.print(results_table(results))
-    if results.get("contribution"):
+    if results.get("contribution") and len(results["contribution"].get("per_site", {})) <= SITE_ROWS:
         console.print(contribution_table(results["contribution"]))
+    elif results.get("contribution"):  # a row per site would be thousands of lines
+        console.print(f"contribution of {len(results['contribution']['per_site'])} sites: results.json (contribution)")
     if results.get("operating_point"):
         console.print(operating_point_table(results["operating_point"]))
     console.print(f"results: {config.out_dir / 'results.json'}   plot: {results['plot']}")
@@ -109,20 +158,59 @@ def demo(
 @commands.command()
 @training_options
 def simulate(
-    data: Annotated[Path, typer.Option(help="CSV or Parquet file with every site's rows.")],
-    task_spec: Annotated[Path, typer.Option(help="Task-spec TOML file.")],
-    split_by: Annotated[str, typer.Option(help="Column whose values name the supplier sites.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="CSV or Parquet file with every site's rows (default with --sites: --task's sample)."),
+    ] = None,
+    task_spec: Annotated[Path | None, typer.Option(help="Task-spec TOML file (or --task).")] = None,
+    split_by: Annotated[str | None, typer.Option(help="Column whose values name the supplier sites.")] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("sangsaeng-run"),
+    task: Annotated[
+        str | None,
+        typer.Option(help="Built-in task, instead of --task-spec (with --sites: its sample data by default)."),
+    ] = None,
+    sites: Annotated[
+        int | None,
+        typer.Option(min=1, max=100_000, help="Draw this many synthetic sites by a Dirichlet split (no --split-by)."),
+    ] = None,
+    dirichlet: Annotated[
+        float,
+        typer.Option(min=1e-3, help="With --sites: the Dirichlet concentration; small = skewed sizes and labels."),
+    ] = 0.5,
+    rows_per_site: Annotated[
+        int | None, typer.Option(min=30, help="With --sites: mean rows per site (rows are resampled with replacement).")
+    ] = None,
     *,
     options: TrainingOptions,
 ) -> None:
-    """Simulate a federation on any table, one site per value of --split-by."""
+    """Simulate a federation on a table: one site per value of --split-by, or --sites N by a Dirichlet split."""
     try:
-        spec = load_task_spec(task_spec)
+        if task is not None and task_spec is None:
+            spec = get_task(task)
+        elif task_spec is not None and task is None:
+            spec = load_task_spec(task_spec)
+        else:
+            raise SangsaengError("give one of --task (a built-in task) or --task-spec (a TOML file)")
         config = _config(spec, out, options)
-        _run(spec, data, split_by, config)
+        if sites is not None:
+            if split_by is not None:
+                raise SangsaengError("--sites draws the sites by a Dirichlet split: leave out --split-by")
+            _run_dirichlet(spec, data or _sample_of(spec.name), config, sites=sites, alpha=dirichlet,
+                           rows_per_site=rows_per_site)  # fmt: skip
+        else:
+            if data is None or split_by is None:
+                raise SangsaengError("give --data and --split-by, or --sites N for a Dirichlet split")
+            _run(spec, data, split_by, config)
     except SangsaengError as exc:
         fail(exc)
+
+
+def _sample_of(task: str) -> Path:
+    from models.datasets import SAMPLES, sample_path
+
+    if task not in SAMPLES or SAMPLES[task].external:
+        raise SangsaengError(f"task '{task}' has no embedded sample table: give --data")
+    return sample_path(task)
 
 
 def reference_line(name: str, reference: dict[str, Any]) -> str | None:

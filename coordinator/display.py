@@ -10,11 +10,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from coordinator.progress import RunObserver
 
-__all__ = ["RichObserver"]
+__all__ = ["PROBLEM_LINES", "RichObserver"]
 
 
 def _fmt(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+PROBLEM_LINES = 10
+"""Site problems a run prints one by one; a 10,000-site run counts the rest per round."""
+
+
+def _failed(record: dict[str, Any]) -> str:
+    failures = record.get("failures") or []
+    return f" ({len(failures)} failed)" if failures else ""
 
 
 class RichObserver(RunObserver):
@@ -35,6 +44,8 @@ class RichObserver(RunObserver):
             TimeElapsedColumn(),
             console=self.console,
         )
+        self.problems = 0  # site problems this run; past PROBLEM_LINES they are counted, not printed
+        self.failed = 0  # error replies in the current phase
         self.rounds = self.progress.add_task("rounds", total=num_rounds, status="")
         self.sites = self.progress.add_task("sites", total=1, status="waiting for sites")
 
@@ -48,15 +59,23 @@ class RichObserver(RunObserver):
     def phase_started(self, phase: str, server_round: int, expected: int) -> None:
         """Reset the sites bar for a new phase of `expected` replies."""
         label = "profiling site data" if phase == "profile" else f"round {server_round}: {phase}"
+        self.failed = 0
         self.progress.reset(self.sites, total=max(expected, 1), description=label, status="sites done")
 
     def reply_received(self, phase: str, ok: bool) -> None:
-        """Advance the sites bar by one reply."""
+        """Advance the sites bar by one reply; failed replies are counted on the bar."""
+        if not ok:
+            self.failed += 1
+            self.progress.update(self.sites, status=f"sites done, {self.failed} failed")
         self.progress.advance(self.sites)
 
     def site_problem(self, problem: str) -> None:
-        """Print a site left out of the round, with the reason."""
-        self.progress.console.print(f"[yellow]left out:[/] {problem}")
+        """Print a site left out of the round, with the reason (the first `PROBLEM_LINES`, then a count)."""
+        self.problems += 1
+        if self.problems <= PROBLEM_LINES:
+            self.progress.console.print(f"[yellow]left out:[/] {problem}")
+        elif self.problems == PROBLEM_LINES + 1:
+            self.progress.console.print("[yellow]more sites left out:[/] counted per round below (manifest.json)")
 
     def round_finished(self, record: dict[str, Any]) -> None:
         """Advance the rounds bar and print the round's loss and primary metric."""
@@ -64,6 +83,7 @@ class RichObserver(RunObserver):
         status = f"train loss {_fmt(record.get('train_loss'))}  {self.primary} {_fmt(metrics.get(self.primary))}"
         self.progress.update(self.rounds, completed=record["round"], status=status)
         self.progress.console.print(
-            f"round {record['round']:>3}  sites {len(record.get('sites_trained', []))}  "
+            f"round {record['round']:>3}  sites {len(record.get('sites_trained', []))}"
+            f"{_failed(record)}  "
             f"train loss {_fmt(record.get('train_loss'))}  {self.primary} {_fmt(metrics.get(self.primary))}"
         )

@@ -99,6 +99,15 @@ class TrainingOptions:
     fraction_fit: Annotated[float, typer.Option(min=0.01, max=1.0, help="Fraction of sites per round.")] = (
         FederationConfig.fraction_fit
     )
+    fraction_evaluate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fraction of sites that evaluate the global model each evaluated round, the last one "
+            "included (a fresh sample each round; 0: only the coordinator's held-out rows).",
+        ),
+    ] = FederationConfig.fraction_evaluate
     min_sites: Annotated[int, typer.Option(min=1, help="Fewest healthy sites a run accepts.")] = (
         FederationConfig.min_sites
     )

@@ -26,6 +26,7 @@ from privacy.summary import privacy_summary
 from sangsaeng.files import write_json
 
 __all__ = [
+    "SITE_ROWS",
     "Comparison",
     "build_results",
     "write_results",
@@ -227,8 +228,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}"
 
 
+SITE_ROWS = 20
+"""Most local-only sites the results table lists one by one; above it, quantiles and the worst ten."""
+
+
 def results_table(results: dict[str, Any]) -> Table:
-    """Centralised vs local-only vs federated, all scored on the same held-out rows."""
+    """Centralised vs local-only vs federated on the same held-out rows (sites summarised above `SITE_ROWS`)."""
     metrics = list(results["centralized"])
     primary = results["task"]["primary_metric"]
     table = Table(
@@ -245,8 +250,20 @@ def results_table(results: dict[str, Any]) -> Table:
         table.add_row(
             f"local-only, worst site ({summary['worst']['site']})", *[_fmt(summary["worst"].get(m)) for m in metrics]
         )
-    for site, values in results["local_only"].items():
-        table.add_row(f"  local-only: {site}", *[_fmt(values.get(m)) for m in metrics], style="dim")
+    if len(results["local_only"]) <= SITE_ROWS:
+        for site, values in results["local_only"].items():
+            table.add_row(f"  local-only: {site}", *[_fmt(values.get(m)) for m in metrics], style="dim")
+    else:  # a large federation: the spread and the worst ten, not a row per site
+        sample = summary.get("sample") or {}
+        if sample and sample.get("sites") != sample.get("of"):
+            table.add_row(f"  (local-only on a seeded sample of {sample['sites']} of {sample['of']} sites)",
+                          style="dim")  # fmt: skip
+        for q, value in (summary.get("quantiles") or {}).items():
+            table.add_row(f"  local-only, {float(q):.0%} quantile of {primary}",
+                          *[_fmt(value) if m == primary else "" for m in metrics], style="dim")  # fmt: skip
+        for entry in summary.get("worst_ten") or []:
+            table.add_row(f"  local-only, worst: {entry['site']}",
+                          *[_fmt(entry.get(m)) if m == primary else "" for m in metrics], style="dim")  # fmt: skip
     table.add_row(
         "federated (global model)", *[_fmt(results["federated"]["global"][m]) for m in metrics], style="green"
     )

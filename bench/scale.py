@@ -1,0 +1,175 @@
+"""Scale: `sangsaeng simulate --sites N --dirichlet 0.5` at 100, 1,000 and 10,000 sites (issue 18).
+
+Each size runs once as its own process (2 rounds, 1 local epoch): wall seconds, seconds per
+round (the federated part over its rounds), peak memory of the coordinator process (the
+`sangsaeng` process: ServerApp thread, baselines) and of its whole process tree (Ray's
+workers), polled every 0.2 s. Then the aggregation alone: `streaming_weighted_mean` over 100
+updates against a plain numpy copy of the same bytes.
+
+    python bench/scale.py [--sizes 100,1000,10000] [--write]
+
+Targets: 10,000 sites end to end; a round at 10,000 under 60 s; coordinator memory at 10,000
+at most 1.5 x that at 1,000; aggregation within 3 x of the copy bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  # the project on the path, Flower air-gapped
+import numpy as np
+
+# Sampled sites per round by size: 1 % at 10,000 as the issue asks, 10 % below.
+FRACTIONS = {100: (0.1, 0.1), 1000: (0.1, 0.05), 10000: (0.01, 0.01)}
+ROUNDS = 2
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of process `pid` (Linux /proc), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every process under it, by each process's parent in /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += parents.get(pid, [])
+    return found
+
+
+def run_size(n: int, out: Path) -> dict[str, float | str]:
+    """One simulate run of `n` sites; wall time, per-round time and peak memories (MiB)."""
+    fit, evaluate = FRACTIONS.get(n, (0.01, 0.01))
+    cmd = [sys.executable, "-m", "sangsaeng.cli", "simulate", "--task", "predictive-maintenance", "--sites", str(n),
+           "--dirichlet", "0.5", "--fraction-fit", str(fit), "--fraction-evaluate", str(evaluate),
+           "--rounds", str(ROUNDS), "--local-epochs", "1", "--min-sites", "2", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "160"}
+    start = time.perf_counter()
+    log = out.parent / f"sites-{n}.log"  # a file, not a pipe: a full pipe would stall the run being timed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    own = tree = 0
+    while proc.poll() is None:
+        own = max(own, _rss(proc.pid))
+        tree = max(tree, sum(_rss(pid) for pid in _tree(proc.pid)))
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    output = log.read_text(errors="replace")
+    if proc.returncode != 0:
+        return {"sites": n, "error": output[-2000:]}
+    results = json.loads((out / "results.json").read_text())
+    timings = results.get("timings", {})
+    return {
+        "sites": n, "fit": fit, "evaluate": evaluate, "wall_s": wall,
+        "round_s": timings.get("federated_s", float("nan")) / ROUNDS,
+        "local_only_s": timings.get("local_only_s", float("nan")),
+        "coordinator_mib": own / 2**20, "tree_mib": tree / 2**20,
+        "primary": results["task"]["primary_metric"],
+        "federated": results["federated"]["global"][results["task"]["primary_metric"]],
+    }  # fmt: skip
+
+
+def aggregation(updates: int = 100, params: int = 1_000_000, repeats: int = 3) -> dict[str, float]:
+    """Bytes per second of `streaming_weighted_mean` over `updates` float32 updates of `params`, and of a copy."""
+    from coordinator.streaming import streaming_weighted_mean
+
+    rng = np.random.default_rng(0)
+    arrays = [[rng.normal(size=params).astype(np.float32)] for _ in range(updates)]
+    nbytes = updates * params * 4
+    best_mean = best_copy = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        streaming_weighted_mean((a, 10 + i) for i, a in enumerate(arrays))  # scales `arrays` in place: only timed
+        best_mean = min(best_mean, time.perf_counter() - start)
+        start = time.perf_counter()
+        for a in arrays:
+            np.copy(a[0])
+        best_copy = min(best_copy, time.perf_counter() - start)
+    return {"bytes": nbytes, "mean_gbps": nbytes / best_mean / 1e9, "copy_gbps": nbytes / best_copy / 1e9,
+            "ratio": best_mean / best_copy}  # fmt: skip
+
+
+def report(rows: list[dict], agg: dict[str, float]) -> str:
+    """The BENCHMARKS.md section: one row per size, the aggregation line and each target met or missed."""
+    lines = [
+        "## Scale: 100 to 10,000 simulated sites (`bench/scale.py`)",
+        "",
+        f"AI4I resampled by a Dirichlet split (alpha 0.5), {ROUNDS} rounds, 1 local epoch, one run on "
+        f"{os.cpu_count()} cores; memory polled every 0.2 s.",
+        "",
+        "| sites | trained / evaluated per round | s per round | local-only s | coordinator MiB | tree MiB | wall s |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    by = {r["sites"]: r for r in rows}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['sites']} | failed: {r['error'][-200:]!r} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['sites']} | {r['fit']:.0%} / {r['evaluate']:.0%} | {r['round_s']:.1f} | {r['local_only_s']:.1f} "
+            f"| {r['coordinator_mib']:.0f} | {r['tree_mib']:.0f} | {r['wall_s']:.0f} |"
+        )
+    lines += ["", f"Aggregation: {agg['bytes'] / 1e6:.0f} MB of updates, running weighted mean "
+              f"{agg['mean_gbps']:.2f} GB/s vs numpy copy {agg['copy_gbps']:.2f} GB/s ({agg['ratio']:.1f} x the copy).",
+              "", "Targets:"]  # fmt: skip
+    big, mid = by.get(10000, {}), by.get(1000, {})
+    ok = "error" not in big and bool(big)
+    met = {True: "met", False: "missed"}
+    lines.append(f"- 10,000 sites end to end: {met[ok] if big else 'not measured'}")
+    if ok:
+        lines.append(f"- a round at 10,000 under 60 s: {met[big['round_s'] < 60]} ({big['round_s']:.1f} s)")
+    else:
+        lines.append("- a round at 10,000 under 60 s: not measured")
+    if ok and mid and "error" not in mid:
+        ratio = big["coordinator_mib"] / mid["coordinator_mib"]
+        lines.append(f"- coordinator memory 10,000 <= 1.5 x 1,000: {met[ratio <= 1.5]} ({ratio:.2f} x)")
+    else:
+        lines.append("- coordinator memory 10,000 <= 1.5 x 1,000: not measured")
+    lines.append(f"- aggregation within 3 x of the copy: {met[agg['ratio'] <= 3]} ({agg['ratio']:.1f} x)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Run the sizes asked for, print the section, write it to BENCHMARKS.md with --write."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            rows.append(run_size(n, Path(tmp) / f"sites-{n}"))
+            print(rows[-1], flush=True)
+    body = report(rows, aggregation())
+    print(body)
+    if args.write:
+        from bench._report import write_section
+
+        print(f"written to {write_section('scale', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
