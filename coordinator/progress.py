@@ -52,10 +52,23 @@ _PHASES = {"train": "train", "evaluate": "evaluate", "get_properties": "profile"
 
 
 class ProgressGrid(Grid):
-    """A `Grid` that delegates everything and reports replies one by one."""
+    """A `Grid` that delegates everything and reports replies one by one.
 
-    def __init__(self, inner: Grid, observer: RunObserver, *, pull_interval: float = 0.05):
+    `default_timeout` bounds every `send_and_receive` that names no timeout of its own: Flower
+    1.42's default fit and evaluate workflows call it without one (``ServerConfig.round_timeout``
+    is not passed on), so this is where a deployment round's deadline is applied.
+    """
+
+    def __init__(
+        self,
+        inner: Grid,
+        observer: RunObserver,
+        *,
+        pull_interval: float = 0.05,
+        default_timeout: float | None = None,
+    ):
         self._inner = inner
+        self.default_timeout = default_timeout
         self._observer = observer
         self._pull_interval = pull_interval
 
@@ -87,7 +100,12 @@ class ProgressGrid(Grid):
 
     # Reporting ---------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply."""
+        """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply.
+
+        Without `timeout`, `default_timeout` (None: wait for every reply). Replies still missing
+        at the deadline are not returned: the caller sees who did not answer.
+        """
+        timeout = self.default_timeout if timeout is None else timeout
         messages = list(messages)
         phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
         pending = set(self.push_messages(messages))

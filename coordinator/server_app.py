@@ -191,7 +191,7 @@ def run_federation(
     observer = observer or LoggingObserver()
     # A lost signing key must stop the run before anyone spends privacy budget on it.
     signing_key = load_signing_key(config.key_dir, create=True) if config.uses_dp else None
-    grid = ProgressGrid(grid, observer)
+    grid = ProgressGrid(grid, observer, default_timeout=config.round_timeout)
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
     # The run id is known before the profile: under DP each site charges its profile to this run.
@@ -378,6 +378,7 @@ def workflow_for(config: FederationConfig, *, max_weight: float) -> DefaultWorkf
             reconstruction_threshold=config.secagg_threshold,
             max_weight=float(max_weight),
             clipping_range=config.secagg_clip,
+            timeout=config.round_timeout,
         )
     )
 
