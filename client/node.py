@@ -30,6 +30,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("sangsaeng.client")
+# flower-supernode's exit code when the SuperLink refuses to activate its key (Flower exit code 305);
+# `client start` retries for ACTIVATION_PATIENCE seconds, every ACTIVATION_RETRY, before giving up.
+ACTIVATION_REFUSED = 305
+ACTIVATION_PATIENCE = 150.0
+ACTIVATION_RETRY = 5.0
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
 
 
@@ -116,6 +122,11 @@ def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | Non
     if clientapp != CLIENTAPP_REF:
         return f"the run's bundle names ClientApp {clientapp!r}, this site runs only {CLIENTAPP_REF!r}: refused"
     return None
+
+
+def _stopped(stopping: threading.Event, process: subprocess.Popen) -> bool:
+    """True once the site is asked to stop or its SuperNode has exited."""
+    return stopping.is_set() or process.poll() is not None
 
 
 def start_supernode(settings: NodeSettings) -> subprocess.Popen:
@@ -250,7 +261,6 @@ def start_command(
     """Join the network: start this site's SuperNode and serve its training tasks."""
     import json
     import signal
-    import threading
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -281,8 +291,22 @@ def start_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     typer.echo(f"site '{node_config['site']}' joining {superlink} (SuperNode log: {settings.log_file})")
+    refused_since = None
     try:
-        serve_tasks(f"127.0.0.1:{runtime_port}", stop=lambda: stopping.is_set() or process.poll() is not None)
+        while True:
+            serve_tasks(f"127.0.0.1:{runtime_port}", stop=functools.partial(_stopped, stopping, process))
+            if stopping.is_set() or process.returncode != ACTIVATION_REFUSED:
+                break
+            # A site whose machine died is still marked online until the SuperLink misses its heartbeats
+            # (about a minute): until then it refuses to activate the same key again. Wait that out.
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > ACTIVATION_PATIENCE:
+                break
+            typer.echo(f"the SuperLink refused activation (a previous session of this site may still count as "
+                       f"online); retrying in {ACTIVATION_RETRY:.0f} s")  # fmt: skip
+            if stopping.wait(ACTIVATION_RETRY):
+                break
+            process = start_supernode(settings)
     finally:
         if process.poll() is None:
             process.terminate()

@@ -102,11 +102,16 @@ class ProgressGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply.
 
-        Without `timeout`, `default_timeout` (None: wait for every reply). Replies still missing
-        at the deadline are not returned: the caller sees who did not answer.
+        Without `timeout`, `default_timeout` (None: wait for every reply), which also becomes the
+        messages' time to live: a site that comes back after the deadline is not handed the stale
+        instruction (it would train, and spend privacy budget, for a round that has ended).
+        Replies still missing at the deadline are not returned: the caller sees who did not answer.
         """
-        timeout = self.default_timeout if timeout is None else timeout
         messages = list(messages)
+        if timeout is None and self.default_timeout is not None:
+            timeout = self.default_timeout
+            for message in messages:  # an instruction the deadline gave up on is not delivered later
+                message.metadata.ttl = min(message.metadata.ttl, timeout)
         phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
