@@ -219,10 +219,12 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    retry = make_simple_http_retry_invoker()
+    retry.max_time = 5.0  # Flower's retries forever: give up now and then, so that `stop` is checked
     executor = RuntimeHttpClient.from_server_address(
         server_address=runtime_address, insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retry,
     )  # fmt: skip
     try:
         while not stop():
