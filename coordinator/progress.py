@@ -51,6 +51,9 @@ class LoggingObserver(RunObserver):
 _PHASES = {"train": "train", "evaluate": "evaluate", "get_properties": "profile"}
 
 
+TTL_MARGIN = 5.0  # seconds a deadline instruction outlives the wait for its reply
+
+
 class ProgressGrid(Grid):
     """A `Grid` that delegates everything and reports replies one by one.
 
@@ -111,7 +114,8 @@ class ProgressGrid(Grid):
         if timeout is None and self.default_timeout is not None:
             timeout = self.default_timeout
             for message in messages:  # an instruction the deadline gave up on is not delivered later
-                message.metadata.ttl = min(message.metadata.ttl, timeout)
+                # (a little longer than the wait, so that the wait, not the SuperLink's expiry, ends it)
+                message.metadata.ttl = min(message.metadata.ttl, timeout + TTL_MARGIN)
         phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout

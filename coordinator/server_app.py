@@ -294,8 +294,8 @@ def run_federation(
     # under per-site DP the sites' exact coalition scores would be a release their epsilon does not cover.
     if (not config.secagg and config.central_dp_noise is None and config.dp_epsilon is None
             and config.contribution_coalitions > 0):  # fmt: skip
-        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric, timeout=config.node_wait_timeout,
-                            observer=observer)  # fmt: skip
+        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric,
+                            timeout=config.round_timeout or config.node_wait_timeout, observer=observer)  # fmt: skip
         contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,

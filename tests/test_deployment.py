@@ -467,8 +467,8 @@ def test_a_site_killed_mid_round_is_left_out_its_ledger_holds_what_it_trained_an
     # and the coordinator accounts only the releases that reached it. Restarted, l is let in again once
     # the SuperLink has missed its old session's heartbeats (Flower: 2 x 30 s) and trains in later runs.
     _reset_ledgers(network)
-    run, out = start_run(network, "killed", "--rounds", "3", "--min-sites", "2", "--dp-epsilon", "8",
-                         "--round-timeout", "15")  # fmt: skip
+    run, out = start_run(network, "killed", "--rounds", "2", "--min-sites", "2", "--dp-epsilon", "8",
+                         "--round-timeout", "20")  # fmt: skip
     wait_until(lambda: (out / "manifest.json").exists() or run.poll() is not None, 300, "the profiles")
     kill_machine(network, "l")
     before = activations(network, "l")
@@ -477,7 +477,7 @@ def test_a_site_killed_mid_round_is_left_out_its_ledger_holds_what_it_trained_an
     results = run_ended(run, network, "killed")
     first, *later = results["rounds"]
     assert first["sites_trained"] == ["line-h", "line-m"] and first["sites_lost"] == ["line-l"]
-    assert any("site 'line-l': no training reply within the round timeout of 15 s" in f for f in first["failures"])
+    assert any("site 'line-l': no training reply within the round timeout of 20 s" in f for f in first["failures"])
     assert all({"line-h", "line-m"} <= set(r["sites_trained"]) for r in later)
     report = json.loads((out / "privacy" / "report.json").read_text())
     assert report["replies_lost"]["sites"]["line-l"]["training"][0] == 1
@@ -498,14 +498,14 @@ def test_a_site_killed_mid_round_is_left_out_its_ledger_holds_what_it_trained_an
             r["round"] for r in manifest_rounds if site in r.get("dp", {})
         ]
     # back: `client start` retried while the SuperLink still counted the dead session online
-    wait_until(lambda: activations(network, "l") > before, 180, "site l to be let in again")
-    assert "refused activation" in network.log("site-l") or any("line-l" in r["sites_trained"] for r in later)
+    wait_until(lambda: activations(network, "l") > before, 180, "site l to be let in again")  # it trains next test
 
 
 def test_a_stalled_site_is_left_out_when_the_deadline_passes(network: Network) -> None:
-    # Site m freezes (SIGSTOP of its SuperNode and worker) as round 1 begins and thaws once the round
-    # completed without it: the deadline, not Flower's 60 s heartbeat, ended its wait.
-    run, out = start_run(network, "stalled", "--rounds", "1", "--min-sites", "2", "--round-timeout", "8")
+    # Site m's worker freezes (SIGSTOP; its SuperNode, a session of its own, still answers heartbeats)
+    # as round 1 begins and thaws once the round completed without it: only the deadline ended the wait.
+    # Site l, killed in the test before, trains again here.
+    run, out = start_run(network, "stalled", "--rounds", "1", "--min-sites", "2", "--round-timeout", "20")
     wait_until(lambda: (out / "manifest.json").exists() or run.poll() is not None, 300, "the profiles")
     stalled = network.processes["site-m"]
     os.killpg(stalled.pid, signal.SIGSTOP)
@@ -518,21 +518,33 @@ def test_a_stalled_site_is_left_out_when_the_deadline_passes(network: Network) -
     results = run_ended(run, network, "stalled")
     (record,) = results["rounds"]
     assert record["sites_trained"] == ["line-h", "line-l"] and record["sites_lost"] == ["line-m"]
-    assert 8 <= waited < 50, waited
+    assert 20 <= waited < 55, waited
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def serverapp_processes(net: Network) -> list[int]:
-    """Process ids of the ServerApp processes this network's SuperLink started (`flwr-serverapp`, its group)."""
+    """Process ids of the ServerApp processes (`flwr-serverapp`) started below this network's `coordinator up`."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-                group = os.getpgid(int(entry.name))
-            except (OSError, ProcessLookupError):
-                continue
-            if b"flwr-serverapp" in command and group == net.processes["coordinator"].pid:
-                found.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-serverapp" not in command:
+            continue
+        pid = int(entry.name)
+        while pid > 1 and pid != net.processes["coordinator"].pid:
+            pid = _parent(pid)
+        if pid == net.processes["coordinator"].pid:
+            found.append(int(entry.name))
     return found
 
 
