@@ -57,9 +57,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("sangsaeng.client")
-# flower-supernode's exit code when the SuperLink refuses to activate its key (Flower exit code 305);
-# `client start` retries for ACTIVATION_PATIENCE seconds, every ACTIVATION_RETRY, before giving up.
-ACTIVATION_REFUSED = 305
+# What flower-supernode logs when the SuperLink refuses to activate its key (Flower exit code 305; the
+# process itself exits with 1); `client start` retries for ACTIVATION_PATIENCE s, every ACTIVATION_RETRY.
+ACTIVATION_REFUSED = "Exit Code: 305"
 ACTIVATION_PATIENCE = 150.0
 ACTIVATION_RETRY = 5.0
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
@@ -122,6 +122,15 @@ def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | Non
     if clientapp != CLIENTAPP_REF:
         return f"the run's bundle names ClientApp {clientapp!r}, this site runs only {CLIENTAPP_REF!r}: refused"
     return None
+
+
+def _activation_refused(settings: NodeSettings) -> bool:
+    """True when the SuperNode that just exited was refused activation (the end of its log says so)."""
+    if settings.log_file is None or not settings.log_file.exists():
+        return False
+    with settings.log_file.open("rb") as log_file:
+        log_file.seek(max(0, settings.log_file.stat().st_size - 4096))
+        return ACTIVATION_REFUSED in log_file.read().decode(errors="replace")
 
 
 def _stopped(stopping: threading.Event, process: subprocess.Popen) -> bool:
@@ -297,7 +306,7 @@ def start_command(
     try:
         while True:
             serve_tasks(f"127.0.0.1:{runtime_port}", stop=functools.partial(_stopped, stopping, process))
-            if stopping.is_set() or process.returncode != ACTIVATION_REFUSED:
+            if stopping.is_set() or not _activation_refused(settings):
                 break
             # A site whose machine died is still marked online until the SuperLink misses its heartbeats
             # (about a minute): until then it refuses to activate the same key again. Wait that out.
