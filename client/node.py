@@ -30,6 +30,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("sangsaeng.client")
+# What flower-supernode logs when the SuperLink refuses to activate its key (Flower exit code 305; the
+# process itself exits with 1); `client start` retries for ACTIVATION_PATIENCE s, every ACTIVATION_RETRY.
+ACTIVATION_REFUSED = "Exit Code: 305"
+ACTIVATION_PATIENCE = 150.0
+ACTIVATION_RETRY = 5.0
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Runtime API poll otherwise
 
 
@@ -116,6 +122,20 @@ def check_bundle(fab_id: str, fab_version: str, fab_content: bytes) -> str | Non
     if clientapp != CLIENTAPP_REF:
         return f"the run's bundle names ClientApp {clientapp!r}, this site runs only {CLIENTAPP_REF!r}: refused"
     return None
+
+
+def _activation_refused(settings: NodeSettings) -> bool:
+    """True when the SuperNode that just exited was refused activation (the end of its log says so)."""
+    if settings.log_file is None or not settings.log_file.exists():
+        return False
+    with settings.log_file.open("rb") as log_file:
+        log_file.seek(max(0, settings.log_file.stat().st_size - 4096))
+        return ACTIVATION_REFUSED in log_file.read().decode(errors="replace")
+
+
+def _stopped(stopping: threading.Event, process: subprocess.Popen) -> bool:
+    """True once the site is asked to stop or its SuperNode has exited."""
+    return stopping.is_set() or process.poll() is not None
 
 
 def start_supernode(settings: NodeSettings) -> subprocess.Popen:
@@ -208,10 +228,12 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    retry = make_simple_http_retry_invoker()
+    retry.max_time = 5.0  # Flower's retries forever: give up now and then, so that `stop` is checked
     executor = RuntimeHttpClient.from_server_address(
         server_address=runtime_address, insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=retry,
     )  # fmt: skip
     try:
         while not stop():
@@ -250,7 +272,6 @@ def start_command(
     """Join the network: start this site's SuperNode and serve its training tasks."""
     import json
     import signal
-    import threading
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -281,8 +302,22 @@ def start_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     typer.echo(f"site '{node_config['site']}' joining {superlink} (SuperNode log: {settings.log_file})")
+    refused_since = None
     try:
-        serve_tasks(f"127.0.0.1:{runtime_port}", stop=lambda: stopping.is_set() or process.poll() is not None)
+        while True:
+            serve_tasks(f"127.0.0.1:{runtime_port}", stop=functools.partial(_stopped, stopping, process))
+            if stopping.is_set() or not _activation_refused(settings):
+                break
+            # A site whose machine died is still marked online until the SuperLink misses its heartbeats
+            # (about a minute): until then it refuses to activate the same key again. Wait that out.
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > ACTIVATION_PATIENCE:
+                break
+            typer.echo(f"the SuperLink refused activation (a previous session of this site may still count as "
+                       f"online); retrying in {ACTIVATION_RETRY:.0f} s")  # fmt: skip
+            if stopping.wait(ACTIVATION_RETRY):
+                break
+            process = start_supernode(settings)
     finally:
         if process.poll() is None:
             process.terminate()

@@ -90,6 +90,9 @@ class FederationConfig:
     out_dir: Path = Path("sangsaeng-run")
     resume: bool = False
     node_wait_timeout: float = 120.0
+    # Deployment: seconds a round's training (and evaluation) waits for replies; a site that has not
+    # replied by then is left out of that round ("sites_lost"), the round goes on if min_sites replied.
+    round_timeout: float | None = None
     # Record-level DP-SGD at every site: the per-site epsilon the whole run may spend.
     dp_epsilon: float | None = None
     dp_max_grad_norm: float = TRAINING_DEFAULTS.dp_max_grad_norm
@@ -145,6 +148,8 @@ class FederationConfig:
             raise ValueError("fractions of sites per round must lie in (0, 1]")
         if self.min_sites < 1:
             raise ValueError("min_sites must be at least 1")
+        if self.round_timeout is not None and self.round_timeout <= 0:
+            raise ValueError("round_timeout must be positive (seconds), or None to wait for every reply")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ValueError("dp_epsilon must be positive")
         if self.central_dp_noise is not None and self.central_dp_noise <= 0:

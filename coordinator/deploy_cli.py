@@ -189,6 +189,14 @@ def run(
     upload_retry_for: Annotated[
         float, typer.Option(min=0, help="Seconds to keep retrying while the portal cannot be reached.")
     ] = 600.0,
+    round_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Seconds a round waits for the sites' replies; a site that has not replied by then is left out "
+            "of that round (the round goes on if --min-sites replied). Default: wait for every reply.",
+        ),
+    ] = None,
     *,
     options: TrainingOptions,
 ) -> None:
@@ -199,6 +207,11 @@ def run(
     records itself there when it ends. While the portal cannot be
     reached the upload stays queued in OUT/portal-upload.json and is retried (nothing is
     lost); `sangsaeng portal upload-run OUT` finishes it later.
+
+    With --resume the run recorded in --out continues from its last checkpoint after the
+    coordinator was killed: same run id, global model, round counter and strategy state; the
+    sites' ledgers keep what they spent (a round trained again is charged again, as it is a
+    new release). Pass the settings the run was started with.
     """
     from sangsaeng.extras import require
 
@@ -223,8 +236,9 @@ def run(
     try:
         # Resolved here: the server app runs from another directory.
         config = options.federation_config(
-            get_task(task), out_dir=out.resolve(), key_dir=options.key_dir.resolve(), secagg=secagg
-        )
+            get_task(task), out_dir=out.resolve(), key_dir=options.key_dir.resolve(), secagg=secagg,
+            round_timeout=round_timeout,
+        )  # fmt: skip
     except (SangsaengError, ValueError) as exc:
         fail(exc)
     app_dir = write_app_dir(layout)

@@ -51,11 +51,27 @@ class LoggingObserver(RunObserver):
 _PHASES = {"train": "train", "evaluate": "evaluate", "get_properties": "profile"}
 
 
-class ProgressGrid(Grid):
-    """A `Grid` that delegates everything and reports replies one by one."""
+TTL_MARGIN = 5.0  # seconds a deadline instruction outlives the wait for its reply
 
-    def __init__(self, inner: Grid, observer: RunObserver, *, pull_interval: float = 0.05):
+
+class ProgressGrid(Grid):
+    """A `Grid` that delegates everything and reports replies one by one.
+
+    `default_timeout` bounds every `send_and_receive` that names no timeout of its own: Flower
+    1.42's default fit and evaluate workflows call it without one (``ServerConfig.round_timeout``
+    is not passed on), so this is where a deployment round's deadline is applied.
+    """
+
+    def __init__(
+        self,
+        inner: Grid,
+        observer: RunObserver,
+        *,
+        pull_interval: float = 0.05,
+        default_timeout: float | None = None,
+    ):
         self._inner = inner
+        self.default_timeout = default_timeout
         self._observer = observer
         self._pull_interval = pull_interval
 
@@ -87,8 +103,19 @@ class ProgressGrid(Grid):
 
     # Reporting ---------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply."""
+        """Push `messages`, pull replies until all arrived or `timeout` passed; report each reply.
+
+        Without `timeout`, `default_timeout` (None: wait for every reply), which also becomes the
+        messages' time to live: a site that comes back after the deadline is not handed the stale
+        instruction (it would train, and spend privacy budget, for a round that has ended).
+        Replies still missing at the deadline are not returned: the caller sees who did not answer.
+        """
         messages = list(messages)
+        if timeout is None and self.default_timeout is not None:
+            timeout = self.default_timeout
+            for message in messages:  # an instruction the deadline gave up on is not delivered later
+                # (a little longer than the wait, so that the wait, not the SuperLink's expiry, ends it)
+                message.metadata.ttl = min(message.metadata.ttl, timeout + TTL_MARGIN)
         phase = _PHASES.get(messages[0].metadata.message_type.split(".")[0], "") if messages else ""
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -93,6 +93,8 @@ def round_summaries(rounds: Sequence[Mapping[str, Any]], *, metrics_key: str) ->
             },
             "sites_trained": r.get("sites_trained", []),
             "failures": r.get("failures", []),
+            # sites whose reply did not come before the round's deadline (deployment, --round-timeout)
+            **({"sites_lost": r["sites_lost"]} if r.get("sites_lost") else {}),
         }
         for r in sorted(rounds, key=lambda r: r["round"])
     ]

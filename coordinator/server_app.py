@@ -195,7 +195,7 @@ def run_federation(
     observer = observer or LoggingObserver()
     # A lost signing key must stop the run before anyone spends privacy budget on it.
     signing_key = load_signing_key(config.key_dir, create=True) if config.uses_dp else None
-    grid = ProgressGrid(grid, observer)
+    grid = ProgressGrid(grid, observer, default_timeout=config.round_timeout)
     spec = config.task
     node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
     # The run id is known before the profile: under DP each site charges its profile to this run.
@@ -305,8 +305,8 @@ def run_federation(
     # under per-site DP the sites' exact coalition scores would be a release their epsilon does not cover.
     if (not config.secagg and config.central_dp_noise is None and config.dp_epsilon is None
             and config.contribution_coalitions > 0):  # fmt: skip
-        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric, timeout=config.node_wait_timeout,
-                            observer=observer)  # fmt: skip
+        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric,
+                            timeout=config.round_timeout or config.node_wait_timeout, observer=observer)  # fmt: skip
         contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
@@ -427,6 +427,7 @@ def workflow_for(config: FederationConfig, *, max_weight: float) -> DefaultWorkf
             reconstruction_threshold=config.secagg_threshold,
             max_weight=float(max_weight),
             clipping_range=config.secagg_clip,
+            timeout=config.round_timeout,
         )
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +287,7 @@ class SangsaengStrategy(Strategy):
         self.central_dp = central_dp
         self.audit = audit
         self._available = 0
+        self._instructed: set[int] = set()  # nodes sent this round's fit (or evaluate) instructions
         self.config = config
         self.recorder = recorder
         self.observer = observer or RunObserver()
@@ -331,12 +332,28 @@ class SangsaengStrategy(Strategy):
         self._global = parameters_to_ndarrays(parameters)
         self._shapes = [tuple(a.shape) for a in self._global]
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
+        self._instructed = {proxy.node_id for proxy, _ in instructions}
         self._available = client_manager.num_available()
         self.observer.phase_started("train", self._round(server_round), len(instructions))
         return [
             (proxy, FitIns(ins.parameters, self._with_instructions(server_round, ins.config)))
             for proxy, ins in instructions
         ]
+
+    def _lost(
+        self,
+        results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]],
+        failures: Sequence[tuple[ClientProxy, FitRes | EvaluateRes] | BaseException],
+    ) -> list[str]:
+        """Sites instructed this round whose reply never came (round deadline passed, node gone), by name.
+
+        Such a site may have trained (and, under DP, charged its own ledger) all the same: only
+        its reply was lost. Unknown nodes (a site that came back under a new node id) by node id.
+        """
+        answered = {proxy.node_id for proxy, _ in results}
+        answered |= {f[0].node_id for f in failures if not isinstance(f, BaseException)}
+        names = {int(site["node_id"]): name for name, site in self.recorder.manifest.get("sites", {}).items()}
+        return sorted(names.get(node, f"node {node}") for node in self._instructed - answered)
 
     def _screen(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[list[tuple[ClientProxy, FitRes]], list[str]]:
         """Leave out updates that would corrupt the average, each with a reason naming the site."""
@@ -359,6 +376,10 @@ class SangsaengStrategy(Strategy):
         """Record failures and DP spend, screen the updates, then aggregate with the inner strategy."""
         rnd = self._round(server_round)
         problems = [_failure_text(f) for f in failures]
+        lost = self._lost(results, failures)
+        timeout = f"within the round timeout of {self.config.round_timeout:g} s" if self.config.round_timeout else ""
+        problems += [f"site '{site}': no training reply {timeout or 'from its node'} (left out of round {rnd}; "
+                     f"if it trained, its own ledger holds that spend)" for site in lost]  # fmt: skip
         # A site whose update is rejected still spent privacy on it: its DP record is kept below.
         dp = {str(res.metrics.get(ReplyKey.SITE, proxy.cid)): _dp_record(res.metrics) for proxy, res in results}
         results, rejected = self._screen(results)
@@ -391,7 +412,16 @@ class SangsaengStrategy(Strategy):
             clip = getattr(self.inner, "clipping_norm", None)  # this round's; adaptive clipping moves it after
             extra["central_dp"] = self.central_dp.account_round(len(results), clipping_norm=clip)
             failures = []  # Flower's DP wrapper drops the whole round on any failure; they are recorded above
-        parameters, metrics = (None, {}) if shortfall else self.inner.aggregate_fit(server_round, results, failures)
+        if shortfall:
+            parameters, metrics = None, dict[str, Scalar]()
+        elif lost and len(results) < self.config.min_sites:  # too few replies before the deadline: model unchanged
+            problems.append(f"round {rnd}: {len(results)} update(s) arrived, the run needs {self.config.min_sites}; "
+                            "the global model is unchanged")  # fmt: skip
+            parameters, metrics = None, dict[str, Scalar]()
+        else:
+            parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        if lost:
+            extra["sites_lost"] = lost
         if "central_dp" in extra:
             if isinstance(self.inner, AdaptiveClipping):
                 extra["central_dp"]["next_clipping_norm"] = self.inner.clipping_norm
@@ -421,6 +451,7 @@ class SangsaengStrategy(Strategy):
         """
         scheduled = self._round(server_round) in evaluation_rounds(self.config.num_rounds, self.config.evaluate_every)
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager) if scheduled else []
+        self._instructed = {proxy.node_id for proxy, _ in instructions}
         self.observer.phase_started("evaluate", self._round(server_round), len(instructions))
         if not instructions:
             self._finish_round(server_round)
@@ -455,6 +486,11 @@ class SangsaengStrategy(Strategy):
             extra["eval_histogram"] = json.loads(evaluation.merged.to_json())
         if evaluation.mechanisms:
             extra["dp_evaluation"] = evaluation.mechanisms
+        lost = self._lost(results, failures)
+        if lost:  # under DP a lost evaluation reply, too, may be a release only the site's ledger knows of
+            extra["eval_sites_lost"] = lost
+            record["failures"] += [f"site '{site}': no evaluation reply (left out of round "
+                                   f"{self._round(server_round)}'s evaluation)" for site in lost]  # fmt: skip
         self.recorder.update_round(
             self._round(server_round),
             federated_eval={"loss": loss, **metrics} if loss is not None else {},

@@ -208,6 +208,7 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         "sites": sites,
         "central_dp": _central(manifest),
         "refusals": refusals,
+        "replies_lost": _replies_lost(manifest),
         "not_covered": not_covered,
         "audit_log_head": audit_head,
         **_membership(manifest),
@@ -215,6 +216,26 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
 
 
 _EVALUATION_KEYS = ("round", "clip", "evaluations")
+
+REPLIES_LOST_NOTE = (
+    "A site whose reply did not reach the coordinator (round deadline, node lost) may have trained "
+    "or evaluated all the same and charged that release to its own ledger: for such a site the "
+    "epsilon above is a lower bound and the site's own ledger is the authority"
+)
+
+
+def _replies_lost(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Per site, the rounds whose training or evaluation reply was lost; with the note on what that means.
+
+    The coordinator accounts only the releases it received; a lost reply never lowers a site's
+    own ledger (`privacy.ledger`), which charged the round when the site trained.
+    """
+    lost: dict[str, dict[str, list[int]]] = {}
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        for key, phase in (("sites_lost", "training"), ("eval_sites_lost", "evaluation")):
+            for site in record.get(key, []):
+                lost.setdefault(site, {"training": [], "evaluation": []})[phase].append(int(record["round"]))
+    return {"sites": lost, "note": REPLIES_LOST_NOTE} if lost else {"sites": {}}
 
 
 def _evaluating_sites(manifest: dict[str, Any]) -> list[str]:

@@ -372,3 +372,43 @@ def test_fedadam_moments_survive_a_resume_under_supplier_level_dp(tmp_path, adap
     for name, arrays in moments.items():
         for got, want in zip(getattr(innermost(fresh), name), arrays, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_site_lost_before_the_round_deadline_is_named_and_the_round_goes_on_if_enough_replied(tmp_path):
+    from flwr.common import ndarrays_to_parameters as to_parameters
+
+    from privacy.report import build_report
+
+    config = FederationConfig(task=PM, out_dir=tmp_path, min_sites=2, round_timeout=5.0)
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    sites = {name: {"node_id": node, "n_train": 10, "n_test": 5} for node, name in enumerate("abc", start=1)}
+    recorder = RunRecorder(tmp_path, header={"run_id": "r", "schema_hash": PM.schema_hash(), "scaler": "{}",
+                                             "sites": sites})  # fmt: skip
+    scaler = FederatedScaler(PM.name, PM.numeric_features, {}, {}, {}, 0.0, 1.0, 10, 1)
+    wrapped = SangsaengStrategy(build_strategy(config, initial), config=config, scaler=scaler, recorder=recorder)
+    manager = SiteClientManager()
+    for node in (1, 2, 3):
+        manager.register(proxy(node))
+    ones = [np.ones((2, 3), np.float32), np.ones(3, np.float32)]
+    # round 1: c's reply never came; a and b (= min_sites) make the round
+    assert len(wrapped.configure_fit(1, to_parameters(initial), manager)) == 3
+    params, _ = wrapped.aggregate_fit(1, [(proxy(1), fit_res(ones, 10, "a", 0.1)),
+                                          (proxy(2), fit_res(ones, 10, "b", 0.1))], [])  # fmt: skip
+    assert params is not None
+    record = recorder.round_record(1)
+    assert record["sites_trained"] == ["a", "b"] and record["sites_lost"] == ["c"]
+    assert any("site 'c': no training reply within the round timeout of 5 s" in f for f in record["failures"])
+    # round 2: only a replied, fewer than min_sites: nothing aggregated, no checkpoint
+    wrapped.configure_fit(2, to_parameters(initial), manager)
+    params, _ = wrapped.aggregate_fit(2, [(proxy(1), fit_res(ones, 10, "a", 0.1))], [])
+    assert params is None and "checkpoint" not in recorder.round_record(2)
+    assert recorder.round_record(2)["sites_lost"] == ["b", "c"]
+    # the privacy report names the lost replies and the sites' own ledgers as the authority
+    lost = build_report(recorder.manifest)["replies_lost"]
+    assert lost["sites"]["c"] == {"training": [1, 2], "evaluation": []}
+    assert lost["sites"]["b"]["training"] == [2] and "own ledger is the authority" in lost["note"]
+
+
+def test_round_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="round_timeout must be positive"):
+        FederationConfig(task=PM, round_timeout=0.0)
