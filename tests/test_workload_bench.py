@@ -62,3 +62,20 @@ def test_a_held_out_set_without_defects_is_refused() -> None:
     """No defect held out: no operating point, said with the counts."""
     with pytest.raises(ValueError, match="0 defects"):
         workload_at(np.zeros(50), np.linspace(0, 1, 50))
+
+
+def test_the_demo_table_shows_the_workload() -> None:
+    """The demo's operating-point table (coordinator.report) prints the workload the bench measures."""
+    from rich.console import Console
+
+    from coordinator.report import operating_point_table
+
+    y, scores = _held_out()
+    merged = merge([build_histogram("binary", y, scores, bins=SCORE_BINS)])
+    point = run_operating_point([{"round": 1, "eval_histogram": json.loads(merged.to_json())}])
+    assert point is not None
+    console = Console(width=160, record=True)
+    console.print(operating_point_table(point))
+    text = console.export_text()
+    assert "inspection workload" in text
+    assert f"{100 * workload_at(y, scores)['workload']:.1f} % of parts" in text
