@@ -2,6 +2,7 @@
 
     python bench/workload.py [--seeds 0 1] [--tasks ...] [--rounds 10] [--no-dp] [--image-size 32]
         [--image-rounds 3] [--per-site 300] [--out bench-out/workload] [--no-write]
+        [--report-from bench-out/workload/workload.csv --provenance TEXT --note TEXT]
 
 For every built-in binary task (`models.tasks.builtin_tasks`, kind ``binary``: injection-molding-
 quality, predictive-maintenance and, when the vision extra is installed, solar-cell-inspection at a
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -75,7 +77,9 @@ def workload_at(y_true: np.ndarray, scores: np.ndarray, rule: str = DEFAULT_RULE
     if point is None:
         raise ValueError(f"no operating point: {int(hist.blocks['positives'].sum())} defects and "
                          f"{int(hist.blocks['negatives'].sum())} good parts held out")  # fmt: skip
-    return {**point, "roc_auc": float(roc_auc_score(np.asarray(y_true) > 0.5, np.asarray(scores)))}
+    exact = exact_workload(y_true, scores, 0.95 if point["rule"] == DEFAULT_RULE else 1.0)
+    return {**point, "roc_auc": float(roc_auc_score(np.asarray(y_true) > 0.5, np.asarray(scores))),
+            **{f"exact_{k}": v for k, v in exact.items()}, "defects": int(hist.blocks["positives"].sum())}  # fmt: skip
 
 
 def at_threshold(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -83,6 +87,20 @@ def at_threshold(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> di
     flagged = np.asarray(scores, dtype=np.float64) >= threshold
     truth = np.asarray(y_true, dtype=np.float64) > 0.5
     return {"recall": float(flagged[truth].mean()), "workload": float(flagged.mean())}
+
+
+def exact_workload(y_true: np.ndarray, scores: np.ndarray, target: float = 0.95) -> dict[str, float]:
+    """The least workload of any threshold on the rows themselves (no bins) that catches `target` of the defects.
+
+    The threshold is the score of the ``ceil(target x defects)``-th highest-scored defect; every part
+    scored at least that is flagged. What a line could reach were the threshold not a bin edge.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    truth = np.asarray(y_true, dtype=np.float64) > 0.5
+    positives = np.sort(s[truth])[::-1]
+    k = int(np.ceil(target * len(positives) - 1e-9))
+    threshold = float(positives[max(k, 1) - 1])
+    return {"threshold": threshold, **at_threshold(y_true, scores, threshold)}
 
 
 def _scores(model: Any, spec: TaskSpec, scaler: FederatedScaler, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +127,26 @@ def _federated_scores(spec: TaskSpec, config: FederationConfig, held: pd.DataFra
     return _scores(model, spec, scaler, held)
 
 
+def _run(
+    spec: TaskSpec, frame: pd.DataFrame, task: str, config: FederationConfig, out: Path, rescore: bool
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`run_experiment` on fresh sites under `out`, or (`rescore`) the results.json an earlier run left there."""
+    if rescore:
+        site_files = {p.stem: p for p in sorted((out / "sites").glob("*.csv"))}
+        return json.loads((Path(config.out_dir) / "results.json").read_text(encoding="utf-8")), site_files
+    shutil.rmtree(out, ignore_errors=True)  # fresh sites: their privacy ledgers would remember a previous run
+    site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)
+    return run_experiment(spec, site_files, config, dropped=dropped), site_files
+
+
 def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: argparse.Namespace) -> list[dict]:
     """Every model of one task and seed: one row per model (figures of `workload_at`)."""
     rounds = args.image_rounds if spec.image is not None else args.rounds
     out = args.out / f"{task}-seed{seed}"
-    shutil.rmtree(out, ignore_errors=True)  # fresh sites: their privacy ledgers would remember a previous run
-    site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)
     config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, out_dir=out / "federated",
                                             key_dir=args.out / "keys")  # fmt: skip
     start = time.perf_counter()
-    results = run_experiment(spec, site_files, config, dropped=dropped)
+    results, site_files = _run(spec, frame, task, config, out, args.rescore)
     # The same splits, scalers and models as `run_experiment` (its helpers, its seeds).
     splits, _ = _load_splits(spec, site_files, config.seed)
     held = pd.concat([s.test for s in splits], ignore_index=True)
@@ -152,11 +180,9 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
     if not args.no_dp:
         start = time.perf_counter()
         dp_out = args.out / f"{task}-seed{seed}-dp"
-        shutil.rmtree(dp_out, ignore_errors=True)
-        dp_files, dp_dropped = write_site_files(frame, SAMPLES[task].split_by, dp_out, spec=spec)
         dp_config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, dp_epsilon=DP_EPSILON,
                                                    out_dir=dp_out / "federated", key_dir=args.out / "keys")  # fmt: skip
-        dp = run_experiment(spec, dp_files, dp_config, dropped=dp_dropped)
+        dp, _ = _run(spec, frame, task, dp_config, dp_out, args.rescore)
         y, p = _federated_scores(spec, dp_config, held)
         point = workload_at(y, p)
         _check_auc(f"{task} seed {seed} DP", point["roc_auc"], dp["federated"]["global"]["roc_auc"], tol)
@@ -182,7 +208,8 @@ def _ms(values: pd.Series, digits: int = 3, scale: float = 1.0) -> str:
 def _model_rows(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The table's rows of one task: (label, one figure per seed)."""
     local = group[group["model"] == "local-only"]
-    mean = local.groupby("seed")[["roc_auc", "threshold", "recall", "workload"]].mean().reset_index()
+    figures = ["roc_auc", "threshold", "recall", "workload", "exact_workload"]
+    mean = local.groupby("seed")[figures].mean().reset_index()
     # The worst site: the one that leaves the most parts to inspect by hand, in each seed.
     worst = local.loc[local.groupby("seed")["workload"].idxmax()]
     out = [("centralised", group[group["model"] == "centralised"]), ("local-only, site mean", mean),
@@ -191,13 +218,13 @@ def _model_rows(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, str], minutes: float) -> str:
-    """The BENCHMARKS.md section."""
+def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, str], provenance: str) -> str:
+    """The BENCHMARKS.md section; `provenance`: how the rows were measured."""
     seeds = sorted(int(s) for s in table["seed"].unique())
     lines = [
         "## Inspection workload at 95 % recall: centralised vs local-only vs federated (`bench/workload.py`)",
         "",
-        f"Measured in one run ({minutes:.0f} min) on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
+        f"Measured {provenance} on {platform.node() or 'this machine'} ({os.cpu_count()} cores, "
         f"shared with other work), {time.strftime('%Y-%m-%d')}, seeds {seeds}. Every built-in binary task on its "
         "sample, split into supplier sites by its natural column; every model scored on the union of the sites' "
         "held-out splits (30 %, stratified). For each model the threshold is chosen on those held-out scores by "
@@ -205,25 +232,31 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
         "the highest bin edge that still catches 95 % of the held-out defects), and the table gives the recall "
         "reached there and the **inspection workload**: the share of parts flagged, which a line must still "
         "inspect by hand (inspecting every part is 100 %; 'inspection time' saved is 100 % minus it). ROC-AUC "
-        "exact, from the same scores (as results.json reports it). Default training (MLP 64-32, batch 64, "
+        "exact, from the same scores (as results.json reports it). The last column: the least workload of any "
+        "threshold placed on the held-out rows themselves (the score of the defect that makes 95 %), what a "
+        "line could reach if the threshold were not a bin edge (the product's finest edge above 0 is 0.005). "
+        "Default training (MLP 64-32, batch 64, "
         "lr 0.003, balanced class weights; 2 local epochs a round; centralised and local-only train for "
         "rounds x 2 epochs). local-only: each site "
         "trained alone and scored on every held-out row; site mean, and the site with the highest workload. "
         f"Federated DP: per-site DP-SGD at epsilon {DP_EPSILON:g} (the DP defaults), the same rounds, on fresh "
         "sites with the same splits. Mean ± sd over seeds.",
         "",
-        "| task (sites, held-out rows) | rounds | model | ROC-AUC | threshold | recall reached | workload "
-        "| inspection saved |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task (sites, held-out rows, defects) | rounds | model | ROC-AUC | threshold | recall reached | workload "
+        "| inspection saved | workload, threshold on the rows |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes: list[str] = []
     for task, group in table.groupby("task", sort=False):
         first = group.iloc[0]
-        label = f"{task} ({int(first['sites'])}, {_ms(group.groupby('seed')['held_out'].first(), 0)})"
+        per_seed = group.groupby("seed")
+        counts = f"{_ms(per_seed['held_out'].first(), 0)}, {_ms(per_seed['defects'].first(), 0)}"
+        label = f"{task} ({int(first['sites'])}, {counts})"
         for name, rows in _model_rows(group):
             lines.append(
                 f"| {label} | {int(first['rounds'])} | {name} | {_ms(rows['roc_auc'])} | {_ms(rows['threshold'])} "
-                f"| {_ms(rows['recall'])} | {_ms(rows['workload'], 1, 100)} % | {_ms(1 - rows['workload'], 1, 100)} % |"
+                f"| {_ms(rows['recall'])} | {_ms(rows['workload'], 1, 100)} % | {_ms(1 - rows['workload'], 1, 100)} % "
+                f"| {_ms(rows['exact_workload'], 1, 100)} % |"
             )
             label = ""
         fed = group[group["model"] == "federated"]
@@ -244,7 +277,9 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
             )
     lines += ["", "Checks and the DP run's own threshold:", *notes]
     if skipped:
-        lines += ["", *(f"Not measured: {t}: {why}" for t, why in skipped.items())]
+        lines += ["", *(f"Not measured: {t}: {why}." for t, why in skipped.items())]
+    if args.note:
+        lines += ["", args.note]
     return "\n".join(lines)
 
 
@@ -284,17 +319,32 @@ def main() -> int:
     parser.add_argument("--no-dp", action="store_true", help="no federated DP run")
     parser.add_argument("--out", type=Path, default=Path("bench-out/workload"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--report-from", type=Path, default=None, help="report the workload.csv of an earlier run")
+    parser.add_argument("--provenance", default=None, help="how the rows were measured (with --report-from)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score again the runs an earlier run left in --out (no federated training)")  # fmt: skip
+    parser.add_argument("--note", default=None, help="a paragraph for the end of the section")
     args = parser.parse_args()
     args.out = args.out.resolve()
     tasks, skipped = binary_tasks(args)
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for task, spec in tasks.items():
-        frame = _frame(task, spec, args)
-        for seed in args.seeds:
-            rows += measure(task, spec, frame, seed, args)
-            pd.DataFrame(rows).to_csv(args.out / "workload.csv", index=False)  # kept after every task and seed
-    body = report(pd.DataFrame(rows), args, skipped, (time.perf_counter() - start) / 60)
+    if args.report_from:  # the rows of an earlier (perhaps stopped) run, one per model, task and seed
+        table = pd.read_csv(args.report_from)
+        for task in tasks:
+            if task not in set(table["task"]):
+                skipped[task] = f"not in the rows of {args.report_from.name} (the run was stopped before it)"
+        provenance = args.provenance or f"from the rows of {args.report_from.name}"
+    else:
+        start = time.perf_counter()
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows: list[dict[str, Any]] = []
+        for task, spec in tasks.items():
+            frame = _frame(task, spec, args)
+            for seed in args.seeds:
+                rows += measure(task, spec, frame, seed, args)
+                pd.DataFrame(rows).to_csv(args.out / "workload.csv", index=False)  # kept after every task and seed
+        table = pd.DataFrame(rows)
+        provenance = f"in one run ({(time.perf_counter() - start) / 60:.0f} min)"
+    body = report(table, args, skipped, provenance)
     print(body)
     if not args.no_write:
         print(f"written to {write_section('workload', body)}")
