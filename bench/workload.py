@@ -130,8 +130,8 @@ def _federated_scores(spec: TaskSpec, config: FederationConfig, held: pd.DataFra
 def _run(
     spec: TaskSpec, frame: pd.DataFrame, task: str, config: FederationConfig, out: Path, rescore: bool
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """`run_experiment` on fresh sites under `out`, or (`rescore`) the results.json an earlier run left there."""
-    if rescore:
+    """`run_experiment` on fresh sites under `out`, or (`rescore`) the results.json a finished run left there."""
+    if rescore and (Path(config.out_dir) / "results.json").exists():
         site_files = {p.stem: p for p in sorted((out / "sites").glob("*.csv"))}
         return json.loads((Path(config.out_dir) / "results.json").read_text(encoding="utf-8")), site_files
     shutil.rmtree(out, ignore_errors=True)  # fresh sites: their privacy ledgers would remember a previous run
@@ -322,7 +322,7 @@ def main() -> int:
     parser.add_argument("--report-from", type=Path, default=None, help="report the workload.csv of an earlier run")
     parser.add_argument("--provenance", default=None, help="how the rows were measured (with --report-from)")
     parser.add_argument("--rescore", action="store_true",
-                        help="score again the runs an earlier run left in --out (no federated training)")  # fmt: skip
+                        help="score again the runs finished in --out (no training for those)")  # fmt: skip
     parser.add_argument("--note", default=None, help="a paragraph for the end of the section")
     args = parser.parse_args()
     args.out = args.out.resolve()
@@ -337,10 +337,11 @@ def main() -> int:
         start = time.perf_counter()
         args.out.mkdir(parents=True, exist_ok=True)
         rows: list[dict[str, Any]] = []
-        for task, spec in tasks.items():
-            frame = _frame(task, spec, args)
-            for seed in args.seeds:
-                rows += measure(task, spec, frame, seed, args)
+        frames = {task: _frame(task, spec, args) for task, spec in tasks.items()}
+        # Every task's first seed first, so a run stopped for time still has every task (--report-from).
+        for seed in args.seeds:
+            for task, spec in tasks.items():
+                rows += measure(task, spec, frames[task], seed, args)
                 pd.DataFrame(rows).to_csv(args.out / "workload.csv", index=False)  # kept after every task and seed
         table = pd.DataFrame(rows)
         provenance = f"in one run ({(time.perf_counter() - start) / 60:.0f} min)"
