@@ -79,3 +79,14 @@ def test_the_demo_table_shows_the_workload() -> None:
     text = console.export_text()
     assert "inspection workload" in text
     assert f"{100 * workload_at(y, scores)['workload']:.1f} % of parts" in text
+
+
+def test_the_threshold_on_the_rows_goes_below_the_first_bin_edge() -> None:
+    """Every score under 0.005 (one bin): the bin edge flags every part, a threshold on the rows only some."""
+    y = np.r_[np.ones(20), np.zeros(80)]
+    scores = np.r_[np.full(20, 0.004), np.full(60, 0.0001), np.full(20, 0.0045)]
+    point = workload_at(y, scores)
+    assert point["threshold"] == 0.0 and point["workload"] == pytest.approx(1.0)
+    assert point["exact_threshold"] == pytest.approx(0.004)
+    assert point["exact_recall"] == pytest.approx(1.0)
+    assert point["exact_workload"] == pytest.approx(40 / 100)
