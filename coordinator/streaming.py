@@ -2,8 +2,8 @@
 
 Flower hands `aggregate_fit` every reply of the round at once (its API: a list of `FitRes`),
 so the replies' serialised bytes are held by Flower either way. What this adds over Flower's
-`aggregate` is that only one update is decoded at a time into a running sum, and each
-reply's bytes are released once added, so the round's decoded copies never pile up: with
+`aggregate` is that only one update is decoded at a time into a running sum, so the round's
+decoded copies never pile up (the replies' bytes stay: SecAgg+ hands one reply over twice): with
 1 % of 10,000 sites per round that is 100 updates decoded one after the other, not together.
 """
 
@@ -56,16 +56,18 @@ class StreamingFedAvg(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Weighted mean of the updates by a running sum; each reply's bytes are released once added."""
+        """Weighted mean of the updates by a running sum: one decoded update at a time.
+
+        The replies' bytes are left as they are: Flower's SecAgg+ workflow hands the same
+        reply object over more than once, so emptying one would empty them all.
+        """
         if not results or (not self.accept_failures and failures):
             return None, {}
         fit_metrics = [(res.num_examples, res.metrics) for _, res in results]
 
         def decoded() -> Iterable[tuple[list[np.ndarray], int]]:
             for _, res in results:
-                arrays = parameters_to_ndarrays(res.parameters)
-                res.parameters.tensors = []  # the bytes are in `arrays` now: let them go
-                yield arrays, res.num_examples
+                yield parameters_to_ndarrays(res.parameters), res.num_examples
 
         parameters = ndarrays_to_parameters(streaming_weighted_mean(decoded()))
         metrics = self.fit_metrics_aggregation_fn(fit_metrics) if self.fit_metrics_aggregation_fn else {}
