@@ -26,9 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
-from flwr.common import EvaluateIns, MessageType, Scalar, ndarrays_to_parameters
-from flwr.compat.common import recorddict_compat as compat
+from flwr.common import Scalar
 from flwr.serverapp.grid import Grid
 
 from coordinator.config import FederationConfig
@@ -39,6 +37,7 @@ from coordinator.contribution import (
     round_contribution,
 )
 from coordinator.local_only import with_network
+from coordinator.phase import ask_sites
 from coordinator.progress import RunObserver
 from models.metric_counts import pooled_metric
 from sangsaeng.protocol import PHASE_CONTRIBUTION, ConfigKey, ReplyKey
@@ -85,26 +84,16 @@ class SiteScorer:
         arrays = [a for model in models for a in model]
         config = {**instructions, ConfigKey.PHASE: PHASE_CONTRIBUTION, ConfigKey.COALITIONS: len(models),
                   ConfigKey.ROUND: server_round}  # fmt: skip
-        ins = EvaluateIns(ndarrays_to_parameters(arrays), config)
-        messages = [
-            Message(
-                content=compat.evaluateins_to_recorddict(ins, keep_input=True),
-                dst_node_id=node,
-                message_type=MessageType.EVALUATE,
-                group_id=f"contribution-{server_round}",
-            )
-            for node in self.node_ids
-        ]
-        self.observer.phase_started("contribution", server_round, len(messages))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        replies, silent = ask_sites(self.grid, self.node_ids, arrays, config, group_id=f"contribution-{server_round}",
+                                    timeout=self.timeout, observer=self.observer, label="contribution",
+                                    server_round=server_round)  # fmt: skip
         per_site: list[list[np.ndarray]] = []
         self.problems, self.sites_scored = [], []
         for reply in replies:
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self.problems.append(f"node {node}: {reply.error.reason}")
+            node, metrics = reply.node, reply.metrics
+            if metrics is None:
+                self.problems.append(f"node {node}: {reply.error}")
                 continue
-            metrics = compat.recorddict_to_evaluateres(reply.content).metrics
             try:
                 counts = [np.asarray(c, dtype=np.float64) for c in json.loads(str(metrics[ReplyKey.COALITION_COUNTS]))]
             except (KeyError, ValueError, TypeError) as exc:
@@ -115,9 +104,7 @@ class SiteScorer:
                 continue
             per_site.append(counts)
             self.sites_scored.append(str(metrics.get(ReplyKey.SITE, node)))
-        answered = {r.metadata.src_node_id for r in replies}
-        self.problems += [f"node {n}: no coalition counts within {self.timeout:.0f} s" for n in self.node_ids
-                          if n not in answered]  # fmt: skip
+        self.problems += [f"node {n}: no coalition counts within {self.timeout:.0f} s" for n in silent]
         return [pooled_metric(self.metric, [site[k] for site in per_site]) for k in range(len(models))]
 
 

@@ -25,11 +25,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
-from flwr.common import EvaluateIns, MessageType, Scalar, ndarrays_to_parameters
-from flwr.compat.common import recorddict_compat as compat
+from flwr.common import Scalar
 from flwr.serverapp.grid import Grid
 
+from coordinator.phase import ask_sites
 from coordinator.progress import RunObserver
 from models.histogram import EvalHistogram, histogram_metrics
 from sangsaeng.protocol import PHASE_LOCAL_ONLY, ConfigKey, ReplyKey
@@ -54,38 +53,26 @@ def local_only_scores(
     observer = observer or RunObserver()
     start = time.perf_counter()
     config = {**instructions, ConfigKey.PHASE: PHASE_LOCAL_ONLY, ConfigKey.ROUND: 0}
-    ins = EvaluateIns(ndarrays_to_parameters(initial), config)
-    messages = [
-        Message(
-            content=compat.evaluateins_to_recorddict(ins, keep_input=True),
-            dst_node_id=node,
-            message_type=MessageType.EVALUATE,
-            group_id="local-only",
-        )
-        for node in node_ids
-    ]
-    observer.phase_started("local_only", int(instructions.get(ConfigKey.NUM_ROUNDS, 0)), len(messages))
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies, silent = ask_sites(grid, node_ids, initial, config, group_id="local-only", timeout=timeout,
+                                observer=observer, label="local_only",
+                                server_round=int(instructions.get(ConfigKey.NUM_ROUNDS, 0)))  # fmt: skip
     per_site: dict[str, dict[str, float]] = {}
     problems: dict[str, str] = {}
     mechanisms: dict[str, dict[str, Any]] = {}
     for reply in replies:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            problems[f"node {node}"] = str(reply.error.reason)
+        if reply.metrics is None:
+            problems[f"node {reply.node}"] = str(reply.error)
             continue
-        metrics = compat.recorddict_to_evaluateres(reply.content).metrics
-        site = str(metrics.get(ReplyKey.SITE, f"node {node}"))
+        metrics = reply.metrics
+        site = str(metrics.get(ReplyKey.SITE, f"node {reply.node}"))
         try:
             per_site[site] = histogram_metrics(EvalHistogram.from_json(str(metrics[ReplyKey.EVAL_HISTOGRAM])))
             if ReplyKey.DP_LOCAL_ONLY in metrics:
                 mechanisms[site] = json.loads(str(metrics[ReplyKey.DP_LOCAL_ONLY]))
         except (KeyError, ValueError, TypeError) as exc:
             problems[site] = f"unreadable local-only histogram ({exc})"
-    answered = {r.metadata.src_node_id for r in replies}
-    for node in node_ids:
-        if node not in answered:
-            problems[f"node {node}"] = f"no local-only score within {timeout:.0f} s"
+    for node in silent:
+        problems[f"node {node}"] = f"no local-only score within {timeout:.0f} s"
     record = {"per_site": per_site, "problems": problems, "seconds": time.perf_counter() - start}
     return record | ({"dp": mechanisms} if mechanisms else {})
 

@@ -15,11 +15,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
-from flwr.common import EvaluateIns, MessageType, Scalar, ndarrays_to_parameters
-from flwr.compat.common import recorddict_compat as compat
+from flwr.common import Scalar
 from flwr.serverapp.grid import Grid
 
+from coordinator.phase import ask_sites
 from coordinator.progress import RunObserver
 from privacy.errors import MembershipCheckError
 from privacy.membership import MembershipResult
@@ -45,40 +44,25 @@ def collect_membership(
     `instructions` are the ones every round's messages carry (task, scaler, model, run id,
     seed): the site rebuilds the final model from them.
     """
-    node_ids = list(node_ids)
     config: dict[str, Scalar] = {**instructions, ConfigKey.PHASE: PHASE_MEMBERSHIP, ConfigKey.ROUND: server_round}
-    ins = EvaluateIns(ndarrays_to_parameters(weights), config)
-    messages = [
-        Message(
-            content=compat.evaluateins_to_recorddict(ins, keep_input=True),
-            dst_node_id=node_id,
-            message_type=MessageType.EVALUATE,
-            group_id=PHASE_MEMBERSHIP,
-        )
-        for node_id in node_ids
-    ]
-    observer.phase_started(PHASE_LABEL, server_round, len(messages))
-    replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+    replies, silent = ask_sites(grid, node_ids, weights, config, group_id=PHASE_MEMBERSHIP, timeout=timeout,
+                                observer=observer, label=PHASE_LABEL, server_round=server_round)  # fmt: skip
     figures: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    answered: set[int] = set()
     for reply in replies:
-        node = reply.metadata.src_node_id
-        answered.add(node)
-        if reply.has_error():
-            problems.append(f"membership inference: {reply.error.reason}")
+        if reply.metrics is None:
+            problems.append(f"membership inference: {reply.error}")
             continue
-        metrics = compat.recorddict_to_evaluateres(reply.content).metrics
-        site = str(metrics.get(ReplyKey.SITE, f"node {node}"))
+        site = str(reply.metrics.get(ReplyKey.SITE, f"node {reply.node}"))
         try:
             result = MembershipResult.from_dict(
-                json.loads(str(metrics[ReplyKey.MEMBERSHIP])), source=f"site '{site}' membership inference"
+                json.loads(str(reply.metrics[ReplyKey.MEMBERSHIP])), source=f"site '{site}' membership inference"
             )
         except (KeyError, ValueError, MembershipCheckError) as exc:
             problems.append(f"site '{site}': membership inference reply unusable: {exc}")
             continue
         figures[site] = result.to_dict()
-    for node in sorted(set(node_ids) - answered):
+    for node in sorted(silent):
         problems.append(f"node {node} did not answer the membership-inference request within {timeout:.0f} s")
     for problem in problems:
         observer.site_problem(problem)
