@@ -159,7 +159,9 @@ def test_a_site_that_gives_no_local_only_score_gets_null_and_the_run_completes(a
     config, sites, results = _deploy(ai4i, tmp_path, policies=strict, model="ple", hidden=())
     assert results["status"] == "completed"
     per_site = results["contribution"]["per_site"]
-    assert per_site["h"]["alone"] is None and per_site["h"]["with_network"] is not None
+    # h's "with network" is its noisy DP evaluation of the last round: released (h took part), though it may read
+    # NaN (null) when the noise leaves a class empty, so the release itself is checked.
+    assert per_site["h"]["alone"] is None and "h" in read_manifest(config.out_dir)["rounds"][-1]["per_site"]
     assert all(per_site[s]["alone"] is not None for s in ("l", "m"))
     [problem] = read_manifest(config.out_dir)["local_only"]["problems"].values()
     assert problem.startswith("site 'h': budget exhausted: a local-only model") and "budget of 8.000" in problem
