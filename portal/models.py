@@ -131,11 +131,17 @@ class TokenKind(StrEnum):
 
 
 class RunStatus(StrEnum):
-    """How a reported training run stands: still running, completed or failed."""
+    """How a reported training run stands: still running, completed, failed, or interrupted.
+
+    *interrupted*: the anchor marked a run whose coordinator stopped reporting (it died hard and
+    never reported an end); the coordinator's next report of it (``coordinator run --resume``)
+    makes it running again.
+    """
 
     running = "running"
     completed = "completed"
     failed = "failed"
+    interrupted = "interrupted"
 
 
 # -- organisations ---------------------------------------------------------------------------
@@ -711,10 +717,17 @@ class TrainingRun(SQLModel, table=True):
     final_metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     privacy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_tz())
+    # Stamped by every report (null on rows from before migration 0008: read as created_at).
+    updated_at: datetime | None = Field(default=None, sa_column=_tz_null())
+    interrupted_reason: str | None = Field(default=None, max_length=500)
 
 
 class RunPublic(SQLModel):
-    """A run as the anchor and coordinator see it; a supplier or site sees only its own sites in it."""
+    """A run as the anchor and coordinator see it; a supplier or site sees only its own sites in it.
+
+    `updated_at` is when its coordinator last reported it; `stalled` is true for a running run
+    without a report for the portal's ``run_stall_minutes`` (its coordinator may have died).
+    """
 
     id: int
     federation_id: int
@@ -725,6 +738,15 @@ class RunPublic(SQLModel):
     final_metrics: dict[str, Any]
     privacy: dict[str, Any] | None
     created_at: datetime
+    updated_at: datetime
+    stalled: bool = False
+    interrupted_reason: str | None = None
+
+
+class RunInterrupt(SQLModel):
+    """The anchor marks a run interrupted (``POST /runs/{id}/interrupt``): why, in its own words (optional)."""
+
+    reason: str = Field(default="", max_length=400)
 
 
 class ContributionRun(SQLModel, table=True):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         "header, builds the URLs the pages show, and it is the origin web forms must come from",
     )
     db_pool_size: int = Field(default=20, ge=1)
+    run_stall_minutes: int = Field(
+        default=15, ge=1, description="a running run without a report for this long is shown as stalled"
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -117,8 +117,8 @@ def upload_privacy_report(
     assert federation is not None
     if session.exec(select(PrivacyReport.id).where(PrivacyReport.run_id == run.id)).first() is not None:
         raise Conflict(f"run '{run.run_ref}' already has a signed privacy report; it cannot be replaced")
-    if run.status == "running":  # its recorded spend still grows: the signed report comes when it ends
-        raise Conflict(f"run '{run.run_ref}' is still running; upload its signed privacy report when it ends")
+    if run.status in ("running", "interrupted"):  # its spend may still grow: the signed report comes at its end
+        raise Conflict(f"run '{run.run_ref}' is still {run.status}; upload its signed privacy report when it ends")
     if len(data.report_b64) > settings.max_upload_bytes * 4 // 3 + 8:
         raise PayloadTooLarge(f"privacy report is larger than the limit of {settings.max_upload_bytes} bytes")
     body = _b64(data.report_b64, "report_b64")

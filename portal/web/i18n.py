@@ -79,7 +79,7 @@ DATA_WORDS = (
     # release states (approved is above)
     N_("draft"), N_("published"), N_("withdrawn"),
     # run states
-    N_("running"), N_("completed"), N_("failed"),
+    N_("running"), N_("completed"), N_("failed"), N_("interrupted"),
     # roles
     N_("anchor"), N_("supplier"), N_("auditor"), N_("coordinator"), N_("site"),
     # membership actions, as button labels

@@ -49,7 +49,7 @@ from portal.services.releases import (
     releases_of,
     withdraw_release,
 )
-from portal.services.runs import run_public, runs_of
+from portal.services.runs import interrupt_run, run_public, runs_of
 from portal.web.charts import bar_chart, line_chart
 from portal.web.i18n import (
     N_,
@@ -398,17 +398,17 @@ RUN_REFRESH_SECONDS = 10  # a running run's page reloads itself this often (its 
 
 
 @router.get("/federations/{federation_id}/runs", response_class=HTMLResponse)
-def runs_page(request: Request, session: SessionDep, me: Me, federation_id: int) -> HTMLResponse:
-    """The runs the person may see, with only their own sites for a supplier."""
+def runs_page(request: Request, session: SessionDep, settings: SettingsDep, me: Me, federation_id: int) -> HTMLResponse:
+    """The runs the person may see, with only their own sites for a supplier; stalled runs say so."""
     federation, role = federation_view(session, me, _fid(federation_id))
-    runs = runs_of(session, me, federation_id)
+    runs = runs_of(session, me, federation_id, stall_minutes=settings.run_stall_minutes)
     return page(request, "runs.html", me, federation=federation, role=role, runs=runs, tab="runs")
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTMLResponse:
+def run_page(request: Request, session: SessionDep, settings: SettingsDep, me: Me, run_id: int) -> HTMLResponse:
     """One run with its charts: the global metric against the threshold, and the metric per visible site."""
-    run = run_public(session, me, _fid(run_id))
+    run = run_public(session, me, _fid(run_id), stall_minutes=settings.run_stall_minutes)
     federation, role = federation_view(session, me, run.federation_id)
     metric = federation.metric
     global_series = {metric: [(r["round"], r["metrics"].get(metric)) for r in run.rounds]}
@@ -435,7 +435,16 @@ def run_page(request: Request, session: SessionDep, me: Me, run_id: int) -> HTML
         ),
     ]
     return page(request, "run.html", me, federation=federation, role=role, run=run, charts=charts, tab="runs",
-                refresh_seconds=RUN_REFRESH_SECONDS)  # fmt: skip
+                refresh_seconds=RUN_REFRESH_SECONDS, stall_minutes=settings.run_stall_minutes)  # fmt: skip
+
+
+@router.post("/runs/{run_id}/interrupt", dependencies=[Csrf])
+def interrupt(
+    session: SessionDep, settings: SettingsDep, me: Me, run_id: int, reason: Annotated[str, Form(max_length=400)] = ""
+) -> Response:
+    """Mark a running run interrupted: its coordinator stopped reporting (anchor admins; audited)."""
+    run = interrupt_run(session, me, _fid(run_id), reason, stall_minutes=settings.run_stall_minutes)
+    return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
 @router.get("/federations/{federation_id}/privacy", response_class=HTMLResponse)

@@ -185,6 +185,7 @@ BODIES: dict[str, Callable[[Tenant], list[dict[str, Any]]]] = {
     "AuditorAssign": lambda b: [{"organisation_id": b.auditor_org_id}],
     "InviteCreate": lambda b: [{"organisation_name": "Probe Supplier", "site_name": "probe-line"}],
     "TransitionRequest": lambda b: [{"reason": "tenancy probe"}],
+    "RunInterrupt": lambda b: [{"reason": "tenancy probe"}],
     "EnrolRequest": lambda b: [{"invite_token": "ssi_forged", "public_key": "ssh-ed25519 AAAA", "proof": "AAAA"}],
     "TokenCreate": lambda b: [{"name": "probe"}],
     "RunReport": lambda b: [

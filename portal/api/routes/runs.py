@@ -19,6 +19,7 @@ from portal.models import (
     PrivacyReportPublic,
     PrivacyReportSummary,
     PrivacyReportUpload,
+    RunInterrupt,
     RunPublic,
     RunReport,
 )
@@ -41,9 +42,14 @@ def report_run(
 
 
 @router.get("/runs", response_model=list[RunPublic])
-def list_runs(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
-    """All runs for the anchor; for a supplier the runs it took part in, showing only its own sites."""
-    return runs.runs_of(session, principal, federation_id)
+def list_runs(
+    session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, federation_id: FederationId
+) -> list:
+    """All runs for the anchor; for a supplier the runs it took part in, showing only its own sites.
+
+    A running run without a report for ``run_stall_minutes`` reads ``"stalled": true``.
+    """
+    return runs.runs_of(session, principal, federation_id, stall_minutes=settings.run_stall_minutes)
 
 
 @router.get("/privacy", response_model=list[PrivacyEntry])
@@ -75,9 +81,20 @@ def set_privacy_policy(
 
 
 @run_router.get("/{run_id}", response_model=RunPublic)
-def read_run(session: SessionDep, principal: CurrentPrincipal, run_id: RunId) -> object:
+def read_run(session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, run_id: RunId) -> object:
     """One run, for the anchor, coordinator or a site that took part (showing only its sites); auditors refused."""
-    return runs.run_public(session, principal, run_id)
+    return runs.run_public(session, principal, run_id, stall_minutes=settings.run_stall_minutes)
+
+
+@run_router.post("/{run_id}/interrupt", response_model=RunPublic)
+def interrupt_run(
+    session: SessionDep, settings: SettingsDep, principal: CurrentUser, run_id: RunId, data: RunInterrupt
+) -> object:
+    """The anchor marks a running run interrupted (its coordinator died without reporting an end; audited).
+
+    It stops nothing: the coordinator's next report of the run (``coordinator run --resume``) reopens it.
+    """
+    return runs.interrupt_run(session, principal, run_id, data.reason, stall_minutes=settings.run_stall_minutes)
 
 
 @run_router.post("/{run_id}/privacy-report", response_model=PrivacyReportSummary, status_code=201)
