@@ -103,20 +103,26 @@ def authenticate(session: Session, raw_token: str | None) -> Principal:
     """The principal behind a bearer token; raises `Unauthorized` with the reason."""
     if not raw_token:
         raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
-    token = session.exec(select(ApiToken).where(ApiToken.token_hash == token_digest(raw_token))).first()
-    if token is None:
+    # One query: the token with its user and organisation (session) or its membership (client).
+    row = session.exec(
+        select(ApiToken, User, Organisation, Membership)
+        .outerjoin(User, col(User.id) == col(ApiToken.user_id))
+        .outerjoin(Organisation, col(Organisation.id) == col(User.organisation_id))
+        .outerjoin(Membership, col(Membership.id) == col(ApiToken.membership_id))
+        .where(ApiToken.token_hash == token_digest(raw_token))
+    ).first()
+    if row is None:
         raise Unauthorized("invalid token")
+    token, user, org, membership = row
     if token.revoked_at is not None:
         raise Unauthorized("token has been revoked")
     if as_utc(token.expires_at) <= utcnow():
         raise Unauthorized("token has expired")
     if token.kind == TokenKind.session:
-        user = session.get(User, token.user_id)
         if user is None or not user.is_active:
             raise Unauthorized("user is inactive")
-        return Principal(token=token, user=user, org=session.get(Organisation, user.organisation_id))
+        return Principal(token=token, user=user, org=org)
     if token.kind == TokenKind.client:
-        membership = session.get(Membership, token.membership_id)
         if membership is not None and membership.status == MembershipStatus.suspended:
             raise Forbidden(
                 f"site '{membership.site_name}' is suspended: its tokens work again once the anchor reinstates it"

@@ -118,16 +118,6 @@ def current_credential(session: Session, membership_id: int) -> SiteCredential |
     ).first()
 
 
-def latest_fingerprints(session: Session, membership_ids: list[int]) -> dict[int, str]:
-    """The current key fingerprint of each membership, in one query."""
-    rows = session.exec(
-        select(SiteCredential.membership_id, SiteCredential.fingerprint)
-        .where(col(SiteCredential.membership_id).in_(membership_ids))
-        .order_by(col(SiteCredential.id))
-    ).all()
-    return dict(rows)  # later credentials overwrite earlier ones
-
-
 def membership_public(
     session: Session,
     membership: Membership,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+    app.state.read_limiters = WeakKeyDictionary()  # `portal.api.deps.read_json`: one limiter per event loop
     app.state.signer = ReleaseSigner.load_or_create(settings.resolved_signing_key_path)
     app.state.login_limiter = LoginLimiter(
         app.state.engine,

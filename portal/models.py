@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, field_validator
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -901,8 +901,14 @@ class ContributionLedger(SQLModel):
     access: ReleaseAccess | None = None
 
 
-class PrivacyEntry(SQLModel):
-    """One site's spend in one run against its budget: all for anchor and auditors, its own for a supplier or site."""
+class PrivacyEntry(BaseModel):
+    """One site's spend in one run against its budget: all for anchor and auditors, its own for a supplier or site.
+
+    A plain pydantic model, not an `SQLModel`: a federation's privacy page lists one per site and
+    run (hundreds), and SQLModel's constructor costs several times pydantic's.
+    """
+
+    model_config = ConfigDict(from_attributes=True)
 
     run_id: int
     run_ref: str

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+from sqlalchemy import ColumnElement
 from sqlmodel import Session, col, select
 
-from portal import audit
+from portal import audit, crud
 from portal.access import READ_ONLY, Principal, Role, federation_view, own_sites, require
 from portal.core.errors import BadRequest, Conflict, Forbidden, NotFound
-from portal.models import ApiToken, Invite, Membership, MembershipStatus, SiteCredential, SiteKeyPublic, as_utc, utcnow
+from portal.models import (
+    ApiToken,
+    Invite,
+    Membership,
+    MembershipPublic,
+    MembershipStatus,
+    Organisation,
+    SiteCredential,
+    SiteKeyPublic,
+    as_utc,
+    utcnow,
+)
 from portal.services._db import commit
 
-__all__ = ["TRANSITIONS", "ADMITTED", "get_membership", "transition_membership", "memberships_of", "active_site_keys"]
+__all__ = [
+    "TRANSITIONS",
+    "ADMITTED",
+    "get_membership",
+    "transition_membership",
+    "memberships_of",
+    "memberships_public",
+    "active_site_keys",
+]
 
 S = MembershipStatus
 # action -> (allowed source states, target state)
@@ -84,17 +104,45 @@ def transition_membership(
     return membership
 
 
-def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
-    """A federation's memberships: all for anchor and coordinator, its own for a supplier or site; auditors refused."""
+def _visible_memberships(session: Session, principal: Principal, federation_id: int) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of the memberships the caller sees: all for anchor and coordinator, its own for others."""
     _, role = federation_view(session, principal, federation_id)
     if role == "auditor":
         raise Forbidden(f"{READ_ONLY}; they do not see membership details")
-    query = select(Membership).where(Membership.federation_id == federation_id)
+    clauses = [col(Membership.federation_id) == federation_id]
     if role == "supplier":
-        query = query.where(Membership.organisation_id == principal.org_id)
+        clauses.append(col(Membership.organisation_id) == principal.org_id)
     elif role == "client":
-        query = query.where(Membership.id == principal.site.id)
-    return list(session.exec(query.order_by(col(Membership.id))).all())
+        clauses.append(col(Membership.id) == principal.site.id)
+    return clauses
+
+
+def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
+    """A federation's memberships: all for anchor and coordinator, its own for a supplier or site; auditors refused."""
+    visible = _visible_memberships(session, principal, federation_id)
+    return list(session.exec(select(Membership).where(*visible).order_by(col(Membership.id))).all())
+
+
+def memberships_public(session: Session, principal: Principal, federation_id: int) -> list[MembershipPublic]:
+    """`memberships_of` as the API shows them, with organisation names and current key fingerprints, in one query."""
+    visible = _visible_memberships(session, principal, federation_id)
+    newest_key = (  # the fingerprint of the membership's newest credential, revoked or not (`crud.current_credential`)
+        select(SiteCredential.fingerprint)
+        .where(col(SiteCredential.membership_id) == col(Membership.id))
+        .order_by(col(SiteCredential.id).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    rows = session.exec(
+        select(Membership, Organisation.name, newest_key)
+        .outerjoin(Organisation, col(Organisation.id) == col(Membership.organisation_id))
+        .where(*visible)
+        .order_by(col(Membership.id))
+    ).all()
+    return [
+        crud.membership_public(session, m, {m.organisation_id: org_name or "?"}, {m.id: fingerprint})  # type: ignore[dict-item]  # loaded rows have ids
+        for m, org_name, fingerprint in rows
+    ]
 
 
 def active_site_keys(session: Session, principal: Principal, federation_id: int) -> list[SiteKeyPublic]:

@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlmodel import Session, col, select
 
 from portal import audit
@@ -32,6 +33,8 @@ from sangsaeng import signing
 from sangsaeng.errors import KeyFormatError
 from sangsaeng.signing import Ed25519PublicKey, fingerprint, load_public_pem, public_pem, verify
 
+_ENTRIES = TypeAdapter(list[PrivacyEntry])
+
 
 def privacy_entries(session: Session, principal: Principal, federation_id: int) -> list[PrivacyEntry]:
     """Per-site privacy spend per run: all sites for anchor and auditors, its own for a supplier."""
@@ -43,23 +46,21 @@ def privacy_entries(session: Session, principal: Principal, federation_id: int) 
         .where(TrainingRun.federation_id == federation_id, col(TrainingRun.privacy).is_not(None))
         .order_by(col(TrainingRun.id))
     ).all()
-    out = []
-    for run_id, run_ref, privacy in runs:
-        for site, entry in sorted((privacy or {}).items()):
-            if sites is not None and site not in sites:
-                continue
-            out.append(
-                PrivacyEntry(
-                    run_id=run_id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed
-                    run_ref=run_ref,
-                    site=site,
-                    epsilon=entry["epsilon"],
-                    budget_epsilon=entry["budget_epsilon"],
-                    within_budget=entry["epsilon"] <= entry["budget_epsilon"],
-                    epsilon_by_round=entry.get("epsilon_by_round", []),
-                )
-            )
-    return out
+    out = [
+        {
+            "run_id": run_id,
+            "run_ref": run_ref,
+            "site": site,
+            "epsilon": entry["epsilon"],
+            "budget_epsilon": entry["budget_epsilon"],
+            "within_budget": entry["epsilon"] <= entry["budget_epsilon"],
+            "epsilon_by_round": entry.get("epsilon_by_round", []),
+        }
+        for run_id, run_ref, privacy in runs
+        for site, entry in sorted((privacy or {}).items())
+        if sites is None or site in sites
+    ]
+    return _ENTRIES.validate_python(out)  # built in pydantic's core, not one constructor call per entry
 
 
 # -- signed privacy reports -------------------------------------------------------------------------

@@ -351,8 +351,12 @@ def withdraw_release(session: Session, principal: Principal, release_id: int, re
 
 def release_public(session: Session, principal: Principal, release: ModelRelease) -> ReleasePublic:
     """The public view of a release; a supplier or site sees only its own sites' privacy spend."""
+    return _release_public(release, own_sites(session, principal, release.federation_id))
+
+
+def _release_public(release: ModelRelease, sites: set[str] | None) -> ReleasePublic:
+    """`release_public` with the caller's `own_sites` in the release's federation already looked up."""
     public = ReleasePublic.model_validate(release, from_attributes=True)
-    sites = own_sites(session, principal, release.federation_id)
     if sites is not None and public.privacy is not None:
         public.privacy = {k: v for k, v in public.privacy.items() if k in sites}
     return public
@@ -367,7 +371,8 @@ def releases_of(session: Session, principal: Principal, federation_id: int) -> l
             col(ModelRelease.status).in_([ReleaseStatus.published.value, ReleaseStatus.withdrawn.value])
         )
     releases = session.exec(query.order_by(col(ModelRelease.id).desc())).all()
-    return [release_public(session, principal, r) for r in releases]
+    sites = own_sites(session, principal, federation_id)  # once, not once per release
+    return [_release_public(r, sites) for r in releases]
 
 
 def get_release_public(session: Session, principal: Principal, release_id: int) -> ReleasePublic:

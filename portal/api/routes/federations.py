@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlmodel import col, select
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from portal import crud
 from portal.access import federation_view, visible_federations
-from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep
+from portal.api.deps import Bearer, CurrentPrincipal, CurrentUser, SessionDep, read_json
 from portal.api.params import FederationId
 from portal.models import (
     AuditorAssign,
@@ -18,19 +18,18 @@ from portal.models import (
     MembershipPublic,
     Message,
     NetworkSettings,
-    Organisation,
     SiteKeyPublic,
 )
 from portal.services import enrolment, federations
-from portal.services.memberships import active_site_keys, memberships_of
+from portal.services.memberships import active_site_keys, memberships_public
 
 router = APIRouter(prefix="/federations", tags=["federations"])
 
 
 @router.get("", response_model=list[FederationPublic])
-def list_federations(session: SessionDep, principal: CurrentPrincipal) -> list:
+async def list_federations(request: Request, credentials: Bearer) -> Response:
     """The federations the caller has a part in."""
-    return visible_federations(session, principal)
+    return await read_json(request, credentials, list[FederationPublic], visible_federations)
 
 
 @router.post("", response_model=FederationPublic, status_code=201)
@@ -40,9 +39,14 @@ def create_federation(session: SessionDep, principal: CurrentUser, data: Federat
 
 
 @router.get("/{federation_id}", response_model=FederationPublic)
-def read_federation(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> object:
+async def read_federation(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """One federation, for anyone with a part in it; for anyone else it is not found."""
-    return federation_view(session, principal, federation_id)[0]
+    return await read_json(
+        request,
+        credentials,
+        FederationPublic,
+        lambda session, principal: federation_view(session, principal, federation_id)[0],
+    )
 
 
 @router.post("/{federation_id}/auditors", response_model=Message, status_code=201)
@@ -85,16 +89,22 @@ def set_network(
 
 
 @router.get("/{federation_id}/memberships", response_model=list[MembershipPublic])
-def list_memberships(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+async def list_memberships(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """Every site for the anchor; its own organisation's sites for a supplier."""
-    memberships = memberships_of(session, principal, federation_id)
-    ids = {m.organisation_id for m in memberships}
-    names = dict(session.exec(select(Organisation.id, Organisation.name).where(col(Organisation.id).in_(ids))).all())
-    fingerprints = crud.latest_fingerprints(session, [m.id for m in memberships])  # type: ignore[misc]  # loaded rows have ids
-    return [crud.membership_public(session, m, names, fingerprints) for m in memberships]  # type: ignore[arg-type]  # Organisation.id keys
+    return await read_json(
+        request,
+        credentials,
+        list[MembershipPublic],
+        lambda session, principal: memberships_public(session, principal, federation_id),
+    )
 
 
 @router.get("/{federation_id}/site-keys", response_model=list[SiteKeyPublic])
-def list_site_keys(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+async def list_site_keys(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """Public keys of the sites admitted now, for the SuperLink (`flwr supernode register`)."""
-    return active_site_keys(session, principal, federation_id)
+    return await read_json(
+        request,
+        credentials,
+        list[SiteKeyPublic],
+        lambda session, principal: active_site_keys(session, principal, federation_id),
+    )

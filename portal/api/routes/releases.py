@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, SignerDep
+from portal.api.deps import Bearer, CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, SignerDep, read_json
 from portal.api.params import FederationId, ReleaseId
 from portal.models import ReleaseCreate, ReleasePublic, WithdrawRequest
 from portal.services import releases
@@ -28,15 +28,25 @@ def upload_candidate(
 
 
 @router.get("", response_model=list[ReleasePublic])
-def list_releases(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+async def list_releases(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """Every release for the anchor, coordinator and auditors; published and withdrawn ones for sites."""
-    return releases.releases_of(session, principal, federation_id)
+    return await read_json(
+        request,
+        credentials,
+        list[ReleasePublic],
+        lambda session, principal: releases.releases_of(session, principal, federation_id),
+    )
 
 
 @release_router.get("/{release_id}", response_model=ReleasePublic)
-def read_release(session: SessionDep, principal: CurrentPrincipal, release_id: ReleaseId) -> ReleasePublic:
+async def read_release(request: Request, credentials: Bearer, release_id: ReleaseId) -> Response:
     """One release as the caller may see it; drafts and approved ones are not found for sites."""
-    return releases.get_release_public(session, principal, release_id)
+    return await read_json(
+        request,
+        credentials,
+        ReleasePublic,
+        lambda session, principal: releases.get_release_public(session, principal, release_id),
+    )
 
 
 @release_router.post("/{release_id}/approve", response_model=ReleasePublic)

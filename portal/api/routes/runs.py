@@ -6,9 +6,10 @@ federation's DP policy (``/privacy-policy``); signed privacy reports verify agai
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from portal.api.deps import CurrentPrincipal, CurrentUser, SessionDep, SettingsDep
+from portal.api.deps import Bearer, CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, read_json
 from portal.api.params import FederationId, RunId
 from portal.models import (
     CoordinatorKeyPublic,
@@ -42,20 +43,29 @@ def report_run(
 
 
 @router.get("/runs", response_model=list[RunPublic])
-def list_runs(
-    session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, federation_id: FederationId
-) -> list:
+async def list_runs(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """All runs for the anchor; for a supplier the runs it took part in, showing only its own sites.
 
     A running run without a report for ``run_stall_minutes`` reads ``"stalled": true``.
     """
-    return runs.runs_of(session, principal, federation_id, stall_minutes=settings.run_stall_minutes)
+    stall = request.app.state.settings.run_stall_minutes
+    return await read_json(
+        request,
+        credentials,
+        list[RunPublic],
+        lambda session, principal: runs.runs_of(session, principal, federation_id, stall_minutes=stall),
+    )
 
 
 @router.get("/privacy", response_model=list[PrivacyEntry])
-def list_privacy(session: SessionDep, principal: CurrentPrincipal, federation_id: FederationId) -> list:
+async def list_privacy(request: Request, credentials: Bearer, federation_id: FederationId) -> Response:
     """Privacy spend per site and run: every site for the anchor and auditors, its own for a supplier."""
-    return privacy.privacy_entries(session, principal, federation_id)
+    return await read_json(
+        request,
+        credentials,
+        list[PrivacyEntry],
+        lambda session, principal: privacy.privacy_entries(session, principal, federation_id),
+    )
 
 
 @router.get("/coordinator-key", response_model=CoordinatorKeyPublic)
@@ -81,9 +91,15 @@ def set_privacy_policy(
 
 
 @run_router.get("/{run_id}", response_model=RunPublic)
-def read_run(session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal, run_id: RunId) -> object:
+async def read_run(request: Request, credentials: Bearer, run_id: RunId) -> Response:
     """One run, for the anchor, coordinator or a site that took part (showing only its sites); auditors refused."""
-    return runs.run_public(session, principal, run_id, stall_minutes=settings.run_stall_minutes)
+    stall = request.app.state.settings.run_stall_minutes
+    return await read_json(
+        request,
+        credentials,
+        RunPublic,
+        lambda session, principal: runs.run_public(session, principal, run_id, stall_minutes=stall),
+    )
 
 
 @run_router.post("/{run_id}/interrupt", response_model=RunPublic)
