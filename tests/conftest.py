@@ -31,13 +31,27 @@ def kamp() -> pd.DataFrame:
     return pd.read_csv(dataset_path("kamp_injection_molding.csv"))
 
 
+DEPLOYMENT_FILES = ("test_deployment.py", "test_deployment_faults.py")  # each starts a network of its own
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist's ``--dist loadfile``, hand out the files in collection order (see below).
+
+    pytest-xdist (3.6 on) reorders the files by their number of tests, largest first, unless told
+    not to: the deployment files (few tests, minutes each) would then start after the larger files.
+    """
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The multi-process deployment tests first, the rest in their order.
 
-    Under the README's ``-n 2 --dist loadfile`` one worker takes that file (minutes, mostly
-    waiting on Flower's polling intervals) at the start while the other runs everything else.
+    Under the README's ``-n 2 --dist loadfile`` each worker takes one of the two deployment
+    files (minutes each, mostly waiting on Flower's polling intervals) at the start, and both
+    share out everything else once done.
     """
-    items.sort(key=lambda item: item.path.name != "test_deployment.py")
+    items.sort(key=lambda item: item.path.name not in DEPLOYMENT_FILES)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,7 @@
 """AdmissionSync: the SuperLink's registered keys follow the portal, and survive a portal outage.
 
 The Flower side is a recording stand-in here (the seam is `FlowerControl`); the real SuperLink
-and portal are exercised in tests/test_deployment.py.
+and portal are exercised in tests/test_deployment.py (a revocation mid-run in tests/test_deployment_faults.py).
 """
 
 from __future__ import annotations
