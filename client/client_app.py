@@ -48,7 +48,7 @@ from privacy.dp_sgd import train_private
 from privacy.errors import BudgetExhausted, PolicyError
 from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
-from privacy.profile import dp_profile_applies, release_profile
+from privacy.profile import profile_records, release_profile
 from sangsaeng.errors import SangsaengError
 from sangsaeng.protocol import (
     PHASE_CONTRIBUTION,
@@ -179,25 +179,26 @@ class SiteClient(NumPyClient):
             ReplyKey.N_TEST: len(data.test),
             **_image_reply(data.images),
         }
-        if dp_profile_applies(spec):
-            ledger = PrivacyLedger(self.site.ledger_file, self.site.name)
-            plan = ledger.plan_profile(self.site.privacy, _dp_request(config), records=len(data.train))
-            if plan is not None:
-                entry = plan.released
-                if entry is None:
-                    profile, mechanism = release_profile(data.train, spec, noise_multiplier=plan.noise_multiplier)
-                    entry = ledger.record_profile(plan, mechanism=mechanism.to_dict(), profile=profile.to_json())
-                reply[ReplyKey.PROFILE] = str(entry["profile"])
-                reply[ReplyKey.DP_PROFILE] = json.dumps(
-                    {k: v for k, v in entry.items() if k not in ("profile", "time", "run_id", "round")}
-                    | {
-                        "delta": plan.delta,
-                        "accountant": plan.accountant,
-                        "budget_epsilon": plan.budget_epsilon,
-                        "records": len(data.train),
-                        "prior_history": [list(p) for p in plan.prior],
-                    }  # fmt: skip
-                )
+        # Under DP the profile counts DP-SGD's records (a sequence task's windows): one unit, one delta.
+        records = len(profile_records(data.train, spec))
+        ledger = PrivacyLedger(self.site.ledger_file, self.site.name)
+        plan = ledger.plan_profile(self.site.privacy, _dp_request(config), records=records)
+        if plan is not None:
+            entry = plan.released
+            if entry is None:
+                profile, mechanism = release_profile(data.train, spec, noise_multiplier=plan.noise_multiplier)
+                entry = ledger.record_profile(plan, mechanism=mechanism.to_dict(), profile=profile.to_json())
+            reply[ReplyKey.PROFILE] = str(entry["profile"])
+            reply[ReplyKey.DP_PROFILE] = json.dumps(
+                {k: v for k, v in entry.items() if k not in ("profile", "time", "run_id", "round")}
+                | {
+                    "delta": plan.delta,
+                    "accountant": plan.accountant,
+                    "budget_epsilon": plan.budget_epsilon,
+                    "records": records,
+                    "prior_history": [list(p) for p in plan.prior],
+                }  # fmt: skip
+            )
         return reply
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:

@@ -238,7 +238,13 @@ def run_federation(
         header={
             "run_id": run_id,
             "config": config.to_dict(),
-            "task": {"name": spec.name, "kind": spec.kind, "primary_metric": spec.primary_metric},
+            "task": {
+                "name": spec.name,
+                "kind": spec.kind,
+                "primary_metric": spec.primary_metric,
+                # A sequence task's epsilons are per window: the report states it (privacy.report.record_unit).
+                **({"sequence": spec.sequence.to_dict()} if spec.sequence is not None else {}),
+            },  # fmt: skip
             "schema_hash": spec.schema_hash(),
             "scaler": scaler.to_json(),
             "sites": sites,

@@ -5,6 +5,12 @@ numeric column, counts per category level, label counts); the coordinator combin
 summaries with the pairwise update of Chan, Golub & LeVeque (1979), which gives exactly the
 pooled mean and variance without any row leaving a site.
 
+Under DP (`privacy.profile`) a site's profile also carries its noisy histograms: per numeric
+column (and a regression label), counts in equal bins over the spec's declared range, each with
+Gaussian noise of std ``noise_std``. The coordinator sums them over the sites before it reads any
+moment (`histogram_moments`): bins are kept where the *sum* stands out of the summed noise, which a
+small site's own bins rarely do.
+
 For an image task (`models.images`) a site adds, per channel, the moments of its training
 images' pixel values (on a 0-1 scale), computed from its pixel histograms; merged the same
 way they give the federation's per-channel mean and standard deviation, which normalise
@@ -31,7 +37,15 @@ import pandas as pd
 from models.errors import TaskSpecError
 from models.tasks import TaskSpec
 
-__all__ = ["ColumnMoments", "SiteProfile", "FederatedScaler", "profile_site"]
+__all__ = ["NOISE_THRESHOLD", "ColumnMoments", "SiteProfile", "FederatedScaler", "histogram_moments", "profile_site"]
+
+# Noisy histogram bins below this many noise stds are taken as empty (`histogram_moments`), unless
+# fewer than MIN_KEPT_BINS stand out and they miss more than MISSING_MASS of the records: then the
+# bins are pooled into FALLBACK_BINS and read as they are.
+NOISE_THRESHOLD = 4.0
+MIN_KEPT_BINS = 3
+MISSING_MASS = 0.1
+FALLBACK_BINS = 16
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,10 @@ class SiteProfile:
     label_counts: dict[str, int] = field(default_factory=dict)
     # Image tasks: per channel ("0", "1", "2"), the moments of the pixel values on a 0-1 scale.
     pixels: dict[str, ColumnMoments] = field(default_factory=dict)
+    # DP profiles (privacy.profile): noisy bin counts over each declared range, by column, and the
+    # std of the noise on each bin. The coordinator sums them over sites (`FederatedScaler.combine`).
+    histograms: dict[str, list[float]] = field(default_factory=dict)
+    noise_std: float = 0.0
 
     def to_json(self) -> str:
         """The profile as JSON, as a site sends it to the coordinator."""
@@ -104,6 +122,9 @@ class SiteProfile:
             data["label_counts"] = self.label_counts
         if self.pixels:  # likewise absent unless an image task
             data["pixels"] = {k: [v.count, v.mean, v.m2] for k, v in self.pixels.items()}
+        if self.histograms:  # and unless a DP profile
+            data["histograms"] = self.histograms
+            data["noise_std"] = self.noise_std
         return json.dumps(data)
 
     @classmethod
@@ -117,6 +138,8 @@ class SiteProfile:
             label=ColumnMoments(*raw["label"]),
             label_counts={str(k): int(n) for k, n in raw.get("label_counts", {}).items()},
             pixels={k: ColumnMoments(int(c), float(m), float(s)) for k, (c, m, s) in raw.get("pixels", {}).items()},
+            histograms={str(k): [float(n) for n in v] for k, v in raw.get("histograms", {}).items()},
+            noise_std=float(raw.get("noise_std", 0.0)),
         )
 
 
@@ -135,6 +158,61 @@ def profile_site(frame: pd.DataFrame, spec: TaskSpec) -> SiteProfile:
 
 
 _PIXEL_VALUES = np.arange(256, dtype=np.float64) / 255.0
+
+
+def histogram_moments(
+    hist: np.ndarray, value_range: tuple[float, float], *, count: int, noise_std: float
+) -> ColumnMoments:
+    """Count, mean and M2 of a noisy histogram of equal bins over `value_range` (post-processing only).
+
+    Bins below ``NOISE_THRESHOLD`` noise stds are taken as empty, so that the noise of the many
+    empty bins of a wide range does not pull the mean toward its middle; the mean and variance
+    come from the bin centres with Sheppard's correction (``- w**2 / 12``), the variance floored
+    at ``w**2 / 12`` (the variance within one bin), so no column is scaled by a near-zero
+    standard deviation. When fewer than ``MIN_KEPT_BINS`` bins stand out and they hold less than
+    ``1 - MISSING_MASS`` of the (noisy) record count (a spike, such as a capped label, over a thin
+    spread that no bin resolves), those bins say nothing about the spread: the histogram is pooled
+    into ``FALLBACK_BINS`` bins and read unthresholded, negative counts as 0 (biased toward the
+    middle of the range, which a tight range keeps small). With nothing above 0 at all the moments
+    are count 0: the histogram says nothing.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    lo, hi = value_range
+    kept = np.where(hist >= NOISE_THRESHOLD * noise_std, hist, 0.0)
+    thin = kept.sum() < (1 - MISSING_MASS) * count  # the kept bins miss much of the records
+    if np.count_nonzero(kept) < MIN_KEPT_BINS and thin and len(hist) % FALLBACK_BINS == 0:
+        kept = np.maximum(hist.reshape(FALLBACK_BINS, -1).sum(axis=1), 0.0)
+    if kept.sum() <= 0:
+        return ColumnMoments(0, 0.0, 0.0)
+    width = (hi - lo) / len(kept)
+    centres = lo + width * (np.arange(len(kept)) + 0.5)
+    mean = float(kept @ centres / kept.sum())
+    variance = float(kept @ (centres - mean) ** 2 / kept.sum()) - width**2 / 12
+    return ColumnMoments(count, mean, count * max(variance, width**2 / 12))
+
+
+def _merged_histograms(profiles: list[SiteProfile], spec: TaskSpec) -> dict[str, ColumnMoments]:
+    """Per column, the moments of the sites' noisy histograms summed (the sites that sent one)."""
+    columns = {c for p in profiles for c in p.histograms}
+    out = {}
+    for column in sorted(columns):
+        senders = [p for p in profiles if column in p.histograms]
+        if column not in spec.ranges or len({len(p.histograms[column]) for p in senders}) != 1:
+            raise TaskSpecError(f"the sites' DP histograms of '{column}' do not fit its declared range and bins")
+        total = np.sum([p.histograms[column] for p in senders], axis=0)
+        noise = float(np.sqrt(sum(p.noise_std**2 for p in senders)))
+        moments = histogram_moments(total, spec.ranges[column], count=sum(p.count for p in senders), noise_std=noise)
+        for p in profiles:  # a site without a histogram of the column (an exact profile) merges as before
+            if column not in p.histograms:
+                moments = moments.merge(p.label if column == spec.label else p.numeric[column])
+        out[column] = moments
+    return out
+
+
+def _range_moments(value_range: tuple[float, float], count: int) -> ColumnMoments:
+    """A uniform spread over the declared range: the data-independent moments of a column no site could bound."""
+    lo, hi = value_range
+    return ColumnMoments(max(count, 1), (lo + hi) / 2, max(count, 1) * (hi - lo) ** 2 / 12)
 
 
 def _pixel_moments(frame: pd.DataFrame) -> dict[str, ColumnMoments]:
@@ -184,6 +262,21 @@ class FederatedScaler:
             for c in spec.categorical_features:
                 for level, n in profile.categories.get(c, {}).items():
                     counts[c][level] = counts[c].get(level, 0) + n
+        # DP profiles: moments from the sites' summed noisy histograms instead of each site's own.
+        summed = _merged_histograms(profiles, spec)
+        for c, m in summed.items():
+            if c == spec.label:
+                label = m
+            else:
+                moments[c] = m
+        total = sum(p.count for p in profiles)
+        for c in [*moments, spec.label] if summed else []:  # nothing stood out anywhere: the declared range
+            if c in spec.ranges and (label if c == spec.label else moments[c]).count == 0:
+                fallback = _range_moments(spec.ranges[c], total)
+                if c == spec.label:
+                    label = fallback
+                else:
+                    moments[c] = fallback
         levels = {
             c: tuple(spec.levels[c]) if c in spec.levels else tuple(sorted(counts[c]))
             for c in spec.categorical_features

@@ -164,6 +164,7 @@ def validate_frame(frame: pd.DataFrame, spec: TaskSpec, *, source: str | Path) -
             raise SiteDataError(
                 source, f"missing or non-finite label in {_first_bad(bad, frame[spec.label])}", column=spec.label
             )
+        _check_range(spec, spec.label, label, source)  # a regression label's declared range, if any
     out[spec.label] = arr
     return _with_groups(out, groups)
 

@@ -14,7 +14,7 @@ tasks are registered by name; any other task comes from a TOML file::
     leak_columns = ["TWF"]         # optional; must never be features
 
     [task.ranges]                  # optional plausible [min, max] per numeric feature
-    "Air temperature [K]" = [250, 350]
+    "Air temperature [K]" = [250, 350]   # (and a regression task's label: DP needs it, privacy.profile)
 
     [task.levels]                  # optional allowed levels per categorical feature
     Type = ["L", "M", "H"]
@@ -301,8 +301,9 @@ class TaskSpec:
         self._validate_groups()
         self._validate_image()
         for col, (lo, hi) in self.ranges.items():
-            if col not in self.numeric_features:
-                raise TaskSpecError(f"range given for '{col}', which is not a numeric feature")
+            # A regression label may have a range too: it bounds the DP data profile's target histogram.
+            if col not in self.numeric_features and not (self.kind == "regression" and col == self.label):
+                raise TaskSpecError(f"range given for '{col}', which is not a numeric feature or a regression label")
             if not lo < hi:
                 raise TaskSpecError(f"range for '{col}' is empty: [{lo}, {hi}]")
         for col, levels in self.levels.items():
@@ -567,6 +568,17 @@ FAILURE_MODE = register_task(
 # op_setting_1-2 are noise (../shared/datasets/README.md).
 _CMAPSS_SENSORS: tuple[str, ...] = tuple(f"sensor_{i}" for i in (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21))
 
+# Plausible ranges: the sample's span widened by half of it on each side (rounded outward), and
+# the label's [0, 125] by its definition (cycles left, capped at 125). They refuse broken exports
+# and bound the DP data profile (privacy.profile), whose 64 bins span them: ranges much wider
+# than the data would leave its values in a few bins.
+_CMAPSS_RANGES: dict[str, tuple[float, float]] = {
+    "sensor_2": (639, 646), "sensor_3": (1540, 1630), "sensor_4": (1350, 1460), "sensor_7": (540, 577),
+    "sensor_8": (2386.2, 2389.3), "sensor_9": (8970, 9170), "sensor_11": (45.8, 49.1), "sensor_12": (508, 545),
+    "sensor_13": (2386.1, 2389.4), "sensor_14": (8060, 8240), "sensor_15": (8, 8.7), "sensor_17": (383, 403),
+    "sensor_20": (37.7, 40.5), "sensor_21": (22.7, 24.3), "RUL": (0, 125),
+}  # fmt: skip
+
 TURBOFAN_RUL = register_task(
     TaskSpec(
         name="turbofan-rul",
@@ -574,6 +586,7 @@ TURBOFAN_RUL = register_task(
         label="RUL",
         features=_CMAPSS_SENSORS,
         id_columns=("unit", "cycle", "operator"),
+        ranges=_CMAPSS_RANGES,
         description="Remaining useful life of a turbofan engine (NASA C-MAPSS FD003), from windows of 30 cycles.",
         # Each engine's cycles form one time series: split and windows by engine, never by row.
         sequence=SequenceSpec(group="unit", order="cycle", window=30),

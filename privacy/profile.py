@@ -4,31 +4,37 @@ Under DP a site does not send its exact `models.scaler.SiteProfile`. It releases
 Gaussian mechanism, a vector of *blocks*, each of which one record changes by at most 1 in L2
 norm (add/remove neighbours):
 
-- ``count``: the number of training rows;
+- ``count``: the number of training records;
 - per numeric feature, a histogram of ``NUMERIC_BINS`` equal bins over the spec's range
-  ``[task.ranges]`` (values clipped into it; a row lands in one bin);
+  ``[task.ranges]`` (values clipped into it; a record lands in one bin);
 - per categorical feature, the count of each *declared* level (``[task.levels]``);
-- the label: a binary task's positives, a multiclass task's count per declared class;
+- the label: a binary task's positives, a multiclass task's count per declared class, a
+  regression task's histogram over the label's declared range (clipped, like a feature);
 - an image task's pixel histogram per channel (the 256 values pooled into ``PIXEL_BINS``
   bins), each image's histogram divided by its pixel count, so that one image adds at most 1
   per channel. These bins are used unthresholded (see `_noisy_pixels`).
+
+**The record is DP-SGD's record** (`profile_records`): a row, or for a sequence task one
+*window*, represented in the profile by the row it ends at (its label's row). DP-SGD samples,
+clips and noises windows, so one epsilon covers both only if the profile counts windows too:
+every block then changes by at most 1 when one window is added or removed. What that means
+for one row, or one engine, is in `record_unit` and docs/privacy.md ("Sequence tasks").
 
 With ``B`` blocks the L2 sensitivity is ``sqrt(B)``; every coordinate gets Gaussian noise of
 std ``noise_multiplier * sqrt(B)``. The accountant sees one step ``(noise_multiplier, 1.0, 1)``
 (no subsampling), composed with the site's DP-SGD steps in its ledger. The bins are fixed by
 the spec, so no bin edge depends on the data.
 
-Post-processing (no further privacy cost) keeps the scaler usable: counts are rounded and
-floored at 0 (the row count at 1); histogram bins below ``THRESHOLD`` noise stds are set to 0,
-so the empty bins' noise does not pull the mean toward the middle of the range; means and
-variances come from the bin centres with Sheppard's correction (``- w**2 / 12``), and each
-variance is floored at ``w**2 / 12`` (the variance within one bin), so that no column is
-scaled by a near-zero standard deviation. A column none of whose bins stands out of the noise
-(a small site, a spread-out column) is sent with count 0 and leaves the merge to the others.
+The released profile holds the noisy histograms themselves (``SiteProfile.histograms``): the
+coordinator sums them over the sites and reads the moments from the sum
+(`models.scaler.histogram_moments`: bins below ``THRESHOLD`` stds of the summed noise are
+empty, Sheppard's correction, a floor at one bin's variance). The site's own moments are sent
+too, post-processed the same way on its histogram alone. All of it is post-processing: no
+further privacy cost. Counts are rounded and floored at 0 (the row count at 1).
 
 A spec that lacks what bounds the sensitivity is refused under DP (`PolicyError` naming the
 column): a numeric feature without a range, a categorical feature without declared levels, a
-multiclass task without declared classes, a regression task (its label has no range).
+multiclass task without declared classes, a regression task whose label has no range.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.scaler import ColumnMoments, SiteProfile
+from models.scaler import NOISE_THRESHOLD, ColumnMoments, SiteProfile, histogram_moments
+from models.sequence import plan_windows
 from models.tasks import TaskSpec
 from privacy.accounting import calibrate_noise
 from privacy.errors import PolicyError
@@ -52,9 +59,10 @@ __all__ = [
     "THRESHOLD",
     "ProfileMechanism",
     "check_profile_spec",
-    "dp_profile_applies",
     "profile_blocks",
     "profile_noise_multiplier",
+    "profile_records",
+    "record_unit",
     "release_profile",
 ]
 
@@ -63,8 +71,8 @@ NUMERIC_BINS = 64
 PIXEL_BINS = 16
 # The profile's own epsilon is this share of the site's target; DP-SGD gets what is left.
 PROFILE_SHARE = 0.1
-# Histogram bins below this many noise stds are taken as empty.
-THRESHOLD = 4.0
+# Histogram bins below this many noise stds are taken as empty (models.scaler.histogram_moments).
+THRESHOLD = NOISE_THRESHOLD
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +84,7 @@ class ProfileMechanism:
     noise_std: float  # = noise_multiplier * sensitivity, per released coordinate
     blocks: list[str]  # what the release covered, one name per block
     bins: int
+    unit: dict[str, Any]  # the record one block changes by at most 1 (`record_unit`)
 
     @property
     def step(self) -> tuple[float, float, int]:
@@ -87,26 +96,47 @@ class ProfileMechanism:
         return {
             "mechanism": "profile", "noise_multiplier": self.noise_multiplier, "sample_rate": 1.0, "steps": 1,
             "sensitivity": self.sensitivity, "noise_std": self.noise_std, "covers": list(self.blocks),
-            "bins": self.bins, "share_of_target": PROFILE_SHARE,
+            "bins": self.bins, "share_of_target": PROFILE_SHARE, "unit": dict(self.unit),
         }  # fmt: skip
 
 
-def dp_profile_applies(spec: TaskSpec) -> bool:
-    """Whether a site releases its profile through the mechanism under DP (else exact, and not covered).
+def record_unit(spec: TaskSpec) -> dict[str, Any]:
+    """The record every epsilon of a run of `spec` is for: ``{"record": "row"}`` or, for a sequence task, a window.
 
-    Regression tasks (a label without a range) and sequence tasks (DP-SGD counts windows, the
-    profile rows: one epsilon would mix two units) keep the exact profile; the report names it
-    under ``not_covered``.
+    For a window: its length, stride and ``windows_per_row`` = ``ceil(window / stride)``, the
+    most windows one row is in (docs/privacy.md, "Sequence tasks"). The signed report states it;
+    `privacy.report.verify_report` recomputes it from the task.
     """
-    return spec.kind != "regression" and spec.sequence is None
+    if spec.sequence is None:
+        return {"record": "row"}
+    sequence = spec.sequence
+    return {
+        "record": "window", "window": sequence.window, "stride": sequence.stride,
+        "windows_per_row": math.ceil(sequence.window / sequence.stride),
+    }  # fmt: skip
+
+
+def profile_records(frame: pd.DataFrame, spec: TaskSpec) -> pd.DataFrame:
+    """The rows the DP profile counts, one per DP-SGD record: the frame, or each window's last row.
+
+    A sequence task's DP-SGD record is a window (`models.training.prepare`); the profile
+    represents each window by the row it ends at, which carries its label. Under ``short =
+    "pad"`` with stride 1 that is every row; a stride above 1 or ``"drop"`` leaves out the rows
+    that end no window.
+    """
+    if spec.sequence is None:
+        return frame
+    sequence = spec.sequence
+    plan = plan_windows(frame[sequence.group].to_numpy(), frame[sequence.order].to_numpy(), sequence)
+    return frame.iloc[np.sort(plan.ends)].reset_index(drop=True)
 
 
 def check_profile_spec(spec: TaskSpec) -> None:
     """Refuse (PolicyError naming the column) a spec whose profile cannot be bounded under DP."""
-    if spec.kind == "regression":
+    if spec.kind == "regression" and spec.label not in spec.ranges:
         raise PolicyError(
-            f"task '{spec.name}': a DP data profile needs a bounded label, and a regression label has no "
-            "range; run it without per-site DP"
+            f"task '{spec.name}': under DP a regression label needs a range in [task.ranges] to bound its "
+            f"statistics; missing for label '{spec.label}'"
         )
     missing = [c for c in spec.numeric_features if c not in spec.ranges]
     if missing:
@@ -130,7 +160,7 @@ def profile_blocks(spec: TaskSpec) -> list[str]:
     blocks = ["count"]
     blocks += [f"histogram:{c}" for c in spec.numeric_features]
     blocks += [f"levels:{c}" for c in spec.categorical_features]
-    blocks.append("label:positives" if spec.kind == "binary" else "label:class counts")
+    blocks.append({"binary": "label:positives", "multiclass": "label:class counts"}.get(spec.kind, "label:histogram"))
     if spec.image is not None:
         blocks += [f"pixels:{c}" for c in range(spec.image.channels)]
     return blocks
@@ -146,23 +176,30 @@ def profile_noise_multiplier(*, target_epsilon: float, delta: float, accountant:
 def release_profile(
     frame: pd.DataFrame, spec: TaskSpec, *, noise_multiplier: float, rng: np.random.Generator | None = None
 ) -> tuple[SiteProfile, ProfileMechanism]:
-    """The noisy profile of a validated training frame, and the mechanism that released it."""
+    """The noisy profile of a validated training frame, and the mechanism that released it.
+
+    A sequence task's frame is its rows: the profile counts its windows (`profile_records`).
+    """
     blocks = profile_blocks(spec)
     sensitivity = math.sqrt(len(blocks))
     std = noise_multiplier * sensitivity
     rng = rng or np.random.default_rng()
+    frame = profile_records(frame, spec)
 
     def noisy(values: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=np.float64) + rng.normal(0.0, std, size=np.shape(values))
 
     count = max(1, int(round(float(noisy(np.array([len(frame)]))[0]))))
-    numeric = {}
-    for c in spec.numeric_features:
-        lo, hi = spec.ranges[c]
-        edges = np.linspace(lo, hi, NUMERIC_BINS + 1)
-        values = np.clip(frame[c].to_numpy(dtype=np.float64), lo, hi)
-        hist, _ = np.histogram(values, bins=edges)
-        numeric[c] = _moments(noisy(hist), (edges[:-1] + edges[1:]) / 2, count, std, hi - lo)
+    histograms: dict[str, list[float]] = {}
+
+    def histogram(column: str) -> ColumnMoments:
+        lo, hi = spec.ranges[column]
+        values = np.clip(frame[column].to_numpy(dtype=np.float64), lo, hi)
+        released = noisy(np.histogram(values, bins=np.linspace(lo, hi, NUMERIC_BINS + 1))[0])
+        histograms[column] = [float(n) for n in released]
+        return histogram_moments(released, (lo, hi), count=count, noise_std=std)
+
+    numeric = {c: histogram(c) for c in spec.numeric_features}
     categories = {}
     for c in spec.categorical_features:
         observed = frame[c].astype(str).value_counts()
@@ -173,6 +210,8 @@ def release_profile(
     if spec.kind == "binary":
         positives = float(np.clip(noisy(np.array([frame[spec.label].to_numpy(dtype=np.float64).sum()]))[0], 0, count))
         label = ColumnMoments(count, positives / count, positives * (1 - positives / count))
+    elif spec.kind == "regression":
+        label = histogram(spec.label)
     else:
         observed = frame[spec.label].astype(str).value_counts()
         classes = [str(v) for v in spec.classes]
@@ -181,21 +220,11 @@ def release_profile(
         label = ColumnMoments(count, 0.0, 0.0)
     pixels = _noisy_pixels(frame, spec, noisy, std) if spec.image is not None else {}
     mechanism = ProfileMechanism(
-        noise_multiplier=noise_multiplier, sensitivity=sensitivity, noise_std=std, blocks=blocks, bins=NUMERIC_BINS
-    )
-    profile = SiteProfile(count, numeric, categories, label, label_counts, pixels)
+        noise_multiplier=noise_multiplier, sensitivity=sensitivity, noise_std=std, blocks=blocks, bins=NUMERIC_BINS,
+        unit=record_unit(spec),
+    )  # fmt: skip
+    profile = SiteProfile(count, numeric, categories, label, label_counts, pixels, histograms, std)
     return profile, mechanism
-
-
-def _moments(hist: np.ndarray, centres: np.ndarray, count: int, std: float, span: float) -> ColumnMoments:
-    """Count, mean and M2 of a noisy histogram (thresholded, Sheppard-corrected, variance floored)."""
-    width = span / len(centres)
-    kept = np.where(hist >= THRESHOLD * std, hist, 0.0)
-    if kept.sum() <= 0:  # nothing stands out of the noise: this site says nothing about the column
-        return ColumnMoments(0, 0.0, 0.0)
-    mean = float(kept @ centres / kept.sum())
-    variance = float(kept @ (centres - mean) ** 2 / kept.sum()) - width**2 / 12
-    return ColumnMoments(count, mean, count * max(variance, width**2 / 12))
 
 
 def _noisy_pixels(frame: pd.DataFrame, spec: TaskSpec, noisy: Any, std: float) -> dict[str, ColumnMoments]:

@@ -17,6 +17,10 @@ sample_rate, steps) with the named accountant — a site's DP data profile (vers
 ``mechanisms``) first, then its DP-SGD rounds — checks that each profile's noise std is its
 noise multiplier times its sensitivity, and checks each site against its budget.
 
+``record_unit`` states the record every per-site epsilon is for: a row, or for a sequence task
+one window (with its length, stride and the most windows one row is in); `verify_report`
+recomputes it from the task and checks each DP data profile was released in the same unit.
+
 ``membership_inference`` holds each site's empirical check of the final model
 (`privacy.membership`): the ROC-AUC of a membership-inference attack on its training rows
 against its held-out rows, with the sample sizes and method — figures, never rows. The site
@@ -52,6 +56,8 @@ __all__ = [
     "verify_report",
     "check_epsilons",
     "check_membership",
+    "check_record_unit",
+    "record_unit",
     "REL_TOLERANCE",
 ]
 
@@ -64,8 +70,14 @@ MECHANISM = (
 )
 NOT_COVERED = (
     "Not covered by these epsilons: the aggregate statistics each site shares once for feature "
-    "normalisation (counts, means, variances, category counts) and the exact histograms of held-out scores "
-    "sites report in each evaluation."
+    "normalisation (counts, means, variances, category counts, the label's counts or mean and variance) and "
+    "the exact histograms of held-out scores sites report in each evaluation."
+)
+WINDOW_UNIT_NOTE = (
+    "Sequence task: every per-site epsilon here (DP-SGD, the DP data profile, each evaluation) is for adding "
+    "or removing one window of {window} rows (stride {stride}), not one row: a row is in up to "
+    "{windows_per_row} windows, so one row's values are covered only by group privacy over twice that many "
+    'windows, and a whole engine or machine by no per-site bound (docs/privacy.md, "Sequence tasks")'
 )
 # Version 2 reports list every mechanism a site ran besides its DP-SGD rounds (its DP data
 # profile); reports without a version are version 1 and are verified as before.
@@ -191,6 +203,7 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         not_covered = f"Not covered by these epsilons: {'; and '.join(uncovered)}." if uncovered else ""
     else:
         not_covered = NOT_COVERED
+    unit = record_unit(manifest.get("task", {}))
     mechanism = MECHANISM if sites else "none at record level"
     if profiles:
         mechanism = f"{mechanism}; before training, {PROFILE_MECHANISM}"
@@ -210,12 +223,54 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         "refusals": refusals,
         "replies_lost": _replies_lost(manifest),
         "not_covered": not_covered,
+        "record_unit": unit,
         "audit_log_head": audit_head,
         **_membership(manifest),
     }
 
 
 _EVALUATION_KEYS = ("round", "clip", "evaluations")
+
+
+def record_unit(task: dict[str, Any]) -> dict[str, Any]:
+    """The record a report's per-site epsilons are for, from its task: a row, or a sequence task's window.
+
+    The same statement as `privacy.profile.record_unit` gives the task's spec, plus, for a
+    window, the note saying what it does not cover.
+    """
+    sequence = task.get("sequence")
+    if not sequence:
+        return {"record": "row"}
+    window, stride = int(sequence["window"]), int(sequence.get("stride", 1))
+    unit = {"record": "window", "window": window, "stride": stride, "windows_per_row": math.ceil(window / stride)}
+    return {**unit, "note": WINDOW_UNIT_NOTE.format(**unit)}
+
+
+def check_record_unit(report: dict[str, Any]) -> None:
+    """The report's ``record_unit`` must be its task's, and every DP data profile released in it.
+
+    Raises `ReportInvalid` naming the site or the field: a sequence task's report that claims
+    per-row epsilons, or a profile counted in rows while DP-SGD counted windows, would
+    overstate what one epsilon covers. Reports without ``record_unit`` (before it) are
+    row-unit reports and pass unless their task is a sequence task.
+    """
+    expected = record_unit(report.get("task") or {})
+    stated = report.get("record_unit", {"record": "row"})
+    if stated != expected:
+        raise ReportInvalid(
+            f"record_unit {json.dumps(stated, sort_keys=True)} is not the task's: the epsilons of "
+            f"{'a sequence' if expected['record'] == 'window' else 'this'} task are per {expected['record']} "
+            f"({json.dumps(expected, sort_keys=True)})"
+        )
+    claim = {k: v for k, v in expected.items() if k != "note"}
+    for site, entry in (report.get("sites") or {}).items():
+        for mech in entry.get("mechanisms", []):
+            if mech.get("mechanism") == "profile" and "unit" in mech and mech["unit"] != claim:
+                raise ReportInvalid(
+                    f"site '{site}' profile: released per {json.dumps(mech['unit'], sort_keys=True)}, but the run's "
+                    f"epsilons are per {json.dumps(claim, sort_keys=True)}: one epsilon cannot mix two units"
+                )
+
 
 REPLIES_LOST_NOTE = (
     "A site whose reply did not reach the coordinator (round deadline, node lost) may have trained "
@@ -268,7 +323,7 @@ def _membership(manifest: dict[str, Any]) -> dict[str, Any]:
 _LOCAL_ONLY_ORDER = {"local_only_training": 3, "local_only_evaluation": 4}
 
 _MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
-                   "bins", "share_of_target", "epsilon")  # fmt: skip
+                   "bins", "share_of_target", "unit", "epsilon")  # fmt: skip
 
 
 def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -395,6 +450,7 @@ def verify_report(
         raise ReportInvalid(f"{report_path} is not JSON: {exc}") from None
 
     check_epsilons(report)
+    check_record_unit(report)
     check_membership(report)
     for site, entry in report.get("sites", {}).items():
         if not _within(entry):
@@ -545,6 +601,8 @@ def _html(report: dict[str, Any]) -> str:
         )
     refusals = "".join(f"<li>{e(r)}</li>" for r in report.get("refusals", [])) or "<li>none</li>"
     membership_html = _membership_html(report)
+    unit = report.get("record_unit") or {}
+    unit_html = f"<p><b>One record is one window.</b> {e(unit['note'])}.</p>" if unit.get("record") == "window" else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Privacy report {e(report["run_id"])}</title>
 <style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto}}table{{border-collapse:collapse}}
@@ -553,7 +611,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}td:first-chil
 <p>Run <code>{e(report["run_id"])}</code>, task <b>{e(str(report["task"].get("name", "")))}</b>,
 issued {e(report["created_at"])}.</p>
 <p>Mechanism: {e(report["mechanism"])}.</p>
-<h2>Record-level DP per site</h2>
+<h2>Record-level DP per site</h2>{unit_html}
 <table><tr><th>site</th><th>epsilon</th><th>budget</th><th>delta</th><th>accountant</th><th>clip</th>
 <th>records</th><th>rounds</th><th>DP profile</th><th>status</th></tr>{rows}</table>
 <img alt="epsilon over rounds per site" src="data:image/png;base64,{_plot_png(report)}">
