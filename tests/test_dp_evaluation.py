@@ -13,7 +13,7 @@ from flwr.common import Code, EvaluateRes, Status
 from opacus.accountants import RDPAccountant
 
 from coordinator.strategies import merged_evaluation
-from models.histogram import DP_SCORE_BINS, build_histogram, histogram_metrics, merge
+from models.histogram import DP_SCORE_BINS, EvalHistogram, build_histogram, histogram_metrics, merge
 from privacy.accounting import epsilon_of
 from privacy.errors import BudgetExhausted, ReportInvalid
 from privacy.evaluation import (
@@ -68,6 +68,23 @@ def test_noise_std_is_multiplier_times_sensitivity_per_task_kind():
                                      rng=np.random.default_rng(5))  # fmt: skip
     assert mech.sensitivity == pytest.approx(math.sqrt(6)) and mech.clip == 30.0
     assert np.isfinite(list(histogram_metrics(noisy).values())).all()
+
+
+def test_the_logit_bins_keep_the_noise_per_bin_and_the_release_keeps_the_bins():
+    """One row still adds 1 to one bin: the noise per bin is that of the equal bins, and the release is on the
+    same (logit) edges, in JSON too."""
+    y, p = _scores()
+    stds = {}
+    for scale in ("logit", "linear"):
+        exact = build_histogram("binary", y, p, bins=DP_SCORE_BINS, scale=scale)
+        rng = np.random.default_rng(7)
+        draws = [release_evaluation(exact, noise_multiplier=5.0, server_round=1, evaluations=1, rng=rng)
+                 for _ in range(100)]  # fmt: skip
+        noisy, mech = draws[0]
+        assert mech.noise_std == 5.0 and mech.bins == DP_SCORE_BINS and noisy.scale == scale
+        assert np.array_equal(EvalHistogram.from_json(noisy.to_json()).edges, exact.edges)
+        stds[scale] = np.std([d.blocks[k] - exact.blocks[k] for d, _ in draws for k in exact.blocks])
+    assert stds["logit"] == pytest.approx(5.0, rel=0.05) and stds["linear"] == pytest.approx(5.0, rel=0.05)
 
 
 def _train_and_evaluate(ledger, policy, request, rounds):
