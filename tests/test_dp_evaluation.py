@@ -158,6 +158,18 @@ def test_the_coordinator_merges_the_sites_histograms_and_shows_what_each_reveale
     assert histogram_metrics(merge(parts)) == histogram_metrics(evaluation.merged)
 
 
+def test_a_site_of_an_older_version_sending_linear_bins_is_named_when_the_round_does_not_merge():
+    """A histogram without `scale` (equal bins over [0, 1]) does not merge with the logit ones: refused, naming it."""
+    y, p = _scores(3000, seed=7)
+    new = build_histogram("binary", y[:1000], p[:1000]).to_json()
+    old = json.loads(build_histogram("binary", y[1000:], p[1000:], bins=200, scale="linear").to_json())
+    old = json.dumps({k: v for k, v in old.items() if k not in ("scale", "logit_range")})  # as written before
+    results = [(None, EvaluateRes(Status(Code.OK, ""), 0.3, 1000, {ReplyKey.SITE: site, ReplyKey.EVAL_HISTOGRAM: h}))
+               for site, h in (("a", new), ("b", old))]  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(a: 320 logit bins; b: 200 linear bins\).*score bins differ"):
+        merged_evaluation(results)
+
+
 @pytest.fixture
 def evaluated_report(tmp_path):
     from privacy.keys import PUBLIC_NAME, load_signing_key
