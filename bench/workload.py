@@ -1,7 +1,7 @@
 """Inspection workload: the share of parts a line must still inspect by hand to catch 95 % of defects.
 
     python bench/workload.py [--seeds 0 1] [--tasks ...] [--rounds 10] [--no-dp] [--image-size 32]
-        [--image-rounds 3] [--per-site 300] [--out bench-out/workload] [--no-write]
+        [--image-rounds 3] [--per-site 300] [--node-wait 600] [--out bench-out/workload] [--no-write]
         [--report-from bench-out/workload/workload.csv --provenance TEXT --note TEXT]
 
 For every built-in binary task (`models.tasks.builtin_tasks`, kind ``binary``: injection-molding-
@@ -154,7 +154,7 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
     rounds = args.image_rounds if spec.image is not None else args.rounds
     out = args.out / f"{task}-seed{seed}"
     config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, out_dir=out / "federated",
-                                            key_dir=args.out / "keys")  # fmt: skip
+                                            key_dir=args.out / "keys", node_wait_timeout=args.node_wait)  # fmt: skip
     start = time.perf_counter()
     results, site_files = _run(spec, frame, task, config, out, args.rescore)
     # The same splits, scalers and models as `run_experiment` (its helpers, its seeds).
@@ -194,7 +194,8 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
         start = time.perf_counter()
         dp_out = args.out / f"{task}-seed{seed}-dp"
         dp_config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, dp_epsilon=DP_EPSILON,
-                                                   out_dir=dp_out / "federated", key_dir=args.out / "keys")  # fmt: skip
+                                                   out_dir=dp_out / "federated", key_dir=args.out / "keys",
+                                                   node_wait_timeout=args.node_wait)  # fmt: skip
         dp, _ = _run(spec, frame, task, dp_config, dp_out, args.rescore)
         y, p = _federated_scores(spec, dp_config, held)
         point = workload_at(y, p)
@@ -339,6 +340,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32, help="image side (the task's own is 96)")
     parser.add_argument("--per-site", type=int, default=None, help="a seeded subset of images per site")
     parser.add_argument("--no-dp", action="store_true", help="no federated DP run")
+    parser.add_argument("--node-wait", type=float, default=600.0,
+                        help="seconds the coordinator waits for the sites' replies (more when loaded)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-out/workload"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--report-from", type=Path, default=None, help="report the workload.csv of an earlier run")

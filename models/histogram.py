@@ -196,8 +196,8 @@ def _edges(bins: int, scale: str, logit_range: float) -> np.ndarray:
     _check_scale(scale, logit_range)
     # (2 j) / bins is correctly rounded from exact integers, so a coarse edge is bit for bit the fine
     # edge it coincides with (rebin and merge stay exact).
-    u = (2 * np.arange(bins + 1, dtype=np.float64)) / bins - 1.0
-    edges = (u + 1.0) / 2.0 if scale == "linear" else 1.0 / (1.0 + np.exp(-logit_range * u))
+    j = np.arange(bins + 1, dtype=np.float64)
+    edges = j / bins if scale == "linear" else 1.0 / (1.0 + np.exp(-logit_range * ((2 * j) / bins - 1.0)))
     edges[0], edges[bins // 2], edges[-1] = 0.0, 0.5, 1.0
     edges.flags.writeable = False
     return edges
