@@ -4,8 +4,8 @@
 
 One model is trained on the pooled training rows (plain PyTorch, a few seconds), then each site
 scores its own held-out rows and builds its evaluation histogram (`models.histogram`) exactly as
-a site does in a run. The exact histograms (200 bins, no DP) are compared with `--draws` noisy
-releases (20 bins, Gaussian noise at the noise multiplier a site uses for `--evaluations`
+a site does in a run. The exact histograms (`SCORE_BINS` logit bins, no DP) are compared with `--draws`
+noisy releases (`DP_SCORE_BINS` bins, Gaussian noise at the noise multiplier a site uses for `--evaluations`
 releases at target `--epsilon`, `privacy.evaluation`): ROC-AUC, PR-AUC of the union, the
 threshold at 95 % recall and its inspection workload, and each site's own ROC-AUC. Prints the
 exact figures, then the median and the 10-90 % range of the noisy ones. Writes nothing.
@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import dataset  # noqa: E402  (sets up the environment first)
 from models.datasets import SAMPLES, holdout_split, split_by  # noqa: E402
-from models.histogram import DP_SCORE_BINS, build_histogram, histogram_metrics, merge, operating_point  # noqa: E402
+from models.histogram import DP_SCORE_BINS, SCORE_BINS, build_histogram, histogram_metrics, merge, operating_point  # noqa: E402
 from models.nets import build_model  # noqa: E402
 from models.scaler import FederatedScaler  # noqa: E402
 from models.schema import validate_frame  # noqa: E402
@@ -61,7 +61,8 @@ def main() -> None:
     assert point is not None
     print(f"{args.task}: {len(sites)} sites, {round(union.rows)} held-out rows, "
           f"{int(union.blocks['positives'].sum())} defects")  # fmt: skip
-    print(f"exact (200 bins): roc_auc {figures['roc_auc']:.3f} pr_auc {figures['pr_auc']:.3f}; at 95 % recall: "
+    print(f"exact ({SCORE_BINS} bins): roc_auc {figures['roc_auc']:.3f} pr_auc {figures['pr_auc']:.3f}; "
+          "at 95 % recall: "
           f"threshold {point['threshold']:.3f}, recall {point['recall']:.3f}, workload {point['workload']:.3f}; "
           + ", ".join(f"{n} roc_auc {histogram_metrics(h)['roc_auc']:.3f}" for n, h in exact.items()))  # fmt: skip
     sigma = evaluation_noise_multiplier(target_epsilon=args.epsilon, delta=delta, evaluations=args.evaluations,
@@ -86,7 +87,8 @@ def main() -> None:
         values |= {f"{n} roc_auc": histogram_metrics(h)["roc_auc"] for n, h in noisy.items()}
         for k, v in values.items():
             rows.setdefault(k, []).append(v)
-    print(f"DP (20 bins, noise multiplier {sigma:.2f} per site = {args.evaluations} evaluation(s) at 10 % of "
+    print(f"DP ({DP_SCORE_BINS} bins, noise multiplier {sigma:.2f} per site = {args.evaluations} evaluation(s) "
+          "at 10 % of "
           f"epsilon {args.epsilon:g}), {args.draws} draws: median [10 %, 90 %]")  # fmt: skip
     for k, v in rows.items():
         q = np.nanpercentile(v, [50, 10, 90])

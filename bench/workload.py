@@ -1,7 +1,7 @@
 """Inspection workload: the share of parts a line must still inspect by hand to catch 95 % of defects.
 
     python bench/workload.py [--seeds 0 1] [--tasks ...] [--rounds 10] [--no-dp] [--image-size 32]
-        [--image-rounds 3] [--per-site 300] [--out bench-out/workload] [--no-write]
+        [--image-rounds 3] [--per-site 300] [--node-wait 600] [--out bench-out/workload] [--no-write]
         [--report-from bench-out/workload/workload.csv --provenance TEXT --note TEXT]
 
 For every built-in binary task (`models.tasks.builtin_tasks`, kind ``binary``: injection-molding-
@@ -12,7 +12,7 @@ runtime), all scored on the same held-out rows (the union of the sites' held-out
 federated run uses per-site DP-SGD at epsilon 3 (the DP defaults), unless ``--no-dp``.
 
 Every model's held-out scores are turned into the exact score histogram (`models.histogram`,
-``SCORE_BINS`` bins) and read by the product's own `operating_point` under ``recall>=0.95``: the
+``SCORE_BINS`` bins equal in log-odds) and read by the product's own `operating_point` under ``recall>=0.95``: the
 highest bin edge that still catches 95 % of the held-out defects, the recall reached there, the
 workload (share of held-out parts flagged, to inspect by hand), and beside them the exact ROC-AUC.
 So the figures are the ones results.json's ``operating_point`` reports; the bench checks that its
@@ -22,7 +22,7 @@ rescored models give the run's own ROC-AUC (the same models, not look-alikes).
 The centralised and local-only models are trained again here, with `run_experiment`'s own helpers
 and seeds (deterministic: the bench checks their ROC-AUC against the run's), because a run keeps
 their metrics, not their scores. For the DP run the table also gives the operating point the
-federation itself chose from the sites' noisy histograms (20 bins, noise at 10 % of the budget),
+federation itself chose from the sites' noisy histograms (``DP_SCORE_BINS`` bins, noise at 10 % of the budget),
 applied to the exact held-out scores: the recall and workload a line would really get.
 
 Writes its section of BENCHMARKS.md (``workload``). Compute is explicit: few rounds, 2 seeds.
@@ -53,7 +53,15 @@ from coordinator.checkpoint import load_checkpoint, read_manifest  # noqa: E402
 from coordinator.config import FederationConfig  # noqa: E402
 from coordinator.simulation import _load_splits, _train_alone, run_experiment, write_site_files  # noqa: E402
 from models.datasets import SAMPLES  # noqa: E402
-from models.histogram import DEFAULT_RULE, SCORE_BINS, build_histogram, operating_point  # noqa: E402
+from models.histogram import (  # noqa: E402
+    DEFAULT_RULE,
+    DP_SCORE_BINS,
+    LOGIT_RANGE,
+    SCORE_BINS,
+    build_histogram,
+    operating_point,
+    score_edges,
+)
 from models.nets import set_weights  # noqa: E402
 from models.scaler import FederatedScaler  # noqa: E402
 from models.tasks import TaskSpec, builtin_tasks  # noqa: E402
@@ -63,16 +71,18 @@ DP_EPSILON = 3.0
 VISION_TASK = "solar-cell-inspection"
 
 
-def workload_at(y_true: np.ndarray, scores: np.ndarray, rule: str = DEFAULT_RULE, *, bins: int = SCORE_BINS) -> dict:
+def workload_at(
+    y_true: np.ndarray, scores: np.ndarray, rule: str = DEFAULT_RULE, *, bins: int = SCORE_BINS, scale: str = "logit"
+) -> dict:
     """The operating point of held-out `scores` against `y_true` under `rule`, as the product computes it.
 
-    The exact histogram (`models.histogram.build_histogram`, `bins` bins) read by
+    The exact histogram (`models.histogram.build_histogram`, `bins` bins on `scale`) read by
     `models.histogram.operating_point`; adds ``roc_auc``, the exact one of the rows (as a run
     reports it: `models.metrics`). Raises ValueError when the rows lack defects or good parts.
     """
     from sklearn.metrics import roc_auc_score
 
-    hist = build_histogram("binary", np.asarray(y_true), np.asarray(scores), bins=bins)
+    hist = build_histogram("binary", np.asarray(y_true), np.asarray(scores), bins=bins, scale=scale)
     point = operating_point(hist, rule)
     if point is None:
         raise ValueError(f"no operating point: {int(hist.blocks['positives'].sum())} defects and "
@@ -144,7 +154,7 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
     rounds = args.image_rounds if spec.image is not None else args.rounds
     out = args.out / f"{task}-seed{seed}"
     config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, out_dir=out / "federated",
-                                            key_dir=args.out / "keys")  # fmt: skip
+                                            key_dir=args.out / "keys", node_wait_timeout=args.node_wait)  # fmt: skip
     start = time.perf_counter()
     results, site_files = _run(spec, frame, task, config, out, args.rescore)
     # The same splits, scalers and models as `run_experiment` (its helpers, its seeds).
@@ -184,7 +194,8 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
         start = time.perf_counter()
         dp_out = args.out / f"{task}-seed{seed}-dp"
         dp_config = FederationConfig.with_defaults(task=spec, num_rounds=rounds, seed=seed, dp_epsilon=DP_EPSILON,
-                                                   out_dir=dp_out / "federated", key_dir=args.out / "keys")  # fmt: skip
+                                                   out_dir=dp_out / "federated", key_dir=args.out / "keys",
+                                                   node_wait_timeout=args.node_wait)  # fmt: skip
         dp, _ = _run(spec, frame, task, dp_config, dp_out, args.rescore)
         y, p = _federated_scores(spec, dp_config, held)
         point = workload_at(y, p)
@@ -201,11 +212,13 @@ def measure(task: str, spec: TaskSpec, frame: pd.DataFrame, seed: int, args: arg
     return rows
 
 
-def _ms(values: pd.Series, digits: int = 3, scale: float = 1.0) -> str:
+def _ms(values: pd.Series, digits: int = 3, scale: float = 1.0, kind: str = "f") -> str:
+    """Mean ± sd (sd 0 over one value: the mean alone); `kind` "g": significant digits (thresholds near 0)."""
     v = pd.to_numeric(values, errors="coerce").dropna() * scale
     if v.empty:
         return "-"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=0):.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
+    mean = f"{v.mean():.{digits}{kind}}"
+    return f"{mean} ± {v.std(ddof=0):.{digits}{kind}}" if len(v) > 1 else mean
 
 
 def _model_rows(group: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -234,13 +247,15 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
         f"shared with other work), {time.strftime('%Y-%m-%d')}, seeds {seeds}. Every built-in binary task on its "
         "sample, split into supplier sites by its natural column; every model scored on the union of the sites' "
         "held-out splits (30 %, stratified). For each model the threshold is chosen on those held-out scores by "
-        "the product's rule `recall>=0.95` (`models.histogram.operating_point` on the exact 200-bin histogram: "
+        f"the product's rule `recall>=0.95` (`models.histogram.operating_point` on the exact histogram of "
+        f"{SCORE_BINS} bins equal in log-odds over [-{LOGIT_RANGE:g}, {LOGIT_RANGE:g}]: "
         "the highest bin edge that still catches 95 % of the held-out defects), and the table gives the recall "
         "reached there and the **inspection workload**: the share of parts flagged, which a line must still "
         "inspect by hand (inspecting every part is 100 %; 'inspection time' saved is 100 % minus it). ROC-AUC "
         "exact, from the same scores (as results.json reports it). The last column: the least workload of any "
         "threshold placed on the held-out rows themselves (the score of the defect that makes 95 %), what a "
-        "line could reach if the threshold were not a bin edge (the product's finest edge above 0 is 0.005). "
+        "line could reach if the threshold were not a bin edge (the finest edge above 0 is "
+        f"{score_edges(SCORE_BINS)[1]:.1g}). "
         "Default training (MLP 64-32, batch 64, "
         "lr 0.003, balanced class weights; 2 local epochs a round; centralised and local-only train for "
         "rounds x 2 epochs). local-only: each site "
@@ -260,7 +275,8 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
         label = f"{task} ({int(first['sites'])}, {counts})"
         for name, rows in _model_rows(group):
             lines.append(
-                f"| {label} | {int(first['rounds'])} | {name} | {_ms(rows['roc_auc'])} | {_ms(rows['threshold'])} "
+                f"| {label} | {int(first['rounds'])} | {name} | {_ms(rows['roc_auc'])} "
+                f"| {_ms(rows['threshold'], 2, kind='g')} "
                 f"| {_ms(rows['recall'])} | {_ms(rows['workload'], 1, 100)} % | {_ms(1 - rows['workload'], 1, 100)} % "
                 f"| {_ms(rows['exact_workload'], 1, 100)} % |"
             )
@@ -275,8 +291,9 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
         dp = group[group["model"].astype(str).str.startswith("federated DP")]
         if len(dp):
             notes.append(
-                f"- {task}, DP: the threshold the federation chose from the sites' noisy 20-bin histograms "
-                f"({_ms(dp['run_threshold'])}; it reported recall {_ms(dp['run_recall'])}, workload "
+                f"- {task}, DP: the threshold the federation chose from the sites' noisy {DP_SCORE_BINS}-bin "
+                "histograms "
+                f"({_ms(dp['run_threshold'], 2, kind='g')}; it reported recall {_ms(dp['run_recall'])}, workload "
                 f"{_ms(dp['run_workload'], 1, 100)} %) catches {_ms(dp['run_real_recall'])} of the held-out defects "
                 f"for a workload of {_ms(dp['run_real_workload'], 1, 100)} % on the exact scores; largest epsilon "
                 f"spent by a site {dp['max_epsilon'].max():.2f}."
@@ -323,6 +340,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32, help="image side (the task's own is 96)")
     parser.add_argument("--per-site", type=int, default=None, help="a seeded subset of images per site")
     parser.add_argument("--no-dp", action="store_true", help="no federated DP run")
+    parser.add_argument("--node-wait", type=float, default=600.0,
+                        help="seconds the coordinator waits for the sites' replies (more when loaded)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-out/workload"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--report-from", type=Path, default=None, help="report the workload.csv of an earlier run")

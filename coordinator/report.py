@@ -203,9 +203,11 @@ def operating_point_table(point: Mapping[str, Any]) -> Table:
                         f"{', noisy histograms (DP)' if point.get('noisy') else ''})")  # fmt: skip
     for column in ("threshold", "recall", "precision", "F1", "inspection workload"):
         table.add_column(column, justify="right")
-    table.add_row(f"{point['threshold']:.3f} (+{point['bin_width']:.3f})", _fmt(point["recall"]),
+    # The bins are fine near 0 and 1 (logit scale): significant digits, not decimals.
+    table.add_row(f"{point['threshold']:.4g} (+{point['bin_width']:.2g})", _fmt(point["recall"]),
                   _fmt(point["precision"]), _fmt(point["f1"]), f"{100 * point['workload']:.1f} % of parts")  # fmt: skip
-    table.caption = f"from {point['source']} ({point['held_out_rows']} rows, {point['bins']} bins)"
+    scale = {"logit": " equal in log-odds", "linear": " equal over [0, 1]"}.get(str(point.get("scale")), "")
+    table.caption = f"from {point['source']} ({point['held_out_rows']} rows, {point['bins']} bins{scale})"
     return table
 
 

@@ -246,6 +246,7 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
     """
     per_site: dict[str, dict[str, Any]] = {}
     histograms: list[EvalHistogram] = []
+    sources: list[str] = []  # each histogram's site and bins, to name them if they do not merge
     mechanisms: dict[str, dict[str, Any]] = {}
     for proxy, res in results:
         site = str(res.metrics[ReplyKey.SITE]) if ReplyKey.SITE in res.metrics else str(proxy.cid)
@@ -257,11 +258,16 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
         if isinstance(text, str):
             hist = EvalHistogram.from_json(text)
             histograms.append(hist)
+            sources.append(f"{site}: {hist.bins} {hist.scale} bins" if hist.kind != "regression" else site)
             row |= histogram_metrics(hist)
         if ReplyKey.DP_EVALUATION in res.metrics:
             mechanisms[site] = json.loads(str(res.metrics[ReplyKey.DP_EVALUATION]))
         per_site[site] = row
-    return MergedEvaluation(per_site, merge(histograms) if histograms else None, mechanisms)
+    try:
+        merged = merge(histograms) if histograms else None
+    except ValueError as exc:
+        raise ValueError(f"the sites' evaluation histograms do not merge ({'; '.join(sources)}): {exc}") from exc
+    return MergedEvaluation(per_site, merged, mechanisms)
 
 
 class SangsaengStrategy(Strategy):

@@ -10,11 +10,17 @@ monotone (post-processing, `_clean`), and clamp noisy confusion counts at 0.
 What a histogram holds, per task kind:
 
 - **binary**: ``negatives`` and ``positives``, counts of the held-out scores (predicted defect
-  probabilities) in ``bins`` equal bins over [0, 1] (a score ``s`` lands in bin
-  ``min(floor(s * bins), bins - 1)``). ROC-AUC treats the rows of one bin as tied (error at most
-  the share of positive-negative pairs within one bin), PR-AUC is the average precision over the
-  bins' lower edges as thresholds, and F1 is exact at the 0.5 threshold (``bins`` is even, so 0.5
-  is an edge). One row adds 1 to one bin of one block: L2 sensitivity 1.
+  probabilities) in ``bins`` bins with fixed edges (`score_edges`): equal in log-odds over
+  [-``LOGIT_RANGE``, ``LOGIT_RANGE``] (the ``logit`` scale), so scores near 0 or 1 get bins as
+  fine as they need: a line's 95 %-recall threshold often sits among defects scored below 0.01.
+  A score ``s`` lands in the bin ``j`` with ``edges[j] <= s < edges[j + 1]`` (the top edge in the
+  last bin), so flagging the bins ``j..`` flags exactly the rows scored at least ``edges[j]``.
+  ROC-AUC treats the rows of one bin as tied (error at most the share of positive-negative pairs
+  within one bin), PR-AUC is the average precision over the bins' lower edges as thresholds, and
+  F1 is exact at the 0.5 threshold (``bins`` is even, so 0.5 is an edge). One row adds 1 to one
+  bin of one block: L2 sensitivity 1. Histograms written before the logit scale (no ``scale`` in
+  their JSON) had equal bins over [0, 1]: they are read as the ``linear`` scale, and merge only
+  with histograms of the same scale.
 - **multiclass**: ``confusion`` (true class x predicted class, argmax), and per class ``k`` the
   one-vs-rest histograms ``ovr:k:in`` / ``ovr:k:out`` of the predicted probability of ``k`` for
   the rows of class ``k`` and of the other classes. Accuracy, macro-F1, balanced accuracy and the
@@ -30,11 +36,13 @@ What a histogram holds, per task kind:
 
 The bins and the clip bound are fixed before any row is read: ``SCORE_BINS`` without DP,
 ``DP_SCORE_BINS`` under DP (fewer bins, less noise in total), and histograms of different bin
-counts merge at the coarser one (`rebin`).
+counts merge at the coarser one (`rebin`: the coarse edges are a subset of the fine ones).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -61,12 +69,22 @@ __all__ = [
     "parse_rule",
     "block_scales",
     "bin_index",
+    "score_edges",
+    "LOGIT_RANGE",
+    "SCORE_SCALES",
 ]
 
-# Without DP: 200 bins over [0, 1], fine enough that a threshold is within 0.005 of the pooled one.
-SCORE_BINS = 200
-# Under DP: every bin carries noise, so fewer bins (20, 0.05 wide) keep the total noise down.
+# Score bins are equal in log-odds over [-LOGIT_RANGE, LOGIT_RANGE]: the first edge above 0 is
+# sigmoid(-10 + 20 / bins) (5e-5 at 320 bins); scores beyond share the end bins.
+LOGIT_RANGE = 10.0
+# Without DP: 320 bins, 0.0625 wide in log-odds (0.016 at a score of 0.5, 0.0006 at 0.01).
+SCORE_BINS = 320
+# Under DP: every bin carries noise, so fewer bins (20, 1.0 wide in log-odds: edges 0.0067, 0.018,
+# 0.047, 0.12, 0.27, 0.5, ...) keep the total noise down; 20 divides 320, so the two merge.
 DP_SCORE_BINS = 20
+# "logit": the bins above (every histogram the product builds now); "linear": equal bins over
+# [0, 1], as histograms were built before the logit scale (still read; built only on request).
+SCORE_SCALES = ("logit", "linear")
 # The operating rule when the anchor chooses none: catch at least 95 % of the defects.
 DEFAULT_RULE = "recall>=0.95"
 _EPS = 1e-12
@@ -79,7 +97,8 @@ class EvalHistogram:
     ``blocks`` maps each block's name to its values (float: noisy counts are not integers).
     ``bins``: score bins of a binary or multiclass histogram (0 for regression); ``clip``: a
     regression histogram's residual clip bound (None: exact sums); ``classes``: a multiclass
-    task's class names, in index order.
+    task's class names, in index order. ``scale`` and ``logit_range``: how the score bins'
+    edges are placed (`score_edges`).
     """
 
     kind: str
@@ -88,6 +107,15 @@ class EvalHistogram:
     clip: float | None = None
     classes: tuple[str, ...] = ()
     noisy: bool = field(default=False)
+    scale: str = "logit"
+    logit_range: float = LOGIT_RANGE
+
+    @property
+    def edges(self) -> np.ndarray:
+        """The score bins' ``bins + 1`` edges in [0, 1] (empty for regression): bin j is ``[edges[j], edges[j+1])``."""
+        if self.kind == "regression":
+            return np.empty(0)
+        return score_edges(self.bins, self.scale, self.logit_range)
 
     def to_json(self) -> str:
         """The histogram as the site sends it (JSON)."""
@@ -98,6 +126,8 @@ class EvalHistogram:
                 "clip": self.clip,
                 "classes": list(self.classes),
                 "noisy": self.noisy,
+                "scale": self.scale,
+                "logit_range": self.logit_range,
                 "blocks": {k: [float(v) for v in a.ravel()] for k, a in self.blocks.items()},
                 "shapes": {k: list(a.shape) for k, a in self.blocks.items()},
             }  # fmt: skip
@@ -105,14 +135,19 @@ class EvalHistogram:
 
     @classmethod
     def from_json(cls, text: str) -> EvalHistogram:
-        """Read back `to_json`'s output; raises ValueError on a histogram that does not fit its kind."""
+        """Read back `to_json`'s output; raises ValueError on a histogram that does not fit its kind.
+
+        A histogram without ``scale`` was written before the logit scale: its bins are equal over [0, 1]
+        (``linear``).
+        """
         raw = json.loads(text)
         shapes = raw.get("shapes", {})
         blocks = {k: np.asarray(v, dtype=np.float64).reshape(shapes.get(k, [len(v)])) for k, v in raw["blocks"].items()}
         hist = cls(
             kind=str(raw["kind"]), blocks=blocks, bins=int(raw.get("bins", 0)),
             clip=None if raw.get("clip") is None else float(raw["clip"]), classes=tuple(raw.get("classes", ())),
-            noisy=bool(raw.get("noisy", False)),
+            noisy=bool(raw.get("noisy", False)), scale=str(raw.get("scale", "linear")),
+            logit_range=float(raw.get("logit_range", LOGIT_RANGE)),
         )  # fmt: skip
         hist.check()
         return hist
@@ -122,6 +157,7 @@ class EvalHistogram:
         if self.kind in ("binary", "multiclass"):
             if self.bins < 2 or self.bins % 2:
                 raise ValueError(f"a score histogram needs an even number of bins (0.5 is an edge), got {self.bins}")
+            _check_scale(self.scale, self.logit_range)
             names = (["negatives", "positives"] if self.kind == "binary"
                      else [f"ovr:{k}:{side}" for k in range(len(self.classes)) for side in ("in", "out")])  # fmt: skip
             for name in names:
@@ -148,13 +184,45 @@ class EvalHistogram:
         return float(self.blocks["count"].sum())
 
 
-def bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
-    """The bin of each score in [0, 1]: ``floor(s * bins)``, the top edge in the last bin."""
-    return np.clip(np.floor(np.asarray(scores, dtype=np.float64) * bins), 0, bins - 1).astype(np.int64)
+def _check_scale(scale: str, logit_range: float) -> None:
+    if scale not in SCORE_SCALES:
+        raise ValueError(f"unknown score scale '{scale}': this version reads {', '.join(map(repr, SCORE_SCALES))}")
+    if scale == "logit" and not (math.isfinite(logit_range) and logit_range > 0):
+        raise ValueError(f"a logit score scale needs a positive, finite logit_range, got {logit_range}")
 
 
-def _counts(scores: np.ndarray, bins: int) -> np.ndarray:
-    return np.bincount(bin_index(scores, bins), minlength=bins).astype(np.float64)
+@functools.lru_cache(maxsize=32)
+def _edges(bins: int, scale: str, logit_range: float) -> np.ndarray:
+    _check_scale(scale, logit_range)
+    # (2 j) / bins is correctly rounded from exact integers, so a coarse edge is bit for bit the fine
+    # edge it coincides with (rebin and merge stay exact).
+    j = np.arange(bins + 1, dtype=np.float64)
+    edges = j / bins if scale == "linear" else 1.0 / (1.0 + np.exp(-logit_range * ((2 * j) / bins - 1.0)))
+    edges[0], edges[bins // 2], edges[-1] = 0.0, 0.5, 1.0
+    edges.flags.writeable = False
+    return edges
+
+
+def score_edges(bins: int, scale: str = "logit", logit_range: float = LOGIT_RANGE) -> np.ndarray:
+    """The ``bins + 1`` edges of the score bins, fixed before any row is read (read-only).
+
+    ``logit``: ``sigmoid(x)`` for ``x`` equal steps over [-`logit_range`, `logit_range`], the end
+    edges 0 and 1 (scores beyond the range share the end bins); ``linear``: ``j / bins``. ``bins``
+    is even, so 0.5 is the middle edge on both scales.
+    """
+    if bins < 2 or bins % 2:
+        raise ValueError(f"a score histogram needs an even number of bins (0.5 is an edge), got {bins}")
+    return _edges(int(bins), scale, float(logit_range))
+
+
+def bin_index(scores: np.ndarray, bins: int, scale: str = "logit", logit_range: float = LOGIT_RANGE) -> np.ndarray:
+    """The bin ``j`` of each score in [0, 1] with ``edges[j] <= s < edges[j + 1]`` (`score_edges`; 1 in the last)."""
+    inner = score_edges(bins, scale, logit_range)[1:-1]
+    return np.searchsorted(inner, np.asarray(scores, dtype=np.float64), side="right").astype(np.int64)
+
+
+def _counts(scores: np.ndarray, bins: int, scale: str) -> np.ndarray:
+    return np.bincount(bin_index(scores, bins, scale), minlength=bins).astype(np.float64)
 
 
 def block_scales(hist: EvalHistogram) -> dict[str, float]:
@@ -175,17 +243,19 @@ def build_histogram(
     classes: Sequence[str] = (),
     clip: float | None = None,
     last: np.ndarray | None = None,
+    scale: str = "logit",
 ) -> EvalHistogram:
     """The exact histogram of held-out predictions (`models.training.predict`'s output) against the truth.
 
     Binary: defect probabilities; multiclass: (rows, classes) probabilities and class indices;
     regression: values in label units, clipped to ``clip`` when given, with `last` (a sequence
-    task's last-window flags) adding the last-window blocks.
+    task's last-window flags) adding the last-window blocks. `scale`: the score bins' (`score_edges`).
     """
     if kind == "binary":
         y = np.asarray(y_true, dtype=np.float64) > 0.5
         p = np.asarray(predictions, dtype=np.float64).ravel()
-        hist = EvalHistogram(kind, {"negatives": _counts(p[~y], bins), "positives": _counts(p[y], bins)}, bins=bins)
+        blocks = {"negatives": _counts(p[~y], bins, scale), "positives": _counts(p[y], bins, scale)}
+        hist = EvalHistogram(kind, blocks, bins=bins, scale=scale)
     elif kind == "multiclass":
         y = np.asarray(y_true, dtype=np.int64)
         proba = np.asarray(predictions, dtype=np.float64)
@@ -193,11 +263,11 @@ def build_histogram(
         names = tuple(classes) or tuple(str(i) for i in range(k))
         confusion = np.zeros((k, k))
         np.add.at(confusion, (y, proba.argmax(axis=1)), 1.0)
-        blocks: dict[str, np.ndarray] = {"confusion": confusion}
+        blocks = {"confusion": confusion}
         for c in range(k):
-            blocks[f"ovr:{c}:in"] = _counts(proba[y == c, c], bins)
-            blocks[f"ovr:{c}:out"] = _counts(proba[y != c, c], bins)
-        hist = EvalHistogram(kind, blocks, bins=bins, classes=names)
+            blocks[f"ovr:{c}:in"] = _counts(proba[y == c, c], bins, scale)
+            blocks[f"ovr:{c}:out"] = _counts(proba[y != c, c], bins, scale)
+        hist = EvalHistogram(kind, blocks, bins=bins, classes=names, scale=scale)
     elif kind == "regression":
         d = np.asarray(predictions, dtype=np.float64).ravel() - np.asarray(y_true, dtype=np.float64).ravel()
         if clip is not None:
@@ -223,8 +293,10 @@ def rebin(hist: EvalHistogram, bins: int) -> EvalHistogram:
     if bins <= 0 or hist.bins % bins:
         raise ValueError(f"cannot rebin {hist.bins} bins into {bins}: not a divisor")
     factor = hist.bins // bins
+    if bins % 2:
+        raise ValueError(f"cannot rebin {hist.bins} bins into {bins}: an odd count loses the 0.5 edge")
     blocks = {k: (a if k == "confusion" else a.reshape(bins, factor).sum(axis=1)) for k, a in hist.blocks.items()}
-    return EvalHistogram(hist.kind, blocks, bins=bins, clip=hist.clip, classes=hist.classes, noisy=hist.noisy)
+    return dataclasses.replace(hist, blocks=blocks, bins=bins)
 
 
 def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
@@ -236,6 +308,11 @@ def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
         if h.kind != first.kind or h.classes != first.classes or set(h.blocks) != set(first.blocks):
             raise ValueError(f"cannot merge a {h.kind} histogram of blocks {sorted(h.blocks)} with a {first.kind} "
                              f"one of blocks {sorted(first.blocks)}")  # fmt: skip
+    if first.kind != "regression":
+        scales = {(h.scale, h.logit_range) for h in histograms}
+        if len(scales) > 1:
+            raise ValueError(f"cannot merge histograms whose score bins differ: {sorted(scales)} (scale, logit_range); "
+                             "a site running a version before the logit scale sends 'linear' bins")  # fmt: skip
     bins = min(h.bins for h in histograms)
     if bins and any(h.bins % bins for h in histograms):
         raise ValueError(f"cannot merge histograms of {sorted({h.bins for h in histograms})} bins")
@@ -244,7 +321,7 @@ def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
     clips = {h.clip for h in histograms}
     return EvalHistogram(
         first.kind, blocks, bins=bins, clip=clips.pop() if len(clips) == 1 else None, classes=first.classes,
-        noisy=any(h.noisy for h in histograms),
+        noisy=any(h.noisy for h in histograms), scale=first.scale, logit_range=first.logit_range,
     )  # fmt: skip
 
 
@@ -352,8 +429,12 @@ def histogram_metrics(hist: EvalHistogram) -> dict[str, float]:
     return _regression_metrics(hist)
 
 
-def _centres(bins: int) -> np.ndarray:
-    return (np.arange(bins) + 0.5) / bins
+def _centres(hist: EvalHistogram) -> np.ndarray:
+    """Each score bin's centre: on its scale (the log-odds midpoint on the logit scale)."""
+    if hist.scale == "linear":
+        return (np.arange(hist.bins) + 0.5) / hist.bins
+    u = (2 * np.arange(hist.bins, dtype=np.float64) + 1.0) / hist.bins - 1.0
+    return 1.0 / (1.0 + np.exp(-hist.logit_range * u))
 
 
 def histogram_loss(hist: EvalHistogram) -> float:
@@ -364,7 +445,7 @@ def histogram_loss(hist: EvalHistogram) -> float:
     if hist.kind == "regression":
         n = float(hist.blocks["count"].sum())
         return max(float(hist.blocks["sq"].sum()), 0.0) / n if n >= 1 else math.nan
-    c = np.clip(_centres(hist.bins), 1e-6, 1 - 1e-6)
+    c = np.clip(_centres(hist), 1e-6, 1 - 1e-6)
     if hist.kind == "binary":
         neg, pos = _clean(hist.blocks["negatives"]), _clean(hist.blocks["positives"])
         total = neg.sum() + pos.sum()
@@ -400,20 +481,24 @@ def normal_class(classes: Sequence[str]) -> int:
 def defect_histogram(hist: EvalHistogram) -> EvalHistogram | None:
     """A multiclass histogram as the binary one of "any defect": score 1 - P(normal class), by bin.
 
-    Built from the normal class's one-vs-rest histograms (their bins reversed, so a row's bin is
-    that of its defect score within one bin's width). None if `hist` is not multiclass.
+    Built from the normal class's one-vs-rest histograms (their bins reversed: both scales' edges
+    are symmetric about 0.5, so a row's bin is that of its defect score, but closed at its top
+    edge rather than its bottom one). None if `hist` is not multiclass.
     """
     if hist.kind != "multiclass":
         return None
     c = normal_class(hist.classes)
     normal, defects = hist.blocks[f"ovr:{c}:in"][::-1].copy(), hist.blocks[f"ovr:{c}:out"][::-1].copy()
-    return EvalHistogram("binary", {"negatives": normal, "positives": defects}, bins=hist.bins, noisy=hist.noisy)
+    return EvalHistogram("binary", {"negatives": normal, "positives": defects}, bins=hist.bins, noisy=hist.noisy,
+                         scale=hist.scale, logit_range=hist.logit_range)  # fmt: skip
 
 
 def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, Any] | None:
     """The decision threshold a binary histogram supports under `rule`, with what it catches and costs.
 
-    Thresholds are the bins' lower edges (flag a part when its score is at least the threshold).
+    Thresholds are the bins' lower edges (`score_edges`; flag a part when its score is at least
+    the threshold), and ``bin_width`` is the width of the threshold's bin: the pooled scores'
+    threshold lies in ``[threshold, threshold + bin_width)``.
     ``recall>=R``: the highest threshold that still catches R of the defects (the least hand
     inspection); ``f1``: the threshold of the best F1 (the highest among ties). Returns the
     threshold, its recall, precision, F1 and ``workload``: the share of parts flagged, to be
@@ -446,8 +531,10 @@ def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, 
     else:
         j = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[-1])
     flagged = float(tp[j] + fp[j])
+    edges = hist.edges
     return {
-        "rule": rule, "threshold": j / hist.bins, "bin_width": 1 / hist.bins, "recall": float(recall[j]),
+        "rule": rule, "threshold": float(edges[j]), "bin_width": float(edges[j + 1] - edges[j]),
+        "recall": float(recall[j]),
         "precision": float(tp[j] / flagged) if flagged > 0 else math.nan, "f1": float(f1[j]),
         "workload": flagged / total, "noisy": hist.noisy,
     }  # fmt: skip
@@ -469,4 +556,4 @@ def run_operating_point(rounds: Sequence[Mapping[str, Any]], rule: str | None = 
     if point is None:
         return None
     return {**point, "round": int(last["round"]), "held_out_rows": round(hist.rows), "bins": hist.bins,
-            "source": "the sites' merged held-out histograms"}  # fmt: skip
+            "scale": hist.scale, "source": "the sites' merged held-out histograms"}  # fmt: skip

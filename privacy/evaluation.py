@@ -22,6 +22,7 @@ less noisy releases.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -117,7 +118,7 @@ def release_evaluation(
     rng = rng or np.random.default_rng()
     scales = block_scales(hist)
     blocks = {k: a + rng.normal(0.0, std * scales[k], size=a.shape) for k, a in hist.blocks.items()}
-    noisy = EvalHistogram(hist.kind, blocks, bins=hist.bins, clip=hist.clip, classes=hist.classes, noisy=True)
+    noisy = dataclasses.replace(hist, blocks=blocks, noisy=True)  # the same bins (edges, scale) as the exact one
     mechanism = EvaluationMechanism(
         round=server_round, noise_multiplier=noise_multiplier, sensitivity=sensitivity, noise_std=std,
         covers=groups, bins=hist.bins, clip=hist.clip, evaluations=evaluations,

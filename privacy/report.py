@@ -103,7 +103,7 @@ PROFILE_MECHANISM = (
 
 EVALUATION_MECHANISM = (
     "DP evaluation (privacy.evaluation): in each evaluated round, one Gaussian mechanism without subsampling "
-    "over the site's held-out histogram (binary: score counts in fixed bins over [0, 1] by label; multiclass: "
+    "over the site's held-out histogram (binary: score counts by label in fixed bins, equal in log-odds; multiclass: "
     "confusion counts and one-vs-rest score counts; regression: row count and clipped sums of residuals), each "
     "group of blocks changed by at most 1 per held-out row (clipped sums divided by their bound), so the L2 "
     "sensitivity is sqrt(groups); the coordinator reads the metrics from the sum of the sites' noisy histograms"

@@ -13,7 +13,7 @@ from flwr.common import Code, EvaluateRes, Status
 from opacus.accountants import RDPAccountant
 
 from coordinator.strategies import merged_evaluation
-from models.histogram import DP_SCORE_BINS, build_histogram, histogram_metrics, merge
+from models.histogram import DP_SCORE_BINS, EvalHistogram, build_histogram, histogram_metrics, merge
 from privacy.accounting import epsilon_of
 from privacy.errors import BudgetExhausted, ReportInvalid
 from privacy.evaluation import (
@@ -68,6 +68,23 @@ def test_noise_std_is_multiplier_times_sensitivity_per_task_kind():
                                      rng=np.random.default_rng(5))  # fmt: skip
     assert mech.sensitivity == pytest.approx(math.sqrt(6)) and mech.clip == 30.0
     assert np.isfinite(list(histogram_metrics(noisy).values())).all()
+
+
+def test_the_logit_bins_keep_the_noise_per_bin_and_the_release_keeps_the_bins():
+    """One row still adds 1 to one bin: the noise per bin is that of the equal bins, and the release is on the
+    same (logit) edges, in JSON too."""
+    y, p = _scores()
+    stds = {}
+    for scale in ("logit", "linear"):
+        exact = build_histogram("binary", y, p, bins=DP_SCORE_BINS, scale=scale)
+        rng = np.random.default_rng(7)
+        draws = [release_evaluation(exact, noise_multiplier=5.0, server_round=1, evaluations=1, rng=rng)
+                 for _ in range(100)]  # fmt: skip
+        noisy, mech = draws[0]
+        assert mech.noise_std == 5.0 and mech.bins == DP_SCORE_BINS and noisy.scale == scale
+        assert np.array_equal(EvalHistogram.from_json(noisy.to_json()).edges, exact.edges)
+        stds[scale] = np.std([d.blocks[k] - exact.blocks[k] for d, _ in draws for k in exact.blocks])
+    assert stds["logit"] == pytest.approx(5.0, rel=0.05) and stds["linear"] == pytest.approx(5.0, rel=0.05)
 
 
 def _train_and_evaluate(ledger, policy, request, rounds):
@@ -139,6 +156,18 @@ def test_the_coordinator_merges_the_sites_histograms_and_shows_what_each_reveale
     assert evaluation.per_site["a"]["roc_auc"] == histogram_metrics(parts[0])["roc_auc"]
     assert evaluation.per_site["b"]["examples"] == 2000 and not evaluation.mechanisms
     assert histogram_metrics(merge(parts)) == histogram_metrics(evaluation.merged)
+
+
+def test_a_site_of_an_older_version_sending_linear_bins_is_named_when_the_round_does_not_merge():
+    """A histogram without `scale` (equal bins over [0, 1]) does not merge with the logit ones: refused, naming it."""
+    y, p = _scores(3000, seed=7)
+    new = build_histogram("binary", y[:1000], p[:1000]).to_json()
+    old = json.loads(build_histogram("binary", y[1000:], p[1000:], bins=200, scale="linear").to_json())
+    old = json.dumps({k: v for k, v in old.items() if k not in ("scale", "logit_range")})  # as written before
+    results = [(None, EvaluateRes(Status(Code.OK, ""), 0.3, 1000, {ReplyKey.SITE: site, ReplyKey.EVAL_HISTOGRAM: h}))
+               for site, h in (("a", new), ("b", old))]  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(a: 320 logit bins; b: 200 linear bins\).*score bins differ"):
+        merged_evaluation(results)
 
 
 @pytest.fixture

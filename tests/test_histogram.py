@@ -3,6 +3,7 @@ scikit-learn and with the pooled per-row computation, within the error of one bi
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from models.histogram import (
     DP_SCORE_BINS,
+    LOGIT_RANGE,
     SCORE_BINS,
     EvalHistogram,
     bin_index,
@@ -20,6 +22,8 @@ from models.histogram import (
     merge,
     operating_point,
     parse_rule,
+    rebin,
+    score_edges,
 )
 from models.metrics import compute_metrics
 from models.rul import rul_metrics
@@ -75,7 +79,10 @@ def test_the_threshold_from_merged_histograms_is_the_pooled_one_within_one_bin(s
     y, p = _scores(seed)
     point = operating_point(merge(_sites(y, p)), rule)
     assert point is not None
-    t, width = point["threshold"], 1 / SCORE_BINS
+    t, width = point["threshold"], point["bin_width"]
+    edges = score_edges(SCORE_BINS)
+    j = int(np.flatnonzero(edges == t)[0])  # a bin edge, and its bin's width
+    assert width == edges[j + 1] - edges[j]
     positives, flagged = p[y == 1], p >= t
     if rule.startswith("recall"):
         target = parse_rule(rule)[1]
@@ -148,11 +155,76 @@ def test_a_multiclass_operating_point_catches_any_defect_as_the_pooled_rows_say(
     defect, is_defect = 1 - proba[:, 0], y != 0
     need = math.ceil(0.95 * is_defect.sum() - 1e-9)
     pooled = np.sort(defect[is_defect])[::-1][need - 1]  # the highest threshold still catching 95 %
-    width = 1 / SCORE_BINS
-    assert point["threshold"] - width <= pooled < point["threshold"] + width
+    edges = score_edges(SCORE_BINS)
+    j = int(np.argmin(np.abs(edges - point["threshold"])))
+    assert abs(edges[j] - point["threshold"]) < 1e-15
+    assert edges[j - 1] <= pooled < edges[j + 1]
     flagged = defect >= point["threshold"]
     # The reversed bins put a score on a bin edge one bin off at most: the figures agree within that bin's rows.
-    slack = ((defect >= point["threshold"] - width) & (defect < point["threshold"] + width)).mean()
+    slack = ((defect >= edges[j - 1]) & (defect < edges[j + 1])).mean()
     assert abs(point["workload"] - flagged.mean()) <= slack + 1e-12
     assert point["recall"] >= 0.95 and abs(point["recall"] - flagged[is_defect].mean()) <= slack * n / is_defect.sum()
     assert operating_point(build_histogram("regression", np.zeros(5), np.ones(5))) is None
+
+
+@pytest.mark.parametrize("scale", ["logit", "linear"])
+@pytest.mark.parametrize("bins", [SCORE_BINS, DP_SCORE_BINS])
+def test_a_score_on_an_edge_is_flagged_by_that_edge_and_the_edges_are_fixed(scale, bins):
+    """Flagging the bins j.. flags exactly the scores >= edges[j], for every edge; 0.5 is an edge; symmetric."""
+    edges = score_edges(bins, scale)
+    assert edges[0] == 0.0 and edges[-1] == 1.0 and edges[bins // 2] == 0.5 and (np.diff(edges) > 0).all()
+    assert np.allclose(1 - edges[::-1], edges, rtol=0, atol=1e-15)  # 1 - P(normal) reverses the bins
+    scores = np.r_[edges, np.nextafter(edges, 0), np.nextafter(edges, 1)].clip(0, 1)
+    binned = bin_index(scores, bins, scale)
+    for j in range(bins):
+        assert np.array_equal(binned >= j, scores >= edges[j]), j
+    assert np.array_equal(score_edges(SCORE_BINS, scale)[:: SCORE_BINS // DP_SCORE_BINS], score_edges(20, scale))
+
+
+def test_low_scores_get_their_own_bins_on_the_logit_scale():
+    """The KAMP case: every defect scored under 0.005. On equal bins over [0, 1] the 95 %-recall threshold is 0
+    (inspect every part); on the logit bins it is the pooled one within one bin, at the pooled rows' workload."""
+    rng = np.random.default_rng(8)
+    y = np.r_[np.ones(40), np.zeros(2000)]
+    p = np.r_[10 ** rng.uniform(-3.5, -2.4, 40), 10 ** rng.uniform(-5, -2, 2000)]
+    old = operating_point(build_histogram("binary", y, p, bins=200, scale="linear"))  # the bins before
+    assert old is not None and old["threshold"] == 0.0 and old["workload"] == 1.0
+    point = operating_point(merge(_sites(y, p)))
+    assert point is not None
+    need = math.ceil(0.95 * 40 - 1e-9)
+    pooled = np.sort(p[y == 1])[::-1][need - 1]
+    assert point["threshold"] <= pooled < point["threshold"] + point["bin_width"]
+    assert point["workload"] == pytest.approx((p >= point["threshold"]).mean(), abs=1e-12)
+    assert point["recall"] == pytest.approx((p[y == 1] >= point["threshold"]).mean(), abs=1e-12)
+    assert point["recall"] >= 0.95
+    exact = (p >= pooled).mean()  # the least workload of any threshold on the rows
+    assert exact <= point["workload"] < 0.5 and point["workload"] - exact <= (
+        (p >= point["threshold"]) & (p < pooled)).mean() + 1e-12  # fmt: skip
+    # Below the first edge above 0 (sigmoid(-10 + 20 / bins)) scores still share bin 0.
+    assert score_edges(SCORE_BINS)[1] == pytest.approx(1 / (1 + math.exp(LOGIT_RANGE - 2 * LOGIT_RANGE / SCORE_BINS)))
+
+
+def test_a_histogram_written_before_the_logit_scale_is_read_as_linear_and_never_merged_with_a_logit_one():
+    """Old JSON (no scale): equal bins over [0, 1], its threshold j / bins; merging it with a logit one is refused."""
+    y, p = _scores(9)
+    new = build_histogram("binary", y, p)
+    again = EvalHistogram.from_json(new.to_json())
+    assert (again.scale, again.logit_range) == ("logit", LOGIT_RANGE) and np.array_equal(again.edges, new.edges)
+    raw = json.loads(new.to_json())
+    for key in ("scale", "logit_range"):
+        raw.pop(key)
+    linear = np.floor(p * 200).clip(0, 199).astype(int)
+    raw |= {"bins": 200, "blocks": {"negatives": np.bincount(linear[y == 0], minlength=200).tolist(),
+                                    "positives": np.bincount(linear[y == 1], minlength=200).tolist()},
+            "shapes": {"negatives": [200], "positives": [200]}}  # fmt: skip
+    old = EvalHistogram.from_json(json.dumps(raw))
+    assert old.scale == "linear"
+    point = operating_point(old)
+    assert point is not None and point["threshold"] * 200 == pytest.approx(round(point["threshold"] * 200))
+    assert point["bin_width"] == pytest.approx(1 / 200)
+    assert point["workload"] == pytest.approx((p >= point["threshold"]).mean(), abs=1e-12)
+    with pytest.raises(ValueError, match="score bins differ.*'linear'"):
+        merge([new, old])
+    with pytest.raises(ValueError, match="unknown score scale 'sqrt'"):
+        EvalHistogram.from_json(json.dumps(raw | {"scale": "sqrt"}))
+    assert rebin(new, DP_SCORE_BINS).scale == "logit"

@@ -26,7 +26,7 @@ def test_known_value() -> None:
     y = np.r_[np.ones(20), np.zeros(100)]
     scores = np.r_[np.full(19, 0.9), 0.3, np.full(80, 0.05), np.full(20, 0.5)]
     point = workload_at(y, scores)
-    assert point["threshold"] == pytest.approx(0.9)
+    assert point["threshold"] <= 0.9 < point["threshold"] + point["bin_width"]  # the edge of 0.9's bin
     assert point["recall"] == pytest.approx(0.95)
     assert point["workload"] == pytest.approx(19 / 120)
     assert point["precision"] == pytest.approx(1.0)
@@ -54,7 +54,7 @@ def test_equals_the_per_row_computation_and_is_the_least_workload() -> None:
     assert rows["recall"] == pytest.approx(point["recall"], abs=1e-12)
     assert rows["workload"] == pytest.approx(point["workload"], abs=1e-12)
     assert point["recall"] >= 0.95
-    assert at_threshold(y, scores, point["threshold"] + 1 / SCORE_BINS)["recall"] < 0.95
+    assert at_threshold(y, scores, point["threshold"] + point["bin_width"])["recall"] < 0.95
     assert 0 < point["workload"] < 1
 
 
@@ -81,12 +81,23 @@ def test_the_demo_table_shows_the_workload() -> None:
     assert f"{100 * workload_at(y, scores)['workload']:.1f} % of parts" in text
 
 
-def test_the_threshold_on_the_rows_goes_below_the_first_bin_edge() -> None:
-    """Every score under 0.005 (one bin): the bin edge flags every part, a threshold on the rows only some."""
+def test_low_scores_get_bins_of_their_own() -> None:
+    """Every score under 0.005 (one bin of the old equal bins over [0, 1], where the edge flagged every part):
+    the logit bins separate them, so the bench's threshold is the rows' own and flags 40 % of the parts."""
     y = np.r_[np.ones(20), np.zeros(80)]
     scores = np.r_[np.full(20, 0.004), np.full(60, 0.0001), np.full(20, 0.0045)]
+    old = workload_at(y, scores, bins=200, scale="linear")
+    assert old["threshold"] == 0.0 and old["workload"] == pytest.approx(1.0)
+    point = workload_at(y, scores)
+    assert point["threshold"] <= 0.004 < point["threshold"] + point["bin_width"]
+    assert point["workload"] == pytest.approx(0.4) == point["exact_workload"]
+    assert point["exact_threshold"] == pytest.approx(0.004)
+
+
+def test_a_score_below_the_first_edge_still_flags_every_part() -> None:
+    """Scores under the first edge above 0 (5e-5 at 320 bins) share bin 0: the threshold is 0 there."""
+    y = np.r_[np.ones(20), np.zeros(80)]
+    scores = np.r_[np.full(20, 2e-6), np.full(80, 1e-6)]
     point = workload_at(y, scores)
     assert point["threshold"] == 0.0 and point["workload"] == pytest.approx(1.0)
-    assert point["exact_threshold"] == pytest.approx(0.004)
-    assert point["exact_recall"] == pytest.approx(1.0)
-    assert point["exact_workload"] == pytest.approx(40 / 100)
+    assert point["exact_workload"] == pytest.approx(0.2)
