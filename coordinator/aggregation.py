@@ -16,6 +16,7 @@ updates arrived (the global model stays as it was), with that message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from coordinator.config import FederationConfig
 
-__all__ = ["Aggregation", "AGGREGATIONS", "sites_per_round"]
+__all__ = ["Aggregation", "AGGREGATIONS", "sites_per_round", "sites_per_evaluation", "sample_nodes"]
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {}
 """Every aggregation by its name, in the order they are declared below."""
@@ -59,6 +60,26 @@ class Aggregation:
 def sites_per_round(config: FederationConfig, sites: int) -> int:
     """How many of ``sites`` healthy sites Flower samples to train each round (its `num_fit_clients`)."""
     return max(int(sites * config.fraction_fit), config.min_sites)
+
+
+def sites_per_evaluation(config: FederationConfig, sites: int) -> int:
+    """How many of ``sites`` sites an evaluation asks: Flower's `num_evaluation_clients`, at least `min_sites`.
+
+    Also the size of the questions the coordinator asks outside the round loop (coalition
+    scores each round, the membership check at the end), so that their cost grows with the
+    evaluation sample, not with the federation: all sites at the default ``fraction_evaluate`` of 1.
+    """
+    return min(sites, max(int(sites * config.fraction_evaluate), config.min_sites))
+
+
+def sample_nodes(node_ids: Sequence[int], size: int, *, seed: int) -> list[int]:
+    """`size` of `node_ids`, drawn without replacement and seeded, in their given order (all of them if fewer)."""
+    import numpy as np
+
+    if size >= len(node_ids):
+        return list(node_ids)
+    picked = np.sort(np.random.default_rng(seed).choice(len(node_ids), size=size, replace=False))
+    return [node_ids[int(i)] for i in picked]
 
 
 def _byzantine_shortfall(name: str, config: FederationConfig, updates: int, *, need: int, bound: str) -> str | None:

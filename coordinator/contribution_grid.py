@@ -29,6 +29,7 @@ import numpy as np
 from flwr.common import Scalar
 from flwr.serverapp.grid import Grid
 
+from coordinator.aggregation import sample_nodes
 from coordinator.config import FederationConfig
 from coordinator.contribution import (
     LOO_MAX_SITES,
@@ -58,7 +59,12 @@ logger = logging.getLogger("sangsaeng.coordinator")
 
 
 class SiteScorer:
-    """Scores a batch of models on the sites' held-out rows: one evaluate message per site, counts back."""
+    """Scores a batch of models on the sites' held-out rows: one evaluate message per site, counts back.
+
+    With `per_round`, each round's models go to a seeded sample of that many sites (the run's
+    evaluation sample size, `coordinator.aggregation.sites_per_evaluation`): at 10,000 sites a
+    round asks 100 sites, not every one.
+    """
 
     def __init__(
         self,
@@ -68,9 +74,14 @@ class SiteScorer:
         metric: str,
         timeout: float,
         observer: RunObserver | None = None,
+        per_round: int | None = None,
+        seed: int = 0,
     ):
         self.grid = grid
         self.node_ids = list(node_ids)
+        # Sites scoring a round's coalitions: a seeded sample of this many, drawn anew each round (None: all).
+        self.per_round = per_round
+        self.seed = seed
         self.metric = metric
         self.timeout = timeout
         self.observer = observer or RunObserver()
@@ -84,7 +95,10 @@ class SiteScorer:
         arrays = [a for model in models for a in model]
         config = {**instructions, ConfigKey.PHASE: PHASE_CONTRIBUTION, ConfigKey.COALITIONS: len(models),
                   ConfigKey.ROUND: server_round}  # fmt: skip
-        replies, silent = ask_sites(self.grid, self.node_ids, arrays, config, group_id=f"contribution-{server_round}",
+        nodes = self.node_ids
+        if self.per_round is not None:
+            nodes = sample_nodes(self.node_ids, self.per_round, seed=self.seed * 1013 + server_round)
+        replies, silent = ask_sites(self.grid, nodes, arrays, config, group_id=f"contribution-{server_round}",
                                     timeout=self.timeout, observer=self.observer, label="contribution",
                                     server_round=server_round)  # fmt: skip
         per_site: list[list[np.ndarray]] = []
@@ -195,7 +209,8 @@ def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) 
         "leave_one_out_max_sites": LOO_MAX_SITES,
         "reconstruction": "coalition model = the round's global model plus the example-weighted mean of the "
         "coalition's updates (FedAvg)",
-        "scored_on": "the sites' held-out rows, pooled from per-site counts",
+        "scored_on": "the sites' held-out rows, pooled from per-site counts"
+        + ("; each round a seeded sample of an evaluation's size" if config.fraction_evaluate < 1 else ""),
         "seconds": float(sum(float(r.get("contribution", {}).get("seconds", 0.0)) for r in rounds)),
     }
     result = contribution_result(

@@ -49,10 +49,11 @@ class Comparison:
     """What a simulation adds to a run's result: every model scored on the same held-out rows.
 
     Attributes:
-        sites: the sites whose exports loaded, in input order.
+        sites: the sites whose exports loaded, in input order (above the baseline sample's size:
+            the sites whose profile reply the run accepted; the coordinator read only the sample).
         site_rows: per site, ``{"train": rows, "held_out": rows}``.
         excluded_sites: sites whose export did not load, with the problem, by site name.
-        held_out_rows: rows in the union of the sites' held-out splits.
+        held_out_rows: rows in the union of the (sampled) sites' held-out splits.
         centralized: the model trained on the pooled training rows (the reference).
         local_only: per site, the model trained on that site alone.
         local_only_summary: mean and worst site of `local_only`.
@@ -240,9 +241,13 @@ def results_table(results: dict[str, Any]) -> Table:
     """Centralised vs local-only vs federated on the same held-out rows (sites summarised above `SITE_ROWS`)."""
     metrics = list(results["centralized"])
     primary = results["task"]["primary_metric"]
+    sample = results["local_only_summary"].get("sample") or {}
+    sampled = bool(sample) and sample.get("sites") != sample.get("of")
+    where = f"a seeded sample of {sample.get('sites')} of {len(results['sites'])}" if sampled else len(results["sites"])
     table = Table(
-        title=f"{results['task']['name']}: {results['held_out_rows']} held-out rows from {len(results['sites'])} sites",
-        caption=f"primary metric: {primary}",
+        title=f"{results['task']['name']}: {results['held_out_rows']} held-out rows from {where} sites",
+        caption=f"primary metric: {primary}"
+        + ("; centralised, local-only and held-out rows on the sample, federated on every site" if sampled else ""),
     )
     table.add_column("model")
     for m in metrics:

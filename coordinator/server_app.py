@@ -36,11 +36,12 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 from flwr.serverapp.grid import Grid
 
-from coordinator.aggregation import AGGREGATIONS, sites_per_round
+from coordinator.aggregation import AGGREGATIONS, sample_nodes, sites_per_evaluation, sites_per_round
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
 from coordinator.errors import FederationError
+from coordinator.held_out import HeldOutEvaluation
 from coordinator.local_only import local_only_scores
 from coordinator.membership import collect_membership
 from coordinator.portal_progress import PortalProgress, PortalTarget
@@ -232,6 +233,8 @@ def run_federation(
             raise FederationError("no site supplied usable data: " + "; ".join(problems.values()))
         scaler = FederatedScaler.combine([p for _, p, _, _ in healthy.values()], spec)
         initial, done = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=config.seed)), 0
+    if isinstance(evaluate_fn, HeldOutEvaluation):  # its rows are prepared with the run's own scaler
+        evaluate_fn.bind(scaler)
 
     recorder = RunRecorder(
         config.out_dir,
@@ -312,7 +315,8 @@ def run_federation(
     if (not config.secagg and config.central_dp_noise is None and config.dp_epsilon is None
             and config.contribution_coalitions > 0):  # fmt: skip
         scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric,
-                            timeout=config.round_timeout or config.node_wait_timeout, observer=observer)  # fmt: skip
+                            timeout=config.round_timeout or config.node_wait_timeout, observer=observer,
+                            per_round=sites_per_evaluation(config, len(healthy)), seed=config.seed)  # fmt: skip
         contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
@@ -338,8 +342,10 @@ def run_federation(
     recorder.set(status="completed", completed_rounds=config.num_rounds)
     if config.membership_check and strategy.global_weights is not None:
         # The empirical check beside the epsilon: each site attacks the final model on its own rows.
+        # On an evaluation-sized seeded sample of the sites (all of them at the default fraction_evaluate of 1).
+        asked = sample_nodes(sorted(healthy), sites_per_evaluation(config, len(healthy)), seed=config.seed * 1013)
         figures, failures = collect_membership(
-            grid, healthy, strategy.global_weights, instructions=strategy.instructions,
+            grid, asked, strategy.global_weights, instructions=strategy.instructions,
             server_round=config.num_rounds, timeout=config.node_wait_timeout, observer=observer,
         )  # fmt: skip
         recorder.set(membership_inference=figures, membership_failures=failures)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ import pandas as pd
 from flwr.clientapp.typing import Mod
 
 from client.client_app import make_client_app
-from client.site import SiteConfig
+from client.site import SiteConfig, SiteRoster
 from coordinator.config import FederationConfig
+from coordinator.engine import delivering_in_one_pass
+from coordinator.held_out import HeldOutEvaluation
 from coordinator.progress import RunObserver
 from coordinator.report import Comparison, write_results
 from coordinator.run_result import RunResult
@@ -30,10 +33,10 @@ from models.datasets import holdout_split, split_by
 from models.errors import SiteDataError, TaskSpecError
 from models.metrics import mean_of
 from models.nets import set_weights
-from models.scaler import FederatedScaler, profile_site
+from models.scaler import FederatedScaler
 from models.schema import load_site_data
 from models.tasks import TaskSpec
-from models.training import TrainConfig, evaluate_model, last_windows, predict, prepare, task_metrics, train_local
+from models.training import TrainConfig, last_windows, predict, prepare, task_metrics, train_local
 from privacy.policy import SitePrivacyPolicy
 from sangsaeng.errors import SangsaengError
 
@@ -166,44 +169,25 @@ def run_experiment(
 
     `client_mods` are extra ClientApp mods for every simulated site (test tools, such as
     `client.contribution.misbehaving_mod`). A federation of more than `baseline_sites` sites
-    trains its local-only baselines (and scores the federated model per site) on a seeded
-    sample of that many sites; results.json's ``local_only_summary.sample`` says which share.
+    is compared on a seeded sample of that many sites: the coordinator reads only the sampled
+    sites' files (each site reads its own, in its ClientApp), and the held-out rows, the
+    centralised model, the local-only baselines and the federated per-site scores are theirs;
+    results.json's ``local_only_summary.sample`` says which share. The federation itself
+    trains on every site.
     """
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits, problems = _load_splits(spec, site_files, config.seed)
+    names = list(site_files)
+    sampled_names = _sample_names(names, baseline_sites, config.seed)
+    splits, problems = _load_splits(spec, {name: site_files[name] for _, name in sampled_names}, config.seed)
     if not splits:
         raise SiteDataError(out_dir, "no site has usable data: " + "; ".join(problems.values()))
+    index = {name: i for i, name in sampled_names}
+    # The seed offset of a site's baseline: its place among the loaded sites (all read), or among all sites.
+    sampled = list(enumerate(splits)) if len(names) <= baseline_sites else [(index[s.name], s) for s in splits]
     held_out = pd.concat([s.test for s in splits], ignore_index=True)
     timings: dict[str, float] = {}
-    # The scaler the coordinator will build from the sites' profiles (same rows, same math).
-    fed_scaler = FederatedScaler.combine([profile_site(s.train, spec) for s in splits], spec)
-    # Multiclass classes left undeclared are the federation's: the baselines, each trained on
-    # fewer rows, get the same ones, so a site lacking a class still scores on every held-out row.
-    baseline = dataclasses.replace(spec, classes=fed_scaler.classes) if fed_scaler.classes else spec
-
-    start = time.perf_counter()
-    pooled = pd.concat([s.train for s in splits], ignore_index=True)
-    model, scaler = _train_alone(baseline, pooled, config, 0)
-    centralized = _score(model, baseline, scaler, held_out)
-    timings["centralized_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    local_only, local_only_own = {}, {}
-    sampled = _baseline_sample(splits, baseline_sites, config.seed)
-    for i, split in sampled:
-        model, scaler = _train_alone(baseline, split.train, config, i + 1)
-        local_only[split.name] = _score(model, baseline, scaler, held_out)
-        local_only_own[split.name] = _score(model, baseline, scaler, split.test)  # "your line alone"
-    timings["local_only_s"] = time.perf_counter() - start
-
-    x_held, y_held = prepare(held_out, spec, fed_scaler)
-    last_held = last_windows(held_out, spec)
-
-    def evaluate_fn(_round: int, weights: list[np.ndarray]) -> tuple[float, dict[str, float]]:
-        model = config.new_model(fed_scaler.n_inputs, outputs=fed_scaler.n_outputs)
-        set_weights(model, weights)
-        return evaluate_model(model, x_held, y_held, spec=spec, scaler=fed_scaler, last=last_held)
+    held_out_evaluation = HeldOutEvaluation(spec, config, held_out)  # the ServerApp binds the run's scaler
 
     start = time.perf_counter()
     result = run_flower_simulation(
@@ -211,7 +195,7 @@ def run_experiment(
         site_files,
         config,
         observer=observer,
-        evaluate_fn=evaluate_fn,
+        evaluate_fn=held_out_evaluation,
         site_policies=site_policies or {},
         client_mods=client_mods,
     )
@@ -232,23 +216,46 @@ def run_experiment(
         raise SangsaengError(f"{out_dir}: no round aggregated an update; every site refused or failed: "
                              f"{'; '.join(failures) or 'no site replied'}.{hint}")  # fmt: skip
     weights = list(result.weights)
-    last_metrics = aggregated[-1].get("metrics")
-    if last_metrics and result.scaler.to_json() == fed_scaler.to_json():
-        # `evaluate_fn` already scored these weights on these rows with this scaler in the last round.
-        federated_global = {k: v for k, v in last_metrics.items() if k != "loss"}
-    else:  # a resumed run whose scaler was fitted to other rows: score again with the run's own
+    # Multiclass classes left undeclared are the federation's: the baselines, each trained on
+    # fewer rows, get the same ones, so a site lacking a class still scores on every held-out row.
+    baseline = dataclasses.replace(spec, classes=result.scaler.classes) if result.scaler.classes else spec
+
+    start = time.perf_counter()
+    pooled = pd.concat([s.train for s in splits], ignore_index=True)
+    model, scaler = _train_alone(baseline, pooled, config, 0)
+    centralized = _score(model, baseline, scaler, held_out)
+    timings["centralized_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    local_only, local_only_own = {}, {}
+    for i, split in sampled:
+        model, scaler = _train_alone(baseline, split.train, config, i + 1)
+        local_only[split.name] = _score(model, baseline, scaler, held_out)
+        local_only_own[split.name] = _score(model, baseline, scaler, split.test)  # "your line alone"
+    timings["local_only_s"] = time.perf_counter() - start
+
+    # The last round's centralised evaluation scored these weights on these rows with the run's scaler;
+    # a resumed run that had nothing left to train has not scored them in this process.
+    federated_global = held_out_evaluation.scored(weights, result.scaler)
+    if federated_global is None:
         federated_global = evaluate_weights(weights, spec, result.scaler, config, held_out)
+    if len(names) <= baseline_sites:  # every file was read here: the sites and problems as this process saw them
+        site_rows = {s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits}
+        excluded = problems
+    else:  # the sites' own profile replies: this process read only the sample
+        site_rows = {n: {"train": s.n_train, "held_out": s.n_test} for n, s in result.sites.items()}
+        excluded = {**_by_site(result.excluded_sites), **problems}
     comparison = Comparison(
-        sites=[s.name for s in splits],
-        site_rows={s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits},
-        excluded_sites=problems,
+        sites=[n for n in names if n in site_rows],
+        site_rows=site_rows,
+        excluded_sites=excluded,
         dropped_groups=dict(dropped or {}),
         held_out_rows=len(held_out),
         centralized=centralized,
         local_only=local_only,
         local_only_summary={
             **_summary(spec, local_only),
-            "sample": {"sites": len(sampled), "of": len(splits), "seed": config.seed, "limit": baseline_sites},
+            "sample": {"sites": len(sampled), "of": len(site_rows), "seed": config.seed, "limit": baseline_sites},
         },
         federated_global=federated_global,
         federated_per_site={s.name: evaluate_weights(weights, spec, result.scaler, config, s.test) for _, s in sampled},
@@ -260,18 +267,41 @@ def run_experiment(
     return results
 
 
-PROFILE_S_PER_SITE = 0.25
-"""Seconds of the profile wait per simulated site (the sites share this machine's cores)."""
+def _sample_names(names: Sequence[str], limit: int, seed: int) -> list[tuple[int, str]]:
+    """Every site (with its index) up to `limit`; above it a seeded sample of `limit`, in input order."""
+    if len(names) <= limit:
+        return list(enumerate(names))
+    picked = np.sort(np.random.default_rng([seed, 18]).choice(len(names), size=limit, replace=False))
+    return [(int(i), names[i]) for i in picked]
+
+
+def _by_site(excluded: Mapping[str, str]) -> dict[str, str]:
+    """The run's excluded sites (by node id) by the site name their problem starts with ("site 'NAME': ...")."""
+    named = {}
+    for node, problem in excluded.items():
+        match = re.match(r"site '([^']+)': ", problem)
+        named[match.group(1) if match else f"node {node}"] = problem
+    return named
+
+
+SITE_ROSTER = "site-roster.json"
+"""The simulated sites' settings (`client.site.SiteRoster`), in the run directory."""
+
+SIMULATION_WAIT_S = 600.0
+"""The least a simulation waits for its sites (``node_wait_timeout`` is raised to it): its clock starts
+before Ray has started its workers, and each worker's first message imports torch, which on 2 busy cores
+(load 18) took the whole of a 124 s wait at 4 sites. A simulated site that never answers is a broken engine,
+so a long wait costs nothing in a run that works."""
+
+PROFILE_S_PER_SITE = 1.0
+"""Seconds the profile wait grows by per simulated site, beyond ``node_wait_timeout``.
+
+The sites answer one after another on this machine's few cores, shared with whatever else
+runs there: at a load of 20 on 2 cores, 100 sites missed a 120 s wait altogether. The wait
+is a bound for a site that never answers, not the time a profile takes.
+"""
 
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-
-
-def _baseline_sample(splits: Sequence[SiteSplit], limit: int, seed: int) -> list[tuple[int, SiteSplit]]:
-    """Every site (with its index, for its training seed) up to `limit`; above it a seeded sample, in input order."""
-    if len(splits) <= limit:
-        return list(enumerate(splits))
-    picked = np.sort(np.random.default_rng([seed, 18]).choice(len(splits), size=limit, replace=False))
-    return [(int(i), splits[i]) for i in picked]
 
 
 def _summary(spec: TaskSpec, local_only: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
@@ -318,18 +348,22 @@ def run_flower_simulation(
     require("coordinator", "Flower's simulation engine", modules=["ray"])
     # Every simulated site answers the profile request on this machine's few cores, one after another:
     # a fixed wait would leave out the sites still queued at 1,000 sites and more (measured: 300 of 1,000 at 120 s).
-    wait = max(config.node_wait_timeout, PROFILE_S_PER_SITE * len(site_files))
+    wait = max(config.node_wait_timeout, SIMULATION_WAIT_S) + PROFILE_S_PER_SITE * len(site_files)
     if wait != config.node_wait_timeout:
         config = dataclasses.replace(config, node_wait_timeout=wait)
-    sites = [
-        SiteConfig(
-            name=name,
-            data_path=Path(path).resolve(),
-            holdout_seed=config.seed,
-            privacy=site_policies.get(name, SitePrivacyPolicy()),
-        )
-        for name, path in site_files.items()
-    ]
+    # In a file, not in the ClientApp: Flower pickles the ClientApp with every message it hands to a worker.
+    sites = SiteRoster(
+        (
+            SiteConfig(
+                name=name,
+                data_path=Path(path).resolve(),
+                holdout_seed=config.seed,
+                privacy=site_policies.get(name, SitePrivacyPolicy()),
+            )
+            for name, path in site_files.items()
+        ),
+        Path(config.out_dir) / SITE_ROSTER,
+    )
     results: list[RunResult] = []
     server_app = make_server_app(
         config, observer=observer, evaluate_fn=evaluate_fn, expected_sites=len(sites), on_result=results.append
@@ -340,7 +374,7 @@ def run_flower_simulation(
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "logging_level": "ERROR", "log_to_driver": False},
     }
-    with _flower_logs_to(Path(config.out_dir) / "flower.log"):
+    with _flower_logs_to(Path(config.out_dir) / "flower.log"), delivering_in_one_pass():
         run_simulation(
             server_app=server_app, client_app=client_app, num_supernodes=len(sites), backend_config=backend_config
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,3 +112,129 @@ def test_streaming_fedavg_aggregates_as_flowers_fedavg():
     mine, _ = StreamingFedAvg().aggregate_fit(1, replies(), [])
     assert mine is not None and theirs is not None
     assert np.allclose(parameters_to_ndarrays(mine)[0], parameters_to_ndarrays(theirs)[0], atol=1e-6)
+
+
+def test_the_site_roster_pickles_as_its_path_and_reads_back_in_another_process(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    from client.site import SiteConfig, SiteRoster
+    from privacy.policy import SitePrivacyPolicy
+
+    sites = [SiteConfig(name=f"site-{i:05d}", data_path=tmp_path / f"site-{i:05d}.csv", holdout_seed=3,
+                        privacy=SitePrivacyPolicy(max_epsilon=2.0) if i == 7 else SitePrivacyPolicy())
+             for i in range(10_000)]  # fmt: skip
+    roster = SiteRoster(sites, tmp_path / "roster.json")
+    assert list(roster) == sites and roster[7] == sites[7] and len(roster) == 10_000
+    # Flower pickles the ClientApp (and what it holds) with every message: the roster is its path, not 10,000 sites.
+    assert len(pickle.dumps(roster)) < 500 < 100_000 < len(pickle.dumps(sites))
+    (tmp_path / "roster.pickle").write_bytes(pickle.dumps(roster))
+    code = ("import pickle, sys; r = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "print(len(r), r[7].name, r[7].privacy.max_epsilon, r[7].holdout_seed, r[7].data_path)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "roster.pickle")], capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.stdout.split() == ["10000", "site-00007", "2.0", "3", str(tmp_path / "site-00007.csv")]
+    # A roster written again at the same path (another simulation) is not mistaken for the one pickled earlier.
+    SiteRoster(sites[:3], tmp_path / "roster.json")
+    failed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "roster.pickle")], capture_output=True,
+                            text=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert failed.returncode != 0 and "site roster was rewritten" in failed.stderr
+
+
+def _link_state(nodes: int, per_node: int, reach: int | None = None):
+    """Flower's in-memory LinkState as `run_simulation` builds it, `per_node` instructions queued for each node
+    (for the first `reach` nodes only, when given: a round's sample)."""
+    from flwr.app import Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.proto.task_pb2 import Task
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.server.superlink.linkstate.in_memory_linkstate import RunRecord
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.grid import InMemoryGrid
+
+    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
+    state = factory.state()
+    run = Run.create_empty(run_id=7)
+    run.primary_task_id, run.federation_id = 11, NOOP_FEDERATION_ID
+    state.run_ids[run.run_id] = RunRecord(run=run)
+    state.task_store[11] = Task(task_id=11, run_id=run.run_id)
+    node_ids = [state.create_node("aid", "name", i.to_bytes(32, "big"), heartbeat_interval=1e9) for i in range(nodes)]
+    for node in node_ids:  # online, as the simulation engine registers its virtual nodes
+        state.acknowledge_node_heartbeat(node_id=node, heartbeat_interval=1e9)
+    grid = InMemoryGrid(state_factory=factory)
+    grid.set_run(run)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 11, 7, SUPERLINK_NODE_ID  # as run_simulation
+    messages = [Message(RecordDict(), node, "train", group_id=str(k)) for k in range(per_node)
+                for node in node_ids[:reach]]  # fmt: skip
+    ids = list(grid.push_messages(messages))
+    return state, node_ids, ids
+
+
+def test_one_pass_delivery_takes_what_flowers_per_node_loop_takes_and_is_far_faster():
+    from coordinator.engine import undelivered_per_node
+
+    state, node_ids, ids = _link_state(300, 2)
+    first_sweep = ids[:300]  # each node's older instruction
+    start = time.perf_counter()
+    mine = undelivered_per_node(state, set(node_ids))
+    mine_s = time.perf_counter() - start
+    assert sorted(m.metadata.message_id for m in mine) == sorted(first_sweep)
+    assert all(m.metadata.delivered_at for m in mine)
+    # The next sweep takes each node's second instruction; then nothing is left to deliver.
+    assert sorted(m.metadata.message_id for m in undelivered_per_node(state, set(node_ids))) == sorted(ids[300:])
+    assert undelivered_per_node(state, set(node_ids)) == []
+    # Flower's own sweep (one scan of the store per node) on the same queue, as its delivery thread runs it.
+    state, node_ids, ids = _link_state(300, 2)
+    start = time.perf_counter()
+    theirs = [m for node in node_ids for m in state.get_message_ins(node_id=node, limit=1)]
+    theirs_s = time.perf_counter() - start
+    assert sorted(m.metadata.message_id for m in theirs) == sorted(ids[:300])
+    assert theirs_s > 10 * mine_s, (theirs_s, mine_s)  # measured: about 100 x at 300 nodes, growing with nodes
+
+
+def test_a_large_simulation_reads_a_sample_of_site_files_and_asks_a_sample_of_sites_per_round(
+    tmp_path, ai4i, monkeypatch
+):
+    import flwr.simulation
+
+    import coordinator.simulation as simulation
+    import tests.loopback as loopback
+    from coordinator.config import FederationConfig
+
+    spec = get_task("predictive-maintenance")
+    site_files, plan = write_dirichlet_sites(ai4i, spec, tmp_path, n_sites=12, alpha=5.0, seed=0, rows_per_site=60)
+    read: list[str] = []
+    load = simulation.load_site_data
+    monkeypatch.setattr(simulation, "load_site_data", lambda path, s: read.append(Path(path).name) or load(path, s))
+    sent: dict[str, int] = {}
+    push = loopback.LoopbackGrid.push_messages
+
+    def counted(self, messages):
+        messages = list(messages)
+        for m in messages:
+            group = m.metadata.group_id.rstrip("0123456789-") or "round"
+            sent[group] = sent.get(group, 0) + 1
+        return push(self, messages)
+
+    monkeypatch.setattr(loopback.LoopbackGrid, "push_messages", counted)
+    monkeypatch.setattr(flwr.simulation, "run_simulation", loopback.run_in_process)
+    config = FederationConfig(task=spec, num_rounds=2, local_epochs=1, out_dir=tmp_path / "run", min_sites=2,
+                              fraction_fit=0.25, fraction_evaluate=0.25)  # fmt: skip
+    results = simulation.run_experiment(spec, site_files, config, baseline_sites=4)
+    # The coordinator read its sample of 4 files, once each; the federation had all 12 sites.
+    assert len(read) == 4 == len(set(read)) and set(results["local_only"]) == {n.removesuffix(".csv") for n in read}
+    assert results["local_only_summary"]["sample"] == {"sites": 4, "of": 12, "seed": 0, "limit": 4}
+    assert results["sites"] == plan.names and len(results["site_rows"]) == 12
+    assert results["held_out_rows"] == sum(results["site_rows"][n.removesuffix(".csv")]["held_out"] for n in read)
+    # Every site profiled once; then each round trains, evaluates and scores coalitions on 3 sites, not 12.
+    assert sent == {"profile": 12, "round": 2 * 3 + 2 * 3, "contribution": 2 * 3, "membership": 3}, sent
+    assert len(results["membership_inference"]) == 3
+    # The federated model's held-out score is the last round's centralised evaluation (NaN equal to NaN:
+    # 4 sites' held-out rows may hold no failure).
+    last = {k: v for k, v in results["rounds"][-1]["metrics"].items() if k != "train_loss"}
+    np.testing.assert_equal(results["federated"]["global"], last)
