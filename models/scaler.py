@@ -193,7 +193,9 @@ def histogram_moments(
 
 def _merged_histograms(profiles: list[SiteProfile], spec: TaskSpec) -> dict[str, ColumnMoments]:
     """Per column, the moments of the sites' noisy histograms summed (the sites that sent one)."""
-    columns = {c for p in profiles for c in p.histograms}
+    # Only the spec's numeric features and a regression label: any other name (a tampered profile) is ignored.
+    known = {*spec.numeric_features, *((spec.label,) if spec.kind == "regression" else ())}
+    columns = {c for p in profiles for c in p.histograms} & known
     out = {}
     for column in sorted(columns):
         senders = [p for p in profiles if column in p.histograms]

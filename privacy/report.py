@@ -73,6 +73,12 @@ NOT_COVERED = (
     "normalisation (counts, means, variances, category counts, the label's counts or mean and variance) and "
     "the exact histograms of held-out scores sites report in each evaluation."
 )
+NOT_COVERED_WITHOUT_DP = (
+    "No per-site DP in this run, so no record-level epsilon covers anything a site sent: its model update in "
+    "every round{updates}, the aggregate statistics it shares once for feature normalisation (counts, means, "
+    "variances, category counts, the label's counts or mean and variance) and the exact histograms of held-out "
+    "scores it reports in each evaluation."
+)
 WINDOW_UNIT_NOTE = (
     "Sequence task: every per-site epsilon here (DP-SGD, the DP data profile, each evaluation) is for adding "
     "or removing one window of {window} rows (stride {stride}), not one row: a row is in up to "
@@ -202,7 +208,13 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
             uncovered.append(f"the exact normalisation statistics of {', '.join(exact)}")
         not_covered = f"Not covered by these epsilons: {'; and '.join(uncovered)}." if uncovered else ""
     else:
-        not_covered = NOT_COVERED
+        not_covered = (
+            NOT_COVERED
+            if sites
+            else NOT_COVERED_WITHOUT_DP.format(
+                updates=" (supplier-level DP covers whole sites' updates: central_dp)" if _has_central(manifest) else ""
+            )
+        )
     unit = record_unit(manifest.get("task", {}))
     mechanism = MECHANISM if sites else "none at record level"
     if profiles:
@@ -254,7 +266,8 @@ def check_record_unit(report: dict[str, Any]) -> None:
     overstate what one epsilon covers. Reports without ``record_unit`` (before it) are
     row-unit reports and pass unless their task is a sequence task.
     """
-    expected = record_unit(report.get("task") or {})
+    task = report.get("task")
+    expected = record_unit(task if isinstance(task, dict) else {})
     stated = report.get("record_unit", {"record": "row"})
     if stated != expected:
         raise ReportInvalid(
@@ -324,6 +337,11 @@ _LOCAL_ONLY_ORDER = {"local_only_training": 3, "local_only_evaluation": 4}
 
 _MECHANISM_KEYS = ("mechanism", "noise_multiplier", "sample_rate", "steps", "sensitivity", "noise_std", "covers",
                    "bins", "share_of_target", "unit", "epsilon")  # fmt: skip
+
+
+def _has_central(manifest: dict[str, Any]) -> bool:
+    """Whether any round of the run was aggregated under supplier-level DP."""
+    return any(r.get("central_dp") for r in manifest.get("rounds", []))
 
 
 def _central(manifest: dict[str, Any]) -> dict[str, Any] | None:

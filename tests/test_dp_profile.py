@@ -484,6 +484,18 @@ def test_a_report_that_misstates_its_record_unit_fails_verify(profile_report, ta
         verify_report(*signed(report))
 
 
+def test_without_per_site_dp_the_report_says_exactly_what_is_uncovered():
+    from privacy.report import build_report
+
+    manifest = {"run_id": "plain", "task": {"name": "turbofan-rul"}, "config": {},
+                "rounds": [{"round": 1, "per_site": {"a": {"rmse": 20.0}}, "failures": []}]}  # fmt: skip
+    text = build_report(manifest)["not_covered"]
+    assert text.startswith("No per-site DP in this run")
+    for part in ("model update in every round", "the label's counts or mean and variance", "held-out scores"):
+        assert part in text
+    assert "supplier-level" not in text  # no central DP either
+
+
 def test_a_row_tasks_report_states_per_row_epsilons(profile_report):
     report, _ = profile_report
     assert report["record_unit"] == {"record": "row"}

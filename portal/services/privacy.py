@@ -28,7 +28,7 @@ from portal.models import (
 from portal.services._db import commit
 from portal.services.privacy_policy import KEY_ROUTE, pinned_key
 from privacy.errors import ReportInvalid
-from privacy.report import REL_TOLERANCE, check_epsilons
+from privacy.report import REL_TOLERANCE, check_epsilons, check_record_unit
 from sangsaeng import signing
 from sangsaeng.errors import KeyFormatError
 from sangsaeng.signing import Ed25519PublicKey, fingerprint, load_public_pem, public_pem, verify
@@ -144,6 +144,7 @@ def upload_privacy_report(
         raise BadRequest(f"the report is for run_id {reported!r}, not for run {run.id} ('{run.run_ref}')")
     try:
         check_epsilons(report)
+        check_record_unit(report)  # a sequence task's epsilons are per window, and its report must say so
     except ReportInvalid as exc:
         raise UnprocessableContent(f"the signed privacy report does not verify: {exc}") from None
     _agrees_with_run(run, report)

@@ -359,6 +359,22 @@ def test_report_whose_epsilons_do_not_recompute_is_refused(portal, client, tmp_p
     assert "site 'beta-line-1': the signed privacy report has no numeric budget_epsilon" in refused.json()["detail"]
 
 
+def test_a_sequence_tasks_report_that_claims_per_row_epsilons_is_refused(portal, client, tmp_path):
+    """`turbofan-rul`'s epsilons are per window: a report stating per-row ones overstates them (issue 15)."""
+    net = network(portal)
+    key = load_signing_key(tmp_path / "coordinator-key", create=True)
+    report = _report("any")
+    sequence = {"group": "unit", "order": "cycle", "window": 30, "stride": 1, "short": "pad"}
+    report["task"] = {"name": "turbofan-rul", "kind": "regression", "sequence": sequence}
+    report["record_unit"] = {"record": "row"}
+    run = _dp_run(portal, net, _recorded(report))
+    report["run_id"] = run["run_ref"]
+    upload, _ = _upload_of(report, key, tmp_path / "rows")
+    refused = client.post(f"{API}/runs/{run['id']}/privacy-report", headers=net.coordinator, json=upload)
+    assert refused.status_code == 422, refused.text
+    assert "does not verify: record_unit" in refused.json()["detail"] and "per window" in refused.json()["detail"]
+
+
 def test_anchor_pins_and_rotates_the_key_and_the_rotation_is_audited(portal, client, tmp_path):
     net = network(portal)
     fid, url = net.fid, f"{API}/federations/{net.fid}/coordinator-key"
