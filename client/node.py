@@ -162,40 +162,152 @@ def start_supernode(settings: NodeSettings) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
-def _run_one_task(runtime_address: str, token: str, client_app: Any) -> str:
-    """Run one task in this process with Flower's Runtime API calls; returns a status line."""
+TASK_RETRY_FOR = 120.0  # seconds a task's calls to the local SuperNode are retried before the task fails
+_RETRYABLE_STATUS = (502, 503, 504)
+
+
+def _task_retry_invoker() -> Any:
+    """Retries for one task's Runtime API calls that end, and never signal this process.
+
+    Flower's own invoker (`make_simple_http_retry_invoker`) is made for a ``flwr-clientapp``
+    process per task: on a refused task token it sends SIGINT to its own process, and it retries
+    without end. In this warm worker that SIGINT would stop the whole site (`client start`
+    handles it as the operator's Ctrl-C) and an endless retry would hold every later task back.
+    """
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
+
+    return RetryInvoker(
+        wait_gen_factory=lambda: exponential(max_delay=10),
+        recoverable_exceptions=(httpx.TransportError, httpx.HTTPStatusError),
+        max_tries=None,
+        max_time=TASK_RETRY_FOR,
+        should_giveup=lambda exc: (
+            isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in _RETRYABLE_STATUS
+        ),
+    )
+
+
+def _task_heartbeat(client: Any, lost: threading.Event) -> Callable[[], bool]:
+    """The task's heartbeat to the SuperNode; a refused one sets `lost` (Flower's own raises SIGINT, see above)."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=E0611
+
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            response = client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False  # retried by the sender
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code in _RETRYABLE_STATUS:
+                return False
+            lost.set()
+            return True
+        if not response.success:
+            lost.set()
+        return True
+
+    return beat
+
+
+TASK_INPUT_PULL_FOR = 60.0  # seconds a task waits for its message's content to be at the SuperNode
+
+
+def _pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
+    """Flower's `pull_task_input`, waiting `TASK_INPUT_PULL_FOR` s at most for the message's content (Flower: 2 h).
+
+    Flower 1.42's SuperNode creates a message's task before it downloads the message's content,
+    and when the run stops during that download (`RunNotRunningException` is a BaseException, which
+    its clean-up does not catch) the task stays behind without content that will ever come. Waiting
+    for it held every later task of the site back (the SuperNode had already received the next
+    run's message): the hang seen after a coordinator was killed. Given up, the next task is served.
+    """
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
+    from flwr.supernode.runtime import run_clientapp as flower
+
+    response = client.PullTaskInput(flower.PullTaskInputRequest())
+    flower.TaskIdentity.task_id = response.task_id
+    flower.TaskIdentity.run_id = response.run.run_id
+    flower.TaskIdentity.node_id = response.context.node_id
+    context = flower.context_from_proto(response.context)
+    run = flower.run_from_proto(response.run)
+    fab = flower.fab_from_proto(response.fab)
+    pulled = client.PullMessages(flower.PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise NodeError(f"run {run.run_id}: the SuperNode gave this task no message")
+    node = flower.Node(node_id=context.node_id)
+    tree = pulled.message_object_trees[0]
+    try:
+        message = flower.pull_and_inflate_object_from_tree(
+            tree,
+            flower.make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+            flower.make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+            return_type=flower.Message,
+            max_time=TASK_INPUT_PULL_FOR,
+        )
+    except ObjectPullError as exc:
+        raise NodeError(
+            f"run {run.run_id}: the message's content did not reach the SuperNode within {TASK_INPUT_PULL_FOR:.0f} s "
+            f"(its run stopped while it was downloaded?); task given up ({exc})"
+        ) from None
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's: the deflated message lacks its id
+    return message, context, run, fab
+
+
+def _run_one_task(runtime_address: str, token: str, load_client_app: Callable[[], Any]) -> str:
+    """Run one task in this process with Flower's Runtime API calls; returns a status line.
+
+    The task's heartbeat starts first: the SuperNode gives a claimed task 30 s to start, and the
+    first task imports the ClientApp (torch, opacus: longer than that on a loaded machine).
+    Every message taken is answered: the SuperNode takes its next message only once the last one
+    has a reply, so a ClientApp that raises is answered with an error reply naming the exception
+    (as Flower's own ``flwr-clientapp`` does), never left unanswered.
+    """
     from flwr.app import Error, Message
+    from flwr.common.constant import ErrorCode as FlowerErrorCode
     from flwr.common.constant import SubStatus
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.heartbeat import HeartbeatSender
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
-    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+    from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_address, insecure=True, root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                       RuntimeTokenHttpInterceptor(token)],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=_task_retry_invoker(),
     )  # fmt: skip
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    lost = threading.Event()
+    heartbeat = HeartbeatSender(_task_heartbeat(client, lost))
     heartbeat.start()
     context, status, details = None, SubStatus.FAILED, "task failed"
     try:
-        message, context, run, fab = pull_task_input(client)
+        client_app = load_client_app()  # a broken install raises here (and stops the worker, see serve_tasks)
+        message, context, run, fab = _pull_task_input(client)
         refusal = check_bundle(run.fab_id, run.fab_version, fab.content)
         if refusal is not None:
             log.error("run %s refused: %s", run.run_id, refusal)
             reply = Message(Error(code=ErrorCode.REFUSED, reason=refusal), reply_to=message)
-            details = refusal
+            details, outcome = refusal, "refused"
         else:
-            reply = client_app(message=message, context=context)
-            status, details = SubStatus.COMPLETED, ""
+            try:
+                reply = client_app(message=message, context=context)
+                status, details, outcome = SubStatus.COMPLETED, "", "done"
+            except Exception as exc:  # answered with an error reply, below
+                log.exception("run %s: the ClientApp raised", run.run_id)
+                details, outcome = f"the ClientApp raised {type(exc).__name__}: {exc}", "failed"
+                reply = Message(Error(code=FlowerErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
+                                reply_to=message)  # fmt: skip
         push_message(client, reply, context)
-        return f"run {run.run_id}: {message.metadata.message_type} {'done' if not refusal else 'refused'}"
+        if lost.is_set():
+            outcome += " (the SuperNode had dropped the task)"
+        return f"run {run.run_id}: {message.metadata.message_type} {outcome}"
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
-        heartbeat.stop()
+        if heartbeat.is_running:
+            heartbeat.stop()
         client.close()
 
 
@@ -244,9 +356,10 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
                 time.sleep(1.0)
                 continue
             if response.HasField("task") and response.token:
-                client_app = _installed_client_app()  # a broken install stops the worker here, loudly
                 try:
-                    log.info(_run_one_task(runtime_address, response.token, client_app))
+                    log.info(_run_one_task(runtime_address, response.token, _installed_client_app))
+                except ImportError:  # a broken install stops the worker, loudly
+                    raise
                 except Exception:  # one failed task must not stop the site
                     log.exception("task failed")
             else:

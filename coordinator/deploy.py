@@ -48,12 +48,14 @@ from sangsaeng.identity import APP_ID, CLIENTAPP_REF, SERVERAPP_REF, sangsaeng_v
 
 __all__ = [
     "DeploymentLayout", "SuperLinkSettings", "FlowerControl", "AdmissionSync", "SiteKey",
-    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "program_name", "CONNECTION",
+    "start_superlink", "start_gateway", "write_app_dir", "wait_for_port", "program_name", "stop_interrupted_run",
+    "CONNECTION",
 ]  # fmt: skip
 
 log = logging.getLogger("sangsaeng.coordinator")
 
 CONNECTION = "anchor"  # the connection name in the flwr CLI's config.toml
+_FINISHED = "finished"  # how `flwr ls` starts the status of a run that ended ("finished:failed", ...)
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,11 @@ def _toml_value(value: Any) -> str:
 class FlowerControl:
     """`flwr` CLI calls against this SuperLink's Control API (loopback, TLS with the network CA)."""
 
-    def __init__(self, layout: DeploymentLayout, internal_address: str) -> None:
+    def __init__(self, layout: DeploymentLayout, internal_address: str | None = None) -> None:
+        """With `internal_address` (`coordinator up`), write the CLI's config.toml naming it; else use the one there."""
         self.layout = layout
+        if internal_address is None:
+            return
         layout.flwr_home.mkdir(parents=True, exist_ok=True)
         (layout.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -322,6 +327,37 @@ class FlowerControl:
     def nodes(self) -> list[dict[str, Any]]:
         """The SuperNodes the SuperLink knows, as ``flwr supernode list`` reports them."""
         return list(self._flwr("supernode", "list", CONNECTION)["nodes"])
+
+    def run_status(self, run_id: int) -> str | None:
+        """Flower's status of run `run_id` (``flwr ls``: "running", "finished:failed", ...), None if unknown."""
+        runs = self._flwr("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
+        return str(runs[0]["status"]) if runs else None
+
+    def stop_run(self, run_id: int) -> None:
+        """Stop run `run_id` (``flwr stop``): the SuperLink fails its tasks and refuses its messages."""
+        self._flwr("stop", str(run_id), CONNECTION)
+
+
+def stop_interrupted_run(layout: DeploymentLayout, manifest: dict[str, Any]) -> str | None:
+    """Before `coordinator run --resume`: stop the run the manifest was written by, if the SuperLink still runs it.
+
+    A ServerApp that was killed leaves its run "running" in the SuperLink until Flower misses its
+    heartbeats, and the sites go on receiving and answering its messages meanwhile. Stopped, the
+    SuperLink fails the run's tasks and refuses its messages, so the sites drop it. Returns a line
+    saying what was done (None when the manifest names no Flower run: written before this existed).
+    """
+    flower_run = manifest.get("flower_run_id")
+    if flower_run is None:
+        return None
+    control = FlowerControl(layout)
+    try:
+        status = control.run_status(int(flower_run))
+    except DeploymentError as exc:  # e.g. a SuperLink restarted on a fresh database: nothing left to stop
+        return f"interrupted Flower run {flower_run}: not listed by the SuperLink ({exc})"
+    if status is None or status.startswith(_FINISHED):
+        return f"interrupted Flower run {flower_run}: {status or 'unknown to the SuperLink'}, nothing to stop"
+    control.stop_run(int(flower_run))
+    return f"stopped the interrupted Flower run {flower_run} (it was {status}): the sites drop its tasks"
 
 
 # -- admission follows the portal -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from coordinator.portal_progress import PortalTarget
 from sangsaeng.console import fail
 from sangsaeng.errors import PortalRequestError, SangsaengError
 from sangsaeng.paths import DEFAULT_DEPLOY_STATE
+
+if TYPE_CHECKING:
+    from coordinator.deploy import DeploymentLayout
 
 __all__ = ["app", "certs_app"]
 
@@ -258,6 +261,8 @@ def run(
     config.out_dir.mkdir(parents=True, exist_ok=True)
     flower_log = config.out_dir / FLOWER_LOG
     console.print(f"Flower's log: {flower_log}", highlight=False)
+    if config.resume:
+        _stop_interrupted_run(layout, config.out_dir)
     follower = ManifestFollower(config.out_dir, num_rounds=config.num_rounds, primary_metric=config.task.primary_metric)
     with flower_log.open("ab") as log:
         command = [_executable("flwr"), "run", str(app_dir), CONNECTION, "--run-config", handle.name, "--stream"]
@@ -295,6 +300,21 @@ def run(
     if portal is not None and token is not None and federation is not None:
         _record_in_portal(config.out_dir, portal=portal, token=token, federation=federation,
                           version=version or f"0.0.0-run.{results['run_id']}", retry_for=upload_retry_for)  # fmt: skip
+
+
+def _stop_interrupted_run(layout: DeploymentLayout, out: Path) -> None:
+    """`--resume`: the SuperLink stops the run whose ServerApp died, so that the sites drop its tasks first."""
+    from coordinator.checkpoint import MANIFEST, read_manifest
+    from coordinator.deploy import stop_interrupted_run
+
+    if not (out / MANIFEST).exists():
+        return  # nothing recorded: the ServerApp says there is nothing to resume
+    try:
+        line = stop_interrupted_run(layout, read_manifest(out))
+    except SangsaengError as exc:
+        fail(f"cannot stop the interrupted run before resuming it: {exc}")
+    if line is not None:
+        console.print(line, highlight=False, soft_wrap=True)  # one line, whatever the terminal's width
 
 
 def _record_failure(out: Path, target: PortalTarget) -> None:

@@ -240,6 +240,9 @@ def run_federation(
         config.out_dir,
         header={
             "run_id": run_id,
+            # Flower's id of the run writing this manifest: `coordinator run --resume` stops it in the
+            # SuperLink when its ServerApp died, so that the sites drop its tasks.
+            "flower_run_id": str(context.run_id),
             "config": config.to_dict(),
             "task": {
                 "name": spec.name,

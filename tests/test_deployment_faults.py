@@ -156,10 +156,6 @@ def serverapp_processes(net: Network) -> list[int]:
     return found
 
 
-@pytest.mark.skip(
-    reason="blocked: after the ServerApp is SIGKILLed the sites' workers stop taking tasks (the "
-    "resumed run's profile request is received by the SuperNodes but never served); not yet diagnosed"
-)
 def test_a_killed_coordinator_resumes_to_the_uninterrupted_model(network: Network) -> None:
     # `coordinator run` and its ServerApp die after round 1's checkpoint; `--resume` goes on from it:
     # same run id, round 2 from round 1's model, and (no DP: training is deterministic given the seed)
@@ -174,10 +170,16 @@ def test_a_killed_coordinator_resumes_to_the_uninterrupted_model(network: Networ
         os.kill(pid, signal.SIGKILL)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=30)
-    first_id = json.loads((out / "manifest.json").read_text())["run_id"]
+    killed = json.loads((out / "manifest.json").read_text())
     assert not (out / "results.json").exists()
     results = coordinator_run(network, "resumed", "--rounds", "2", "--min-sites", "3", "--resume")
-    assert results["status"] == "completed" and results["run_id"] == first_id
+    assert results["status"] == "completed" and results["run_id"] == killed["run_id"]
+    # The SuperLink was told to stop the killed run (unless it had already given up on its ServerApp).
+    said = (out / "run.log").read_text()
+    assert f"stopped the interrupted Flower run {killed['flower_run_id']}" in said or (
+        f"interrupted Flower run {killed['flower_run_id']}: finished" in said
+    ), said[:3000]
+    assert json.loads((out / "manifest.json").read_text())["flower_run_id"] != killed["flower_run_id"]
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     a = np.load(out / "checkpoints" / "round_002.npz")
     b = np.load(network.root / "runs" / "uninterrupted" / "checkpoints" / "round_002.npz")
