@@ -271,12 +271,12 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
     for task, group in table.groupby("task", sort=False):
         first = group.iloc[0]
         per_seed = group.groupby("seed")
-        counts = f"{_ms(per_seed['held_out'].first(), 0)}, {_ms(per_seed['defects'].first(), 0)}"
+        counts = f"{_ms(per_seed['held_out'].first(), 0)}, {_ms(per_seed['defects'].first(), 1)}"
         label = f"{task} ({int(first['sites'])}, {counts})"
         for name, rows in _model_rows(group):
             lines.append(
                 f"| {label} | {int(first['rounds'])} | {name} | {_ms(rows['roc_auc'])} "
-                f"| {_ms(rows['threshold'], 2, kind='g')} "
+                f"| {_ms(rows['threshold'], 3, kind='g')} "
                 f"| {_ms(rows['recall'])} | {_ms(rows['workload'], 1, 100)} % | {_ms(1 - rows['workload'], 1, 100)} % "
                 f"| {_ms(rows['exact_workload'], 1, 100)} % |"
             )
@@ -293,7 +293,7 @@ def report(table: pd.DataFrame, args: argparse.Namespace, skipped: Mapping[str, 
             notes.append(
                 f"- {task}, DP: the threshold the federation chose from the sites' noisy {DP_SCORE_BINS}-bin "
                 "histograms "
-                f"({_ms(dp['run_threshold'], 2, kind='g')}; it reported recall {_ms(dp['run_recall'])}, workload "
+                f"({_ms(dp['run_threshold'], 5, kind='g')}; it reported recall {_ms(dp['run_recall'])}, workload "
                 f"{_ms(dp['run_workload'], 1, 100)} %) catches {_ms(dp['run_real_recall'])} of the held-out defects "
                 f"for a workload of {_ms(dp['run_real_workload'], 1, 100)} % on the exact scores; largest epsilon "
                 f"spent by a site {dp['max_epsilon'].max():.2f}."
