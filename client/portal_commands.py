@@ -312,6 +312,8 @@ class PredictReport:
     first_skipped: tuple[str, ...] = ()
     converted: dict[str, int] = field(default_factory=dict)
     channels: int = 0  # an image task's channels (what `converted` images were converted to)
+    # The card's operating point was chosen on DP-noised histograms that could not support it (its warning).
+    threshold_warning: str | None = None
 
 
 def predict(
@@ -419,11 +421,12 @@ def predict(
         truth = scaler.class_index(labels) if spec.kind == "multiclass" else labels.astype(np.float64)
         metrics = task_metrics(spec, truth, scored.predictions, scored.last, classes=scaler.classes)
     plan = scored.plan
+    warning = point.get("warning") if point is not None else None
     if plan is None:
-        return PredictReport(out, metrics, predictions=len(result))
+        return PredictReport(out, metrics, predictions=len(result), threshold_warning=warning)
     return PredictReport(
         out, metrics, predictions=len(result), groups=len(plan.lengths), windows=plan.n_windows,
-        dropped_groups=plan.dropped_groups, dropped_rows=plan.dropped_rows,
+        dropped_groups=plan.dropped_groups, dropped_rows=plan.dropped_rows, threshold_warning=warning,
     )  # fmt: skip
 
 
@@ -550,6 +553,8 @@ def predict_command(
     except SangsaengError as exc:
         fail(exc)
     typer.echo(f"scores: {report.path} ({report.predictions} prediction(s))")
+    if report.threshold_warning:
+        typer.echo(f"warning: the model card's threshold is unreliable: {report.threshold_warning}", err=True)
     if report.skipped:
         typer.echo(f"{report.skipped} of {report.images} image(s) not scored (written with an empty score and the "
                    f"reason in column 'problem'); first {len(report.first_skipped)}:")  # fmt: skip

@@ -209,6 +209,8 @@ def operating_point_table(point: Mapping[str, Any]) -> Table:
                   _fmt(point["precision"]), _fmt(point["f1"]), f"{100 * point['workload']:.1f} % of parts")  # fmt: skip
     scale = {"logit": " equal in log-odds", "linear": " equal over [0, 1]"}.get(str(point.get("scale")), "")
     table.caption = f"from {point['source']} ({point['held_out_rows']} rows, {point['bins']} bins{scale})"
+    if point.get("warning"):
+        table.caption += f"\nUNRELIABLE: {point['warning']}"
     return table
 
 

@@ -87,6 +87,9 @@ DP_SCORE_BINS = 20
 SCORE_SCALES = ("logit", "linear")
 # The operating rule when the anchor chooses none: catch at least 95 % of the defects.
 DEFAULT_RULE = "recall>=0.95"
+# A DP operating point is flagged unreliable when the noisy count of defects is under this many
+# standard deviations of the noise in that count (the recall read from it is then mostly noise).
+RELIABLE_NOISE_STDS = 3.0
 _EPS = 1e-12
 
 
@@ -98,7 +101,9 @@ class EvalHistogram:
     ``bins``: score bins of a binary or multiclass histogram (0 for regression); ``clip``: a
     regression histogram's residual clip bound (None: exact sums); ``classes``: a multiclass
     task's class names, in index order. ``scale`` and ``logit_range``: how the score bins'
-    edges are placed (`score_edges`).
+    edges are placed (`score_edges`). ``noise_std``: the standard deviation of the Gaussian
+    noise in each count of a DP-released score histogram (0 when exact); merging and rebinning
+    carry it (variances add), so the operating point can say when the noise swamps the defects.
     """
 
     kind: str
@@ -109,6 +114,7 @@ class EvalHistogram:
     noisy: bool = field(default=False)
     scale: str = "logit"
     logit_range: float = LOGIT_RANGE
+    noise_std: float = 0.0
 
     @property
     def edges(self) -> np.ndarray:
@@ -128,6 +134,7 @@ class EvalHistogram:
                 "noisy": self.noisy,
                 "scale": self.scale,
                 "logit_range": self.logit_range,
+                "noise_std": self.noise_std,
                 "blocks": {k: [float(v) for v in a.ravel()] for k, a in self.blocks.items()},
                 "shapes": {k: list(a.shape) for k, a in self.blocks.items()},
             }  # fmt: skip
@@ -147,7 +154,7 @@ class EvalHistogram:
             kind=str(raw["kind"]), blocks=blocks, bins=int(raw.get("bins", 0)),
             clip=None if raw.get("clip") is None else float(raw["clip"]), classes=tuple(raw.get("classes", ())),
             noisy=bool(raw.get("noisy", False)), scale=str(raw.get("scale", "linear")),
-            logit_range=float(raw.get("logit_range", LOGIT_RANGE)),
+            logit_range=float(raw.get("logit_range", LOGIT_RANGE)), noise_std=float(raw.get("noise_std", 0.0)),
         )  # fmt: skip
         hist.check()
         return hist
@@ -296,7 +303,7 @@ def rebin(hist: EvalHistogram, bins: int) -> EvalHistogram:
     if bins % 2:
         raise ValueError(f"cannot rebin {hist.bins} bins into {bins}: an odd count loses the 0.5 edge")
     blocks = {k: (a if k == "confusion" else a.reshape(bins, factor).sum(axis=1)) for k, a in hist.blocks.items()}
-    return dataclasses.replace(hist, blocks=blocks, bins=bins)
+    return dataclasses.replace(hist, blocks=blocks, bins=bins, noise_std=hist.noise_std * math.sqrt(factor))
 
 
 def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
@@ -319,9 +326,10 @@ def merge(histograms: Sequence[EvalHistogram]) -> EvalHistogram:
     same = [rebin(h, bins) for h in histograms]
     blocks = {k: np.sum([h.blocks[k] for h in same], axis=0) for k in first.blocks}
     clips = {h.clip for h in histograms}
+    noise = math.sqrt(sum(h.noise_std**2 for h in same))  # independent noise: variances add
     return EvalHistogram(
         first.kind, blocks, bins=bins, clip=clips.pop() if len(clips) == 1 else None, classes=first.classes,
-        noisy=any(h.noisy for h in histograms), scale=first.scale, logit_range=first.logit_range,
+        noisy=any(h.noisy for h in histograms), scale=first.scale, logit_range=first.logit_range, noise_std=noise,
     )  # fmt: skip
 
 
@@ -490,7 +498,7 @@ def defect_histogram(hist: EvalHistogram) -> EvalHistogram | None:
     c = normal_class(hist.classes)
     normal, defects = hist.blocks[f"ovr:{c}:in"][::-1].copy(), hist.blocks[f"ovr:{c}:out"][::-1].copy()
     return EvalHistogram("binary", {"negatives": normal, "positives": defects}, bins=hist.bins, noisy=hist.noisy,
-                         scale=hist.scale, logit_range=hist.logit_range)  # fmt: skip
+                         scale=hist.scale, logit_range=hist.logit_range, noise_std=hist.noise_std)  # fmt: skip
 
 
 def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, Any] | None:
@@ -504,17 +512,22 @@ def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, 
     threshold, its recall, precision, F1 and ``workload``: the share of parts flagged, to be
     inspected by hand. None for a histogram without both classes (or a regression one).
 
+    A noisy (DP) histogram adds ``defects_noise_std``: the noise's standard deviation in the
+    count of defects (``noise_std * sqrt(bins)``). ``reliable`` is false when the noisy defect
+    count is under `RELIABLE_NOISE_STDS` of it: the recall and workload read there are then
+    mostly noise, and ``warning`` says so in words for the card, the table and `client predict`.
+
     A multiclass histogram is read as "any defect" (`defect_histogram`): the score is
     1 - P(normal class), and the point adds ``score`` (what the threshold applies to) and the
     ``normal_class``'s name.
     """
     if hist.kind == "multiclass":
         binary = defect_histogram(hist)
-        point = operating_point(binary, rule) if binary is not None else None
-        if point is None:
+        defect = operating_point(binary, rule) if binary is not None else None
+        if defect is None:
             return None
         normal = hist.classes[normal_class(hist.classes)]
-        return {**point, "score": f"1 - P({normal})", "normal_class": normal}
+        return {**defect, "score": f"1 - P({normal})", "normal_class": normal}
     if hist.kind != "binary":
         return None
     name, target = parse_rule(rule)
@@ -532,12 +545,23 @@ def operating_point(hist: EvalHistogram, rule: str = DEFAULT_RULE) -> dict[str, 
         j = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[-1])
     flagged = float(tp[j] + fp[j])
     edges = hist.edges
-    return {
+    point: dict[str, Any] = {
         "rule": rule, "threshold": float(edges[j]), "bin_width": float(edges[j + 1] - edges[j]),
         "recall": float(recall[j]),
         "precision": float(tp[j] / flagged) if flagged > 0 else math.nan, "f1": float(f1[j]),
-        "workload": flagged / total, "noisy": hist.noisy,
+        "workload": flagged / total, "noisy": hist.noisy, "reliable": True,
     }  # fmt: skip
+    if hist.noise_std > 0:
+        spread = hist.noise_std * math.sqrt(hist.bins)
+        point["defects_noise_std"] = spread
+        if p < RELIABLE_NOISE_STDS * spread:
+            point["reliable"] = False
+            point["warning"] = (
+                f"the noisy (DP) held-out histograms count {p:.0f} +- {spread:.0f} defects: too few against the "
+                "noise for this threshold's recall and workload to be trusted; check it on rows the line may "
+                "inspect, or evaluate less often so each evaluation gets more of the budget"
+            )
+    return point
 
 
 def run_operating_point(rounds: Sequence[Mapping[str, Any]], rule: str | None = None) -> dict[str, Any] | None:

@@ -118,7 +118,8 @@ def release_evaluation(
     rng = rng or np.random.default_rng()
     scales = block_scales(hist)
     blocks = {k: a + rng.normal(0.0, std * scales[k], size=a.shape) for k, a in hist.blocks.items()}
-    noisy = dataclasses.replace(hist, blocks=blocks, noisy=True)  # the same bins (edges, scale) as the exact one
+    # The same bins (edges, scale) as the exact one; a score histogram's counts carry noise of std `std` each.
+    noisy = dataclasses.replace(hist, blocks=blocks, noisy=True, noise_std=std if hist.bins else 0.0)
     mechanism = EvaluationMechanism(
         round=server_round, noise_multiplier=noise_multiplier, sensitivity=sensitivity, noise_std=std,
         covers=groups, bins=hist.bins, clip=hist.clip, evaluations=evaluations,

@@ -269,3 +269,36 @@ def test_evaluate_every_and_the_operating_rule_are_run_settings():
         FederationConfig(task=task, operating_rule="recall>=95")
     with pytest.raises(ValueError, match="evaluate_every must be 0"):
         FederationConfig(task=task, evaluate_every=-1)
+
+
+def test_a_dp_operating_point_says_when_the_noise_swamps_the_defects():
+    # KAMP-like: 18 defects over 4 sites, each releasing its histogram at noise std 12.3 a count (one
+    # evaluation at 10 % of epsilon 3). The merged count of defects carries noise of std
+    # sqrt(4 x 12.3^2) x sqrt(20 bins) = 110: the threshold is flagged, with the figures in words.
+    from models.histogram import RELIABLE_NOISE_STDS, operating_point
+
+    def sites(n: int, rate: float, std: float, seed: int) -> list[EvalHistogram]:
+        rng = np.random.default_rng(seed)
+        out = []
+        for k in range(4):
+            y = (rng.random(n) < rate).astype(float)
+            p = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 3 * y - 2)))
+            exact = build_histogram("binary", y, p, bins=DP_SCORE_BINS)
+            out.append(release_evaluation(exact, noise_multiplier=std, server_round=1, evaluations=1,
+                                          rng=np.random.default_rng(seed + k))[0])  # fmt: skip
+        return out
+
+    few = merge(sites(400, 0.011, 12.3, 0))
+    assert few.noise_std == pytest.approx(math.sqrt(4) * 12.3)
+    assert EvalHistogram.from_json(few.to_json()).noise_std == pytest.approx(few.noise_std)  # travels in the JSON
+    point = operating_point(few)
+    assert point is not None and point["noisy"] and point["reliable"] is False
+    assert point["defects_noise_std"] == pytest.approx(24.6 * math.sqrt(DP_SCORE_BINS))
+    assert "too few against the noise" in point["warning"] and "+- 110 defects" in point["warning"]
+    # Many defects at little noise: reliable, no warning; an exact histogram is always reliable.
+    many = operating_point(merge(sites(4000, 0.2, 0.5, 1)))
+    assert many is not None and many["reliable"] is True and "warning" not in many
+    assert many["defects_noise_std"] * RELIABLE_NOISE_STDS < 4 * 4000 * 0.2
+    y, p = _scores()
+    exact = operating_point(build_histogram("binary", y, p))
+    assert exact is not None and exact["reliable"] is True and "defects_noise_std" not in exact
