@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import dataset  # noqa: E402  (sets up the environment first)
 from bench._report import write_section  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS, FederationConfig  # noqa: E402
+from coordinator.errors import FederationError  # noqa: E402
 from coordinator.simulation import run_experiment, write_site_files  # noqa: E402
 from models.datasets import SAMPLES, holdout_split  # noqa: E402
 from models.nets import build_model  # noqa: E402
@@ -37,6 +38,8 @@ from models.schema import validate_frame  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 from models.training import TrainConfig, prepare, train_local  # noqa: E402
 from privacy.dp_sgd import train_private  # noqa: E402
+
+TASKS = ("predictive-maintenance", "injection-molding-quality")
 
 
 def _site_mia(results: dict) -> dict[str, float]:
@@ -52,7 +55,7 @@ def utility(args: argparse.Namespace) -> list[dict]:
     already in ``--out`` is read back instead of trained again.
     """
     rows: dict[tuple[str, int], dict] = {}
-    tasks = ("predictive-maintenance", "injection-molding-quality")
+    tasks = args.tasks
 
     def run(task: str, seed: int, name: str, **overrides) -> dict | None:
         spec, frame = get_task(task), dataset(task)
@@ -65,15 +68,21 @@ def utility(args: argparse.Namespace) -> list[dict]:
         shutil.rmtree(out, ignore_errors=True)
         site_files, dropped = write_site_files(frame, SAMPLES[task].split_by, out, spec=spec)
         config = FederationConfig.with_defaults(
-            task=spec, num_rounds=args.rounds, out_dir=out, key_dir=args.out / "keys", seed=seed, **overrides
+            task=spec,
+            num_rounds=args.rounds,
+            out_dir=out,
+            key_dir=args.out / "keys",
+            seed=seed,
+            node_wait_timeout=args.node_wait,
+            **overrides,
         )
         start = time.perf_counter()
         for attempt in range(3):
             try:
                 results = run_experiment(spec, site_files, config, dropped=dropped)
                 break
-            except RuntimeError as exc:  # Flower's engine failed to start (Ray times out on a loaded machine)
-                if attempt == 2 or "Simulation" not in str(exc):
+            except (RuntimeError, FederationError) as exc:  # Ray or the sites time out on a loaded machine
+                if attempt == 2 or not ("Simulation" in str(exc) or "did not answer" in str(exc)):
                     raise
                 print(f"{task} seed {seed} {name}: the simulation engine failed ({exc}); again on fresh sites",
                       flush=True)  # fmt: skip
@@ -181,15 +190,19 @@ def main() -> int:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[3.0, 1.0, 8.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reuse", action="store_true", help="read back runs already in --out instead of training")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--node-wait", type=float, default=600.0, help="seconds a run waits for its sites")
+    parser.add_argument("--note", default="", help="a sentence on how this run was made, added to the section")
     parser.add_argument("--report-only", action="store_true", help="report the runs already in --out, train none")
     parser.add_argument("--out", type=Path, default=Path("bench-out/privacy"))
     args = parser.parse_args()
 
     table = pd.DataFrame(utility(args))
     cached = args.out / "timing.json"
+    t: dict[str, float] | None = None
     if (args.reuse or args.report_only) and cached.exists():
         t = json.loads(cached.read_text())
-    else:
+    elif not args.report_only:
         t = timing()
         cached.write_text(json.dumps(t))
     eps_cols = [f"dp{e:g}" for e in sorted(args.epsilons)]
@@ -208,7 +221,8 @@ def main() -> int:
         "(`privacy.profile`, its share of the target alone), the DP evaluation of the last round "
         "(`privacy.evaluation`, its share) and DP-SGD calibrated to what they leave (RDP accountant, delta = "
         "0.1/records). A seed's noise comes from OS entropy (as at a real site), so reruns differ. ROC-AUC on the "
-        "union of the sites' held-out splits, mean ± sd over seeds; in brackets the largest epsilon any site spent.",
+        "union of the sites' held-out splits, mean ± sd over seeds; in brackets the largest epsilon any site spent."
+        + (f" {args.note}" if args.note else ""),
         "",
         "Local-only: each site trains alone without DP for rounds x local epochs and is scored on the same held-out "
         "rows, the mean over sites; once with the non-private defaults, once with the DP run's model and settings "
@@ -261,46 +275,54 @@ def main() -> int:
             worst = group["dp3_mia"].max()
             verdicts.append(f"- {name}: membership-inference ROC-AUC at epsilon 3, every site and seed, at most "
                             f"{worst:.3f} (target <= 0.55): **{'met' if worst <= 0.55 else 'MISSED'}**")  # fmt: skip
-    same = t["dp"] / t["plain_same"]
-    deployed = t["dp"] / t["plain_default"]
-    wide = t["dp_wide"] / t["plain_wide"]
-    dp_model = _arch(DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"])
-    plain_model = _arch(FederationConfig.model, FederationConfig.hidden)
-    big_model = _arch(*BIG_MODEL)
-    lines += [
-        "",
-        "Wall time of one round of local training on AI4I site L (4,200 rows), median of 7 interleaved runs, "
-        "1 torch thread. Every DP-SGD job is Opacus' (`privacy/dp_sgd.py`): 'head' takes per-sample gradients "
-        "from the output layer with Opacus' nn.Linear grad sampler (the model's only trained layer), 'ghost' is "
-        "Opacus' ghost clipping, 'ew' materialises every per-sample gradient in Opacus' GradSampleModule "
-        "(ExpandedWeights). The first of each is what a site runs for that model.",
-        "",
-        "| job | model | seconds | DP-SGD / this |",
-        "|---|---|---|---|",
-        f"| DP-SGD (batch {DP_TRAINING_DEFAULTS['batch_size']}, {DP_TRAINING_DEFAULTS['local_epochs']} "
-        f"epochs), head | {dp_model} | {t['dp']:.3f} | 1.00 |",
-        f"| the same DP-SGD, ew | {dp_model} | {t['dp_ew']:.3f} | {t['dp'] / t['dp_ew']:.2f} |",
-        f"| non-private, same model, batch and epochs | {dp_model} | {t['plain_same']:.3f} | {same:.2f} |",
-        f"| non-private, its own defaults (batch 64, 2 epochs) | {plain_model} | {t['plain_default']:.3f} | "
-        f"{deployed:.2f} |",
-        f"| DP-SGD as above on the non-private model, ghost | {plain_model} | {t['dp_wide']:.3f} | 1.00 |",
-        f"| the same DP-SGD, ew | {plain_model} | {t['dp_wide_ew']:.3f} | {t['dp_wide'] / t['dp_wide_ew']:.2f} |",
-        f"| non-private, that model, same batch and epochs | {plain_model} | {t['plain_wide']:.3f} | {wide:.2f} |",
-        f"| DP-SGD as above on a wider MLP, ghost | {big_model} | {t['dp_big']:.3f} | 1.00 |",
-        f"| the same DP-SGD, ew | {big_model} | {t['dp_big_ew']:.3f} | {t['dp_big'] / t['dp_big_ew']:.2f} |",
-        f"| non-private, that model, same batch and epochs | {big_model} | {t['plain_big']:.3f} | "
-        f"{t['dp_big'] / t['plain_big']:.2f} |",
-        "",
-        "Targets:",
-        *verdicts,
-        f"- DP-SGD time / non-private time with the same model, batch size and epochs = {same:.2f} (target <= 2): "
-        f"**{'met' if same <= 2 else 'MISSED'}**; per round as each is configured = {deployed:.2f} "
-        f"(**{'met' if deployed <= 2 else 'MISSED'}**); on the non-private model = {wide:.2f} "
-        f"(**{'met' if wide <= 2 else 'MISSED'}**)",
-        f"- Materialising every per-sample gradient ('ew') instead: {t['dp_ew'] / t['plain_same']:.2f} on the DP "
-        f"model, {t['dp_wide_ew'] / t['plain_wide']:.2f} on the non-private model, "
-        f"{t['dp_big_ew'] / t['plain_big']:.2f} on the wider MLP.",
-    ]
+    if t is None:
+        lines += [
+            "",
+            "Targets:",
+            *verdicts,
+            "- DP-SGD time: not measured in this run (no timing.json in --out); see this section's history in git.",
+        ]
+    else:
+        same = t["dp"] / t["plain_same"]
+        deployed = t["dp"] / t["plain_default"]
+        wide = t["dp_wide"] / t["plain_wide"]
+        dp_model = _arch(DP_TRAINING_DEFAULTS["model"], DP_TRAINING_DEFAULTS["hidden"])
+        plain_model = _arch(FederationConfig.model, FederationConfig.hidden)
+        big_model = _arch(*BIG_MODEL)
+        lines += [
+            "",
+            "Wall time of one round of local training on AI4I site L (4,200 rows), median of 7 interleaved runs, "
+            "1 torch thread. Every DP-SGD job is Opacus' (`privacy/dp_sgd.py`): 'head' takes per-sample gradients "
+            "from the output layer with Opacus' nn.Linear grad sampler (the model's only trained layer), 'ghost' is "
+            "Opacus' ghost clipping, 'ew' materialises every per-sample gradient in Opacus' GradSampleModule "
+            "(ExpandedWeights). The first of each is what a site runs for that model.",
+            "",
+            "| job | model | seconds | DP-SGD / this |",
+            "|---|---|---|---|",
+            f"| DP-SGD (batch {DP_TRAINING_DEFAULTS['batch_size']}, {DP_TRAINING_DEFAULTS['local_epochs']} "
+            f"epochs), head | {dp_model} | {t['dp']:.3f} | 1.00 |",
+            f"| the same DP-SGD, ew | {dp_model} | {t['dp_ew']:.3f} | {t['dp'] / t['dp_ew']:.2f} |",
+            f"| non-private, same model, batch and epochs | {dp_model} | {t['plain_same']:.3f} | {same:.2f} |",
+            f"| non-private, its own defaults (batch 64, 2 epochs) | {plain_model} | {t['plain_default']:.3f} | "
+            f"{deployed:.2f} |",
+            f"| DP-SGD as above on the non-private model, ghost | {plain_model} | {t['dp_wide']:.3f} | 1.00 |",
+            f"| the same DP-SGD, ew | {plain_model} | {t['dp_wide_ew']:.3f} | {t['dp_wide'] / t['dp_wide_ew']:.2f} |",
+            f"| non-private, that model, same batch and epochs | {plain_model} | {t['plain_wide']:.3f} | {wide:.2f} |",
+            f"| DP-SGD as above on a wider MLP, ghost | {big_model} | {t['dp_big']:.3f} | 1.00 |",
+            f"| the same DP-SGD, ew | {big_model} | {t['dp_big_ew']:.3f} | {t['dp_big'] / t['dp_big_ew']:.2f} |",
+            f"| non-private, that model, same batch and epochs | {big_model} | {t['plain_big']:.3f} | "
+            f"{t['dp_big'] / t['plain_big']:.2f} |",
+            "",
+            "Targets:",
+            *verdicts,
+            f"- DP-SGD time / non-private time with the same model, batch size and epochs = {same:.2f} (target <= 2): "
+            f"**{'met' if same <= 2 else 'MISSED'}**; per round as each is configured = {deployed:.2f} "
+            f"(**{'met' if deployed <= 2 else 'MISSED'}**); on the non-private model = {wide:.2f} "
+            f"(**{'met' if wide <= 2 else 'MISSED'}**)",
+            f"- Materialising every per-sample gradient ('ew') instead: {t['dp_ew'] / t['plain_same']:.2f} on the DP "
+            f"model, {t['dp_wide_ew'] / t['plain_wide']:.2f} on the non-private model, "
+            f"{t['dp_big_ew'] / t['plain_big']:.2f} on the wider MLP.",
+        ]
     path = write_section("privacy", "\n".join(lines))
     print("\n".join(lines))
     print(f"written to {path}")
