@@ -251,14 +251,18 @@ def main() -> int:
         def mx(col: str, g: pd.DataFrame = group) -> str:
             return f"{g[col].max():.3f}" if col in g else "n/a"
 
-        ratio = group["dp3"].mean() / group["centralized"].mean() if "dp3" in group else float("nan")
+        # The ratio over the seeds that ran DP at epsilon 3 (a run cut short may lack some).
+        ran = group[group["dp3"].notna()] if "dp3" in group else group.iloc[:0]
+        ratio = ran["dp3"].mean() / ran["centralized"].mean() if len(ran) else float("nan")
         local_bar = max(group["local_mean"].mean(), group.get("local_mean_dp_model", group["local_mean"]).mean())
         cells = " | ".join(
             f"{ms(c)} ({group[c + '_max_eps'].max():.2f})" if c in group else "not run" for c in eps_cols
         )
         mias = " / ".join([mx("federated_mia"), *(mx(c + "_mia") for c in eps_cols)])
         locals_ = f"{ms('local_mean')} / {ms('local_mean_dp_model')}"
-        lines.append(f"| {task} ({int(group['sites'].iloc[0])}) | {ms('centralized')} | {ms('federated')} | "
+        seeds = ", ".join(str(int(x)) for x in group["seed"])
+        head = f"{task} ({int(group['sites'].iloc[0])}; seeds {seeds})"
+        lines.append(f"| {head} | {ms('centralized')} | {ms('federated')} | "
                      f"{locals_} | {cells} | {ratio:.3f} | {mias} |")  # fmt: skip
         name, bar = targets[task]
         dp3 = group["dp3"].mean() if "dp3" in group else float("nan")
@@ -266,7 +270,7 @@ def main() -> int:
         seeds_above = ""
         if "dp3" in group and "local_mean_dp_model" in group:
             best_local = group[["local_mean", "local_mean_dp_model"]].max(axis=1)
-            seeds_above = f" (above in {int((group['dp3'] > best_local).sum())} of {len(group)} seeds)"
+            seeds_above = f" (above in {int((group['dp3'] > best_local).sum())} of {len(ran)} seeds)"
         verdicts.append(f"- {name}: federated DP at epsilon 3 / centralised = {ratio:.3f} (target >= {bar}): "
                         f"**{'met' if ratio >= bar else 'MISSED'}**; federated DP at epsilon 3 {dp3:.3f} vs the "
                         f"local-only mean {local_bar:.3f}: **{'above, met' if above else 'not above, MISSED'}**"
