@@ -209,7 +209,8 @@ def main() -> int:
     lines = [
         "## Privacy: federated DP-SGD utility and cost (`bench/privacy.py`)",
         "",
-        f"Measured in one run on {platform.node() or 'this machine'} ({os.cpu_count()} cores), "
+        f"Measured in {'runs merged by --report-only' if args.report_only else 'one run'} on "
+        f"{platform.node() or 'this machine'} ({os.cpu_count()} cores), "
         f"{time.strftime('%Y-%m-%d')}, seeds {args.seeds}: {args.rounds} rounds of FedAvg over the natural supplier "
         "splits, each task with the features of its spec (AI4I: the measured ones plus "
         f"{list(get_task('predictive-maintenance').derived_features)}, computed at each site). Non-private runs "
