@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -32,23 +33,63 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import dataset  # noqa: E402  (sets up the environment first)
 from bench._report import write_section  # noqa: E402
 from coordinator.config import DP_TRAINING_DEFAULTS  # noqa: E402
-from coordinator.simulation import profile_site  # noqa: E402
 from models.datasets import SAMPLES, holdout_split, split_by  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 from models.nets import build_model, get_weights, set_weights  # noqa: E402
-from models.scaler import FederatedScaler  # noqa: E402
+from models.scaler import FederatedScaler, profile_site  # noqa: E402
 from models.schema import validate_frame  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 from models.training import TrainConfig, predict, prepare  # noqa: E402
 from privacy.accounting import calibrate_noise  # noqa: E402
 from privacy.dp_sgd import train_private  # noqa: E402
+from privacy.evaluation import evaluation_noise_multiplier, evaluation_rounds  # noqa: E402
+from privacy.profile import dp_profile_applies, profile_noise_multiplier, release_profile  # noqa: E402
+
+
+def dp_profile_scaler(splits: list[tuple[pd.DataFrame, pd.DataFrame]], spec, epsilon: float, seed: int):
+    """The federation's scaler from each site's DP profile, released at the product's noise (`privacy.profile`)."""
+    rng = np.random.default_rng([seed, 41])
+    profiles = []
+    for train, _ in splits:
+        if not dp_profile_applies(spec):
+            profiles.append(profile_site(train, spec))
+            continue
+        noise = profile_noise_multiplier(target_epsilon=epsilon, delta=0.1 / len(train))
+        profiles.append(release_profile(train, spec, noise_multiplier=noise, rng=rng)[0])
+    return FederatedScaler.combine(profiles, spec)
+
+
+def site_noise(
+    records: int, *, spec, epsilon: float, rounds: int, settings: dict, charged: bool = True
+) -> tuple[float, int]:
+    """The DP-SGD noise multiplier a site's ledger calibrates for the run, and its batches per epoch.
+
+    As `privacy.ledger.PrivacyLedger.plan_round`: Poisson sample rate 1 / batches, every step of
+    the run at one noise, with the DP profile (when the task releases one) already in the history
+    and the run's planned evaluation releases reserved (``charged=False``: DP-SGD alone, as this
+    sweep calibrated before those releases were charged).
+    """
+    delta = 0.1 / records
+    batches = max(1, math.ceil(records / settings["batch_size"]))
+    prior: list[tuple[float, float, int]] = []
+    if charged and dp_profile_applies(spec):
+        prior.append((profile_noise_multiplier(target_epsilon=epsilon, delta=delta), 1.0, 1))
+    evaluations = len(evaluation_rounds(rounds, settings["evaluate_every"]))
+    if charged:
+        eval_noise = evaluation_noise_multiplier(target_epsilon=epsilon, delta=delta, evaluations=evaluations,
+                                                 accountant="rdp")  # fmt: skip
+        prior.append((eval_noise, 1.0, evaluations))
+    noise = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=1 / batches,
+                            steps=settings["local_epochs"] * batches * rounds, prior=prior)  # fmt: skip
+    return noise, batches
 
 
 def federated_dp_auc(task: str, seed: int, epsilon: float, rounds: int, settings: dict) -> float:
+    """ROC-AUC on the union of held-out rows of `rounds` of federated DP-SGD with `settings`, in-process."""
     spec, frame = get_task(task), dataset(task)
     sites, _ = split_by(frame, SAMPLES[task].split_by, min_rows=20)
     splits = [holdout_split(validate_frame(part, spec, source=name), spec, seed=seed) for name, part in sites.items()]
-    scaler = FederatedScaler.combine([profile_site(train, spec) for train, _ in splits], spec)
+    scaler = dp_profile_scaler(splits, spec, epsilon, seed)
     data = [prepare(train, spec, scaler) for train, _ in splits]
     x_held, y_held = prepare(pd.concat([test for _, test in splits], ignore_index=True), spec, scaler)
 
@@ -56,15 +97,9 @@ def federated_dp_auc(task: str, seed: int, epsilon: float, rounds: int, settings
         return build_model(scaler.n_inputs, name=settings["model"], hidden=settings["hidden"], seed=seed)
 
     batch, epochs = settings["batch_size"], settings["local_epochs"]
-    noise = []
-    for x, _ in data:  # as privacy.ledger.PrivacyLedger.plan_round: fixed for the whole run
-        batches = max(1, math.ceil(len(x) / batch))
-        noise.append(
-            calibrate_noise(
-                target_epsilon=epsilon, delta=0.1 / len(x), sample_rate=1 / batches, steps=epochs * batches * rounds
-            )
-        )
+    noise = [site_noise(len(x), spec=spec, epsilon=epsilon, rounds=rounds, settings=settings)[0] for x, _ in data]
     weights = get_weights(fresh(seed))
+    server = ServerOptimiser(settings.get("strategy", "fedavg"), settings.get("server_lr", 1.0), weights)
     for rnd in range(1, rounds + 1):
         updates = []
         for (x, y), sigma in zip(data, noise, strict=True):
@@ -77,10 +112,33 @@ def federated_dp_auc(task: str, seed: int, epsilon: float, rounds: int, settings
             )  # fmt: skip
             updates.append((get_weights(model), len(x)))
         total = sum(n for _, n in updates)
-        weights = [sum(w[i] * n / total for w, n in updates) for i in range(len(weights))]
+        mean = [sum(w[i] * n / total for w, n in updates) for i in range(len(weights))]
+        weights = server.step(weights, mean)
     model = fresh()
     set_weights(model, weights)
     return compute_metrics(spec.kind, y_held, predict(model, x_held, spec=spec, scaler=scaler))["roc_auc"]
+
+
+class ServerOptimiser:
+    """The server's step from the mean update: FedAvg (take it), server momentum, or FedAdam as Flower's."""
+
+    def __init__(self, strategy: str, server_lr: float, weights: list[np.ndarray]):
+        self.strategy, self.lr = strategy, server_lr
+        self.m = [np.zeros_like(w) for w in weights]
+        self.v = [np.zeros_like(w) for w in weights]
+
+    def step(self, weights: list[np.ndarray], mean: list[np.ndarray]) -> list[np.ndarray]:
+        """The next global weights."""
+        delta = [m - w for m, w in zip(mean, weights, strict=True)]
+        if self.strategy == "fedavg":
+            return mean
+        if self.strategy == "fedavgm":  # server momentum 0.9 (Hsu et al. 2019)
+            self.m = [0.9 * m + d for m, d in zip(self.m, delta, strict=True)]
+            return [w + self.lr * m for w, m in zip(weights, self.m, strict=True)]
+        # fedadam, as flwr.server.strategy.FedAdam (beta_1 0.9, beta_2 0.99, tau 1e-3, no bias correction)
+        self.m = [0.9 * m + 0.1 * d for m, d in zip(self.m, delta, strict=True)]
+        self.v = [0.99 * v + 0.01 * d * d for v, d in zip(self.v, delta, strict=True)]
+        return [w + self.lr * m / (np.sqrt(v) + 1e-3) for w, m, v in zip(weights, self.m, self.v, strict=True)]
 
 
 # The DP defaults before the piecewise-linear additive model (session 7): the best MLP found.
@@ -113,13 +171,18 @@ def _write(args: argparse.Namespace, rows: dict[str, tuple[dict, list[float]]]) 
     print(f"written to {write_section('dp-tuning', chr(10).join(lines))}")
 
 
+# The server's step (`ServerOptimiser`) on top of the DP training defaults: FedAvg unless set.
+SERVER_SETTINGS: dict[str, object] = {"strategy": "fedavg", "server_lr": 1.0}
+
+
 def _setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
-    if key not in DP_TRAINING_DEFAULTS:
-        raise argparse.ArgumentTypeError(f"unknown setting '{key}' (known: {sorted(DP_TRAINING_DEFAULTS)})")
+    known = {**SERVER_SETTINGS, **DP_TRAINING_DEFAULTS}
+    if key not in known:
+        raise argparse.ArgumentTypeError(f"unknown setting '{key}' (known: {sorted(known)})")
     if key == "hidden":
         return key, tuple(int(h) for h in value.split(",") if h)
-    return key, type(DP_TRAINING_DEFAULTS[key])(value)
+    return key, type(known[key])(value)
 
 
 def main() -> int:
@@ -133,7 +196,7 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    settings = {**DP_TRAINING_DEFAULTS, **dict(args.set)}
+    settings = {**DP_TRAINING_DEFAULTS, **SERVER_SETTINGS, **dict(args.set)}
     if not args.write:
         _sweep(args, settings)
         return 0
