@@ -36,24 +36,21 @@ from coordinator.config import DP_TRAINING_DEFAULTS  # noqa: E402
 from models.datasets import SAMPLES, holdout_split, split_by  # noqa: E402
 from models.metrics import compute_metrics  # noqa: E402
 from models.nets import build_model, get_weights, set_weights  # noqa: E402
-from models.scaler import FederatedScaler, profile_site  # noqa: E402
+from models.scaler import FederatedScaler  # noqa: E402
 from models.schema import validate_frame  # noqa: E402
 from models.tasks import get_task  # noqa: E402
 from models.training import TrainConfig, predict, prepare  # noqa: E402
 from privacy.accounting import calibrate_noise  # noqa: E402
 from privacy.dp_sgd import train_private  # noqa: E402
 from privacy.evaluation import evaluation_noise_multiplier, evaluation_rounds  # noqa: E402
-from privacy.profile import dp_profile_applies, profile_noise_multiplier, release_profile  # noqa: E402
+from privacy.profile import profile_noise_multiplier, release_profile  # noqa: E402
 
 
 def dp_profile_scaler(splits: list[tuple[pd.DataFrame, pd.DataFrame]], spec, epsilon: float, seed: int):
     """The federation's scaler from each site's DP profile, released at the product's noise (`privacy.profile`)."""
     rng = np.random.default_rng([seed, 41])
     profiles = []
-    for train, _ in splits:
-        if not dp_profile_applies(spec):
-            profiles.append(profile_site(train, spec))
-            continue
+    for train, _ in splits:  # every task kind releases its profile under DP
         noise = profile_noise_multiplier(target_epsilon=epsilon, delta=0.1 / len(train))
         profiles.append(release_profile(train, spec, noise_multiplier=noise, rng=rng)[0])
     return FederatedScaler.combine(profiles, spec)
@@ -72,7 +69,7 @@ def site_noise(
     delta = 0.1 / records
     batches = max(1, math.ceil(records / settings["batch_size"]))
     prior: list[tuple[float, float, int]] = []
-    if charged and dp_profile_applies(spec):
+    if charged:  # every task kind releases its profile under DP
         prior.append((profile_noise_multiplier(target_epsilon=epsilon, delta=delta), 1.0, 1))
     evaluations = len(evaluation_rounds(rounds, settings["evaluate_every"]))
     if charged:
