@@ -470,7 +470,7 @@ def main() -> None:
             "second process and share the server's two cores. The machine is shared: its load average "
             f"(1/5/15 min) was {' / '.join(f'{x:.1f}' for x in load_before)} when the run began and "
             f"{' / '.join(f'{x:.1f}' for x in load_after)} when it ended, on {cores} cores; every figure below "
-            "but the CPU per request depends on it.",
+            "depends on it, the CPU per request least (it too grows when the cores are contended).",
             "",
             f"**Latency at {args.connections} concurrent clients** (open loop: each client sends requests on a fixed "
             f"schedule, {args.seconds} s per route and rate; latency from the scheduled send time, so queueing is "
