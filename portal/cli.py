@@ -86,6 +86,10 @@ def migrate() -> None:
     typer.echo(f"database is at the latest schema: {settings.sqlalchemy_url.split('@')[-1]}")
 
 
+WORKER_HEALTHCHECK_S = 60
+"""Seconds a worker of ``portal serve --workers N`` may take to answer uvicorn's health check."""
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -127,7 +131,17 @@ def serve(
             err=True,
         )
     migrate()
-    uvicorn.run("portal.main:app", host=host, port=port, workers=workers, log_level="info", proxy_headers=False)
+    uvicorn.run(
+        "portal.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        proxy_headers=False,
+        # uvicorn restarts a worker that does not answer its supervisor's ping within this; its 5 s
+        # default killed busy, healthy workers on a loaded 2-core machine (each start took minutes).
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )
 
 
 @app.command("create-admin")
