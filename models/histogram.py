@@ -75,12 +75,13 @@ __all__ = [
 ]
 
 # Score bins are equal in log-odds over [-LOGIT_RANGE, LOGIT_RANGE]: the first edge above 0 is
-# sigmoid(-10 + 20 / bins) (5e-5 at 320 bins); scores beyond share the end bins.
+# sigmoid(-10 + 20 / bins) (5e-5 at 1280 bins); scores beyond share the end bins.
 LOGIT_RANGE = 10.0
-# Without DP: 320 bins, 0.0625 wide in log-odds (0.016 at a score of 0.5, 0.0006 at 0.01).
-SCORE_BINS = 320
+# Without DP: 1280 bins, 0.0156 wide in log-odds (0.0039 at a score of 0.5, finer than the 0.005 of the
+# old equal bins, so a barely trained model's scores around 0.5 still spread over bins; 0.00015 at 0.01).
+SCORE_BINS = 1280
 # Under DP: every bin carries noise, so fewer bins (20, 1.0 wide in log-odds: edges 0.0067, 0.018,
-# 0.047, 0.12, 0.27, 0.5, ...) keep the total noise down; 20 divides 320, so the two merge.
+# 0.047, 0.12, 0.27, 0.5, ...) keep the total noise down; 20 divides 1280, so the two merge.
 DP_SCORE_BINS = 20
 # "logit": the bins above (every histogram the product builds now); "linear": equal bins over
 # [0, 1], as histograms were built before the logit scale (still read; built only on request).

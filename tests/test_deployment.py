@@ -249,7 +249,9 @@ def test_an_image_task_trains_on_the_same_sites_under_per_site_dp(network: Netwo
     assert results["status"] == "completed" and results["runtime"] == "deployment"
     assert results["task"] == {"name": "cell-brightness", "kind": "binary", "primary_metric": "roc_auc"}
     assert [sorted(r["sites_trained"]) for r in results["rounds"]] == [sorted(results["sites"])] * 2
-    assert 0.0 <= results["federated"]["global"]["roc_auc"] <= 1.0
+    # The union's ROC-AUC under per-site DP comes from noisy histograms: null (NaN) when the noise empties a class.
+    roc = results["federated"]["global"]["roc_auc"]
+    assert roc is None or 0.0 <= roc <= 1.0
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["config"]["model"], manifest["config"]["hidden"]) == ("cnn", [4, 8])
     with np.load(out / "checkpoints" / "round_002.npz") as npz:

@@ -166,7 +166,7 @@ def test_a_site_of_an_older_version_sending_linear_bins_is_named_when_the_round_
     old = json.dumps({k: v for k, v in old.items() if k not in ("scale", "logit_range")})  # as written before
     results = [(None, EvaluateRes(Status(Code.OK, ""), 0.3, 1000, {ReplyKey.SITE: site, ReplyKey.EVAL_HISTOGRAM: h}))
                for site, h in (("a", new), ("b", old))]  # fmt: skip
-    with pytest.raises(ValueError, match=r"\(a: 320 logit bins; b: 200 linear bins\).*score bins differ"):
+    with pytest.raises(ValueError, match=r"\(a: 1280 logit bins; b: 200 linear bins\).*score bins differ"):
         merged_evaluation(results)
 
 

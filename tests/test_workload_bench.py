@@ -95,7 +95,7 @@ def test_low_scores_get_bins_of_their_own() -> None:
 
 
 def test_a_score_below_the_first_edge_still_flags_every_part() -> None:
-    """Scores under the first edge above 0 (5e-5 at 320 bins) share bin 0: the threshold is 0 there."""
+    """Scores under the first edge above 0 (4.6e-5 at 1280 bins) share bin 0: the threshold is 0 there."""
     y = np.r_[np.ones(20), np.zeros(80)]
     scores = np.r_[np.full(20, 2e-6), np.full(80, 1e-6)]
     point = workload_at(y, scores)
