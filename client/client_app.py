@@ -32,7 +32,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Config, NDArrays, Scalar
 
 from client.contribution import coalition_counts, unpack_models
-from client.evaluation import evaluation_reply
+from client.evaluation import evaluation_reply, released_mechanism
 from client.local_only import local_only_config, local_only_reply
 from client.site import SiteConfig
 from models.datasets import holdout_split
@@ -189,16 +189,8 @@ class SiteClient(NumPyClient):
                 profile, mechanism = release_profile(data.train, spec, noise_multiplier=plan.noise_multiplier)
                 entry = ledger.record_profile(plan, mechanism=mechanism.to_dict(), profile=profile.to_json())
             reply[ReplyKey.PROFILE] = str(entry["profile"])
-            reply[ReplyKey.DP_PROFILE] = json.dumps(
-                {k: v for k, v in entry.items() if k not in ("profile", "time", "run_id", "round")}
-                | {
-                    "delta": plan.delta,
-                    "accountant": plan.accountant,
-                    "budget_epsilon": plan.budget_epsilon,
-                    "records": records,
-                    "prior_history": [list(p) for p in plan.prior],
-                }  # fmt: skip
-            )
+            reply[ReplyKey.DP_PROFILE] = released_mechanism(entry, plan, records=records,
+                                                            omit=("profile", "run_id", "round"))  # fmt: skip
         return reply
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:

@@ -11,6 +11,8 @@ budget cannot cover it). A repeated request of the same round gets the same rele
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,18 @@ from privacy.ledger import PrivacyLedger
 from privacy.policy import DpRequest
 from sangsaeng.protocol import ReplyKey
 
-__all__ = ["evaluation_reply"]
+__all__ = ["evaluation_reply", "released_mechanism"]
+
+
+def released_mechanism(entry: Mapping[str, Any], plan: Any, *, records: int, omit: tuple[str, ...]) -> str:
+    """The JSON a site sends of a mechanism its ledger recorded: the entry (less `omit` and its time) and the plan.
+
+    The plan's delta, accountant, budget and prior history, with the records it was calibrated
+    for, are what the coordinator's report needs to recompute the site's epsilon.
+    """
+    kept = {k: v for k, v in entry.items() if k not in ("time", *omit)}
+    return json.dumps(kept | {"delta": plan.delta, "accountant": plan.accountant, "budget_epsilon": plan.budget_epsilon,
+                              "records": records, "prior_history": [list(p) for p in plan.prior]})  # fmt: skip
 
 
 def evaluation_reply(
@@ -65,16 +78,7 @@ def evaluation_reply(
             )
             entry = ledger.record_evaluation(plan, mechanism=mechanism.to_dict(), histogram=noisy.to_json())
         hist = EvalHistogram.from_json(str(entry["histogram"]))
-        reply[ReplyKey.DP_EVALUATION] = json.dumps(
-            {k: v for k, v in entry.items() if k not in ("histogram", "time", "run_id")}
-            | {
-                "delta": plan.delta,
-                "accountant": plan.accountant,
-                "budget_epsilon": plan.budget_epsilon,
-                "records": records,
-                "prior_history": [list(p) for p in plan.prior],
-            }  # fmt: skip
-        )
+        reply[ReplyKey.DP_EVALUATION] = released_mechanism(entry, plan, records=records, omit=("histogram", "run_id"))
     reply[ReplyKey.EVAL_HISTOGRAM] = hist.to_json()
     loss = histogram_loss(hist)
     return (float(loss) if np.isfinite(loss) else 0.0), max(1, int(round(hist.rows))), reply

@@ -180,9 +180,7 @@ def run_public(
     return _filter_run(run, sites, stall_minutes, utcnow())
 
 
-def interrupt_run(
-    session: Session, principal: Principal, run_id: int, reason: str = "", *, stall_minutes: int = DEFAULT_STALL_MINUTES
-) -> RunPublic:
+def interrupt_run(session: Session, principal: Principal, run_id: int, reason: str = "") -> RunPublic:
     """The anchor marks a running run interrupted: its coordinator stopped reporting (audited as ``run.interrupted``).
 
     For a run whose coordinator died without reporting an end. It stops nothing: a coordinator
@@ -216,4 +214,4 @@ def interrupt_run(
         },  # fmt: skip
     )
     commit(session, f"run '{run.run_ref}'")
-    return _filter_run(run, None, stall_minutes, utcnow())
+    return _filter_run(run, None, DEFAULT_STALL_MINUTES, utcnow())  # an interrupted run is never stalled

@@ -439,11 +439,9 @@ def run_page(request: Request, session: SessionDep, settings: SettingsDep, me: M
 
 
 @router.post("/runs/{run_id}/interrupt", dependencies=[Csrf])
-def interrupt(
-    session: SessionDep, settings: SettingsDep, me: Me, run_id: int, reason: Annotated[str, Form(max_length=400)] = ""
-) -> Response:
+def interrupt(session: SessionDep, me: Me, run_id: int, reason: Annotated[str, Form(max_length=400)] = "") -> Response:
     """Mark a running run interrupted: its coordinator stopped reporting (anchor admins; audited)."""
-    run = interrupt_run(session, me, _fid(run_id), reason, stall_minutes=settings.run_stall_minutes)
+    run = interrupt_run(session, me, _fid(run_id), reason)
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 

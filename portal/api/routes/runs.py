@@ -103,14 +103,12 @@ async def read_run(request: Request, credentials: Bearer, run_id: RunId) -> Resp
 
 
 @run_router.post("/{run_id}/interrupt", response_model=RunPublic)
-def interrupt_run(
-    session: SessionDep, settings: SettingsDep, principal: CurrentUser, run_id: RunId, data: RunInterrupt
-) -> object:
+def interrupt_run(session: SessionDep, principal: CurrentUser, run_id: RunId, data: RunInterrupt) -> object:
     """The anchor marks a running run interrupted (its coordinator died without reporting an end; audited).
 
     It stops nothing: the coordinator's next report of the run (``coordinator run --resume``) reopens it.
     """
-    return runs.interrupt_run(session, principal, run_id, data.reason, stall_minutes=settings.run_stall_minutes)
+    return runs.interrupt_run(session, principal, run_id, data.reason)
 
 
 @run_router.post("/{run_id}/privacy-report", response_model=PrivacyReportSummary, status_code=201)
