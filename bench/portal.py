@@ -4,8 +4,11 @@ One run measures both databases: for SQLite (a file in a temp dir) and PostgreSQ
 database on 127.0.0.1:5432) it starts the portal as a real server process
 (``sangsaeng portal serve`` = uvicorn on 127.0.0.1), seeds it through its own API and the
 site client (real enrolments, runs, a signed release), then drives each main read route with
-a load tool in a second process: ``wrk`` when installed, else a Python asyncio load generator
-(``python bench/portal.py --loadgen``). Writes the "portal" section of BENCHMARKS.md.
+load tools in other processes: for capacity (closed loop) ``wrk`` when installed (Debian's
+``wrk``, a bench tool only), else a Python asyncio/httpx generator; for latency at a fixed
+offered rate (open loop, which wrk cannot do) this script's own generator, HTTP/1.1 on asyncio
+streams (``python bench/portal.py --loadgen URL --paced RATE``). Each tool's CPU per request is
+measured and reported. Writes the "portal" section of BENCHMARKS.md.
 
     python bench/portal.py [--seconds 10] [--connections 50] [--workers 2]
 """
@@ -18,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -29,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -216,6 +221,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def run_wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, float]:
+    """Closed loop with wrk (2 threads); its own CPU per request from the rusage of the waited-for child."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
             "wrk",
@@ -238,12 +245,17 @@ def run_wrk(url: str, token: str, seconds: int, connections: int) -> dict[str, f
         value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
         return float(value) * _UNITS[unit]
 
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    served = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50": latency("50"),
         "p99": latency("99"),
         "errors": float(errors.group(1)) if errors else 0.0,
+        "requests": served,
+        "loadgen_cpu_ms": cpu * 1000 / max(served, 1.0),
     }
 
 
@@ -281,33 +293,52 @@ async def _loadgen(url: str, token: str, seconds: float, connections: int) -> di
 
 
 async def _paced(url: str, token: str, seconds: float, clients: int, rate: float) -> dict[str, float]:
-    """Open loop: each of `clients` sends `rate` requests/s on a fixed schedule.
+    """Open loop: each of `clients` keep-alive connections sends `rate` requests/s on a fixed schedule.
 
     Latency counts from the scheduled send time, so a slow server cannot hide its queueing
-    by delaying the next request (no coordinated omission).
+    by delaying the next request (no coordinated omission). HTTP/1.1 is spoken directly on
+    asyncio streams (uvloop when installed): httpx cost 7-10 ms of CPU per request, which at
+    200 requests/s is most of two cores, taken from the server being measured.
     """
-    import httpx
-
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = (
+        f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: application/json\r\n\r\n"
+    ).encode()
     latencies: list[float] = []
     errors = 0
     interval = 1.0 / rate
 
-    async def worker(client: httpx.AsyncClient, index: int, start: float) -> None:
+    async def worker(index: int, start: float) -> None:
         nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
         due = start + interval * index / clients  # spread the clients over one interval
-        while due < start + seconds:
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            response = await client.get(url)
-            latencies.append((time.perf_counter() - due) * 1000)
-            errors += response.status_code >= 300
-            due += interval
+        try:
+            while due < start + seconds:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                latencies.append((time.perf_counter() - due) * 1000)
+                errors += not head.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2"))
+                due += interval
+        finally:
+            writer.close()
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client, i, start) for i in range(clients)))
+    start = time.perf_counter() + 0.2  # every connection open before the first send
+    cpu = time.process_time()
+    await asyncio.gather(*(worker(i, start) for i in range(clients)))
+    cpu = time.process_time() - cpu
     qs = statistics.quantiles(latencies, n=100)
-    return {"rps": len(latencies) / seconds, "p50": qs[49], "p99": qs[98], "errors": float(errors)}
+    return {
+        "rps": len(latencies) / seconds,
+        "p50": qs[49],
+        "p99": qs[98],
+        "errors": float(errors),
+        "loadgen_cpu_ms": cpu * 1000 / len(latencies),
+    }
 
 
 def run_paced(url: str, token: str, seconds: int, clients: int, rate: float) -> dict[str, float]:
@@ -357,7 +388,7 @@ def measure_backend(
     try:
         routes = seed(base, env, tmp / f"{name}-sites")
         token = routes.pop("token")
-        tool = "wrk" if shutil.which("wrk") else "python asyncio/httpx load generator"
+        tool = "wrk, 2 threads" if shutil.which("wrk") else "python asyncio/httpx load generator"
         results = []
         for label, path in routes.items():
             load = run_wrk if shutil.which("wrk") else run_python_loadgen
@@ -402,9 +433,15 @@ def main() -> None:
     parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen and args.paced:
-        print(json.dumps(asyncio.run(_paced(args.loadgen, args.token, args.seconds, args.connections, args.paced))))
+        try:
+            import uvloop  # the portal's server uses it too (uvicorn's default loop when installed)
+
+            runner = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        print(json.dumps(runner(_paced(args.loadgen, args.token, args.seconds, args.connections, args.paced))))
         return
-    if args.loadgen:
+    if args.loadgen:  # the closed-loop fallback when wrk is not installed
         print(json.dumps(asyncio.run(_loadgen(args.loadgen, args.token, args.seconds, args.connections))))
         return
 
@@ -444,7 +481,7 @@ def main() -> None:
                         met = "yes" if p["p99"] < TARGET_P99_MS and p["errors"] == 0 else "**no**"
                         paced_rows.append(
                             f"| {rate * args.connections:.0f} | {name} | `{label}` | {p['rps']:.0f} | {p['p50']:.1f} "
-                            f"| {p['p99']:.1f} | {met} |"
+                            f"| {p['p99']:.1f} | {p['loadgen_cpu_ms']:.2f} | {met} |"
                         )
         finally:
             with admin.connect() as conn:
@@ -474,10 +511,13 @@ def main() -> None:
             "",
             f"**Latency at {args.connections} concurrent clients** (open loop: each client sends requests on a fixed "
             f"schedule, {args.seconds} s per route and rate; latency from the scheduled send time, so queueing is "
-            "counted; Python asyncio/httpx load generator):",
+            "counted; every row from this script's own open-loop generator, `python bench/portal.py --loadgen URL "
+            "--paced RATE`: HTTP/1.1 written directly on asyncio streams over uvloop, one keep-alive connection per "
+            "client, since wrk has no fixed-rate mode; its CPU per request is in the table):",
             "",
-            "| offered req/s | database | route | requests/s | p50 ms | p99 ms | p99 < 50 ms |",
-            "|---|---|---|---|---|---|---|",
+            "| offered req/s | database | route | requests/s | p50 ms | p99 ms | load generator CPU ms/req "
+            "| p99 < 50 ms |",
+            "|---|---|---|---|---|---|---|---|",
             *paced_rows,
             "",
             f"**Capacity** ({' and '.join(sorted(tools))}, closed loop: {args.connections} connections sending "
