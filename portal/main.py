@@ -47,6 +47,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.settings = settings
     app.state.engine = engine or make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+    # The same pool, for `portal.api.deps.read_json`: reads without a transaction around them. SQLite starts
+    # none for a SELECT anyway, and switching its connection's mode would cost a PRAGMA on every checkin.
+    sqlite = app.state.engine.dialect.name == "sqlite"
+    app.state.read_engine = (
+        app.state.engine if sqlite else app.state.engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
     app.state.read_limiters = WeakKeyDictionary()  # `portal.api.deps.read_json`: one limiter per event loop
     app.state.signer = ReleaseSigner.load_or_create(settings.resolved_signing_key_path)
     app.state.login_limiter = LoginLimiter(

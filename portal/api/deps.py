@@ -132,14 +132,21 @@ async def read_json(
     does for a route's ``response_model``, which the route still declares for its schema. At
     most the database pool's size of these run at once in a process; more wait on the event loop.
     Errors (`PortalError` and the rest) propagate to the application's handlers as from any route.
+
+    The session reads in autocommit mode (``app.state.read_engine``): on PostgreSQL a transaction
+    would cost a BEGIN and a ROLLBACK round trip around the one or two queries, and at its default
+    isolation (read committed) each statement reads its own snapshot anyway. SQLite starts no
+    transaction for a SELECT in either mode. `work` must not write; the one write on this path, a
+    site's activation on first contact, commits in its own transaction (`portal.access.authenticate`).
     """
     adapter = _adapter(model)
     engine = request.app.state.engine
+    reader = request.app.state.read_engine
     raw_token = credentials.credentials if credentials is not None else None
 
     def run() -> bytes:
-        with Session(engine, expire_on_commit=False) as session:
-            principal = authenticate(session, raw_token)
+        with Session(reader, expire_on_commit=False) as session:
+            principal = authenticate(session, raw_token, writer=engine)
             result = work(session, principal)
             return adapter.dump_json(adapter.validate_python(result, from_attributes=True), by_alias=True)
 

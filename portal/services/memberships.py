@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement
+from typing import Any
+
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from portal import audit, crud
@@ -42,6 +44,44 @@ TRANSITIONS: dict[str, tuple[tuple[MembershipStatus, ...], MembershipStatus]] = 
     "revoke": ((S.invited, S.enrolled, S.approved, S.active, S.suspended), S.revoked),
 }
 ADMITTED = (S.approved, S.active)
+
+# The read routes' queries, built once (see `portal.access`: building one costs more than running it).
+_NEWEST_KEY = (  # the fingerprint of the membership's newest credential, revoked or not (`crud.current_credential`)
+    select(SiteCredential.fingerprint)
+    .where(col(SiteCredential.membership_id) == col(Membership.id))
+    .order_by(col(SiteCredential.id).desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_MEMBERSHIP_ROWS = select(Membership).where(col(Membership.federation_id) == bindparam("federation_id"))
+_MEMBERSHIPS_PUBLIC_ALL = (
+    select(Membership, Organisation.name, _NEWEST_KEY)
+    .outerjoin(Organisation, col(Organisation.id) == col(Membership.organisation_id))
+    .where(col(Membership.federation_id) == bindparam("federation_id"))
+)
+
+
+def _by_role(query: Any) -> dict[str, Any]:
+    """`query` narrowed to the memberships each kind of caller sees (`_visible_memberships`), ordered by id."""
+    return {
+        "all": query.order_by(col(Membership.id)),
+        "supplier": query.where(col(Membership.organisation_id) == bindparam("org_id")).order_by(col(Membership.id)),
+        "client": query.where(col(Membership.id) == bindparam("membership_id")).order_by(col(Membership.id)),
+    }
+
+
+_MEMBERSHIPS = _by_role(_MEMBERSHIP_ROWS)
+_MEMBERSHIPS_PUBLIC = _by_role(_MEMBERSHIPS_PUBLIC_ALL)
+_SITE_KEYS = (
+    select(Membership, SiteCredential)
+    .join(SiteCredential, col(SiteCredential.membership_id) == col(Membership.id))
+    .where(
+        col(Membership.federation_id) == bindparam("federation_id"),
+        col(Membership.status).in_([s.value for s in ADMITTED]),
+        col(SiteCredential.revoked_at).is_(None),
+    )
+    .order_by(col(Membership.id))
+)
 
 
 def get_membership(session: Session, principal: Principal, membership_id: int) -> tuple[Membership, Role]:
@@ -104,43 +144,33 @@ def transition_membership(
     return membership
 
 
-def _visible_memberships(session: Session, principal: Principal, federation_id: int) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of the memberships the caller sees: all for anchor and coordinator, its own for others."""
+def _visible_memberships(
+    session: Session, principal: Principal, federation_id: int
+) -> tuple[str, dict[str, int | None]]:
+    """Which memberships the caller sees, as a key of `_by_role` and its parameters: all for anchor and coordinator,
+    its own for others; auditors refused."""
     _, role = federation_view(session, principal, federation_id)
     if role == "auditor":
         raise Forbidden(f"{READ_ONLY}; they do not see membership details")
-    clauses = [col(Membership.federation_id) == federation_id]
     if role == "supplier":
-        clauses.append(col(Membership.organisation_id) == principal.org_id)
-    elif role == "client":
-        clauses.append(col(Membership.id) == principal.site.id)
-    return clauses
+        return "supplier", {"federation_id": federation_id, "org_id": principal.org_id}
+    if role == "client":
+        return "client", {"federation_id": federation_id, "membership_id": principal.site.id}
+    return "all", {"federation_id": federation_id}
 
 
 def memberships_of(session: Session, principal: Principal, federation_id: int) -> list[Membership]:
     """A federation's memberships: all for anchor and coordinator, its own for a supplier or site; auditors refused."""
-    visible = _visible_memberships(session, principal, federation_id)
-    return list(session.exec(select(Membership).where(*visible).order_by(col(Membership.id))).all())
+    seen, params = _visible_memberships(session, principal, federation_id)
+    return list(session.exec(_MEMBERSHIPS[seen], params=params).all())
 
 
 def memberships_public(session: Session, principal: Principal, federation_id: int) -> list[MembershipPublic]:
     """`memberships_of` as the API shows them, with organisation names and current key fingerprints, in one query."""
-    visible = _visible_memberships(session, principal, federation_id)
-    newest_key = (  # the fingerprint of the membership's newest credential, revoked or not (`crud.current_credential`)
-        select(SiteCredential.fingerprint)
-        .where(col(SiteCredential.membership_id) == col(Membership.id))
-        .order_by(col(SiteCredential.id).desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    rows = session.exec(
-        select(Membership, Organisation.name, newest_key)
-        .outerjoin(Organisation, col(Organisation.id) == col(Membership.organisation_id))
-        .where(*visible)
-        .order_by(col(Membership.id))
-    ).all()
+    seen, params = _visible_memberships(session, principal, federation_id)
+    rows = session.exec(_MEMBERSHIPS_PUBLIC[seen], params=params).all()
     return [
-        crud.membership_public(session, m, {m.organisation_id: org_name or "?"}, {m.id: fingerprint})  # type: ignore[dict-item]  # loaded rows have ids
+        crud.membership_public(session, m, {m.organisation_id: org_name or "?"}, {m.id: fingerprint})
         for m, org_name, fingerprint in rows
     ]
 
@@ -150,16 +180,7 @@ def active_site_keys(session: Session, principal: Principal, federation_id: int)
     _, role = federation_view(session, principal, federation_id)
     require(role, ("anchor", "coordinator", "auditor"), "list site keys")
     now = utcnow()
-    rows = session.exec(
-        select(Membership, SiteCredential)
-        .join(SiteCredential, col(SiteCredential.membership_id) == col(Membership.id))
-        .where(
-            Membership.federation_id == federation_id,
-            col(Membership.status).in_([s.value for s in ADMITTED]),
-            col(SiteCredential.revoked_at).is_(None),
-        )
-        .order_by(col(Membership.id))
-    ).all()
+    rows = session.exec(_SITE_KEYS, params={"federation_id": federation_id}).all()
     return [
         SiteKeyPublic(
             membership_id=m.id,  # type: ignore[arg-type]  # SQLModel ids are Optional until flushed

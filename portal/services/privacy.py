@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from pydantic import TypeAdapter
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from portal import audit
@@ -36,16 +37,20 @@ from sangsaeng.signing import Ed25519PublicKey, fingerprint, load_public_pem, pu
 _ENTRIES = TypeAdapter(list[PrivacyEntry])
 
 
+# Only the columns needed (the per-round records can be large); built once (`portal.access`).
+_RUN_PRIVACY = (
+    select(TrainingRun.id, TrainingRun.run_ref, TrainingRun.privacy)
+    .where(col(TrainingRun.federation_id) == bindparam("federation_id"), col(TrainingRun.privacy).is_not(None))
+    .order_by(col(TrainingRun.id))
+)
+
+
 def privacy_entries(session: Session, principal: Principal, federation_id: int) -> list[PrivacyEntry]:
     """Per-site privacy spend per run: all sites for anchor and auditors, its own for a supplier."""
     _, role = federation_view(session, principal, federation_id)
     require(role, ("anchor", "auditor", "supplier", "client"), "see privacy spend")
     sites = own_sites(session, principal, federation_id)
-    runs = session.exec(  # only the columns needed: the per-round records can be large
-        select(TrainingRun.id, TrainingRun.run_ref, TrainingRun.privacy)
-        .where(TrainingRun.federation_id == federation_id, col(TrainingRun.privacy).is_not(None))
-        .order_by(col(TrainingRun.id))
-    ).all()
+    runs = session.exec(_RUN_PRIVACY, params={"federation_id": federation_id}).all()
     out = [
         {
             "run_id": run_id,

@@ -7,6 +7,7 @@ import binascii
 import json
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from models.architectures import ARCHITECTURES
@@ -362,15 +363,22 @@ def _release_public(release: ModelRelease, sites: set[str] | None) -> ReleasePub
     return public
 
 
+# A federation's releases, newest first, built once (`portal.access`: building one costs more than running it):
+# every release for the anchor, coordinator and auditors, only published or withdrawn ones for sites.
+_RELEASES = select(ModelRelease).where(col(ModelRelease.federation_id) == bindparam("federation_id"))
+_RELEASES_SEEN = {
+    "all": _RELEASES.order_by(col(ModelRelease.id).desc()),
+    "sites": _RELEASES.where(
+        col(ModelRelease.status).in_([ReleaseStatus.published.value, ReleaseStatus.withdrawn.value])
+    ).order_by(col(ModelRelease.id).desc()),
+}
+
+
 def releases_of(session: Session, principal: Principal, federation_id: int) -> list[ReleasePublic]:
     """A federation's releases, newest first: all for anchor, coordinator, auditors; published/withdrawn for sites."""
     _, role = federation_view(session, principal, federation_id)
-    query = select(ModelRelease).where(ModelRelease.federation_id == federation_id)
-    if role in ("supplier", "client"):
-        query = query.where(
-            col(ModelRelease.status).in_([ReleaseStatus.published.value, ReleaseStatus.withdrawn.value])
-        )
-    releases = session.exec(query.order_by(col(ModelRelease.id).desc())).all()
+    query = _RELEASES_SEEN["sites" if role in ("supplier", "client") else "all"]
+    releases = session.exec(query, params={"federation_id": federation_id}).all()
     sites = own_sites(session, principal, federation_id)  # once, not once per release
     return [_release_public(r, sites) for r in releases]
 

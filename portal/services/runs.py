@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from portal import audit
@@ -147,6 +148,14 @@ def _filter_run(run: TrainingRun, sites: set[str] | None, stall_minutes: int, no
     )
 
 
+# Built once (`portal.access`: building a query costs more than running it).
+_RUNS = (
+    select(TrainingRun)
+    .where(col(TrainingRun.federation_id) == bindparam("federation_id"))
+    .order_by(col(TrainingRun.id).desc())
+)
+
+
 def runs_of(
     session: Session, principal: Principal, federation_id: int, *, stall_minutes: int = DEFAULT_STALL_MINUTES
 ) -> list[RunPublic]:
@@ -156,9 +165,7 @@ def runs_of(
     """
     _, role = federation_view(session, principal, federation_id)
     require(role, ("anchor", "coordinator", "supplier", "client"), "see runs")
-    runs = session.exec(
-        select(TrainingRun).where(TrainingRun.federation_id == federation_id).order_by(col(TrainingRun.id).desc())
-    ).all()
+    runs = session.exec(_RUNS, params={"federation_id": federation_id}).all()
     sites = own_sites(session, principal, federation_id)
     now = utcnow()
     return [_filter_run(r, sites, stall_minutes, now) for r in runs if sites is None or sites & set(r.sites)]

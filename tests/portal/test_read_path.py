@@ -19,11 +19,12 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from sqlalchemy import create_engine, event, text
+from sqlmodel import select
 
 from portal.core import db
 from portal.core.db import make_engine
 from portal.main import create_app
-from portal.models import User
+from portal.models import AuditEvent, Membership, MembershipStatus, User
 from tests.portal.factories import API, Network, PortalFactory, bearer, network, session_token
 
 
@@ -227,3 +228,26 @@ def test_a_connection_dropped_while_idle_is_replaced(pg_url, monkeypatch, idle_p
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_a_sites_first_read_after_approval_activates_it_once_and_audited(portal, client):
+    """The fast path reads outside a transaction; the activation it may cause still commits, with its audit record."""
+    net = network(portal)
+    site = portal.site(net.anchor, net.fid, "Org zeta", "zeta-line-1")  # approved, never heard from since
+    path = f"{API}/federations/{net.fid}/releases"
+    assert client.get(path, headers=site.headers).status_code == 200
+    with portal.session() as session:
+        status = session.get(Membership, site.membership_id).status  # type: ignore[union-attr]
+        activated = session.exec(
+            select(AuditEvent).where(
+                AuditEvent.action == "membership.activated", AuditEvent.target == f"membership {site.membership_id}"
+            )
+        ).all()
+    assert status == MembershipStatus.active and len(activated) == 1
+    # Later reads find it active and record nothing more.
+    assert client.get(path, headers=site.headers).status_code == 200
+    listed = client.get(f"{API}/federations/{net.fid}/memberships", headers=net.anchor.headers).json()
+    assert {m["site_name"]: m["status"] for m in listed}["zeta-line-1"] == "active"
+    with portal.session() as session:
+        again = session.exec(select(AuditEvent).where(AuditEvent.action == "membership.activated")).all()
+    assert [e.target for e in again].count(f"membership {site.membership_id}") == 1
