@@ -1,8 +1,9 @@
 """The site's part in the contribution scores: score the coalition models on its held-out rows.
 
 The coordinator packs every coalition model of a round into one evaluate message
-(``ConfigKey.PHASE`` = ``PHASE_CONTRIBUTION``, ``ConfigKey.COALITIONS`` = how many, the
-models' weight arrays one after another). The site answers with aggregate counts per model
+(``ConfigKey.PHASE`` = ``PHASE_CONTRIBUTION``, ``ConfigKey.COALITIONS`` = how many; one array
+per weight position with the models stacked along its first axis, so a message holds as many
+arrays as one model, not one per model and position). The site answers with aggregate counts per model
 (`models.metric_counts`: histograms, sums, a confusion matrix), never per-row data.
 
 `misbehaving_mod` is a test tool, not a site option: in a simulation it turns named sites
@@ -35,11 +36,11 @@ BEHAVIOURS = ("free_rider", "noise")
 
 
 def unpack_models(arrays: Sequence[np.ndarray], count: int) -> list[list[np.ndarray]]:
-    """The `count` models packed one after another in `arrays` (each the same number of arrays)."""
-    if count < 1 or len(arrays) % count:
-        raise TaskSpecError(f"the coordinator sent {len(arrays)} weight arrays, not {count} whole models")
-    per = len(arrays) // count
-    return [list(arrays[k * per : (k + 1) * per]) for k in range(count)]
+    """The `count` models stacked in `arrays`: model k is every array's k-th slice along its first axis."""
+    if count < 1 or not arrays or any(a.ndim < 1 or a.shape[0] != count for a in arrays):
+        shapes = ", ".join(str(a.shape) for a in arrays[:3])
+        raise TaskSpecError(f"the coordinator sent weight arrays of shapes {shapes}..., not {count} stacked models")
+    return [[a[k] for a in arrays] for k in range(count)]
 
 
 def coalition_counts(

@@ -332,8 +332,13 @@ def _installed_client_app() -> Any:
     return app
 
 
-def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float = 0.1) -> None:
-    """Take the SuperNode's ClientApp tasks one after another, in this process."""
+def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float = 0.1, max_poll: float = 1.0) -> None:
+    """Take the SuperNode's ClientApp tasks one after another, in this process.
+
+    Asks the SuperNode every `poll` seconds after a task, backing off to every `max_poll` while
+    none comes: the SuperNode itself fetches work from the SuperLink only every 3 s, and ten asks a
+    second kept the worker and its SuperNode at a few per cent of a factory PC's core each, idle.
+    """
     from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
@@ -347,6 +352,7 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
         retry_invoker=retry,
     )  # fmt: skip
+    wait = poll
     try:
         while not stop():
             try:
@@ -356,6 +362,7 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
                 time.sleep(1.0)
                 continue
             if response.HasField("task") and response.token:
+                wait = poll
                 try:
                     log.info(_run_one_task(runtime_address, response.token, _installed_client_app))
                 except ImportError:  # a broken install stops the worker, loudly
@@ -363,7 +370,8 @@ def serve_tasks(runtime_address: str, *, stop: Callable[[], bool], poll: float =
                 except Exception:  # one failed task must not stop the site
                     log.exception("task failed")
             else:
-                time.sleep(poll)
+                time.sleep(wait)
+                wait = min(2 * wait, max_poll)
     finally:
         executor.close()
 

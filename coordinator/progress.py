@@ -68,12 +68,14 @@ class ProgressGrid(Grid):
         observer: RunObserver,
         *,
         pull_interval: float = 0.05,
+        max_pull_interval: float | None = None,
         default_timeout: float | None = None,
     ):
         self._inner = inner
         self.default_timeout = default_timeout
         self._observer = observer
         self._pull_interval = pull_interval
+        self._max_pull_interval = max(pull_interval, max_pull_interval or pull_interval)
 
     # Delegation --------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -120,15 +122,21 @@ class ProgressGrid(Grid):
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        interval = self._pull_interval
         while pending and (deadline is None or time.monotonic() < deadline):
             pulled = time.monotonic()
+            arrived = 0
             for reply in self.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
                 replies.append(reply)
+                arrived += 1
                 if phase:
                     self._observer.reply_received(phase, ok=not reply.has_error())
             if pending:
+                # Back off while nothing arrives (a deployment's SuperLink answers every pull from its
+                # database, and a site's SuperNode only asks for work every 3 s), quick again after a reply.
+                interval = self._pull_interval if arrived else min(2 * interval, self._max_pull_interval)
                 # A pull checks every pending id (10,000 in a large profile phase): wait at least four
                 # times as long as it took, so that polling takes at most a fifth of a core.
-                time.sleep(max(self._pull_interval, 4 * (time.monotonic() - pulled)))
+                time.sleep(max(interval, 4 * (time.monotonic() - pulled)))
         return replies

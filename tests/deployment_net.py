@@ -159,7 +159,7 @@ def deployed_network(root: Path) -> Iterator[Network]:
         net.start("coordinator", cli(
             "coordinator", "up", "--state", str(net.state), "--federation", str(net.fid), "--portal", net.portal,
             "--token-file", str(net.root / "coordinator.token"), "--public-host", "127.0.0.1",
-            "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "0.5",
+            "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "1",
             "--advertise", f"localhost:{net.public_port}",
         ))  # fmt: skip
         published = lambda: net.anchor.get(f"/api/v1/federations/{net.fid}").json()["superlink_address"]  # noqa: E731

@@ -24,6 +24,7 @@ from coordinator.contribution import (
     round_contribution,
 )
 from coordinator.contribution_grid import contribution_summary
+from models.errors import TaskSpecError
 from models.metric_counts import metric_counts, pooled_metric
 from models.tasks import get_task
 
@@ -53,6 +54,22 @@ def closeness(models):
 def honest(global_w: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     """Half way to the truth, seen through the site's own noisy data."""
     return [global_w + 0.5 * (TARGET + rng.normal(0, 0.05, TARGET.shape) - global_w)]
+
+
+def test_coalition_models_travel_stacked_one_array_per_weight_and_unpack_to_the_same_models():
+    # A message holds as many arrays as one model (Flower fetches each array as an object of its own).
+    from client.contribution import unpack_models
+    from coordinator.contribution_grid import stack_models
+
+    rng = np.random.default_rng(0)
+    models = [[rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)] for _ in range(5)]
+    arrays = stack_models(models)
+    assert [a.shape for a in arrays] == [(5, 4, 3), (5, 3)]
+    for got, sent in zip(unpack_models(arrays, 5), models, strict=True):
+        for a, b in zip(got, sent, strict=True):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(TaskSpecError, match="not 4 stacked models"):
+        unpack_models(arrays, 4)
 
 
 def test_coalition_model_is_the_weighted_mean_of_the_members_updates():
