@@ -156,12 +156,7 @@ def deployed_network(root: Path) -> Iterator[Network]:
 
         subprocess.run(cli("coordinator", "certs", "init", "--state", str(net.state), "--name", "Anchor Motors",
                            "--host", "localhost"), env=net.env, check=True, capture_output=True)  # fmt: skip
-        net.start("coordinator", cli(
-            "coordinator", "up", "--state", str(net.state), "--federation", str(net.fid), "--portal", net.portal,
-            "--token-file", str(net.root / "coordinator.token"), "--public-host", "127.0.0.1",
-            "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "1",
-            "--advertise", f"localhost:{net.public_port}",
-        ))  # fmt: skip
+        start_coordinator(net)
         published = lambda: net.anchor.get(f"/api/v1/federations/{net.fid}").json()["superlink_address"]  # noqa: E731
         wait_until(lambda: published() or net.processes["coordinator"].poll() is not None, 120,
                    "the coordinator to publish the network")  # fmt: skip
@@ -178,6 +173,30 @@ def deployed_network(root: Path) -> Iterator[Network]:
         yield net
     finally:
         net.stop()
+
+
+def start_coordinator(net: Network) -> subprocess.Popen:
+    """The anchor's `sangsaeng coordinator up` (SuperLink on its state database, fleet gateway, admission sync)."""
+    return net.start("coordinator", cli(
+        "coordinator", "up", "--state", str(net.state), "--federation", str(net.fid), "--portal", net.portal,
+        "--token-file", str(net.root / "coordinator.token"), "--public-host", "127.0.0.1",
+        "--public-port", str(net.public_port), "--internal-port", str(net.internal_port), "--sync-interval", "1",
+        "--advertise", f"localhost:{net.public_port}",
+    ))  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children in sessions of their own included), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            children.setdefault(parent_pid(int(entry.name)), []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def start_site(net: Network, name: str, data: Path) -> subprocess.Popen:

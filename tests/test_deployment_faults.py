@@ -1,5 +1,5 @@
 """Faults in a multi-site deployment with real processes on loopback (tests/deployment_net.py): a site's
-machine killed mid-round, a stalled site, the coordinator killed and resumed, a site revoked mid-run.
+machine killed mid-round, a stalled site, the coordinator's machine killed and resumed, a site revoked mid-run.
 
 Tests run in file order on one network of their own (the revocation test comes last); the other
 deployment tests are in tests/test_deployment.py, on a second network, so that the two files run
@@ -26,11 +26,13 @@ from tests.deployment_net import (
     cli,
     coordinator_run,
     deployed_network,
+    descendants,
     parent_pid,
     recorded_rounds,
     require_nginx,
     reset_ledgers,
     run_ended,
+    start_coordinator,
     start_run,
     start_site,
     wait_until,
@@ -163,31 +165,51 @@ def serverapp_processes(net: Network) -> list[int]:
     return found
 
 
-def test_a_killed_coordinator_resumes_to_the_uninterrupted_model(network: Network) -> None:
-    # `coordinator run` and its ServerApp die after round 1's checkpoint; `--resume` goes on from it:
-    # same run id, round 2 from round 1's model, and (no DP: training is deterministic given the seed)
-    # the model of the same run uninterrupted, up to float32 summation order.
+def kill_coordinator_machine(net: Network, run: subprocess.Popen) -> None:
+    """SIGKILL everything on the anchor's machine at once, as a power cut would: `coordinator run`, the
+    ServerApp, the SuperLink and its SuperExec, the fleet gateway and `coordinator up` (the portal lives on)."""
+    coordinator = net.processes["coordinator"]
+    doomed = [*descendants(coordinator.pid), coordinator.pid, *descendants(run.pid), run.pid]
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for process in (coordinator, run):
+        process.wait(timeout=30)
+
+
+def test_a_coordinator_machine_killed_mid_run_resumes_to_the_uninterrupted_model(network: Network) -> None:
+    # The anchor's machine dies after round 1's checkpoint (the sites are then evaluating round 1): the
+    # ServerApp, `coordinator run`, the SuperLink, the gateway and `coordinator up`, all at once. `coordinator
+    # up` starts again on the same state: the SuperLink's database (Flower's --database) still holds the node
+    # registrations and the dead run; the sites' SuperNodes reconnect on their own. `--resume` stops the dead
+    # Flower run and goes on from the checkpoint: same run id, round 2 from round 1's model and (no DP: training
+    # is deterministic given the seed) the model of the same run uninterrupted, up to float32 summation order.
     coordinator_run(network, "uninterrupted", "--rounds", "2", "--min-sites", "3")
     run, out = start_run(network, "resumed", "--rounds", "2", "--min-sites", "3")
     wait_until(lambda: any(r.get("checkpoint") for r in recorded_rounds(out)) or run.poll() is not None, 300,
                "round 1's checkpoint")  # fmt: skip
-    serverapps = serverapp_processes(network)
-    assert serverapps, "no ServerApp process found"
-    for pid in serverapps:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=30)
+    assert serverapp_processes(network), "no ServerApp process found"
+    nodes = json.loads((network.state / "admitted.json").read_text())
+    kill_coordinator_machine(network, run)
+    assert not serverapp_processes(network) and not (out / "results.json").exists()
     killed = json.loads((out / "manifest.json").read_text())
-    assert not (out / "results.json").exists()
+    ready = lambda: network.log("coordinator").splitlines().count("ready")  # noqa: E731  (a line of its own)
+    started = ready()
+    start_coordinator(network)
+    wait_until(lambda: ready() > started or network.processes["coordinator"].poll() is not None, 120,
+               "the coordinator to start again")  # fmt: skip
+    assert network.processes["coordinator"].poll() is None, network.log("coordinator")[-3000:]
+    assert json.loads((network.state / "admitted.json").read_text()) == nodes  # nothing re-registered
     results = coordinator_run(network, "resumed", "--rounds", "2", "--min-sites", "3", "--resume")
     assert results["status"] == "completed" and results["run_id"] == killed["run_id"]
-    # The SuperLink was told to stop the killed run (unless it had already given up on its ServerApp).
+    # The restarted SuperLink still listed the killed run as running, and was told to stop it.
     said = (out / "run.log").read_text()
-    assert f"stopped the interrupted Flower run {killed['flower_run_id']}" in said or (
-        f"interrupted Flower run {killed['flower_run_id']}: finished" in said
-    ), said[:3000]
+    assert f"stopped the interrupted Flower run {killed['flower_run_id']}" in said, said[:3000]
     assert json.loads((out / "manifest.json").read_text())["flower_run_id"] != killed["flower_run_id"]
     assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert [sorted(r["sites_trained"]) for r in results["rounds"]] == [sorted(results["sites"])] * 2
     a = np.load(out / "checkpoints" / "round_002.npz")
     b = np.load(network.root / "runs" / "uninterrupted" / "checkpoints" / "round_002.npz")
     for key in b.files:
