@@ -226,6 +226,7 @@ class SiteClient(NumPyClient):
             ReplyKey.DP_ACCOUNTANT: plan.accountant,
             ReplyKey.DP_RECORDS: len(x),
             ReplyKey.DP_PRIOR: json.dumps([list(p) for p in plan.prior]),
+            ReplyKey.DP_RUN_RELEASES: json.dumps(ledger.run_releases(plan.run_id)),
         }
         return get_weights(model), len(x), metrics
 

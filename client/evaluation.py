@@ -79,6 +79,7 @@ def evaluation_reply(
             entry = ledger.record_evaluation(plan, mechanism=mechanism.to_dict(), histogram=noisy.to_json())
         hist = EvalHistogram.from_json(str(entry["histogram"]))
         reply[ReplyKey.DP_EVALUATION] = released_mechanism(entry, plan, records=records, omit=("histogram", "run_id"))
+        reply[ReplyKey.DP_RUN_RELEASES] = json.dumps(ledger.run_releases(plan.run_id))
     reply[ReplyKey.EVAL_HISTOGRAM] = hist.to_json()
     loss = histogram_loss(hist)
     return (float(loss) if np.isfinite(loss) else 0.0), max(1, int(round(hist.rows))), reply

@@ -226,6 +226,8 @@ def _dp_record(metrics: dict[str, Scalar]) -> dict[str, Any]:
         return {}
     record = {name: metrics[key] for name, key in _DP_KEYS.items()}
     record["prior_history"] = json.loads(str(metrics.get(ReplyKey.DP_PRIOR, "[]")))
+    if ReplyKey.DP_RUN_RELEASES in metrics:  # the site's releases of the run so far (a lost reply's among them)
+        record["run_releases"] = json.loads(str(metrics[ReplyKey.DP_RUN_RELEASES]))
     return record
 
 
@@ -253,7 +255,8 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
         row: dict[str, Any] = {"loss": res.loss, "examples": res.num_examples}
         # Whatever else the reply carries (other branches of a site's evaluation) is kept as sent.
         row |= {k: v for k, v in res.metrics.items()
-                if k not in (ReplyKey.SITE, ReplyKey.DP_EVALUATION, ReplyKey.EVAL_HISTOGRAM)}  # fmt: skip
+                if k not in (ReplyKey.SITE, ReplyKey.DP_EVALUATION, ReplyKey.EVAL_HISTOGRAM,
+                             ReplyKey.DP_RUN_RELEASES)}  # fmt: skip
         text = res.metrics.get(ReplyKey.EVAL_HISTOGRAM)
         if isinstance(text, str):
             hist = EvalHistogram.from_json(text)
@@ -262,6 +265,8 @@ def merged_evaluation(results: list[tuple[ClientProxy, EvaluateRes]]) -> MergedE
             row |= histogram_metrics(hist)
         if ReplyKey.DP_EVALUATION in res.metrics:
             mechanisms[site] = json.loads(str(res.metrics[ReplyKey.DP_EVALUATION]))
+            if ReplyKey.DP_RUN_RELEASES in res.metrics:  # a lost training reply's release among them
+                mechanisms[site]["run_releases"] = json.loads(str(res.metrics[ReplyKey.DP_RUN_RELEASES]))
         per_site[site] = row
     try:
         merged = merge(histograms) if histograms else None

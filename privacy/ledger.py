@@ -564,6 +564,22 @@ class PrivacyLedger:
         )  # fmt: skip
         return epsilon
 
+    def run_releases(self, run_id: str) -> list[dict[str, Any]]:
+        """This run's training rounds and evaluation releases as recorded, in order, without their payloads.
+
+        A site sends them with each DP reply (`sangsaeng.protocol.ReplyKey.DP_RUN_RELEASES`), so
+        that a release whose own reply was lost (round deadline, node lost) reaches the report
+        with the next reply that arrives (`privacy.report.build_report`). Each item is a training
+        round (``round``, noise multiplier, sample rate, steps, cumulative ``epsilon``) or, with
+        ``mechanism: "evaluation"``, an evaluation release with its mechanism's parameters.
+        """
+        kept = []
+        for entry in self.load()["entries"]:
+            if entry["run_id"] != run_id or entry.get("mechanism") not in (None, "evaluation"):
+                continue
+            kept.append({k: v for k, v in entry.items() if k not in ("run_id", "time", "histogram")})
+        return kept
+
     def record_membership(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Keep the run's membership-inference figures (`privacy.membership`); return the ledger entry.
 

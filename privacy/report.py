@@ -194,6 +194,7 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         entry["mechanisms"].append(
             {k: dp["evaluation"][k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in dp["evaluation"]}
         )
+    recovered = _recover_lost_releases(manifest, sites)
     for entry in sites.values():  # the epsilon after the site's last release, whatever it was
         entry["epsilon"] = _ordered_steps(entry)[-1][1]["epsilon"] if _ordered_steps(entry) else entry["epsilon"]
     refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
@@ -233,7 +234,7 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         "sites": sites,
         "central_dp": _central(manifest),
         "refusals": refusals,
-        "replies_lost": _replies_lost(manifest),
+        "replies_lost": _replies_lost(manifest, recovered),
         "not_covered": not_covered,
         "record_unit": unit,
         "audit_log_head": audit_head,
@@ -287,23 +288,71 @@ def check_record_unit(report: dict[str, Any]) -> None:
 
 REPLIES_LOST_NOTE = (
     "A site whose reply did not reach the coordinator (round deadline, node lost) may have trained "
-    "or evaluated all the same and charged that release to its own ledger: for such a site the "
-    "epsilon above is a lower bound and the site's own ledger is the authority"
+    "or evaluated all the same and charged that release to its own ledger. Each later reply of the site "
+    "carries the run's releases as its ledger recorded them, so such a release is listed (reply_lost) "
+    "once any later reply arrived ('recovered'); for a site with lost releases not recovered the epsilon "
+    "above is a lower bound and the site's own ledger is the authority"
 )
 
 
-def _replies_lost(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Per site, the rounds whose training or evaluation reply was lost; with the note on what that means.
+def _replies_lost(manifest: dict[str, Any], recovered: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
+    """Per site, the rounds whose training or evaluation reply was lost, those of them listed from a later reply
+    (``recovered``), and the note on what that means.
 
-    The coordinator accounts only the releases it received; a lost reply never lowers a site's
-    own ledger (`privacy.ledger`), which charged the round when the site trained.
+    The coordinator accounts the releases it heard of, from the replies themselves or from the run's
+    releases each later reply carries; a lost reply never lowers a site's own ledger (`privacy.ledger`),
+    which charged the round when the site trained.
     """
-    lost: dict[str, dict[str, list[int]]] = {}
+    lost: dict[str, dict[str, Any]] = {}
     for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
         for key, phase in (("sites_lost", "training"), ("eval_sites_lost", "evaluation")):
             for site in record.get(key, []):
                 lost.setdefault(site, {"training": [], "evaluation": []})[phase].append(int(record["round"]))
+    for site, phases in lost.items():
+        if site in recovered:
+            phases["recovered"] = recovered[site]
     return {"sites": lost, "note": REPLIES_LOST_NOTE} if lost else {"sites": {}}
+
+
+def _recover_lost_releases(manifest: dict[str, Any], sites: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+    """Add to each site's entry the releases it listed in a later reply but whose own reply never arrived.
+
+    Every DP reply carries the run's releases so far as the site's ledger recorded them
+    (``run_releases``: training rounds and evaluation releases); one the coordinator did not hear
+    of directly (same round and cumulative epsilon) joins the site's ``rounds`` or ``mechanisms``
+    marked ``reply_lost``, so that the report's epsilon is the site's own and `privacy verify`
+    recomputes it from the listed releases. Returns, per site, the rounds added, by phase.
+    """
+    config = manifest.get("config", {})
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
+        for key in ("dp", "dp_evaluation"):
+            for site, dp in (record.get(key) or {}).items():
+                if isinstance(dp, dict) and dp.get("run_releases"):
+                    listed[site] = dp["run_releases"]  # the latest reply's list holds every earlier one's
+    recovered: dict[str, dict[str, list[int]]] = {}
+    for site, releases in sorted(listed.items()):
+        entry = sites[site]
+        heard_rounds = [(int(r["round"]), float(r["epsilon"])) for r in entry["rounds"]]
+        heard_evals = [(int(m["round"]), float(m["epsilon"])) for m in entry["mechanisms"]
+                       if m["mechanism"] == "evaluation"]  # fmt: skip
+        for release in releases:
+            at = (int(release["round"]), float(release["epsilon"]))
+            if release.get("mechanism") == "evaluation":
+                if any(r == at[0] and _close(e, at[1]) for r, e in heard_evals):
+                    continue
+                mech = {k: release[k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in release}
+                entry["mechanisms"].append({**mech, "reply_lost": True})
+                recovered.setdefault(site, {"training": [], "evaluation": []})["evaluation"].append(at[0])
+            else:
+                if any(r == at[0] and _close(e, at[1]) for r, e in heard_rounds):
+                    continue
+                entry["rounds"].append({**{k: release[k] for k in ("round", "noise_multiplier", "sample_rate",
+                                                                 "steps", "epsilon")}, "reply_lost": True})  # fmt: skip
+                recovered.setdefault(site, {"training": [], "evaluation": []})["training"].append(at[0])
+        entry["rounds"].sort(key=lambda r: (int(r["round"]), float(r["epsilon"])))
+        entry.setdefault("max_grad_norm", config.get("dp_max_grad_norm") or 0.0)
+    return recovered
 
 
 def _evaluating_sites(manifest: dict[str, Any]) -> list[str]:

@@ -69,6 +69,9 @@ class ReplyKey:
     DP_ACCOUNTANT = "dp_accountant"
     DP_RECORDS = "dp_records"
     DP_PRIOR = "dp_prior_history"  # JSON list of earlier (noise, rate, steps) on the same data
+    # JSON list of this run's training rounds and evaluation releases so far, as the site's ledger recorded
+    # them (privacy.ledger.PrivacyLedger.run_releases): a release whose own reply was lost arrives with the next.
+    DP_RUN_RELEASES = "dp_run_releases"
     # The DP data profile's mechanism (privacy.profile), JSON; absent when the profile is exact.
     DP_PROFILE = "dp_profile"
     # The evaluation reply: the held-out histogram (models.histogram, JSON), and under DP its mechanism

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -412,3 +413,68 @@ def test_a_site_lost_before_the_round_deadline_is_named_and_the_round_goes_on_if
 def test_round_timeout_must_be_positive():
     with pytest.raises(ValueError, match="round_timeout must be positive"):
         FederationConfig(task=PM, round_timeout=0.0)
+
+
+def test_a_dp_release_whose_reply_was_lost_reaches_the_report_with_the_sites_next_reply(ai4i, tmp_path):
+    # Site c trains round 1 under DP, but its reply misses the deadline; its round 2 reply carries the run's
+    # releases as its ledger recorded them, so the report lists round 1 too (reply_lost) and `privacy verify`
+    # recomputes c's epsilon, which equals its own ledger's. Without that list the report could not add up.
+    from flwr.common import ndarrays_to_parameters as to_parameters
+
+    from client.client_app import SiteClient
+    from client.site import SiteConfig
+    from coordinator.simulation import write_site_files
+    from models.nets import get_weights
+    from models.schema import load_site_data
+    from privacy.errors import ReportInvalid
+    from privacy.keys import PUBLIC_NAME, load_signing_key
+    from privacy.ledger import PrivacyLedger
+    from privacy.report import build_report, verify_report, write_signed_report
+
+    files, _ = write_site_files(ai4i.sample(1800, random_state=0), "Type", tmp_path / "data", spec=PM)
+    names = sorted(files)
+    clients = {n: SiteClient(SiteConfig(name=n, data_path=files[n])) for n in names}
+    config = FederationConfig.with_defaults(task=PM, out_dir=tmp_path / "run", num_rounds=2, min_sites=2,
+                                            dp_epsilon=3.0, round_timeout=5.0)  # fmt: skip
+    scaler = FederatedScaler.fit_pooled(pd.concat([load_site_data(files[n], PM) for n in names]), PM)
+    initial = get_weights(config.new_model(scaler.n_inputs, outputs=scaler.n_outputs, seed=0))
+    sites = {n: {"node_id": node, "n_train": 10, "n_test": 5} for node, n in enumerate(names, start=1)}
+    recorder = RunRecorder(config.out_dir, header={"run_id": "lost-reply", "schema_hash": PM.schema_hash(),
+                                                   "scaler": scaler.to_json(), "sites": sites})  # fmt: skip
+    wrapped = SangsaengStrategy(build_strategy(config, initial), config=config, scaler=scaler, recorder=recorder)
+    manager = SiteClientManager()
+    for node in sites.values():
+        manager.register(proxy(node["node_id"]))
+    late = names[-1]
+    weights = initial
+    for rnd in (1, 2):
+        replies = []
+        for client_proxy, ins in wrapped.configure_fit(rnd, to_parameters(weights), manager):
+            name = names[client_proxy.node_id - 1]
+            arrays, n, metrics = clients[name].fit(weights, ins.config)
+            if (rnd, name) != (1, late):  # c trained round 1 and charged it; its reply never arrived
+                replies.append((client_proxy, FitRes(Status(Code.OK, ""), to_parameters(arrays), n, metrics)))
+        params, _ = wrapped.aggregate_fit(rnd, replies, [])
+        weights = parameters_to_ndarrays(params)
+        wrapped._finish_round(rnd)
+    assert recorder.round_record(1)["sites_lost"] == [late]
+    report = build_report(recorder.manifest)
+    entry = report["sites"][late]
+    assert [(r["round"], r.get("reply_lost", False)) for r in entry["rounds"]] == [(1, True), (2, False)]
+    assert report["replies_lost"]["sites"][late]["recovered"] == {"training": [1], "evaluation": []}
+    ledger = PrivacyLedger(clients[late].site.ledger_file, late)
+    assert entry["epsilon"] == pytest.approx(ledger.spent(delta=entry["delta"]), rel=1e-12)
+    key = load_signing_key(tmp_path / "keys", create=True)
+    verify_report(write_signed_report(report, tmp_path / "privacy", key), tmp_path / "privacy" / PUBLIC_NAME)
+    # The same run without the sites' lists (a site of an older version): c's figure cannot be recomputed.
+    for record in recorder.manifest["rounds"]:
+        for dp in record.get("dp", {}).values():
+            dp.pop("run_releases", None)
+    old = build_report(recorder.manifest)
+    with pytest.raises(ReportInvalid, match=f"site '{late}' round 2: recorded epsilon"):
+        verify_report(write_signed_report(old, tmp_path / "old", key), tmp_path / "old" / PUBLIC_NAME)
+    # A tampered recovered release fails verify too.
+    forged = json.loads(json.dumps(report))
+    forged["sites"][late]["rounds"][0]["noise_multiplier"] *= 2
+    with pytest.raises(ReportInvalid, match=f"site '{late}' round 1: recorded epsilon"):
+        verify_report(write_signed_report(forged, tmp_path / "forged", key), tmp_path / "forged" / PUBLIC_NAME)
