@@ -129,8 +129,9 @@ async def read_json(
     """Authenticate, run `work(session, principal)` and answer its result as JSON of `model`, in one thread hop.
 
     The result is validated against `model` (ORM rows by attribute) and serialised as FastAPI
-    does for a route's ``response_model``, which the route still declares for its schema. At
-    most the database pool's size of these run at once in a process; more wait on the event loop.
+    does for a route's ``response_model``, which the route still declares for its schema. On
+    PostgreSQL at most the database pool's size of these run at once in a process; more wait on
+    the event loop.
     Errors (`PortalError` and the rest) propagate to the application's handlers as from any route.
 
     The session reads in autocommit mode (``app.state.read_engine``): on PostgreSQL a transaction
@@ -138,6 +139,12 @@ async def read_json(
     isolation (read committed) each statement reads its own snapshot anyway. SQLite starts no
     transaction for a SELECT in either mode. `work` must not write; the one write on this path, a
     site's activation on first contact, commits in its own transaction (`portal.access.authenticate`).
+
+    On SQLite the work runs on the event loop itself: its reads are of a local file in WAL mode,
+    which never waits on a writer, and take tens of microseconds, so the hop to a worker thread
+    and back cost more than the work (measured in process, `bench/portal.py`'s routes: 25-35 %
+    of the CPU of a request). A site's first contact, the one write, may wait for SQLite's write
+    lock (held for milliseconds by another request's commit) once in the site's life. On PostgreSQL each query waits on the network: a worker thread.
     """
     adapter = _adapter(model)
     engine = request.app.state.engine
@@ -150,5 +157,8 @@ async def read_json(
             result = work(session, principal)
             return adapter.dump_json(adapter.validate_python(result, from_attributes=True), by_alias=True)
 
-    body = await anyio.to_thread.run_sync(run, limiter=_read_limiter(request.app))
+    if reader.dialect.name == "sqlite":  # a local file read in microseconds: a thread hop would cost more
+        body = run()
+    else:
+        body = await anyio.to_thread.run_sync(run, limiter=_read_limiter(request.app))
     return Response(body, media_type="application/json")

@@ -1,6 +1,6 @@
 """The API's fast read path (`portal.api.deps.read_json`): still authenticated and checked on every request.
 
-The hot read routes authenticate, query and serialise in one worker-thread hop and cache
+The hot read routes authenticate, query and serialise in one worker-thread hop (on the event loop on SQLite) and cache
 nothing: a revoked token, a deactivated user, a suspended or revoked site is refused on the
 very next request. Their query count does not grow with the rows they list (no N+1), they
 never hold more database connections than the pool has, and a pooled connection the database
