@@ -327,3 +327,20 @@ def test_under_dp_a_site_not_asked_for_its_profile_is_charged_nothing_for_one(tm
     verified = sangsaeng("privacy", "verify", str(out / "privacy" / "report.json"),
                          "--public-key", str(out / "privacy" / "coordinator.pub.pem"))  # fmt: skip
     assert verified.exit_code == 0, explain(verified)
+
+
+def test_the_profiled_sample_is_seeded_and_every_site_under_secagg_or_at_0():
+    from coordinator.config import FederationConfig
+    from coordinator.server_app import profile_sample
+
+    spec = get_task("predictive-maintenance")
+    nodes = list(range(100, 1100))
+    config = FederationConfig(task=spec, profile_sites=50, seed=3)
+    asked = profile_sample(nodes, config)
+    assert len(asked) == 50 == len(set(asked)) and asked == sorted(asked) and set(asked) <= set(nodes)
+    assert profile_sample(nodes, config) == asked != profile_sample(nodes, config.replace(seed=4))
+    assert profile_sample(nodes[:50], config) == nodes[:50]  # no more sites than the sample: every one
+    assert profile_sample(nodes, config.replace(profile_sites=0)) == nodes
+    assert profile_sample(nodes, config.replace(secagg=True)) == nodes  # SecAgg+ needs the largest site's rows
+    with pytest.raises(ValueError, match="profile_sites must be 0 \\(every site\\) or the size"):
+        FederationConfig(task=spec, profile_sites=-1)
