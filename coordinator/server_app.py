@@ -133,6 +133,11 @@ def profile_sample(node_ids: Sequence[int], config: FederationConfig) -> list[in
     A category or class that only sites outside the sample hold is unknown to the scaler, as it is
     to a scaler from every site when a site joins later. Under secagg every site is asked: SecAgg+
     scales each update by the largest site's row count, which a sample cannot bound.
+
+    The sample is drawn over the node ids in order, not over site names (unknown before the
+    profile): a resumed run whose nodes came back under new ids (a simulation's always do) asks
+    another sample. Its scaler stays the first run's; under DP a newly asked site's profile is
+    charged and reported like any release, and a site asked again gets its first release back.
     """
     node_ids = list(node_ids)
     if config.secagg or config.profile_sites == 0 or len(node_ids) <= config.profile_sites:
