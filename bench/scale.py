@@ -1,7 +1,8 @@
 """Scale: `sangsaeng simulate --sites N --dirichlet 0.5` at 100, 1,000 and 10,000 sites (issue 18).
 
-Each size runs once as its own process (2 rounds, 1 local epoch): wall seconds, seconds per
-round (from the manifest's per-round records), the time before the rounds, peak memory of the coordinator process (the
+Each size runs once as its own process (2 rounds, 1 local epoch; above 500 sites a seeded sample of
+500 profiled before round 1, `--profile-sites`): wall seconds, seconds per round (from the
+manifest's per-round records), the time before the rounds, peak memory of the coordinator process (the
 `sangsaeng` process: ServerApp thread, baselines) and of its whole process tree (Ray's
 workers), polled every 0.2 s. Then the aggregation alone: `streaming_weighted_mean` over 100
 updates against a plain numpy copy of the same bytes.
@@ -27,6 +28,8 @@ from typing import Any
 
 import _common  # noqa: F401  # the project on the path, Flower air-gapped
 import numpy as np
+
+from coordinator.config import PROFILE_SITES
 
 # Sampled sites per round by size: 1 % at 10,000 as the issue asks, 10 % below.
 FRACTIONS = {100: (0.1, 0.1), 1000: (0.1, 0.05), 10000: (0.01, 0.01)}
@@ -84,9 +87,12 @@ def run_size(n: int, out: Path, rounds: int = ROUNDS) -> dict[str, Any]:
         return {"sites": n, "error": output[-2000:]}
     results = json.loads((out / "results.json").read_text())
     timings = results.get("timings", {})
-    per_round = _round_seconds(json.loads((out / "manifest.json").read_text()))
+    manifest = json.loads((out / "manifest.json").read_text())
+    per_round = _round_seconds(manifest)
+    profiled = int(manifest.get("profile_sample", {}).get("asked", n))  # every site unless above profile_sites
     return {
-        "sites": n, "fit": fit, "evaluate": evaluate, "wall_s": wall, "load": (load, os.getloadavg()[0]),
+        "sites": n, "profiled": profiled, "fit": fit, "evaluate": evaluate, "wall_s": wall,
+        "load": (load, os.getloadavg()[0]),
         "round_s": sum(per_round) / len(per_round), "rounds_s": per_round,
         "before_rounds_s": timings.get("federated_s", float("nan")) - sum(per_round),
         "local_only_s": timings.get("local_only_s", float("nan")),
@@ -134,22 +140,25 @@ def report(rows: list[dict], agg: dict[str, float], rounds: int = ROUNDS) -> str
         f"{os.cpu_count()} cores shared with other jobs (1-minute load average at the start -> end of each size, "
         f"{'; '.join(loads)}); memory polled every 0.2 s. *s per round*: from the previous round's last record "
         "(round 1: the manifest's creation, after the profile) to the round's evaluation record, mean over rounds; "
-        "*before the rounds*: the federated part less its rounds (Ray's start, every site's profile, the end).",
+        "*before the rounds*: the federated part less its rounds (Ray's start, the profiles, the end); *profiled*: "
+        f"the sites asked for their data profile before round 1 (a seeded sample above `--profile-sites` "
+        f"{PROFILE_SITES}, the others join the rounds as they are sampled).",
         "",
-        "| sites | trained / evaluated per round | s per round | before the rounds s | local-only s "
+        "| sites | profiled | trained / evaluated per round | s per round | before the rounds s | local-only s "
         "| coordinator MiB | tree MiB | wall s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     by = {r["sites"]: r for r in rows}
     for r in rows:
         if "note" in r:  # a run stopped by hand (--keep file edited): what it measured before it stopped
-            lines.append(f"| {r['sites']} | {r['note']} | | | | {r.get('coordinator_mib', '')} | | |")
+            lines.append(f"| {r['sites']} | | {r['note']} | | | | {r.get('coordinator_mib', '')} | | |")
             continue
         if "error" in r:
-            lines.append(f"| {r['sites']} | failed: {r['error'][-200:]!r} | | | | | | |")
+            lines.append(f"| {r['sites']} | | failed: {r['error'][-200:]!r} | | | | | | |")
             continue
         lines.append(
-            f"| {r['sites']} | {r['fit']:.0%} / {r['evaluate']:.0%} | {r['round_s']:.1f} | {r['before_rounds_s']:.0f} "
+            f"| {r['sites']} | {r.get('profiled', r['sites'])} | {r['fit']:.0%} / {r['evaluate']:.0%} "
+            f"| {r['round_s']:.1f} | {r['before_rounds_s']:.0f} "
             f"| {r['local_only_s']:.1f} | {r['coordinator_mib']:.0f} | {r['tree_mib']:.0f} | {r['wall_s']:.0f} |"
         )
     lines += ["", f"Aggregation: {agg['bytes'] / 1e6:.0f} MB of updates, running weighted mean "

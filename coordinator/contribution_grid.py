@@ -192,7 +192,8 @@ class ContributionTracker:
 
 def contribution_summary(manifest: Mapping[str, Any], config: FederationConfig) -> dict[str, Any]:
     """results.json's ``"contribution"`` from a run's manifest (its sites and its rounds' records)."""
-    records = {name: int(site["n_train"]) for name, site in manifest.get("sites", {}).items()}
+    records = {name: int(site["n_train"]) for name, site in manifest.get("sites", {}).items()
+               if site.get("n_train") is not None}  # fmt: skip
     trained: dict[str, int] = {}
     rounds = sorted(manifest.get("rounds", []), key=lambda r: r["round"])
     for record in rounds:

@@ -180,6 +180,14 @@ class TrainingOptions:
             "held-out rows and reports the attack's ROC-AUC (docs/privacy.md).",
         ),
     ] = FederationConfig.membership_check
+    profile_sites: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Sites asked for their data profile before round 1 (the scaler's statistics): above it a seeded "
+            "sample; the others join the rounds all the same, and are charged no DP profile. 0: every site.",
+        ),
+    ] = FederationConfig.profile_sites
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrainingOptions":

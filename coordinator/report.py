@@ -50,8 +50,10 @@ class Comparison:
 
     Attributes:
         sites: the sites whose exports loaded, in input order (above the baseline sample's size:
-            the sites whose profile reply the run accepted; the coordinator read only the sample).
-        site_rows: per site, ``{"train": rows, "held_out": rows}``.
+            every site no problem was reported of; the coordinator read only the sample).
+        site_rows: per site, ``{"train": rows, "held_out": rows}`` (above the baseline sample's size as
+            the sites replied: a site not profiled, `coordinator.server_app.profile_sample`, has counts
+            only once it trained and evaluated, None before; a site that never replied has no entry).
         excluded_sites: sites whose export did not load, with the problem, by site name.
         held_out_rows: rows in the union of the (sampled) sites' held-out splits.
         centralized: the model trained on the pooled training rows (the reference).
@@ -66,7 +68,7 @@ class Comparison:
     """
 
     sites: Sequence[str]
-    site_rows: Mapping[str, Mapping[str, int]]
+    site_rows: Mapping[str, Mapping[str, int | None]]
     excluded_sites: Mapping[str, str]
     held_out_rows: int
     centralized: Mapping[str, float]
@@ -123,7 +125,7 @@ def build_results(result: RunResult, comparison: Comparison | None = None) -> di
             "sites": sorted(result.sites),
             "site_rows": {name: {"train": s.n_train, "held_out": s.n_test} for name, s in result.sites.items()},
             "excluded_sites": dict(result.excluded_sites),
-            "held_out_rows": sum(s.n_test for s in result.sites.values()),
+            "held_out_rows": sum(s.n_test or 0 for s in result.sites.values()),
             "centralized": None,
             "local_only": None,
             "local_only_summary": None,

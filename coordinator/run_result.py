@@ -30,8 +30,8 @@ class SiteRows:
     """
 
     node_id: int
-    n_train: int
-    n_test: int
+    n_train: int | None  # None: a site not asked for its profile that has not trained yet (profile_sample)
+    n_test: int | None  # ... and has not evaluated yet
     images: Mapping[str, Any] | None = None
 
 

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,7 @@ __all__ = [
     "make_server_app",
     "run_federation",
     "collect_profiles",
+    "profile_sample",
     "image_report",
     "write_deployment_results",
     "app",
@@ -116,6 +117,32 @@ def image_report(props: Mapping[str, Any]) -> dict[str, Any]:
             str(k): int(v) for k, v in converted.items() if isinstance(v, int | float)
         } if isinstance(converted, dict) else {},
     }  # fmt: skip
+
+
+PROFILE_SEED = 4099
+"""Mixed into the run's seed to draw the profiled sample (apart from the rounds' and the membership check's)."""
+
+
+def profile_sample(node_ids: Sequence[int], config: FederationConfig) -> list[int]:
+    """The nodes asked for their data profile: every node, or above ``config.profile_sites`` a seeded sample.
+
+    The federated scaler (means, spreads, categories, classes) is combined from the sample's profiles;
+    the sites not asked join the rounds all the same, and their row counts are recorded from their
+    first training and evaluation replies (`SangsaengStrategy`). A site not asked releases no profile,
+    so under DP it is charged nothing for one (its ledger and the signed report hold only what ran).
+    A category or class that only sites outside the sample hold is unknown to the scaler, as it is
+    to a scaler from every site when a site joins later. Under secagg every site is asked: SecAgg+
+    scales each update by the largest site's row count, which a sample cannot bound.
+
+    The sample is drawn over the node ids in order, not over site names (unknown before the
+    profile): a resumed run whose nodes came back under new ids (a simulation's always do) asks
+    another sample. Its scaler stays the first run's; under DP a newly asked site's profile is
+    charged and reported like any release, and a site asked again gets its first release back.
+    """
+    node_ids = list(node_ids)
+    if config.secagg or config.profile_sites == 0 or len(node_ids) <= config.profile_sites:
+        return node_ids
+    return sample_nodes(node_ids, config.profile_sites, seed=config.seed * PROFILE_SEED + 18)
 
 
 def collect_profiles(
@@ -214,9 +241,13 @@ def run_federation(
     run_id = str(resume.manifest["run_id"]) if resume is not None else uuid.uuid4().hex[:12]
     mechanisms: dict[str, dict[str, Any]] = {}
     images: dict[int, dict[str, Any]] = {}
+    asked = profile_sample(node_ids, config)
     healthy, problems = collect_profiles(
-        grid, node_ids, config, observer, run_id=run_id, mechanisms=mechanisms, images=images
+        grid, asked, config, observer, run_id=run_id, mechanisms=mechanisms, images=images
     )
+    # Every connected site that has not shown a problem takes part: the profiled ones and those not asked.
+    candidates = [node for node in node_ids if node not in problems]
+    profile_record = {"asked": len(asked), "of": len(node_ids), "seed": config.seed}
     sites: dict[str, dict[str, Any]] = {
         name: {
             "node_id": node,
@@ -233,6 +264,9 @@ def run_federation(
                 "site %s: %d of %d image(s) skipped, converted %s (first skipped: %s)", name, report["skipped"],
                 report["images"], report["converted"] or "none", "; ".join(report["first_skipped"]) or "none",
             )  # fmt: skip
+    if resume is not None:  # the sites not profiled that the earlier run learned from their replies
+        learned = resume.manifest.get("sites", {}).items()
+        sites = {**{name: site for name, site in learned if site.get("rows_from") == "replies"}, **sites}
     if resume is not None:  # the profiles released when the run began are the ones the scaler came from
         mechanisms = {**mechanisms, **resume.manifest.get("profile_dp", {})}
     if resume is not None:
@@ -265,6 +299,8 @@ def run_federation(
             "scaler": scaler.to_json(),
             "sites": sites,
             "excluded_sites": {str(node): problem for node, problem in problems.items()},
+            # A sampled profile: `sites` starts with the profiled sites, the others join it as they reply.
+            **({"profile_sample": profile_record} if len(asked) < len(node_ids) else {}),
             **({"profile_dp": mechanisms} if mechanisms else {}),
         },
         previous=resume.manifest if resume else None,
@@ -278,17 +314,17 @@ def run_federation(
             on_result(result)
         return result
 
-    if len(healthy) < config.min_sites:
-        recorder.set(status="failed", error=f"{len(healthy)} healthy site(s), run needs {config.min_sites}")
+    if len(candidates) < config.min_sites:
+        recorder.set(status="failed", error=f"{len(candidates)} healthy site(s), run needs {config.min_sites}")
         finish(resumed_weights)
         raise FederationError(
-            f"only {len(healthy)} site(s) have usable data, the run needs {config.min_sites}: "
+            f"only {len(candidates)} site(s) have usable data, the run needs {config.min_sites}: "
             + "; ".join(problems.values())
         )
-    per_round = sites_per_round(config, len(healthy))
+    per_round = sites_per_round(config, len(candidates))
     shortfall = AGGREGATIONS[config.strategy]().shortfall(config, per_round)
     if shortfall:  # every round would be refused: refuse the run before anyone trains
-        error = f"{shortfall}: {len(healthy)} healthy site(s), {per_round} sampled per round"
+        error = f"{shortfall}: {len(candidates)} healthy site(s), {per_round} sampled per round"
         recorder.set(status="failed", error=error)
         finish(resumed_weights)
         raise FederationError(error)
@@ -296,7 +332,7 @@ def run_federation(
         recorder.set(status="completed")
         return finish(resumed_weights)
 
-    inner = build_strategy(config, initial, evaluate_fn, sites=len(healthy))
+    inner = build_strategy(config, initial, evaluate_fn, sites=len(candidates))
     if resume is not None:
         restore_strategy_state(inner, resume.strategy_state)
     audit = AuditLog(config.out_dir / "privacy" / "audit.jsonl") if config.uses_dp else None
@@ -314,7 +350,7 @@ def run_federation(
             }  # fmt: skip
         central = CentralDP(
             noise_multiplier=config.central_dp_noise, clipping_norm=config.central_dp_clip,
-            delta=config.central_dp_delta, suppliers=len(healthy), adaptive=adaptive,
+            delta=config.central_dp_delta, suppliers=len(candidates), adaptive=adaptive,
         )  # fmt: skip
         for record in recorder.rounds:  # a resumed run keeps accounting its earlier rounds
             if record.get("central_dp"):
@@ -327,9 +363,9 @@ def run_federation(
     # under per-site DP the sites' exact coalition scores would be a release their epsilon does not cover.
     if (not config.secagg and config.central_dp_noise is None and config.dp_epsilon is None
             and config.contribution_coalitions > 0):  # fmt: skip
-        scorer = SiteScorer(grid, sorted(healthy), metric=spec.primary_metric,
+        scorer = SiteScorer(grid, sorted(candidates), metric=spec.primary_metric,
                             timeout=config.round_timeout or config.node_wait_timeout, observer=observer,
-                            per_round=sites_per_evaluation(config, len(healthy)), seed=config.seed)  # fmt: skip
+                            per_round=sites_per_evaluation(config, len(candidates)), seed=config.seed)  # fmt: skip
         contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
@@ -351,14 +387,16 @@ def run_federation(
     if evaluate_fn is None:  # a deployment: the sites measure "your line alone" (a simulation has its comparison)
         # The sites train as long again as the run's rounds together: wait that long and more.
         timeout = config.node_wait_timeout + 2 * (time.monotonic() - started)
-        recorder.set(local_only=_local_only(grid, sorted(healthy), config, scaler, strategy, observer, timeout))
+        recorder.set(local_only=_local_only(grid, sorted(candidates), config, scaler, strategy, observer, timeout))
     recorder.set(status="completed", completed_rounds=config.num_rounds)
     if config.membership_check and strategy.global_weights is not None:
         # The empirical check beside the epsilon: each site attacks the final model on its own rows.
         # On an evaluation-sized seeded sample of the sites (all of them at the default fraction_evaluate of 1).
-        asked = sample_nodes(sorted(healthy), sites_per_evaluation(config, len(healthy)), seed=config.seed * 1013)
+        attacked = sample_nodes(
+            sorted(candidates), sites_per_evaluation(config, len(candidates)), seed=config.seed * 1013
+        )
         figures, failures = collect_membership(
-            grid, asked, strategy.global_weights, instructions=strategy.instructions,
+            grid, attacked, strategy.global_weights, instructions=strategy.instructions,
             server_round=config.num_rounds, timeout=config.node_wait_timeout, observer=observer,
         )  # fmt: skip
         recorder.set(membership_inference=figures, membership_failures=failures)
@@ -412,7 +450,10 @@ def _run_result(
         task=spec,
         sites={
             name: SiteRows(
-                node_id=int(s["node_id"]), n_train=int(s["n_train"]), n_test=int(s["n_test"]), images=s.get("images")
+                node_id=int(s["node_id"]),
+                n_train=_count(s["n_train"]),
+                n_test=_count(s["n_test"]),
+                images=s.get("images"),
             )
             for name, s in manifest["sites"].items()
         },
@@ -427,6 +468,11 @@ def _run_result(
         contribution=manifest.get("contribution"),
         membership=manifest.get("membership_inference", {}),
     )
+
+
+def _count(value: Any) -> int | None:
+    """A site's row count as the manifest records it (None: not known yet, a site not profiled)."""
+    return None if value is None else int(value)
 
 
 def _recorded_report(config: FederationConfig, recorder: RunRecorder) -> dict[str, Any] | None:

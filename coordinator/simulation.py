@@ -239,14 +239,18 @@ def run_experiment(
     federated_global = held_out_evaluation.scored(weights, result.scaler)
     if federated_global is None:
         federated_global = evaluate_weights(weights, spec, result.scaler, config, held_out)
+    site_rows: dict[str, dict[str, int | None]]
     if len(names) <= baseline_sites:  # every file was read here: the sites and problems as this process saw them
         site_rows = {s.name: {"train": len(s.train), "held_out": len(s.test)} for s in splits}
         excluded = problems
-    else:  # the sites' own profile replies: this process read only the sample
+        taking_part = [n for n in names if n in site_rows]
+    else:  # the sites' own replies (profiles, then first replies): this process read only the sample
         site_rows = {n: {"train": s.n_train, "held_out": s.n_test} for n, s in result.sites.items()}
         excluded = {**_by_site(result.excluded_sites), **problems}
+        # Above `profile_sites`, a site not profiled that never replied has no row counts: it took part all the same.
+        taking_part = [n for n in names if n not in excluded]
     comparison = Comparison(
-        sites=[n for n in names if n in site_rows],
+        sites=taking_part,
         site_rows=site_rows,
         excluded_sites=excluded,
         dropped_groups=dict(dropped or {}),
@@ -255,7 +259,7 @@ def run_experiment(
         local_only=local_only,
         local_only_summary={
             **_summary(spec, local_only),
-            "sample": {"sites": len(sampled), "of": len(site_rows), "seed": config.seed, "limit": baseline_sites},
+            "sample": {"sites": len(sampled), "of": len(taking_part), "seed": config.seed, "limit": baseline_sites},
         },
         federated_global=federated_global,
         federated_per_site={s.name: evaluate_weights(weights, spec, result.scaler, config, s.test) for _, s in sampled},

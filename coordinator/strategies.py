@@ -366,6 +366,25 @@ class SangsaengStrategy(Strategy):
         names = {int(site["node_id"]): name for name, site in self.recorder.manifest.get("sites", {}).items()}
         return sorted(names.get(node, f"node {node}") for node in self._instructed - answered)
 
+    def _learn_rows(self, results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]], key: str) -> None:
+        """Add the sites not profiled (`coordinator.server_app.profile_sample`) to the manifest's ``sites``.
+
+        A site that was not asked for its profile first shows its row counts in its replies: its
+        training rows (``n_train``) in its first training reply, its held-out rows (``n_test``) in its
+        first evaluation reply, each as the reply counts them (a sequence task's windows); None until then.
+        Recorded with ``"rows_from": "replies"``; written with the round's record.
+        """
+        sites = self.recorder.manifest.setdefault("sites", {})
+        for proxy, res in results:
+            name = res.metrics.get(ReplyKey.SITE)
+            if name is None:
+                continue
+            entry = sites.setdefault(
+                str(name), {"node_id": proxy.node_id, "n_train": None, "n_test": None, "rows_from": "replies"}
+            )
+            if entry.get("rows_from") == "replies" and entry.get(key) is None:
+                entry[key] = int(res.num_examples)
+
     def _screen(self, results: list[tuple[ClientProxy, FitRes]]) -> tuple[list[tuple[ClientProxy, FitRes]], list[str]]:
         """Leave out updates that would corrupt the average, each with a reason naming the site."""
         kept, rejected = [], []
@@ -438,6 +457,7 @@ class SangsaengStrategy(Strategy):
                 extra["central_dp"]["next_clipping_norm"] = self.inner.clipping_norm
             if self.audit is not None:
                 self.audit.append("central dp round", round=rnd, **extra["central_dp"])
+        self._learn_rows(results, "n_train")
         self.recorder.update_round(
             rnd,
             sites_trained=trained,
@@ -502,6 +522,7 @@ class SangsaengStrategy(Strategy):
             extra["eval_sites_lost"] = lost
             record["failures"] += [f"site '{site}': no evaluation reply (left out of round "
                                    f"{self._round(server_round)}'s evaluation)" for site in lost]  # fmt: skip
+        self._learn_rows(results, "n_test")
         self.recorder.update_round(
             self._round(server_round),
             federated_eval={"loss": loss, **metrics} if loss is not None else {},

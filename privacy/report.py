@@ -199,7 +199,13 @@ def build_report(manifest: dict[str, Any], *, audit_head: str | None = None) -> 
         entry["epsilon"] = _ordered_steps(entry)[-1][1]["epsilon"] if _ordered_steps(entry) else entry["epsilon"]
     refusals = [f for r in manifest.get("rounds", []) for f in r.get("failures", []) if "budget exhausted" in f]
     refusals += [p for p in manifest.get("excluded_sites", {}).values() if "budget exhausted" in p]
-    exact = sorted(site for site in sites if not any(m["mechanism"] == "profile" for m in sites[site]["mechanisms"]))
+    # A site the coordinator did not ask for its profile (a sampled profile, coordinator.server_app.profile_sample)
+    # released none: nothing exact to name. Its manifest entry says so ("rows_from": "replies").
+    unprofiled = {name for name, site in manifest.get("sites", {}).items() if site.get("rows_from") == "replies"}
+    exact = sorted(
+        site for site in sites
+        if site not in unprofiled and not any(m["mechanism"] == "profile" for m in sites[site]["mechanisms"])
+    )  # fmt: skip
     exact_eval = sorted(set(_evaluating_sites(manifest)) - evaluated)
     if sites and (profiles or evaluated):
         uncovered = []

@@ -238,3 +238,109 @@ def test_a_large_simulation_reads_a_sample_of_site_files_and_asks_a_sample_of_si
     # 4 sites' held-out rows may hold no failure).
     last = {k: v for k, v in results["rounds"][-1]["metrics"].items() if k != "train_loss"}
     np.testing.assert_equal(results["federated"]["global"], last)
+
+
+def _counting_pushes(monkeypatch) -> dict[str, int]:
+    """Messages the in-process grid (tests/loopback.py) pushes, by group ("profile", "round", ...)."""
+    import tests.loopback as loopback
+
+    sent: dict[str, int] = {}
+    push = loopback.LoopbackGrid.push_messages
+
+    def counted(self, messages):
+        messages = list(messages)
+        for m in messages:
+            group = m.metadata.group_id.rstrip("0123456789-") or "round"
+            sent[group] = sent.get(group, 0) + 1
+        return push(self, messages)
+
+    monkeypatch.setattr(loopback.LoopbackGrid, "push_messages", counted)
+    return sent
+
+
+def test_a_sampled_profile_asks_some_sites_and_learns_the_others_rows_from_their_replies(tmp_path, ai4i, monkeypatch):
+    import flwr.simulation
+
+    import coordinator.simulation as simulation
+    import tests.loopback as loopback
+    from coordinator.config import FederationConfig
+    from models.datasets import holdout_split
+    from models.schema import load_site_data
+
+    spec = get_task("predictive-maintenance")
+    site_files, plan = write_dirichlet_sites(ai4i, spec, tmp_path, n_sites=12, alpha=5.0, seed=0, rows_per_site=60)
+    sent = _counting_pushes(monkeypatch)
+    monkeypatch.setattr(flwr.simulation, "run_simulation", loopback.run_in_process)
+    config = FederationConfig(task=spec, num_rounds=2, local_epochs=1, out_dir=tmp_path / "run", min_sites=2,
+                              fraction_fit=0.25, fraction_evaluate=0.25, profile_sites=5)  # fmt: skip
+    results = simulation.run_experiment(spec, site_files, config, baseline_sites=4)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    # 5 of the 12 sites profiled; every round still samples from all 12 (3 a round at 25 %).
+    assert sent["profile"] == 5 and manifest["profile_sample"] == {"asked": 5, "of": 12, "seed": 0}
+    assert all(len(r["sites_trained"]) == 3 for r in results["rounds"])
+    assert results["sites"] == plan.names and results["local_only_summary"]["sample"]["of"] == 12
+    profiled = {n for n, s in manifest["sites"].items() if "rows_from" not in s}
+    learned = {n: s for n, s in manifest["sites"].items() if s.get("rows_from") == "replies"}
+    assert len(profiled) == 5 and learned and not profiled & set(learned)
+    trained = {n for r in manifest["rounds"] for n in r["sites_trained"]}
+    evaluated = {n for r in manifest["rounds"] for n in r.get("per_site", {})}
+    assert set(learned) == (trained | evaluated) - profiled
+    for name, site in {**learned, **{n: manifest["sites"][n] for n in profiled}}.items():
+        train, test = holdout_split(load_site_data(site_files[name], spec), spec, seed=0, source=name)
+        # Each count as the site's own split gives it: from its profile, or from its first replies (None before).
+        assert site["n_train"] == (len(train) if name in profiled or name in trained else None), name
+        assert site["n_test"] == (len(test) if name in profiled or name in evaluated else None), name
+        assert results["site_rows"][name] == {"train": site["n_train"], "held_out": site["n_test"]}
+
+
+def test_under_dp_a_site_not_asked_for_its_profile_is_charged_nothing_for_one(tmp_path, ai4i, monkeypatch):
+    import flwr.simulation
+
+    import coordinator.simulation as simulation
+    import tests.loopback as loopback
+    from coordinator.config import FederationConfig
+    from privacy.ledger import PrivacyLedger
+    from privacy.report import verify_report
+
+    spec = get_task("predictive-maintenance")
+    site_files, _ = write_dirichlet_sites(ai4i, spec, tmp_path, n_sites=8, alpha=5.0, seed=1, rows_per_site=80)
+    sent = _counting_pushes(monkeypatch)
+    monkeypatch.setattr(flwr.simulation, "run_simulation", loopback.run_in_process)
+    out = tmp_path / "run"
+    config = FederationConfig.with_defaults(task=spec, num_rounds=1, out_dir=out, min_sites=2, fraction_fit=0.5,
+                                            fraction_evaluate=0.5, profile_sites=3, dp_epsilon=3.0, local_epochs=1,
+                                            key_dir=tmp_path / "keys")  # fmt: skip
+    simulation.run_experiment(spec, site_files, config, baseline_sites=4)
+    manifest = json.loads((out / "manifest.json").read_text())
+    asked = {n for n, s in manifest["sites"].items() if "rows_from" not in s}
+    assert sent["profile"] == 3 and set(manifest["profile_dp"]) == asked
+    report = verify_report(out / "privacy" / "report.json", out / "privacy" / "coordinator.pub.pem")
+    assert report["not_covered"] == ""
+    for name, path in site_files.items():
+        ledger = PrivacyLedger(path.parent / ".sangsaeng-privacy" / f"{name}.ledger.json", name)
+        entries = ledger.load()["entries"] if ledger.path.exists() else []
+        profiles = [e for e in entries if e.get("mechanism") == "profile"]
+        assert len(profiles) == (name in asked), name  # one profile charged to each asked site, none to the others
+        if name in report["sites"]:
+            kinds = [m["mechanism"] for m in report["sites"][name]["mechanisms"]]
+            assert ("profile" in kinds) == (name in asked), (name, kinds)
+    verified = sangsaeng("privacy", "verify", str(out / "privacy" / "report.json"),
+                         "--public-key", str(out / "privacy" / "coordinator.pub.pem"))  # fmt: skip
+    assert verified.exit_code == 0, explain(verified)
+
+
+def test_the_profiled_sample_is_seeded_and_every_site_under_secagg_or_at_0():
+    from coordinator.config import FederationConfig
+    from coordinator.server_app import profile_sample
+
+    spec = get_task("predictive-maintenance")
+    nodes = list(range(100, 1100))
+    config = FederationConfig(task=spec, profile_sites=50, seed=3)
+    asked = profile_sample(nodes, config)
+    assert len(asked) == 50 == len(set(asked)) and asked == sorted(asked) and set(asked) <= set(nodes)
+    assert profile_sample(nodes, config) == asked != profile_sample(nodes, config.replace(seed=4))
+    assert profile_sample(nodes[:50], config) == nodes[:50]  # no more sites than the sample: every one
+    assert profile_sample(nodes, config.replace(profile_sites=0)) == nodes
+    assert profile_sample(nodes, config.replace(secagg=True)) == nodes  # SecAgg+ needs the largest site's rows
+    with pytest.raises(ValueError, match="profile_sites must be 0 \\(every site\\) or the size"):
+        FederationConfig(task=spec, profile_sites=-1)
