@@ -144,7 +144,8 @@ async def read_json(
     which never waits on a writer, and take tens of microseconds, so the hop to a worker thread
     and back cost more than the work (measured in process, `bench/portal.py`'s routes: 25-35 %
     of the CPU of a request). A site's first contact, the one write, may wait for SQLite's write
-    lock (held for milliseconds by another request's commit) once in the site's life. On PostgreSQL each query waits on the network: a worker thread.
+    lock (held for milliseconds by another request's commit) once in the site's life. On
+    PostgreSQL each query waits on the network: a worker thread.
     """
     adapter = _adapter(model)
     engine = request.app.state.engine
