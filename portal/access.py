@@ -16,7 +16,7 @@ suspension).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine, bindparam
 from sqlalchemy.orm.attributes import set_committed_value
@@ -70,6 +70,29 @@ _BY_TOKEN = (
     .outerjoin(Membership, col(Membership.id) == col(ApiToken.membership_id))
     .where(col(ApiToken.token_hash) == bindparam("token_hash"))
 )
+
+
+_BY_TOKEN_WITH: dict[type[Any] | None, Any] = {}
+
+
+def _by_token_with(preload: type[Any] | None) -> Any:
+    """`_BY_TOKEN` that also loads, by the bound ``preload_id``, a federation or (`preload` given) an object of a
+    federation with its federation; built once per kind."""
+    statement = _BY_TOKEN_WITH.get(preload)
+    if statement is None:
+        if preload is None:
+            on = col(Federation.id) == bindparam("preload_id")
+            statement = _BY_TOKEN.add_columns(Federation).outerjoin(Federation, on)
+        else:
+            statement = (
+                _BY_TOKEN.add_columns(preload, Federation)
+                .outerjoin(preload, preload.id == bindparam("preload_id"))
+                .outerjoin(Federation, col(Federation.id) == preload.federation_id)
+            )
+        _BY_TOKEN_WITH[preload] = statement
+    return statement
+
+
 _SUPPLIER_IN = (
     select(Membership.id)
     .where(
@@ -153,8 +176,21 @@ class Principal:
         return f"coordinator token {self.token.prefix} (federation {self.token.federation_id})"
 
 
-def authenticate(session: Session, raw_token: str | None, *, writer: Engine | None = None) -> Principal:
+def authenticate(
+    session: Session,
+    raw_token: str | None,
+    *,
+    writer: Engine | None = None,
+    preload: tuple[type[Any] | None, int] | None = None,
+) -> Principal:
     """The principal behind a bearer token; raises `Unauthorized` with the reason.
+
+    ``preload=(None, federation_id)`` also loads that federation into `session` in the same query,
+    and ``preload=(Model, id)`` a `Model` (a table with a ``federation_id``: a run, a release) and
+    its federation, so that the route's `federation_view` and ``session.get`` of them find them in the
+    session's identity map without another round trip. The rows are read by the same statement as
+    the token, so they are as current as the token's; what the caller may see is still decided by
+    the route's checks.
 
     A site's first contact after approval makes it active, a write: in `session`, or, when
     `session` reads in autocommit mode (`portal.api.deps.read_json`), in a transaction of its own
@@ -163,10 +199,16 @@ def authenticate(session: Session, raw_token: str | None, *, writer: Engine | No
     if not raw_token:
         raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
     # One query: the token with its user and organisation (session) or its membership (client).
-    row = session.exec(_BY_TOKEN, params={"token_hash": token_digest(raw_token)}).first()
+    if preload is None:
+        row = session.exec(_BY_TOKEN, params={"token_hash": token_digest(raw_token)}).first()
+    else:
+        statement = _by_token_with(preload[0])
+        row = session.exec(statement, params={"token_hash": token_digest(raw_token), "preload_id": preload[1]}).first()
     if row is None:
         raise Unauthorized("invalid token")
-    token, user, org, membership = row
+    token, user, org, membership = row[:4]
+    # The session's identity map holds its objects weakly: keep the preloaded ones alive for the request.
+    session.info["preloaded"] = row[4:]
     if token.revoked_at is not None:
         raise Unauthorized("token has been revoked")
     if as_utc(token.expires_at) <= utcnow():

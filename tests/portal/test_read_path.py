@@ -131,8 +131,8 @@ def test_membership_list_is_one_query_and_matches_each_membership(portal, client
     with counting_queries(portal.app.state.engine) as five_sites:
         listed = client.get(path, headers=net.anchor.headers)
     assert len(listed.json()) == 5
-    # token with user and organisation; federation; memberships with names and fingerprints
-    assert len(five_sites) == len(two_sites) == 3, five_sites
+    # token with user, organisation and the federation; memberships with names and fingerprints
+    assert len(five_sites) == len(two_sites) == 2, five_sites
     for member in listed.json():
         single = client.get(f"{API}/memberships/{member['id']}", headers=net.anchor.headers).json()
         assert member == single
@@ -251,3 +251,65 @@ def test_a_sites_first_read_after_approval_activates_it_once_and_audited(portal,
     with portal.session() as session:
         again = session.exec(select(AuditEvent).where(AuditEvent.action == "membership.activated")).all()
     assert [e.target for e in again].count(f"membership {site.membership_id}") == 1
+
+
+def test_fast_routes_find_their_federation_or_object_in_the_token_query(portal, client):
+    """Authentication loads the route's federation (or run, or release, with its federation): one round trip fewer."""
+    net, run_id, release_id = seeded(portal)
+    for path, expected in (
+        (f"{API}/federations/{net.fid}", 1),  # the token, its user and organisation, and the federation
+        (f"{API}/runs/{run_id}", 1),  # ... and the run with its federation
+        (f"{API}/releases/{release_id}", 1),
+        (f"{API}/federations/{net.fid}/releases", 2),  # ... then the releases
+    ):
+        with counting_queries(portal.app.state.engine) as statements:
+            assert client.get(path, headers=net.anchor.headers).status_code == 200, path
+        assert len(statements) == expected, (path, statements)
+    # Another tenant's run, release and federation still read as missing, in the same words as none at all.
+    other = network(portal)
+    for path, word in (
+        (f"{API}/runs/{run_id}", "run"),
+        (f"{API}/releases/{release_id}", "release"),
+        (f"{API}/federations/{net.fid}", "federation"),
+    ):
+        answer = client.get(path, headers=other.anchor.headers)
+        assert answer.status_code == 404 and answer.json()["detail"].startswith(word), (path, answer.text)
+
+
+def test_privacy_spend_of_a_running_run_is_read_afresh_after_each_report(portal, client):
+    """The decoded spend is cached by its stored text: a running run's next report shows on the next request."""
+    net = network(portal)
+    site = net.site_a.site_name
+    path = f"{API}/federations/{net.fid}/privacy"
+    body = {"run_ref": "live-run", "status": "running", "sites": [site], "rounds": []}
+    for epsilon in (1.0, 2.5, 1.0):
+        body["privacy"] = {site: {"epsilon": epsilon, "budget_epsilon": 2.0, "epsilon_by_round": [epsilon]}}
+        reported = client.post(f"{API}/federations/{net.fid}/runs", headers=net.coordinator, json=body)
+        assert reported.status_code == 201, reported.text
+        (entry,) = client.get(path, headers=net.anchor.headers).json()
+        assert entry["epsilon"] == epsilon and entry["within_budget"] == (epsilon <= 2.0), entry
+        assert entry["run_ref"] == "live-run" and entry["epsilon_by_round"] == [epsilon]
+
+
+def test_hot_routes_go_first_only_where_no_route_they_pass_could_answer_the_same_request():
+    from fastapi import APIRouter
+
+    from portal.api.main import HOT, _first, api_router
+
+    assert [r.endpoint.__name__ for r in api_router.routes[: len(HOT)]] == list(HOT)
+    router = APIRouter()
+
+    def by_action() -> None: ...
+
+    def listing() -> None: ...
+
+    def other_method() -> None: ...
+
+    router.add_api_route("/things/{thing_id}/{action}", by_action, methods=["GET"])
+    router.add_api_route("/things/{thing_id}/list", other_method, methods=["POST"])
+    router.add_api_route("/things/{thing_id}/list", listing, methods=["GET"])
+    routes = list(router.routes)
+    with pytest.raises(ValueError, match="would change which route answers"):
+        _first(routes, ("listing",))  # type: ignore[arg-type]
+    moved = _first(routes[1:], ("listing",))  # type: ignore[arg-type]  # past a POST only: the same answers
+    assert [r.endpoint.__name__ for r in moved] == ["listing", "other_method"]  # type: ignore[attr-defined]

@@ -46,6 +46,7 @@ async def read_federation(request: Request, credentials: Bearer, federation_id: 
         credentials,
         FederationPublic,
         lambda session, principal: federation_view(session, principal, federation_id)[0],
+        preload=(None, federation_id),
     )
 
 
@@ -96,6 +97,7 @@ async def list_memberships(request: Request, credentials: Bearer, federation_id:
         credentials,
         list[MembershipPublic],
         lambda session, principal: memberships_public(session, principal, federation_id),
+        preload=(None, federation_id),
     )
 
 
@@ -107,4 +109,5 @@ async def list_site_keys(request: Request, credentials: Bearer, federation_id: F
         credentials,
         list[SiteKeyPublic],
         lambda session, principal: active_site_keys(session, principal, federation_id),
+        preload=(None, federation_id),
     )

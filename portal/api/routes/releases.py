@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from portal.api.deps import Bearer, CurrentPrincipal, CurrentUser, SessionDep, SettingsDep, SignerDep, read_json
 from portal.api.params import FederationId, ReleaseId
-from portal.models import ReleaseCreate, ReleasePublic, WithdrawRequest
+from portal.models import ModelRelease, ReleaseCreate, ReleasePublic, WithdrawRequest
 from portal.services import releases
 
 router = APIRouter(prefix="/federations/{federation_id}/releases", tags=["releases"])
@@ -35,6 +35,7 @@ async def list_releases(request: Request, credentials: Bearer, federation_id: Fe
         credentials,
         list[ReleasePublic],
         lambda session, principal: releases.releases_of(session, principal, federation_id),
+        preload=(None, federation_id),
     )
 
 
@@ -46,6 +47,7 @@ async def read_release(request: Request, credentials: Bearer, release_id: Releas
         credentials,
         ReleasePublic,
         lambda session, principal: releases.get_release_public(session, principal, release_id),
+        preload=(ModelRelease, release_id),
     )
 
 

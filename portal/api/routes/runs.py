@@ -23,6 +23,7 @@ from portal.models import (
     RunInterrupt,
     RunPublic,
     RunReport,
+    TrainingRun,
 )
 from portal.services import privacy, privacy_policy, runs
 
@@ -54,6 +55,7 @@ async def list_runs(request: Request, credentials: Bearer, federation_id: Federa
         credentials,
         list[RunPublic],
         lambda session, principal: runs.runs_of(session, principal, federation_id, stall_minutes=stall),
+        preload=(None, federation_id),
     )
 
 
@@ -65,6 +67,7 @@ async def list_privacy(request: Request, credentials: Bearer, federation_id: Fed
         credentials,
         list[PrivacyEntry],
         lambda session, principal: privacy.privacy_entries(session, principal, federation_id),
+        preload=(None, federation_id),
     )
 
 
@@ -99,6 +102,7 @@ async def read_run(request: Request, credentials: Bearer, run_id: RunId) -> Resp
         credentials,
         RunPublic,
         lambda session, principal: runs.run_public(session, principal, run_id, stall_minutes=stall),
+        preload=(TrainingRun, run_id),
     )
 
 
