@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             app.openapi_schema = openapi_in_declared_order(generate(), API_PREFIX)
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI documents replacing app.openapi this way
     _install_error_handlers(app)
 
     from portal.web.routes import install_web
