@@ -211,17 +211,7 @@ def test_a_large_simulation_reads_a_sample_of_site_files_and_asks_a_sample_of_si
     read: list[str] = []
     load = simulation.load_site_data
     monkeypatch.setattr(simulation, "load_site_data", lambda path, s: read.append(Path(path).name) or load(path, s))
-    sent: dict[str, int] = {}
-    push = loopback.LoopbackGrid.push_messages
-
-    def counted(self, messages):
-        messages = list(messages)
-        for m in messages:
-            group = m.metadata.group_id.rstrip("0123456789-") or "round"
-            sent[group] = sent.get(group, 0) + 1
-        return push(self, messages)
-
-    monkeypatch.setattr(loopback.LoopbackGrid, "push_messages", counted)
+    sent = _counting_pushes(monkeypatch)
     monkeypatch.setattr(flwr.simulation, "run_simulation", loopback.run_in_process)
     config = FederationConfig(task=spec, num_rounds=2, local_epochs=1, out_dir=tmp_path / "run", min_sites=2,
                               fraction_fit=0.25, fraction_evaluate=0.25)  # fmt: skip
