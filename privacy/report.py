@@ -329,7 +329,6 @@ def _recover_lost_releases(manifest: dict[str, Any], sites: dict[str, Any]) -> d
     marked ``reply_lost``, so that the report's epsilon is the site's own and `privacy verify`
     recomputes it from the listed releases. Returns, per site, the rounds added, by phase.
     """
-    config = manifest.get("config", {})
     listed: dict[str, list[dict[str, Any]]] = {}
     for record in sorted(manifest.get("rounds", []), key=lambda r: r["round"]):
         for key in ("dp", "dp_evaluation"):
@@ -339,26 +338,21 @@ def _recover_lost_releases(manifest: dict[str, Any], sites: dict[str, Any]) -> d
     recovered: dict[str, dict[str, list[int]]] = {}
     for site, releases in sorted(listed.items()):
         entry = sites[site]
-        heard_rounds = [(int(r["round"]), float(r["epsilon"])) for r in entry["rounds"]]
-        heard_evals = [(int(m["round"]), float(m["epsilon"])) for m in entry["mechanisms"]
-                       if m["mechanism"] == "evaluation"]  # fmt: skip
         for release in releases:
-            at = (int(release["round"]), float(release["epsilon"]))
-            if release.get("mechanism") == "evaluation":
-                if any(r == at[0] and _close(e, at[1]) for r, e in heard_evals):
-                    continue
-                mech = {k: release[k] for k in _MECHANISM_KEYS + _EVALUATION_KEYS if k in release}
-                entry["mechanisms"].append({**mech, "reply_lost": True})
-                recovered.setdefault(site, {"training": [], "evaluation": []})["evaluation"].append(at[0])
-            else:
-                if any(r == at[0] and _close(e, at[1]) for r, e in heard_rounds):
-                    continue
-                entry["rounds"].append({**{k: release[k] for k in ("round", "noise_multiplier", "sample_rate",
-                                                                 "steps", "epsilon")}, "reply_lost": True})  # fmt: skip
-                recovered.setdefault(site, {"training": [], "evaluation": []})["training"].append(at[0])
+            evaluation = release.get("mechanism") == "evaluation"
+            phase, into, keys = (("evaluation", entry["mechanisms"], _MECHANISM_KEYS + _EVALUATION_KEYS) if evaluation
+                                 else ("training", entry["rounds"], _ROUND_KEYS))  # fmt: skip
+            heard = (h for h in into if (h.get("mechanism") == "evaluation") == evaluation)
+            if any(int(h["round"]) == int(release["round"]) and _close(h["epsilon"], release["epsilon"])
+                   for h in heard):  # fmt: skip
+                continue
+            into.append({**{k: release[k] for k in keys if k in release}, "reply_lost": True})
+            recovered.setdefault(site, {"training": [], "evaluation": []})[phase].append(int(release["round"]))
         entry["rounds"].sort(key=lambda r: (int(r["round"]), float(r["epsilon"])))
-        entry.setdefault("max_grad_norm", config.get("dp_max_grad_norm") or 0.0)
     return recovered
+
+
+_ROUND_KEYS = ("round", "noise_multiplier", "sample_rate", "steps", "epsilon")
 
 
 def _evaluating_sites(manifest: dict[str, Any]) -> list[str]:
