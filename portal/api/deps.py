@@ -128,7 +128,7 @@ async def read_json(
     *,
     preload: tuple[type[Any] | None, int] | None = None,
 ) -> Response:
-    """Authenticate, run `work(session, principal)` and answer its result as JSON of `model`, in one thread hop.
+    """Authenticate, run `work(session, principal)` and answer its result as JSON of `model`, in one go.
 
     The result is validated against `model` (ORM rows by attribute) and serialised as FastAPI
     does for a route's ``response_model``, which the route still declares for its schema. On
