@@ -247,11 +247,13 @@ def write_app_dir(layout: DeploymentLayout) -> Path:
     """
     from coordinator.config import FederationConfig
     from coordinator.portal_progress import PORTAL_KEYS
+    from coordinator.server_app import ADMITTED_FILE
     from models.tasks import get_task
 
     defaults = FederationConfig(task=get_task("injection-molding-quality")).to_run_config()
-    # Flower drops run-config overrides the app does not declare: the portal keys, off by default.
-    defaults |= {key: "none" for key in PORTAL_KEYS}
+    # Flower refuses run-config overrides the app does not declare: the portal keys and the admitted
+    # sites' file, off by default.
+    defaults |= {key: "none" for key in (*PORTAL_KEYS, ADMITTED_FILE)}
     directory = layout.app_dir
     directory.mkdir(parents=True, exist_ok=True)
     config_lines = "\n".join(f"{key} = {_toml_value(value)}" for key, value in defaults.items())

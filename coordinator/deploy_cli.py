@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from coordinator.config import FederationConfig
 from coordinator.follow import ManifestFollower
 from coordinator.options import TrainingOptions, training_options
 from coordinator.portal_progress import PortalTarget
@@ -200,6 +201,14 @@ def run(
             "of that round (the round goes on if --min-sites replied). Default: wait for every reply.",
         ),
     ] = None,
+    node_wait_timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Seconds the run waits for every admitted site to connect (then it goes on with those there, "
+            "if --min-sites), and for each site's profile reply.",
+        ),
+    ] = FederationConfig.node_wait_timeout,
     *,
     options: TrainingOptions,
 ) -> None:
@@ -225,6 +234,7 @@ def run(
     import tomli_w
 
     from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
+    from coordinator.server_app import ADMITTED_FILE
     from models.tasks import get_task
 
     layout = DeploymentLayout(state)
@@ -240,12 +250,14 @@ def run(
         # Resolved here: the server app runs from another directory.
         config = options.federation_config(
             get_task(task), out_dir=out.resolve(), key_dir=options.key_dir.resolve(), secagg=secagg,
-            round_timeout=round_timeout,
+            round_timeout=round_timeout, node_wait_timeout=node_wait_timeout,
         )  # fmt: skip
     except (SangsaengError, ValueError) as exc:
         fail(exc)
     app_dir = write_app_dir(layout)
     run_config = config.to_run_config()
+    if layout.admitted.exists():  # the ServerApp waits for the admitted sites and names those it misses
+        run_config[ADMITTED_FILE] = str(layout.admitted.resolve())
     target = None
     if portal is not None and token_file is not None and federation is not None:
         # The ServerApp (on this machine) reports each round; the run config, which the sites also

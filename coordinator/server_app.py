@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,16 +85,48 @@ DEPLOYMENT_MAX_PULL_INTERVAL = 1.0
 logger = logging.getLogger("sangsaeng.coordinator")
 
 
-def wait_for_nodes(grid: Grid, want: int, timeout: float) -> list[int]:
-    """Node ids once `want` SuperNodes are connected; raise after `timeout` seconds."""
+def wait_for_nodes(grid: Grid, want: int, timeout: float, *, hoped: Iterable[int] = ()) -> list[int]:
+    """Node ids once `want` SuperNodes are connected; raise after `timeout` seconds.
+
+    `hoped`: the nodes the run is for (a deployment's admitted sites). The wait goes on until all
+    of them are connected, for up to `timeout` seconds; then the run starts with those connected
+    if they are at least `want`. Without it the run would start as soon as `want` were there, and
+    a site a few seconds late would join in round 1 without having been profiled.
+    """
+    hoped = set(hoped)
     deadline = time.monotonic() + timeout
     while True:
         node_ids = sorted(grid.get_node_ids())
-        if len(node_ids) >= want:
+        if len(node_ids) >= want and hoped <= set(node_ids):
             return node_ids
         if time.monotonic() > deadline:
+            if len(node_ids) >= want:
+                return node_ids
             raise FederationError(f"only {len(node_ids)} of {want} site(s) connected within {timeout:.0f} s")
         time.sleep(0.2)
+
+
+ADMITTED_FILE = "admitted-file"
+"""Run-config key: the coordinator's admitted.json (`coordinator.deploy.DeploymentLayout.admitted`), a path.
+
+The path, not the names: the run config also goes to every site, and one supplier is not told
+who the others are."""
+
+
+def admitted_sites(run_config: Mapping[str, Any]) -> dict[int, str]:
+    """The admitted sites' names by node id, from the file the run config names ({} without one).
+
+    An unreadable file is logged and read as none: the names only help the run say who is missing.
+    """
+    path = run_config.get(ADMITTED_FILE)
+    if path in (None, "", "none"):
+        return {}
+    try:
+        admitted = json.loads(Path(str(path)).read_text(encoding="utf-8"))
+        return {int(entry["node_id"]): str(entry["site"]) for entry in admitted.values()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        logger.warning("%s: unreadable admitted sites (%s); the run goes on without their names", path, exc)
+        return {}
 
 
 def image_report(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,8 +253,12 @@ def run_federation(
     expected_sites: int | None = None,
     on_result: OnResult | None = None,
     max_pull_interval: float | None = None,
+    admitted: Mapping[int, str] | None = None,
 ) -> RunResult:
     """Profile the sites, then train for `config.num_rounds` rounds. Returns the run's result.
+
+    `admitted`: a deployment's admitted sites, names by node id (`admitted_sites`): the run waits
+    for them (`wait_for_nodes`), and names by them a site it has no reply from.
 
     `max_pull_interval`: the longest wait between two pulls for replies while none arrives (see
     `ProgressGrid`); None keeps the quick 0.05 s of an in-memory simulation.
@@ -235,7 +272,14 @@ def run_federation(
     signing_key = load_signing_key(config.key_dir, create=True) if config.uses_dp else None
     grid = ProgressGrid(grid, observer, default_timeout=config.round_timeout, max_pull_interval=max_pull_interval)
     spec = config.task
-    node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout)
+    admitted = dict(admitted or {})
+    node_ids = wait_for_nodes(grid, expected_sites or config.min_sites, config.node_wait_timeout, hoped=admitted)
+    absent = sorted(name for node, name in admitted.items() if node not in node_ids)
+    if absent:
+        observer.site_problem(
+            f"{len(absent)} admitted site(s) not connected within {config.node_wait_timeout:.0f} s, the run goes on "
+            f"without them: {', '.join(absent)}"
+        )
     # The run id is known before the profile: under DP each site charges its profile to this run.
     resume = load_resume_point(config.out_dir, schema_hash=spec.schema_hash()) if config.resume else None
     run_id = str(resume.manifest["run_id"]) if resume is not None else uuid.uuid4().hex[:12]
@@ -299,6 +343,7 @@ def run_federation(
             "scaler": scaler.to_json(),
             "sites": sites,
             "excluded_sites": {str(node): problem for node, problem in problems.items()},
+            **({"not_connected": absent} if absent else {}),  # admitted sites the run started without
             # A sampled profile: `sites` starts with the profiled sites, the others join it as they reply.
             **({"profile_sample": profile_record} if len(asked) < len(node_ids) else {}),
             **({"profile_dp": mechanisms} if mechanisms else {}),
@@ -369,7 +414,7 @@ def run_federation(
         contribution = ContributionTracker(scorer, config)
     strategy = SangsaengStrategy(
         inner, config=config, scaler=scaler, recorder=recorder, observer=observer, round_offset=done,
-        central_dp=central, audit=audit, contribution=contribution,
+        central_dp=central, audit=audit, contribution=contribution, site_names=admitted,
     )  # fmt: skip
     legacy = LegacyContext(
         context,
@@ -528,6 +573,7 @@ def make_server_app(
         run_federation(
             grid, context, run_config, observer=watch, evaluate_fn=evaluate_fn, expected_sites=expected_sites,
             on_result=on_result, max_pull_interval=DEPLOYMENT_MAX_PULL_INTERVAL if config is None else None,
+            admitted=admitted_sites(dict(context.run_config)),
         )  # fmt: skip
 
     return server_app

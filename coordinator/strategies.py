@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,8 +290,11 @@ class SangsaengStrategy(Strategy):
         central_dp: CentralDP | None = None,
         audit: AuditLog | None = None,
         contribution: ContributionTracker | None = None,
+        site_names: Mapping[int, str] | None = None,
     ):
         self.inner = inner
+        # Names by node id of the sites a deployment admitted: a site with no reply yet is named by them.
+        self.site_names = dict(site_names or {})
         self.contribution = contribution  # scores each round's updates (None: data shares only)
         self._global: list[np.ndarray] = []  # the global model sent this round
         self._shapes: list[tuple[int, ...]] = []  # of the global model sent this round
@@ -359,11 +362,13 @@ class SangsaengStrategy(Strategy):
         """Sites instructed this round whose reply never came (round deadline passed, node gone), by name.
 
         Such a site may have trained (and, under DP, charged its own ledger) all the same: only
-        its reply was lost. Unknown nodes (a site that came back under a new node id) by node id.
+        its reply was lost. A site not profiled that never replied is named by the deployment's
+        admitted sites (`site_names`); a node unknown to both by its node id.
         """
         answered = {proxy.node_id for proxy, _ in results}
         answered |= {f[0].node_id for f in failures if not isinstance(f, BaseException)}
-        names = {int(site["node_id"]): name for name, site in self.recorder.manifest.get("sites", {}).items()}
+        names = {**self.site_names}
+        names |= {int(site["node_id"]): name for name, site in self.recorder.manifest.get("sites", {}).items()}
         return sorted(names.get(node, f"node {node}") for node in self._instructed - answered)
 
     def _learn_rows(self, results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]], key: str) -> None:

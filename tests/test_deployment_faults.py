@@ -96,6 +96,9 @@ def test_a_site_killed_mid_round_is_left_out_its_ledger_holds_what_it_trained_an
     wait_until(lambda: recorded_rounds(out) or run.poll() is not None, 300, "round 1")
     start_site(network, "l", network.sites["l"]["data"])
     results = run_ended(run, network, "killed")
+    # The run waited for all three admitted sites (`coordinator.server_app.wait_for_nodes`): each was profiled.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["sites"]) == ["line-h", "line-l", "line-m"] and "not_connected" not in manifest
     first, *later = results["rounds"]
     assert first["sites_trained"] == ["line-h", "line-m"] and first["sites_lost"] == ["line-l"]
     assert any(

@@ -410,6 +410,68 @@ def test_a_site_lost_before_the_round_deadline_is_named_and_the_round_goes_on_if
     assert lost["sites"]["b"]["training"] == [2] and "own ledger is the authority" in lost["note"]
 
 
+def test_a_lost_site_the_profile_never_heard_from_is_named_by_the_admitted_sites(tmp_path):
+    # A deployment site that connected after the profile (so not in the manifest's sites) and whose first
+    # reply was lost: the round names it by the coordinator's admitted.json, not by a bare node id.
+    from flwr.common import ndarrays_to_parameters as to_parameters
+
+    from coordinator.server_app import ADMITTED_FILE, admitted_sites
+
+    config = FederationConfig(task=PM, out_dir=tmp_path, min_sites=2, round_timeout=5.0)
+    initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+    big = 15939694743588714659  # Flower's node ids are unsigned 64-bit: above int64's range too
+    admitted = tmp_path / "admitted.json"
+    admitted.write_text(json.dumps({"SHA256:aa": {"site": "a", "node_id": 1}, "SHA256:bb": {"site": "b", "node_id": 2},
+                                    "SHA256:cc": {"site": "line-late", "node_id": big}}))  # fmt: skip
+    names = admitted_sites({ADMITTED_FILE: str(admitted)})
+    assert names == {1: "a", 2: "b", big: "line-late"}
+    sites = {name: {"node_id": node, "n_train": 10, "n_test": 5} for node, name in ((1, "a"), (2, "b"))}
+    recorder = RunRecorder(tmp_path, header={"run_id": "r", "schema_hash": PM.schema_hash(), "scaler": "{}",
+                                             "sites": sites})  # fmt: skip
+    scaler = FederatedScaler(PM.name, PM.numeric_features, {}, {}, {}, 0.0, 1.0, 10, 1)
+    wrapped = SangsaengStrategy(build_strategy(config, initial), config=config, scaler=scaler, recorder=recorder,
+                                site_names=names)  # fmt: skip
+    manager = SiteClientManager()
+    for node in (1, 2, big, 7):  # 7: a node neither profiled nor admitted
+        manager.register(proxy(node))
+    ones = [np.ones((2, 3), np.float32), np.ones(3, np.float32)]
+    assert len(wrapped.configure_fit(1, to_parameters(initial), manager)) == 4
+    wrapped.aggregate_fit(1, [(proxy(1), fit_res(ones, 10, "a", 0.1)), (proxy(2), fit_res(ones, 10, "b", 0.1))], [])
+    assert recorder.round_record(1)["sites_lost"] == ["line-late", "node 7"]
+
+
+def test_admitted_sites_without_a_file_or_from_a_broken_one_are_none(tmp_path, caplog):
+    from coordinator.server_app import ADMITTED_FILE, admitted_sites
+
+    assert admitted_sites({}) == admitted_sites({ADMITTED_FILE: "none"}) == {}  # "none": the app's default
+    broken = tmp_path / "admitted.json"
+    broken.write_text('{"SHA256:aa": {"site": "a"')
+    with caplog.at_level("WARNING", logger="sangsaeng.coordinator"):
+        assert admitted_sites({ADMITTED_FILE: str(broken)}) == {}
+    assert "unreadable admitted sites" in caplog.text and str(broken) in caplog.text
+
+
+def test_a_run_waits_for_every_admitted_site_then_goes_on_with_min_sites():
+    from coordinator.errors import FederationError
+    from coordinator.server_app import wait_for_nodes
+
+    class Arriving:  # the SuperLink's connected nodes as they come: one more every call
+        def __init__(self, nodes: list[int]):
+            self.nodes, self.calls = nodes, 0
+
+        def get_node_ids(self) -> list[int]:
+            self.calls += 1
+            return self.nodes[: self.calls]
+
+    grid = Arriving([1, 2, 3])
+    assert wait_for_nodes(grid, 2, 5.0, hoped={1, 2, 3}) == [1, 2, 3]  # not at 2 already: 3 is admitted
+    assert grid.calls == 3
+    assert wait_for_nodes(Arriving([1, 2, 3]), 2, 5.0) == [1, 2]  # nothing hoped for: min_sites is enough
+    assert wait_for_nodes(Arriving([1, 2]), 2, 0.5, hoped={1, 2, 3}) == [1, 2]  # 3 never comes: go on with 2
+    with pytest.raises(FederationError, match="only 1 of 2 site"):
+        wait_for_nodes(Arriving([1]), 2, 0.5, hoped={1, 2})
+
+
 def test_round_timeout_must_be_positive():
     with pytest.raises(ValueError, match="round_timeout must be positive"):
         FederationConfig(task=PM, round_timeout=0.0)
