@@ -58,6 +58,13 @@ CONNECTION = "anchor"  # the connection name in the flwr CLI's config.toml
 _FINISHED = "finished"  # how `flwr ls` starts the status of a run that ended ("finished:failed", ...)
 
 
+ADMITTED_FILE = "admitted-file"
+"""Run-config key: the coordinator's admitted.json (`DeploymentLayout.admitted`), a path.
+
+The path, not the names: the run config also goes to every site, and one supplier is not told
+who the others are."""
+
+
 @dataclass(frozen=True)
 class DeploymentLayout:
     """Paths inside the coordinator's state directory."""
@@ -247,7 +254,6 @@ def write_app_dir(layout: DeploymentLayout) -> Path:
     """
     from coordinator.config import FederationConfig
     from coordinator.portal_progress import PORTAL_KEYS
-    from coordinator.server_app import ADMITTED_FILE
     from models.tasks import get_task
 
     defaults = FederationConfig(task=get_task("injection-molding-quality")).to_run_config()

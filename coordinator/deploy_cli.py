@@ -233,8 +233,7 @@ def run(
         fail(exc)
     import tomli_w
 
-    from coordinator.deploy import CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
-    from coordinator.server_app import ADMITTED_FILE
+    from coordinator.deploy import ADMITTED_FILE, CONNECTION, DeploymentLayout, _executable, flower_env, write_app_dir
     from models.tasks import get_task
 
     layout = DeploymentLayout(state)

@@ -41,6 +41,7 @@ from coordinator.aggregation import AGGREGATIONS, sample_nodes, sites_per_evalua
 from coordinator.checkpoint import RunRecorder, load_resume_point
 from coordinator.config import FederationConfig
 from coordinator.contribution_grid import ContributionTracker, SiteScorer, contribution_summary
+from coordinator.deploy import ADMITTED_FILE
 from coordinator.errors import FederationError
 from coordinator.held_out import HeldOutEvaluation
 from coordinator.local_only import local_only_scores
@@ -104,13 +105,6 @@ def wait_for_nodes(grid: Grid, want: int, timeout: float, *, hoped: Iterable[int
                 return node_ids
             raise FederationError(f"only {len(node_ids)} of {want} site(s) connected within {timeout:.0f} s")
         time.sleep(0.2)
-
-
-ADMITTED_FILE = "admitted-file"
-"""Run-config key: the coordinator's admitted.json (`coordinator.deploy.DeploymentLayout.admitted`), a path.
-
-The path, not the names: the run config also goes to every site, and one supplier is not told
-who the others are."""
 
 
 def admitted_sites(run_config: Mapping[str, Any]) -> dict[int, str]:

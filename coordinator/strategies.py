@@ -367,8 +367,8 @@ class SangsaengStrategy(Strategy):
         """
         answered = {proxy.node_id for proxy, _ in results}
         answered |= {f[0].node_id for f in failures if not isinstance(f, BaseException)}
-        names = {**self.site_names}
-        names |= {int(site["node_id"]): name for name, site in self.recorder.manifest.get("sites", {}).items()}
+        profiled = self.recorder.manifest.get("sites", {}).items()
+        names = self.site_names | {int(site["node_id"]): name for name, site in profiled}
         return sorted(names.get(node, f"node {node}") for node in self._instructed - answered)
 
     def _learn_rows(self, results: Sequence[tuple[ClientProxy, FitRes | EvaluateRes]], key: str) -> None:

@@ -415,7 +415,8 @@ def test_a_lost_site_the_profile_never_heard_from_is_named_by_the_admitted_sites
     # reply was lost: the round names it by the coordinator's admitted.json, not by a bare node id.
     from flwr.common import ndarrays_to_parameters as to_parameters
 
-    from coordinator.server_app import ADMITTED_FILE, admitted_sites
+    from coordinator.deploy import ADMITTED_FILE
+    from coordinator.server_app import admitted_sites
 
     config = FederationConfig(task=PM, out_dir=tmp_path, min_sites=2, round_timeout=5.0)
     initial = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
@@ -441,7 +442,8 @@ def test_a_lost_site_the_profile_never_heard_from_is_named_by_the_admitted_sites
 
 
 def test_admitted_sites_without_a_file_or_from_a_broken_one_are_none(tmp_path, caplog):
-    from coordinator.server_app import ADMITTED_FILE, admitted_sites
+    from coordinator.deploy import ADMITTED_FILE
+    from coordinator.server_app import admitted_sites
 
     assert admitted_sites({}) == admitted_sites({ADMITTED_FILE: "none"}) == {}  # "none": the app's default
     broken = tmp_path / "admitted.json"
